@@ -1,0 +1,18 @@
+-- leave: ARGV[3] ticket id. Returns the state before; ended tickets stay as they are.
+local c = load_cfg()
+if not c then return { 'no_room' } end
+local now = clock()
+local t = ARGV[3]
+local st = ticket_status(t, now, c)
+if not st then return { 'no_ticket' } end
+if st[1] == 'waiting' then
+  redis.call('ZREM', K_WAIT, t)
+  redis.call('ZREM', K_SEEN, t)
+elseif st[1] == 'admitted' then
+  redis.call('ZREM', K_ADM, t)
+else
+  return { 'ok', st[1] }
+end
+redis.call('HSET', K_GONE, t, 'l')
+redis.call('HINCRBY', K_STATS, 'left', 1)
+return { 'ok', st[1] }

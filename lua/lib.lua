@@ -1,0 +1,165 @@
+-- Shared prelude of every room script (prepended by RedisStore; one script = one EVALSHA).
+-- KEYS (all inside the room's hash tag, so a script touches one Cluster slot):
+--  1 cfg       HASH  room settings (one field each)
+--  2 seq       STRING join sequence (INCR)
+--  3 waiting   ZSET  ticket -> order score (join seq; negative once drawn at open)
+--  4 seen      ZSET  waiting ticket -> last seen (ms)
+--  5 admitted  ZSET  ticket -> admission end (ms)
+--  6 tickets   HASH  ticket -> "owner_hex:joined_ms"
+--  7 users     HASH  owner_hex -> ticket (one live ticket per owner)
+--  8 gone      HASH  ticket -> "l" left | "d" dropped | "x:<until>" expired
+--  9 stats     HASH  counters, last_tick, preq_last, rate_pm
+-- 10 rate      LIST  "ms:admitted" samples, newest first
+-- 11 draw      HASH  random_at_open draw record
+-- ARGV[1] = events channel, ARGV[2] = room id; script arguments follow.
+local K_CFG, K_SEQ, K_WAIT, K_SEEN, K_ADM = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_TIX, K_USERS, K_GONE, K_STATS, K_RATE, K_DRAW = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local CHANNEL, ROOM = ARGV[1], ARGV[2]
+local MAX_SWEEP = 50000
+local CHUNK = 1000
+local TWO52 = 4503599627370496
+
+-- The store's clock: every gateway agrees on it (DESIGN invariant 5).
+local function clock()
+  local t = redis.call('TIME')
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+end
+
+local function load_cfg()
+  local v = redis.call('HMGET', K_CFG, 'batch_size', 'tick_interval_ms', 'free_pass', 'max_active',
+    'session_ttl_s', 'idle_timeout_s', 'queue_method', 'opens_at_ms', 'paused')
+  if not v[1] then return nil end
+  return { batch = tonumber(v[1]), interval = tonumber(v[2]), free = tonumber(v[3]),
+    max_active = tonumber(v[4]), ttl = tonumber(v[5]), idle = tonumber(v[6]), method = v[7],
+    opens = tonumber(v[8]), paused = (v[9] == '1') }
+end
+
+local function phase(c, now)
+  if c.paused then return 'paused' elseif c.opens > now then return 'scheduled' end
+  return 'open'
+end
+
+local function stat(field)
+  return tonumber(redis.call('HGET', K_STATS, field) or '0')
+end
+
+local function active_count(now)
+  return redis.call('ZCOUNT', K_ADM, '(' .. string.format('%d', now), '+inf')
+end
+
+local function capacity(c, now)
+  if c.max_active == 0 then return math.huge end
+  return math.max(0, c.max_active - active_count(now))
+end
+
+-- Applies fn(key, chunk) over a list in chunks (Lua's unpack has a stack limit).
+local function chunked(list, fn)
+  for i = 1, #list, CHUNK do
+    local part = {}
+    for j = i, math.min(i + CHUNK - 1, #list) do part[#part + 1] = list[j] end
+    fn(part)
+  end
+end
+
+local function undrawn(c, score)
+  return c.method == 'random_at_open' and c.opens > 0 and redis.call('EXISTS', K_DRAW) == 0
+    and score > 0 and score <= stat('preq_last')
+end
+
+-- {state, position (-1: none), until (0: none), owner, joined} or nil.
+local function ticket_status(t, now, c)
+  local info = redis.call('HGET', K_TIX, t)
+  if not info then return nil end
+  local owner, joined = string.match(info, '^(%x+):(%d+)$')
+  local score = redis.call('ZSCORE', K_WAIT, t)
+  if score then
+    local pos = -1
+    if not undrawn(c, tonumber(score)) then pos = redis.call('ZRANK', K_WAIT, t) + 1 end
+    return { 'waiting', pos, 0, owner, joined }
+  end
+  local untl = redis.call('ZSCORE', K_ADM, t)
+  if untl then
+    if tonumber(untl) > now then return { 'admitted', -1, untl, owner, joined } end
+    return { 'expired', -1, untl, owner, joined }
+  end
+  local g = redis.call('HGET', K_GONE, t) or 'd'
+  if g == 'l' then return { 'left', -1, 0, owner, joined } end
+  if g == 'd' then return { 'dropped', -1, 0, owner, joined } end
+  return { 'expired', -1, string.sub(g, 3), owner, joined }
+end
+
+-- The reply of join and status: ticket fields, then what the caller needs for the ETA.
+local function status_reply(t, created, st, now, c)
+  return { 'ok', t, created, st[1], st[2], tostring(st[3]), st[4], tostring(st[5]), tostring(now),
+    redis.call('HGET', K_STATS, 'rate_pm') or '0', c.batch, tostring(c.interval), tostring(c.opens),
+    c.paused and 1 or 0, c.max_active, c.ttl }
+end
+
+local function update_rate(now, n, c)
+  redis.call('LPUSH', K_RATE, string.format('%d:%d', now, n))
+  redis.call('LTRIM', K_RATE, 0, 1023)
+  local window = math.max(60000, 3 * c.interval)
+  local since = now - window
+  local total, oldest = 0, now
+  for _, e in ipairs(redis.call('LRANGE', K_RATE, 0, 1023)) do
+    local at, k = string.match(e, '^(%d+):(%d+)$')
+    at = tonumber(at)
+    if at <= since then break end
+    total = total + tonumber(k)
+    if at < oldest then oldest = at end
+  end
+  local rate = 0
+  if total > 0 then
+    local span = math.min(math.max(now - oldest + c.interval, 1), window)
+    rate = total * 60000 / span
+  end
+  redis.call('HSET', K_STATS, 'rate_pm', string.format('%.3f', rate))
+end
+
+-- The random_at_open draw: order key = first 52 bits of sha1(seed .. ticket), made negative
+-- so the drawn pre-queue sorts before later (positive, FIFO) arrivals.
+local function do_draw(c, now, us)
+  local last_seq = stat('preq_last')
+  local seed = redis.sha1hex(string.format('%s:%d:%d:%d', ROOM, c.opens, last_seq, us))
+  local pre = redis.call('ZRANGEBYSCORE', K_WAIT, 1, last_seq)
+  for _, t in ipairs(pre) do
+    local h = tonumber(string.sub(redis.sha1hex(seed .. t), 1, 13), 16)
+    redis.call('ZADD', K_WAIT, string.format('%d', h - TWO52), t)
+  end
+  redis.call('HSET', K_DRAW, 'seed', seed, 'at_us', string.format('%d', us),
+    'last_seq', last_seq, 'shuffled', #pre)
+  return { seed, string.format('%d', us), last_seq, #pre }
+end
+
+-- Admits the next n waiting tickets; returns {ticket, waited_ms, ...} and the admission end.
+local function admit_next(n, now, c)
+  local out, tickets = {}, {}
+  local untl = now + c.ttl * 1000
+  if n <= 0 then return out, untl end
+  local popped = redis.call('ZPOPMIN', K_WAIT, math.min(n, 1000000))
+  for i = 1, #popped, 2 do tickets[#tickets + 1] = popped[i] end
+  chunked(tickets, function(part)
+    local infos = redis.call('HMGET', K_TIX, unpack(part))
+    local args = {}
+    for i, t in ipairs(part) do
+      args[#args + 1] = untl
+      args[#args + 1] = t
+      local joined = tonumber(string.match(infos[i] or '', ':(%d+)$') or now)
+      out[#out + 1] = t
+      out[#out + 1] = math.max(0, now - joined)
+    end
+    redis.call('ZADD', K_ADM, unpack(args))
+    redis.call('ZREM', K_SEEN, unpack(part))
+  end)
+  redis.call('HINCRBY', K_STATS, 'admitted', #tickets)
+  return out, untl
+end
+
+local function publish_admitted(out, untl, tick)
+  if #out == 0 then return end
+  local tickets = {}
+  for i = 1, #out, 2 do tickets[#tickets + 1] = out[i] end
+  redis.call('PUBLISH', CHANNEL, cjson.encode({ type = 'admitted', room = ROOM, tick = tick,
+    tickets = tickets, expires_at_ms = untl }))
+end

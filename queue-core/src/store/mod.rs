@@ -1,0 +1,92 @@
+//! The store interface and its two implementations.
+//!
+//! Every operation on a room is atomic in the store: the memory store holds the room's lock,
+//! the Redis store runs one Lua script on the room's hash slot. Clocks are the store's own
+//! (Redis `TIME`), never the caller's, so any number of gateways agree on tick numbers.
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::config::RoomConfig;
+use crate::error::Result;
+use crate::id::{RoomId, TicketId, UserKey};
+use crate::model::{DrawRecord, JoinOutcome, RoomEvent, RoomStats, TickOutcome, TicketState, TicketStatus};
+
+pub mod memory;
+pub mod redis;
+
+pub use self::memory::{Clock, ManualClock, MemoryStore, SystemClock};
+pub use self::redis::RedisStore;
+
+/// Most tickets a single `touch` call may name.
+pub const MAX_TOUCH_BATCH: usize = 10_000;
+/// Most tickets a single manual `admit` may admit.
+pub const MAX_ADMIT: u32 = 1_000_000;
+/// Most expired admissions and idle tickets a tick processes (the rest go with the next tick),
+/// so that one tick's store time stays bounded.
+pub const MAX_SWEEP_PER_TICK: u64 = 50_000;
+
+/// A waiting-room store. See DESIGN §2 for the semantics and invariants every implementation
+/// keeps; `tests/conformance.rs` runs the same suite against each.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates or replaces a room's config; true when the room is new. Publishes
+    /// [`RoomEvent::ConfigChanged`].
+    async fn put_room(&self, room: &RoomId, cfg: &RoomConfig) -> Result<bool>;
+    /// A room's config, if the room exists.
+    async fn room_config(&self, room: &RoomId) -> Result<Option<RoomConfig>>;
+    /// Deletes a room with all its tickets; true when it existed.
+    async fn delete_room(&self, room: &RoomId) -> Result<bool>;
+    /// Every room, sorted.
+    async fn rooms(&self) -> Result<Vec<RoomId>>;
+    /// Pauses or resumes admission.
+    async fn set_paused(&self, room: &RoomId, paused: bool) -> Result<()>;
+
+    /// Joins the queue, or returns the owner's live ticket (invariant 4). Applies the free pass.
+    async fn join(&self, room: &RoomId, user: &UserKey) -> Result<JoinOutcome>;
+    /// A ticket's state and, while waiting, its position and ETA.
+    async fn status(&self, room: &RoomId, ticket: TicketId) -> Result<TicketStatus>;
+    /// Leaves the queue or gives up an admission; returns the state before. Leaving a ticket
+    /// that is already over changes nothing.
+    async fn leave(&self, room: &RoomId, ticket: TicketId) -> Result<TicketState>;
+    /// Marks waiting tickets as seen now (polls, open SSE streams). Unknown or no longer
+    /// waiting tickets are ignored.
+    async fn touch(&self, room: &RoomId, tickets: &[TicketId]) -> Result<()>;
+
+    /// Applies the current tick once: expires admissions, drops idle tickets, draws at open,
+    /// and admits up to `min(batch_size, max_active − active, waiting)`.
+    async fn tick(&self, room: &RoomId) -> Result<TickOutcome>;
+    /// Admits up to `count` more tickets now (an operator's lever; respects `max_active`).
+    async fn admit(&self, room: &RoomId, count: u32) -> Result<Vec<TicketId>>;
+    /// Admissions that have not expired.
+    async fn active(&self, room: &RoomId) -> Result<u64>;
+    /// Counters and gauges.
+    async fn stats(&self, room: &RoomId) -> Result<RoomStats>;
+    /// The `random_at_open` draw record, once drawn.
+    async fn draw_record(&self, room: &RoomId) -> Result<Option<DrawRecord>>;
+
+    /// Admissions and config changes of every room, as they happen.
+    fn subscribe(&self) -> broadcast::Receiver<RoomEvent>;
+    /// Fails when the store is unreachable (readiness).
+    async fn ping(&self) -> Result<()>;
+}
+
+pub(crate) fn check_touch(tickets: &[TicketId]) -> Result<()> {
+    if tickets.len() > MAX_TOUCH_BATCH {
+        return Err(crate::Error::InvalidArgument {
+            field: "tickets",
+            reason: format!("at most {MAX_TOUCH_BATCH} per call"),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_admit(count: u32) -> Result<()> {
+    if count == 0 || count > MAX_ADMIT {
+        return Err(crate::Error::InvalidArgument {
+            field: "count",
+            reason: format!("must be within 1..={MAX_ADMIT}"),
+        });
+    }
+    Ok(())
+}

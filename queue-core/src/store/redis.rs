@@ -1,0 +1,551 @@
+//! `RedisStore`: many gateways on one Redis or a Redis Cluster.
+//!
+//! Every room's keys share the hash tag `{room}` (`wr:{room}:waiting`, ...), so each script
+//! runs on one Cluster slot. Every change is one Lua script from `lua/` (the shared prelude
+//! `lua/lib.lua` plus the operation), called by EVALSHA with a reload on NOSCRIPT; all scripts
+//! are loaded on every node at connect so pipelines never meet NOSCRIPT. Time comes from
+//! Redis `TIME` inside the scripts. Admissions and config changes are published on
+//! `wr:{room}:events`; one pattern subscription per store fans them out in process.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Script, ScriptInvocation, Value};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::{Store, check_admit, check_touch};
+use crate::config::{QueueMethod, RoomConfig};
+use crate::error::{Error, Result};
+use crate::eta;
+use crate::id::{OwnerHash, RoomId, TicketId, UserKey};
+use crate::model::*;
+
+const PRELUDE: &str = include_str!("../../../lua/lib.lua");
+
+struct Scripts {
+    join: Script,
+    status: Script,
+    leave: Script,
+    touch: Script,
+    tick: Script,
+    admit: Script,
+    stats: Script,
+    put_room: Script,
+    set_paused: Script,
+    delete_room: Script,
+}
+
+impl Scripts {
+    fn all(&self) -> [&Script; 10] {
+        [
+            &self.join,
+            &self.status,
+            &self.leave,
+            &self.touch,
+            &self.tick,
+            &self.admit,
+            &self.stats,
+            &self.put_room,
+            &self.set_paused,
+            &self.delete_room,
+        ]
+    }
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    join: script(include_str!("../../../lua/join.lua")),
+    status: script(include_str!("../../../lua/status.lua")),
+    leave: script(include_str!("../../../lua/leave.lua")),
+    touch: script(include_str!("../../../lua/touch.lua")),
+    tick: script(include_str!("../../../lua/tick.lua")),
+    admit: script(include_str!("../../../lua/admit.lua")),
+    stats: script(include_str!("../../../lua/stats.lua")),
+    put_room: script(include_str!("../../../lua/put_room.lua")),
+    set_paused: script(include_str!("../../../lua/set_paused.lua")),
+    delete_room: script(include_str!("../../../lua/delete_room.lua")),
+});
+
+/// The SHA-1 of each script (what `redis-benchmark` needs to EVALSHA the same thing).
+pub fn script_shas() -> Vec<(&'static str, String)> {
+    let names = [
+        "join",
+        "status",
+        "leave",
+        "touch",
+        "tick",
+        "admit",
+        "stats",
+        "put_room",
+        "set_paused",
+        "delete_room",
+    ];
+    names.iter().zip(SCRIPTS.all()).map(|(n, s)| (*n, s.get_hash().to_owned())).collect()
+}
+
+/// The full text of a script (prelude + operation), by name.
+pub fn script_source(name: &str) -> Option<String> {
+    let body = match name {
+        "join" => include_str!("../../../lua/join.lua"),
+        "status" => include_str!("../../../lua/status.lua"),
+        "tick" => include_str!("../../../lua/tick.lua"),
+        _ => return None,
+    };
+    Some(format!("{PRELUDE}\n{body}"))
+}
+
+const KEY_NAMES: [&str; 11] =
+    ["cfg", "seq", "waiting", "seen", "admitted", "tickets", "users", "gone", "stats", "rate", "draw"];
+const ROOMS_KEY: &str = "wr:rooms";
+const EVENTS_PATTERN: &str = "wr:{*}:events";
+
+/// The keys of a room, in the order `lua/lib.lua` expects.
+pub fn room_keys(room: &RoomId) -> [String; 11] {
+    KEY_NAMES.map(|k| format!("wr:{{{room}}}:{k}"))
+}
+
+fn channel(room: &RoomId) -> String {
+    format!("wr:{{{room}}}:events")
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The Redis-backed store.
+pub struct RedisStore {
+    conn: Conn,
+    events: broadcast::Sender<RoomEvent>,
+    listener: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.conn {
+            Conn::Single(_) => "single",
+            Conn::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore").field("mode", &kind).finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl RedisStore {
+    /// Connects to one Redis (`redis://host:port`) or, given several comma-separated URLs,
+    /// to a Redis Cluster; loads every script and starts the event subscription.
+    pub async fn connect(urls: &str) -> Result<Self> {
+        let urls: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        let first = *urls.first().ok_or_else(|| Error::Protocol("no Redis URL given".into()))?;
+        let conn = if urls.len() == 1 {
+            let client = redis::Client::open(first)?;
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(Duration::from_secs(5)));
+            Conn::Single(client.get_connection_manager_with_config(cfg).await?)
+        } else {
+            let client = redis::cluster::ClusterClient::builder(urls.clone())
+                .connection_timeout(Duration::from_secs(5))
+                .response_timeout(Duration::from_secs(5))
+                .build()?;
+            Conn::Cluster(client.get_async_connection().await?)
+        };
+        let (events, _) = broadcast::channel(4096);
+        let listener = tokio::spawn(listen(redis::Client::open(first)?, events.clone()));
+        let store = RedisStore { conn, events, listener };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// Loads every script (on every node of a Cluster).
+    pub async fn load_scripts(&self) -> Result<()> {
+        for s in SCRIPTS.all() {
+            match &self.conn {
+                Conn::Single(c) => s.load_async(&mut c.clone()).await?,
+                Conn::Cluster(c) => s.load_async(&mut c.clone()).await?,
+            };
+        }
+        Ok(())
+    }
+
+    async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Vec<Value>> {
+        let v = match &self.conn {
+            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await?,
+            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await?,
+        };
+        Ok(v)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let v = match &self.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await?,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await?,
+        };
+        Ok(v)
+    }
+
+    /// Runs a room script with `args` after the channel and room id; maps `no_room` and
+    /// `no_ticket` replies to errors.
+    async fn run(&self, s: &Script, room: &RoomId, args: &[String]) -> Result<Reply> {
+        let mut inv = s.prepare_invoke();
+        for k in room_keys(room) {
+            inv.key(k);
+        }
+        inv.arg(channel(room)).arg(room.as_str());
+        for a in args {
+            inv.arg(a.as_str());
+        }
+        let reply = Reply(self.invoke(&inv).await?);
+        match reply.str(0)?.as_str() {
+            "no_room" => Err(Error::UnknownRoom(room.to_string())),
+            "no_ticket" => Err(Error::UnknownTicket),
+            _ => Ok(reply),
+        }
+    }
+
+    /// The Redis memory used by one room's keys (for benchmarks and ops), in bytes.
+    pub async fn room_memory_bytes(&self, room: &RoomId) -> Result<u64> {
+        let mut total = 0;
+        for k in room_keys(room) {
+            let used: Option<u64> =
+                self.query(redis::cmd("MEMORY").arg("USAGE").arg(&k).arg("SAMPLES").arg(0)).await?;
+            total += used.unwrap_or(0);
+        }
+        Ok(total)
+    }
+}
+
+/// Forwards `wr:{*}:events` messages into the broadcast channel, reconnecting on failure.
+async fn listen(client: redis::Client, tx: broadcast::Sender<RoomEvent>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.psubscribe(EVENTS_PATTERN).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    let mut stream = pubsub.into_on_message();
+                    while let Some(msg) = stream.next().await {
+                        match serde_json::from_slice::<RoomEvent>(msg.get_payload_bytes()) {
+                            Ok(ev) => {
+                                let _ = tx.send(ev);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "unreadable room event"),
+                        }
+                    }
+                    tracing::warn!("Redis event subscription ended; reconnecting");
+                }
+                Err(e) => tracing::warn!(error = %e, "PSUBSCRIBE failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "Redis pub/sub connection failed"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A script reply with typed accessors.
+struct Reply(Vec<Value>);
+
+impl Reply {
+    fn get(&self, i: usize) -> Result<&Value> {
+        self.0
+            .get(i)
+            .ok_or_else(|| Error::Protocol(format!("script reply too short ({} < {})", self.0.len(), i + 1)))
+    }
+    fn str(&self, i: usize) -> Result<String> {
+        match self.get(i)? {
+            Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Ok(s.clone()),
+            Value::Int(n) => Ok(n.to_string()),
+            other => Err(Error::Protocol(format!("unexpected reply value {other:?}"))),
+        }
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        match self.get(i)? {
+            Value::Int(n) => Ok(*n),
+            _ => {
+                let s = self.str(i)?;
+                s.parse::<i64>()
+                    .or_else(|_| s.parse::<f64>().map(|f| f as i64))
+                    .map_err(|_| Error::Protocol(format!("not a number: {s:?}")))
+            }
+        }
+    }
+    fn u64(&self, i: usize) -> Result<u64> {
+        Ok(self.int(i)?.max(0) as u64)
+    }
+    fn f64(&self, i: usize) -> Result<f64> {
+        let s = self.str(i)?;
+        s.parse().map_err(|_| Error::Protocol(format!("not a number: {s:?}")))
+    }
+    fn ticket(&self, i: usize) -> Result<TicketId> {
+        TicketId::parse(&self.str(i)?).map_err(|_| Error::Protocol("bad ticket id in reply".into()))
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn state_of(s: &str) -> Result<TicketState> {
+    Ok(match s {
+        "waiting" => TicketState::Waiting,
+        "admitted" => TicketState::Admitted,
+        "expired" => TicketState::Expired,
+        "left" => TicketState::Left,
+        "dropped" => TicketState::Dropped,
+        other => return Err(Error::Protocol(format!("unknown ticket state {other:?}"))),
+    })
+}
+
+/// Decodes `status_reply` of `lua/lib.lua`.
+fn decode_status(room: &RoomId, r: &Reply) -> Result<(bool, TicketStatus)> {
+    let created = r.int(2)? == 1;
+    let state = state_of(&r.str(3)?)?;
+    let pos = r.int(4)?;
+    let until = r.u64(5)?;
+    let owner = OwnerHash::parse_hex(&r.str(6)?).ok_or_else(|| Error::Protocol("bad owner".into()))?;
+    let now = r.u64(8)?;
+    let rate_pm = r.f64(9)?;
+    // Just the settings the ETA needs, as the script saw them.
+    let mut cfg = RoomConfig {
+        batch_size: r.u64(10)? as u32,
+        tick_interval_ms: r.u64(11)?,
+        paused: r.int(13)? == 1,
+        max_active: r.u64(14)? as u32,
+        session_ttl_s: r.u64(15)? as u32,
+        ..RoomConfig::default()
+    };
+    cfg.set_opens_at_ms(r.u64(12)?);
+    let phase = RoomPhase::of(&cfg, now);
+    let position = (pos > 0).then_some(pos as u64);
+    let eta = position.and_then(|p| eta::estimate(p, rate_pm, &cfg, phase, now));
+    let admitted = matches!(state, TicketState::Admitted | TicketState::Expired);
+    let status = TicketStatus {
+        ticket: r.ticket(1)?,
+        room: room.clone(),
+        state,
+        position,
+        eta,
+        owner,
+        admitted_until_ms: admitted.then_some(until),
+        joined_at_ms: r.u64(7)?,
+        phase,
+        now_ms: now,
+    };
+    Ok((created, status))
+}
+
+/// `field value` pairs of a config as stored in the `cfg` hash.
+fn config_fields(cfg: &RoomConfig) -> Vec<String> {
+    let pairs: [(&str, String); 11] = [
+        ("protect", serde_json::to_string(&cfg.protect).unwrap_or_else(|_| "[]".into())),
+        ("target", cfg.target.clone()),
+        ("batch_size", cfg.batch_size.to_string()),
+        ("tick_interval_ms", cfg.tick_interval_ms.to_string()),
+        ("free_pass", cfg.free_pass.to_string()),
+        ("max_active", cfg.max_active.to_string()),
+        ("session_ttl_s", cfg.session_ttl_s.to_string()),
+        ("idle_timeout_s", cfg.idle_timeout_s.to_string()),
+        ("queue_method", cfg.queue_method.as_str().to_string()),
+        ("opens_at_ms", cfg.opens_at_ms().to_string()),
+        ("paused", if cfg.paused { "1" } else { "0" }.to_string()),
+    ];
+    pairs.into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect()
+}
+
+fn config_from_hash(h: &std::collections::HashMap<String, String>) -> Result<RoomConfig> {
+    let get = |k: &str| h.get(k).ok_or_else(|| Error::Protocol(format!("room config lacks {k}")));
+    let num = |k: &str| -> Result<u64> { get(k)?.parse().map_err(|_| Error::Protocol(format!("bad {k}"))) };
+    let mut cfg = RoomConfig {
+        protect: serde_json::from_str(get("protect")?).map_err(|_| Error::Protocol("bad protect".into()))?,
+        target: get("target")?.clone(),
+        batch_size: num("batch_size")? as u32,
+        tick_interval_ms: num("tick_interval_ms")?,
+        free_pass: num("free_pass")? as u32,
+        max_active: num("max_active")? as u32,
+        session_ttl_s: num("session_ttl_s")? as u32,
+        idle_timeout_s: num("idle_timeout_s")? as u32,
+        queue_method: match get("queue_method")?.as_str() {
+            "random_at_open" => QueueMethod::RandomAtOpen,
+            _ => QueueMethod::Fifo,
+        },
+        opens_at: None,
+        paused: get("paused")? == "1",
+    };
+    cfg.set_opens_at_ms(num("opens_at_ms")?);
+    Ok(cfg)
+}
+
+fn decode_admitted(r: &Reply, from: usize) -> Result<Vec<Admitted>> {
+    let mut out = Vec::with_capacity((r.len().saturating_sub(from)) / 2);
+    let mut i = from;
+    while i + 1 < r.len() {
+        out.push(Admitted { ticket: r.ticket(i)?, waited_ms: r.u64(i + 1)? });
+        i += 2;
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn put_room(&self, room: &RoomId, cfg: &RoomConfig) -> Result<bool> {
+        cfg.validate()?;
+        // Registry first: a room listed without config is skipped; config without listing is not.
+        self.query::<()>(redis::cmd("SADD").arg(ROOMS_KEY).arg(room.as_str())).await?;
+        let r = self.run(&SCRIPTS.put_room, room, &config_fields(cfg)).await?;
+        Ok(r.int(1)? == 1)
+    }
+
+    async fn room_config(&self, room: &RoomId) -> Result<Option<RoomConfig>> {
+        let key = &room_keys(room)[0];
+        let h: std::collections::HashMap<String, String> = self.query(redis::cmd("HGETALL").arg(key)).await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        config_from_hash(&h).map(Some)
+    }
+
+    async fn delete_room(&self, room: &RoomId) -> Result<bool> {
+        let r = self.run(&SCRIPTS.delete_room, room, &[]).await?;
+        self.query::<()>(redis::cmd("SREM").arg(ROOMS_KEY).arg(room.as_str())).await?;
+        Ok(r.int(1)? == 1)
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomId>> {
+        let names: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(ROOMS_KEY)).await?;
+        let mut rooms: Vec<RoomId> = names.iter().filter_map(|n| RoomId::parse(n).ok()).collect();
+        rooms.sort();
+        Ok(rooms)
+    }
+
+    async fn set_paused(&self, room: &RoomId, paused: bool) -> Result<()> {
+        self.run(&SCRIPTS.set_paused, room, &[if paused { "1" } else { "0" }.to_string()]).await?;
+        Ok(())
+    }
+
+    async fn join(&self, room: &RoomId, user: &UserKey) -> Result<JoinOutcome> {
+        let random = format!("{:016x}", rand::random::<u64>());
+        let r = self.run(&SCRIPTS.join, room, &[user.owner_hash().to_string(), random]).await?;
+        let (created, status) = decode_status(room, &r)?;
+        Ok(JoinOutcome { created, status })
+    }
+
+    async fn status(&self, room: &RoomId, ticket: TicketId) -> Result<TicketStatus> {
+        let r = self.run(&SCRIPTS.status, room, &[ticket.to_string()]).await?;
+        Ok(decode_status(room, &r)?.1)
+    }
+
+    async fn leave(&self, room: &RoomId, ticket: TicketId) -> Result<TicketState> {
+        let r = self.run(&SCRIPTS.leave, room, &[ticket.to_string()]).await?;
+        state_of(&r.str(1)?)
+    }
+
+    async fn touch(&self, room: &RoomId, tickets: &[TicketId]) -> Result<()> {
+        check_touch(tickets)?;
+        if tickets.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<String> = tickets.iter().map(ToString::to_string).collect();
+        self.run(&SCRIPTS.touch, room, &args).await?;
+        Ok(())
+    }
+
+    async fn tick(&self, room: &RoomId) -> Result<TickOutcome> {
+        let r = self.run(&SCRIPTS.tick, room, &[]).await?;
+        let tick = r.u64(1)?;
+        if r.str(0)? == "dup" {
+            return Ok(TickOutcome { tick, ..TickOutcome::default() });
+        }
+        let seed = r.str(7)?;
+        let draw = (!seed.is_empty()).then(|| -> Result<DrawRecord> {
+            Ok(DrawRecord { seed: seed.clone(), at_us: r.u64(8)?, last_seq: r.u64(9)?, shuffled: r.u64(10)? })
+        });
+        Ok(TickOutcome {
+            tick,
+            applied: true,
+            waiting_before: r.u64(2)?,
+            active_before: r.u64(3)?,
+            dropped: r.u64(4)?,
+            expired: r.u64(5)?,
+            expires_at_ms: r.u64(6)?,
+            draw: draw.transpose()?,
+            admitted: decode_admitted(&r, 11)?,
+        })
+    }
+
+    async fn admit(&self, room: &RoomId, count: u32) -> Result<Vec<TicketId>> {
+        check_admit(count)?;
+        let r = self.run(&SCRIPTS.admit, room, &[count.to_string()]).await?;
+        Ok(decode_admitted(&r, 2)?.into_iter().map(|a| a.ticket).collect())
+    }
+
+    async fn active(&self, room: &RoomId) -> Result<u64> {
+        Ok(self.stats(room).await?.active)
+    }
+
+    async fn stats(&self, room: &RoomId) -> Result<RoomStats> {
+        let r = self.run(&SCRIPTS.stats, room, &[]).await?;
+        let phase = match r.str(1)?.as_str() {
+            "scheduled" => RoomPhase::Scheduled,
+            "paused" => RoomPhase::Paused,
+            _ => RoomPhase::Open,
+        };
+        let opens = r.u64(5)?;
+        Ok(RoomStats {
+            room: room.clone(),
+            phase,
+            waiting: r.u64(2)?,
+            active: r.u64(3)?,
+            admitted_per_minute: r.f64(4)?,
+            opens_at_ms: (opens > 0).then_some(opens),
+            joined_total: r.u64(6)?,
+            admitted_total: r.u64(7)?,
+            dropped_total: r.u64(8)?,
+            left_total: r.u64(9)?,
+            free_passes_used: r.u64(10)?,
+            last_tick: r.u64(11)?,
+            now_ms: r.u64(12)?,
+        })
+    }
+
+    async fn draw_record(&self, room: &RoomId) -> Result<Option<DrawRecord>> {
+        let key = &room_keys(room)[10];
+        let h: std::collections::HashMap<String, String> = self.query(redis::cmd("HGETALL").arg(key)).await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let num = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(Some(DrawRecord {
+            seed: h.get("seed").cloned().unwrap_or_default(),
+            at_us: num("at_us"),
+            last_seq: num("last_seq"),
+            shuffled: num("shuffled"),
+        }))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<RoomEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+}
+
+/// Shared handle type for callers that pick a store at run time.
+pub type DynStore = Arc<dyn Store>;

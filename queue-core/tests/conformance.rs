@@ -1,0 +1,406 @@
+//! One conformance suite, run against every store: MemoryStore, RedisStore on one node, and
+//! RedisStore on a 3-master Redis Cluster (servers started by `queue_core::testkit`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use queue_core::config::QueueMethod;
+use queue_core::testkit::{RedisCluster, RedisServer, unique_room};
+use queue_core::*;
+
+fn user(n: usize) -> UserKey {
+    UserKey::parse(&format!("user-{n}")).unwrap()
+}
+
+fn cfg(batch: u32) -> RoomConfig {
+    RoomConfig { batch_size: batch, tick_interval_ms: 100, ..RoomConfig::default() }
+}
+
+async fn room(store: &dyn Store, c: RoomConfig) -> RoomId {
+    let id = unique_room("conf");
+    assert!(store.put_room(&id, &c).await.unwrap());
+    id
+}
+
+/// Waits for the next tick number and applies it.
+async fn next_tick(store: &dyn Store, room: &RoomId) -> TickOutcome {
+    for _ in 0..200 {
+        let out = store.tick(room).await.unwrap();
+        if out.applied {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    panic!("no tick applied in 3 s");
+}
+
+async fn join_n(store: &dyn Store, room: &RoomId, from: usize, n: usize) -> Vec<TicketId> {
+    let mut out = Vec::new();
+    for i in from..from + n {
+        out.push(store.join(room, &user(i)).await.unwrap().status.ticket);
+    }
+    out
+}
+
+fn ids(a: &[Admitted]) -> Vec<TicketId> {
+    a.iter().map(|a| a.ticket).collect()
+}
+
+pub async fn unknown_things_are_errors(s: &dyn Store) {
+    let missing = unique_room("missing");
+    assert!(matches!(s.join(&missing, &user(1)).await, Err(Error::UnknownRoom(_))));
+    assert!(matches!(s.tick(&missing).await, Err(Error::UnknownRoom(_))));
+    assert!(matches!(s.stats(&missing).await, Err(Error::UnknownRoom(_))));
+    assert!(s.room_config(&missing).await.unwrap().is_none());
+    let r = room(s, cfg(1)).await;
+    let t = s.join(&r, &user(1)).await.unwrap().status.ticket;
+    let forged = TicketId::new(t.seq(), t.random() ^ 1);
+    assert!(matches!(s.status(&r, forged).await, Err(Error::UnknownTicket)));
+    assert!(matches!(s.leave(&r, forged).await, Err(Error::UnknownTicket)));
+    assert!(matches!(s.status(&r, TicketId::new(999, 1)).await, Err(Error::UnknownTicket)));
+}
+
+pub async fn join_is_idempotent_per_user(s: &dyn Store) {
+    let r = room(s, cfg(1)).await;
+    let a = s.join(&r, &user(1)).await.unwrap();
+    assert!(a.created);
+    assert_eq!(a.status.state, TicketState::Waiting);
+    assert_eq!(a.status.position, Some(1));
+    let again = s.join(&r, &user(1)).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.status.ticket, a.status.ticket);
+    let b = s.join(&r, &user(2)).await.unwrap();
+    assert_ne!(b.status.ticket, a.status.ticket);
+    assert_eq!(b.status.position, Some(2));
+    assert_eq!(a.status.owner, user(1).owner_hash());
+    assert_eq!(s.stats(&r).await.unwrap().joined_total, 2);
+}
+
+pub async fn fifo_ticks_admit_in_join_order(s: &dyn Store) {
+    let r = room(s, cfg(3)).await;
+    let tickets = join_n(s, &r, 0, 10).await;
+    let first = next_tick(s, &r).await;
+    assert_eq!(ids(&first.admitted), tickets[..3]);
+    assert_eq!(first.waiting_before, 10);
+    // The same tick again admits nothing.
+    let dup = s.tick(&r).await.unwrap();
+    if dup.tick == first.tick {
+        assert!(!dup.applied && dup.admitted.is_empty());
+    }
+    let before = s.status(&r, tickets[9]).await.unwrap().position.unwrap();
+    assert_eq!(before, 7);
+    let second = next_tick(s, &r).await;
+    assert_eq!(ids(&second.admitted), tickets[3..6]);
+    assert!(second.tick > first.tick);
+    let after = s.status(&r, tickets[9]).await.unwrap();
+    assert_eq!(after.position, Some(4));
+    assert!(after.eta.is_some());
+    let admitted = s.status(&r, tickets[0]).await.unwrap();
+    assert_eq!(admitted.state, TicketState::Admitted);
+    assert!(admitted.admitted_until_ms.unwrap() > admitted.now_ms);
+    assert_eq!(s.active(&r).await.unwrap(), 6);
+    let st = s.stats(&r).await.unwrap();
+    assert_eq!((st.waiting, st.active, st.admitted_total), (4, 6, 6));
+    assert!(st.admitted_per_minute > 0.0);
+}
+
+pub async fn concurrent_ticks_apply_once(s: Arc<dyn Store>) {
+    let r = room(&*s, cfg(5)).await;
+    join_n(&*s, &r, 0, 100).await;
+    for _ in 0..3 {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (s, r) = (s.clone(), r.clone());
+            tasks.push(tokio::spawn(async move { s.tick(&r).await.unwrap() }));
+        }
+        let mut applied = 0;
+        let mut admitted = 0;
+        let mut seen_ticks = HashSet::new();
+        for t in tasks {
+            let out = t.await.unwrap();
+            seen_ticks.insert(out.tick);
+            if out.applied {
+                applied += 1;
+                admitted += out.admitted.len();
+            }
+        }
+        assert!(applied <= seen_ticks.len(), "a tick number applied twice");
+        assert_eq!(admitted, 5 * applied);
+        tokio::time::sleep(Duration::from_millis(110)).await;
+    }
+    let st = s.stats(&r).await.unwrap();
+    assert_eq!(st.admitted_total + st.waiting, 100);
+}
+
+pub async fn max_active_caps_admission(s: &dyn Store) {
+    let r = room(s, RoomConfig { max_active: 4, ..cfg(10) }).await;
+    let tickets = join_n(s, &r, 0, 10).await;
+    assert_eq!(next_tick(s, &r).await.admitted.len(), 4);
+    assert_eq!(next_tick(s, &r).await.admitted.len(), 0);
+    assert_eq!(s.admit(&r, 10).await.unwrap().len(), 0, "manual admit must respect max_active");
+    assert_eq!(s.leave(&r, tickets[0]).await.unwrap(), TicketState::Admitted);
+    assert_eq!(s.active(&r).await.unwrap(), 3);
+    let out = next_tick(s, &r).await;
+    assert_eq!(ids(&out.admitted), vec![tickets[4]]);
+    assert_eq!(s.active(&r).await.unwrap(), 4);
+}
+
+pub async fn free_pass_admits_first_arrivals(s: &dyn Store) {
+    let r = room(s, RoomConfig { free_pass: 2, ..cfg(1) }).await;
+    let a = s.join(&r, &user(1)).await.unwrap();
+    let b = s.join(&r, &user(2)).await.unwrap();
+    let c = s.join(&r, &user(3)).await.unwrap();
+    assert_eq!(a.status.state, TicketState::Admitted);
+    assert_eq!(b.status.state, TicketState::Admitted);
+    assert_eq!(c.status.state, TicketState::Waiting);
+    assert_eq!(c.status.position, Some(1));
+    let st = s.stats(&r).await.unwrap();
+    assert_eq!((st.free_passes_used, st.active, st.waiting), (2, 2, 1));
+    // Free passes are only for arrivals that find nobody waiting.
+    let r2 = room(s, RoomConfig { free_pass: 5, paused: true, ..cfg(1) }).await;
+    assert_eq!(s.join(&r2, &user(1)).await.unwrap().status.state, TicketState::Waiting);
+    s.set_paused(&r2, false).await.unwrap();
+    assert_eq!(s.join(&r2, &user(2)).await.unwrap().status.state, TicketState::Waiting);
+}
+
+pub async fn admissions_expire_and_users_requeue(s: &dyn Store) {
+    let r = room(s, RoomConfig { session_ttl_s: 1, ..cfg(5) }).await;
+    let t = s.join(&r, &user(1)).await.unwrap().status.ticket;
+    next_tick(s, &r).await;
+    assert_eq!(s.status(&r, t).await.unwrap().state, TicketState::Admitted);
+    assert_eq!(s.join(&r, &user(1)).await.unwrap().status.ticket, t, "admitted ticket is still live");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let st = s.status(&r, t).await.unwrap();
+    assert_eq!(st.state, TicketState::Expired);
+    assert_eq!(s.active(&r).await.unwrap(), 0);
+    next_tick(s, &r).await;
+    assert_eq!(s.status(&r, t).await.unwrap().state, TicketState::Expired);
+    let again = s.join(&r, &user(1)).await.unwrap();
+    assert!(again.created);
+    assert_ne!(again.status.ticket, t);
+}
+
+pub async fn idle_tickets_are_dropped(s: &dyn Store) {
+    let r = room(s, RoomConfig { idle_timeout_s: 1, paused: true, ..cfg(5) }).await;
+    let t = join_n(s, &r, 0, 3).await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.touch(&r, &[t[1], TicketId::new(77, 7)]).await.unwrap();
+    }
+    let out = next_tick(s, &r).await;
+    assert_eq!(out.dropped, 2);
+    assert_eq!(s.status(&r, t[0]).await.unwrap().state, TicketState::Dropped);
+    assert_eq!(s.status(&r, t[2]).await.unwrap().state, TicketState::Dropped);
+    let kept = s.status(&r, t[1]).await.unwrap();
+    assert_eq!((kept.state, kept.position), (TicketState::Waiting, Some(1)));
+    let st = s.stats(&r).await.unwrap();
+    assert_eq!((st.dropped_total, st.waiting), (2, 1));
+    assert!(s.join(&r, &user(0)).await.unwrap().created, "a dropped user may queue again");
+}
+
+pub async fn pause_and_schedule_stop_admission(s: &dyn Store) {
+    let r = room(s, RoomConfig { paused: true, ..cfg(5) }).await;
+    let t = join_n(s, &r, 0, 3).await;
+    let st = s.status(&r, t[0]).await.unwrap();
+    assert_eq!(st.phase, RoomPhase::Paused);
+    assert!(st.eta.is_none());
+    assert!(next_tick(s, &r).await.admitted.is_empty());
+    s.set_paused(&r, false).await.unwrap();
+    assert!(!s.room_config(&r).await.unwrap().unwrap().paused);
+    assert_eq!(next_tick(s, &r).await.admitted.len(), 3);
+
+    let mut c = cfg(5);
+    let now = s.stats(&r).await.unwrap().now_ms;
+    c.set_opens_at_ms(now + 60_000);
+    let later = room(s, c).await;
+    let t = s.join(&later, &user(1)).await.unwrap().status;
+    assert_eq!(t.phase, RoomPhase::Scheduled);
+    assert!(t.eta.unwrap().seconds >= 59);
+    assert!(next_tick(s, &later).await.admitted.is_empty());
+    assert_eq!(s.stats(&later).await.unwrap().phase, RoomPhase::Scheduled);
+}
+
+pub async fn random_at_open_draws_auditably(s: &dyn Store) {
+    let now = {
+        let probe = room(s, cfg(1)).await;
+        s.stats(&probe).await.unwrap().now_ms
+    };
+    let mut c = RoomConfig { queue_method: QueueMethod::RandomAtOpen, ..cfg(100) };
+    c.set_opens_at_ms(now + 800);
+    let r = room(s, c).await;
+    let pre = join_n(s, &r, 0, 40).await;
+    let st = s.status(&r, pre[5]).await.unwrap();
+    assert_eq!(st.position, None, "no position before the draw");
+    s.leave(&r, pre[3]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let late = s.join(&r, &user(1000)).await.unwrap().status;
+    assert_eq!(late.position, Some(40), "after the 39 pre-queued tickets");
+    let out = next_tick(s, &r).await;
+    let draw = out.draw.clone().expect("the first open tick draws");
+    assert_eq!(draw.last_seq, 40);
+    assert_eq!(draw.shuffled, 39);
+    assert_eq!(s.draw_record(&r).await.unwrap(), Some(draw.clone()));
+    let mut expected: Vec<TicketId> = pre.iter().copied().filter(|t| *t != pre[3]).collect();
+    queue_core::draw::sort(&draw.seed, &mut expected);
+    expected.push(late.ticket);
+    assert_eq!(ids(&out.admitted), expected, "admission order is the recorded draw");
+    assert_ne!(expected[..39], pre.iter().copied().filter(|t| *t != pre[3]).collect::<Vec<_>>()[..]);
+}
+
+pub async fn manual_admit_and_leave(s: &dyn Store) {
+    let r = room(s, RoomConfig { paused: true, ..cfg(1) }).await;
+    let t = join_n(s, &r, 0, 8).await;
+    assert!(matches!(s.admit(&r, 0).await, Err(Error::InvalidArgument { .. })));
+    assert_eq!(s.admit(&r, 3).await.unwrap(), t[..3]);
+    assert_eq!(s.leave(&r, t[4]).await.unwrap(), TicketState::Waiting);
+    assert_eq!(s.leave(&r, t[4]).await.unwrap(), TicketState::Left);
+    assert_eq!(s.status(&r, t[4]).await.unwrap().state, TicketState::Left);
+    assert_eq!(s.status(&r, t[5]).await.unwrap().position, Some(2));
+    assert_eq!(s.admit(&r, 100).await.unwrap(), vec![t[3], t[5], t[6], t[7]]);
+    let st = s.stats(&r).await.unwrap();
+    assert_eq!((st.waiting, st.active, st.left_total, st.admitted_total), (0, 7, 1, 7));
+    assert!(s.join(&r, &user(4)).await.unwrap().created, "a user who left may queue again");
+}
+
+pub async fn events_are_published(s: &dyn Store) {
+    let mut rx = s.subscribe();
+    // The Redis subscription connects in the background; give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = room(s, cfg(2)).await;
+    let t = join_n(s, &r, 0, 3).await;
+    next_tick(s, &r).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let (mut config_seen, mut admitted) = (false, None);
+    while admitted.is_none() && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            Ok(Ok(RoomEvent::ConfigChanged { room })) if room == r => config_seen = true,
+            Ok(Ok(RoomEvent::Admitted { room, tickets, tick, .. })) if room == r => {
+                admitted = Some((tickets, tick))
+            }
+            _ => {}
+        }
+    }
+    assert!(config_seen, "no config event");
+    let (tickets, tick) = admitted.expect("no admission event");
+    assert_eq!(tickets, t[..2]);
+    assert!(tick.is_some());
+}
+
+pub async fn config_round_trip_and_bad_input(s: &dyn Store) {
+    let mut c = RoomConfig::from_json(
+        br#"{"protect":["/book/"],"target":"/book/","batch_size":30,"tick_interval_ms":250,
+        "free_pass":7,"max_active":9,"session_ttl_s":60,"idle_timeout_s":30,
+        "queue_method":"random_at_open","opens_at":"2030-01-02T03:04:05Z","paused":true}"#,
+    )
+    .unwrap();
+    let r = room(s, c.clone()).await;
+    assert_eq!(s.room_config(&r).await.unwrap().unwrap(), c);
+    assert!(s.rooms().await.unwrap().contains(&r));
+    c.batch_size = 31;
+    assert!(!s.put_room(&r, &c).await.unwrap());
+    let bad = RoomConfig { batch_size: 0, ..c.clone() };
+    assert!(matches!(s.put_room(&r, &bad).await, Err(Error::InvalidConfig { .. })));
+    assert_eq!(s.room_config(&r).await.unwrap().unwrap(), c, "a refused config changes nothing");
+    let too_many = vec![TicketId::new(1, 1); queue_core::store::MAX_TOUCH_BATCH + 1];
+    assert!(matches!(s.touch(&r, &too_many).await, Err(Error::InvalidArgument { .. })));
+    assert!(s.delete_room(&r).await.unwrap());
+    assert!(!s.delete_room(&r).await.unwrap());
+    assert!(s.room_config(&r).await.unwrap().is_none());
+    assert!(!s.rooms().await.unwrap().contains(&r));
+    assert!(matches!(s.join(&r, &user(1)).await, Err(Error::UnknownRoom(_))));
+    s.ping().await.unwrap();
+}
+
+pub async fn positions_never_increase(s: &dyn Store) {
+    let r = room(s, cfg(2)).await;
+    let t = join_n(s, &r, 0, 12).await;
+    let mut last: Vec<u64> = vec![u64::MAX; t.len()];
+    for round in 0..5 {
+        if round == 2 {
+            s.leave(&r, t[7]).await.unwrap();
+        }
+        join_n(s, &r, 100 + round * 3, 3).await;
+        for (i, ticket) in t.iter().enumerate() {
+            let st = s.status(&r, *ticket).await.unwrap();
+            if let Some(p) = st.position {
+                assert!(p <= last[i], "position of {i} rose from {} to {p}", last[i]);
+                last[i] = p;
+            }
+        }
+        next_tick(s, &r).await;
+    }
+}
+
+macro_rules! conformance {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            async fn store() -> Arc<dyn Store> {
+                $make
+            }
+
+            #[tokio::test]
+            async fn unknown_things_are_errors() {
+                super::unknown_things_are_errors(&*store().await).await
+            }
+            #[tokio::test]
+            async fn join_is_idempotent_per_user() {
+                super::join_is_idempotent_per_user(&*store().await).await
+            }
+            #[tokio::test]
+            async fn fifo_ticks_admit_in_join_order() {
+                super::fifo_ticks_admit_in_join_order(&*store().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_ticks_apply_once() {
+                super::concurrent_ticks_apply_once(store().await).await
+            }
+            #[tokio::test]
+            async fn max_active_caps_admission() {
+                super::max_active_caps_admission(&*store().await).await
+            }
+            #[tokio::test]
+            async fn free_pass_admits_first_arrivals() {
+                super::free_pass_admits_first_arrivals(&*store().await).await
+            }
+            #[tokio::test]
+            async fn admissions_expire_and_users_requeue() {
+                super::admissions_expire_and_users_requeue(&*store().await).await
+            }
+            #[tokio::test]
+            async fn idle_tickets_are_dropped() {
+                super::idle_tickets_are_dropped(&*store().await).await
+            }
+            #[tokio::test]
+            async fn pause_and_schedule_stop_admission() {
+                super::pause_and_schedule_stop_admission(&*store().await).await
+            }
+            #[tokio::test]
+            async fn random_at_open_draws_auditably() {
+                super::random_at_open_draws_auditably(&*store().await).await
+            }
+            #[tokio::test]
+            async fn manual_admit_and_leave() {
+                super::manual_admit_and_leave(&*store().await).await
+            }
+            #[tokio::test]
+            async fn events_are_published() {
+                super::events_are_published(&*store().await).await
+            }
+            #[tokio::test]
+            async fn config_round_trip_and_bad_input() {
+                super::config_round_trip_and_bad_input(&*store().await).await
+            }
+            #[tokio::test]
+            async fn positions_never_increase() {
+                super::positions_never_increase(&*store().await).await
+            }
+        }
+    };
+}
+
+conformance!(memory, Arc::new(MemoryStore::new()));
+conformance!(redis_single, Arc::new(RedisStore::connect(&RedisServer::shared().url()).await.unwrap()));
+conformance!(redis_cluster, Arc::new(RedisStore::connect(&RedisCluster::shared().urls()).await.unwrap()));
