@@ -1,6 +1,6 @@
 -- admit: ARGV[3] count. An operator admits the next N now (bounded by max_active), drawing
 -- first if the room is past opens_at and not drawn yet.
--- Reply: {'ok', until, ticket, waited_ms, ...}
+-- Reply: {'ok', until, "ticket,ticket,..."}
 local c = load_cfg()
 if not c then return { 'no_room' } end
 local now, us = clock()
@@ -9,9 +9,7 @@ if c.method == 'random_at_open' and c.opens > 0 and now >= c.opens
   do_draw(c, now, us)
 end
 local n = math.min(tonumber(ARGV[3]), capacity(c, now))
-local out, untl = admit_next(n, now, c)
-update_rate(now, #out / 2, c)
-publish_admitted(out, untl, cjson.null)
-local reply = { 'ok', string.format('%d', untl) }
-for _, v in ipairs(out) do reply[#reply + 1] = v end
-return reply
+local tickets, untl = admit_next(n, now, c)
+update_rate(now, #tickets, c)
+publish_admitted(tickets, untl, 'null')
+return { 'ok', untl, table.concat(tickets, ',') }

@@ -22,10 +22,10 @@ if c.method == 'random_at_open' and now < c.opens then
 end
 if phase(c, now) == 'open' and stat('free_used') < c.free and redis.call('ZCARD', K_WAIT) == 0
     and capacity(c, now) > 0 then
-  local untl = now + c.ttl * 1000
-  redis.call('ZADD', K_ADM, untl, t)
+  local untl = string.format('%d', now + c.ttl * 1000)
+  redis.call('HSET', K_ADM, t, untl)
+  record_batch(untl, 1)
   redis.call('HINCRBY', K_STATS, 'free_used', 1)
-  redis.call('HINCRBY', K_STATS, 'admitted', 1)
   return status_reply(t, 1, { 'admitted', -1, untl, owner, now }, now, c)
 end
 redis.call('ZADD', K_WAIT, seq, t)

@@ -1,6 +1,6 @@
 -- tick: applies tick floor(now / interval) once, however many gateways call it.
 -- Reply: {'ok', tick, waiting_before, active_before, dropped, expired, until,
---         draw_seed, draw_at_us, draw_last_seq, draw_shuffled, ticket, waited_ms, ...}
+--         draw_seed, draw_at_us, draw_last_seq, draw_shuffled, "ticket,ticket,..."}
 --     or {'dup', tick}.
 local c = load_cfg()
 if not c then return { 'no_room' } end
@@ -9,14 +9,7 @@ local tick = math.floor(now / c.interval)
 if tick <= stat('last_tick') then return { 'dup', tostring(tick) } end
 redis.call('HSET', K_STATS, 'last_tick', string.format('%d', tick))
 
-local expired = redis.call('ZRANGEBYSCORE', K_ADM, '-inf', now, 'WITHSCORES', 'LIMIT', 0, MAX_SWEEP)
-local exp_tickets = {}
-for i = 1, #expired, 2 do
-  exp_tickets[#exp_tickets + 1] = expired[i]
-  redis.call('HSET', K_GONE, expired[i], 'x:' .. expired[i + 1])
-end
-chunked(exp_tickets, function(part) redis.call('ZREM', K_ADM, unpack(part)) end)
-redis.call('HINCRBY', K_STATS, 'expired', #exp_tickets)
+local expired = sweep_expired(now)
 
 local idle = redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', now - c.idle * 1000, 'LIMIT', 0, MAX_SWEEP)
 for _, t in ipairs(idle) do redis.call('HSET', K_GONE, t, 'd') end
@@ -28,17 +21,17 @@ redis.call('HINCRBY', K_STATS, 'dropped', #idle)
 
 local waiting_before = redis.call('ZCARD', K_WAIT)
 local active_before = active_count(now)
-local reply = { 'ok', tostring(tick), waiting_before, active_before, #idle, #exp_tickets, '0',
-  '', '0', 0, 0 }
+local reply = { 'ok', string.format('%d', tick), waiting_before, active_before, #idle, expired, '0',
+  '', '0', 0, 0, '' }
 if phase(c, now) ~= 'open' then return reply end
 if c.method == 'random_at_open' and c.opens > 0 and redis.call('EXISTS', K_DRAW) == 0 then
   local d = do_draw(c, now, us)
   reply[8], reply[9], reply[10], reply[11] = d[1], d[2], d[3], d[4]
 end
 local n = math.min(c.batch, capacity(c, now))
-local out, untl = admit_next(n, now, c)
-reply[7] = string.format('%d', untl)
-update_rate(now, #out / 2, c)
-publish_admitted(out, untl, tick)
-for _, v in ipairs(out) do reply[#reply + 1] = v end
+local tickets, untl = admit_next(n, now, c)
+reply[7] = untl
+update_rate(now, #tickets, c)
+publish_admitted(tickets, untl, string.format('%d', tick))
+reply[12] = table.concat(tickets, ',')
 return reply

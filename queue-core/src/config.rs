@@ -243,7 +243,7 @@ mod tests {
         let mut other = RoomConfig::default();
         other.set_opens_at_ms(cfg.opens_at_ms());
         assert_eq!(other.opens_at, cfg.opens_at);
-        assert_eq!(cfg.opens_at_ms(), 1_764_583_200_000);
+        assert_eq!(cfg.opens_at_ms(), 1_796_119_200_000);
     }
 
     #[test]

@@ -62,7 +62,12 @@ async fn four_processes_tick_one_room() {
     let redis = RedisServer::start();
     let store = Arc::new(RedisStore::connect(&redis.url()).await.unwrap());
     let room = unique_room("multi");
-    let cfg = RoomConfig { batch_size: BATCH, tick_interval_ms: INTERVAL_MS, max_active: MAX_ACTIVE, ..RoomConfig::default() };
+    let cfg = RoomConfig {
+        batch_size: BATCH,
+        tick_interval_ms: INTERVAL_MS,
+        max_active: MAX_ACTIVE,
+        ..RoomConfig::default()
+    };
     store.put_room(&room, &cfg).await.unwrap();
     let start_tick = store.stats(&room).await.unwrap().now_ms / INTERVAL_MS;
     // Slack for the children to start; at least TICKS ticks must be applied after that.
@@ -103,10 +108,11 @@ async fn four_processes_tick_one_room() {
     }
     assert_eq!(joined.len(), JOINS);
 
-    let outputs: Vec<_> =
-        tokio::task::spawn_blocking(move || children.into_iter().map(|c| c.wait_with_output().unwrap()).collect())
-            .await
-            .unwrap();
+    let outputs: Vec<_> = tokio::task::spawn_blocking(move || {
+        children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+    })
+    .await
+    .unwrap();
     let mut applied: HashMap<u64, (usize, Applied)> = HashMap::new();
     for (proc_no, out) in outputs.iter().enumerate() {
         assert!(out.status.success(), "ticker process {proc_no} failed");

@@ -119,7 +119,8 @@ async fn run(cfg: RoomConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let store = MemoryStore::with_clock(Arc::new(clock.clone()));
     let room = RoomId::parse("prop").unwrap();
     store.put_room(&room, &cfg).await.unwrap();
-    let mut m = Model { cfg: cfg.clone(), tickets: Vec::new(), positions: HashMap::new(), admitted_log: Vec::new() };
+    let mut m =
+        Model { cfg: cfg.clone(), tickets: Vec::new(), positions: HashMap::new(), admitted_log: Vec::new() };
     let users: Vec<UserKey> = (0..8).map(|i| UserKey::parse(&format!("actor-{i}")).unwrap()).collect();
     for op in ops {
         match op {

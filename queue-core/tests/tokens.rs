@@ -41,7 +41,9 @@ fn refusal(r: Result<Arc<AdmissionClaims>, TokenError>) -> &'static str {
 #[test]
 fn round_trip_carries_every_claim() {
     let k = keys();
-    let t = k.sign("summer", "user-1", "0000000000000001aaaaaaaaaaaaaaaa", &cnf_of(b"s"), now(), now() + 600).unwrap();
+    let t = k
+        .sign("summer", "user-1", "0000000000000001aaaaaaaaaaaaaaaa", &cnf_of(b"s"), now(), now() + 600)
+        .unwrap();
     let header = jsonwebtoken::decode_header(&t).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
     assert_eq!(header.kid.as_deref(), Some(k.signing_kid()));
@@ -147,7 +149,12 @@ fn keys_load_from_pem_and_seed() {
     let k = SigningKey::parse(pem).unwrap();
     let jwk = k.public_key().to_jwk();
     assert_eq!(jwk.x, "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo");
-    for bad in ["", "not base64 !!", &STANDARD.encode([1u8; 31]), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"] {
+    for bad in [
+        "",
+        "not base64 !!",
+        &STANDARD.encode([1u8; 31]),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+    ] {
         assert!(matches!(SigningKey::parse(bad), Err(TokenError::InvalidKey(_))), "{bad:?} accepted");
     }
     assert!(!format!("{k:?}").contains("MC4C"), "Debug must not print key material");
@@ -164,7 +171,8 @@ async fn verifier_uses_a_static_jwks_and_caches() {
     assert_eq!((hits, misses), (1, 1));
     let wrong_iss = KeySet::new("https://evil", SigningKey::generate().unwrap());
     let v2 = Verifier::from_jwks(&wrong_iss.jwks()).unwrap().with_issuer("https://gw.test");
-    let t2 = wrong_iss.sign_claims(&AdmissionClaims { iss: "https://evil".into(), ..claims("r", now(), now() + 60) });
+    let t2 = wrong_iss
+        .sign_claims(&AdmissionClaims { iss: "https://evil".into(), ..claims("r", now(), now() + 60) });
     assert_eq!(refusal(v2.verify(&t2.unwrap(), "r").await), "wrong issuer");
 }
 

@@ -8,7 +8,7 @@
 //! `wr:{room}:events`; one pattern subscription per store fans them out in process.
 
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -102,13 +102,15 @@ pub fn script_source(name: &str) -> Option<String> {
     Some(format!("{PRELUDE}\n{body}"))
 }
 
-const KEY_NAMES: [&str; 11] =
-    ["cfg", "seq", "waiting", "seen", "admitted", "tickets", "users", "gone", "stats", "rate", "draw"];
+const KEY_NAMES: [&str; 13] = [
+    "cfg", "seq", "waiting", "seen", "admitted", "tickets", "users", "gone", "stats", "rate", "draw",
+    "batches", "batchn",
+];
 const ROOMS_KEY: &str = "wr:rooms";
 const EVENTS_PATTERN: &str = "wr:{*}:events";
 
 /// The keys of a room, in the order `lua/lib.lua` expects.
-pub fn room_keys(room: &RoomId) -> [String; 11] {
+pub fn room_keys(room: &RoomId) -> [String; 13] {
     KEY_NAMES.map(|k| format!("wr:{{{room}}}:{k}"))
 }
 
@@ -217,6 +219,29 @@ impl RedisStore {
         }
     }
 
+    /// Adds each admitted ticket's wait (join to now). Read after the tick script so the
+    /// script itself stays short: this is metrics, not state.
+    async fn with_waits(&self, room: &RoomId, tickets: Vec<TicketId>) -> Result<Vec<Admitted>> {
+        if tickets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&room_keys(room)[5]);
+        for t in &tickets {
+            cmd.arg(t.to_string());
+        }
+        let infos: Vec<Option<String>> = self.query(&cmd).await?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Ok(tickets
+            .into_iter()
+            .zip(infos)
+            .map(|(ticket, info)| {
+                let joined = info.and_then(|i| i.rsplit(':').next().and_then(|j| j.parse::<u64>().ok()));
+                Admitted { ticket, waited_ms: joined.map_or(0, |j| now.saturating_sub(j)) }
+            })
+            .collect())
+    }
+
     /// The Redis memory used by one room's keys (for benchmarks and ops), in bytes.
     pub async fn room_memory_bytes(&self, room: &RoomId) -> Result<u64> {
         let mut total = 0;
@@ -294,9 +319,6 @@ impl Reply {
     }
     fn ticket(&self, i: usize) -> Result<TicketId> {
         TicketId::parse(&self.str(i)?).map_err(|_| Error::Protocol("bad ticket id in reply".into()))
-    }
-    fn len(&self) -> usize {
-        self.0.len()
     }
 }
 
@@ -390,14 +412,12 @@ fn config_from_hash(h: &std::collections::HashMap<String, String>) -> Result<Roo
     Ok(cfg)
 }
 
-fn decode_admitted(r: &Reply, from: usize) -> Result<Vec<Admitted>> {
-    let mut out = Vec::with_capacity((r.len().saturating_sub(from)) / 2);
-    let mut i = from;
-    while i + 1 < r.len() {
-        out.push(Admitted { ticket: r.ticket(i)?, waited_ms: r.u64(i + 1)? });
-        i += 2;
-    }
-    Ok(out)
+fn decode_csv(r: &Reply, i: usize) -> Result<Vec<TicketId>> {
+    let csv = r.str(i)?;
+    csv.split(',')
+        .filter(|t| !t.is_empty())
+        .map(|t| TicketId::parse(t).map_err(|_| Error::Protocol("bad ticket id in reply".into())))
+        .collect()
 }
 
 #[async_trait]
@@ -483,14 +503,14 @@ impl Store for RedisStore {
             expired: r.u64(5)?,
             expires_at_ms: r.u64(6)?,
             draw: draw.transpose()?,
-            admitted: decode_admitted(&r, 11)?,
+            admitted: self.with_waits(room, decode_csv(&r, 11)?).await?,
         })
     }
 
     async fn admit(&self, room: &RoomId, count: u32) -> Result<Vec<TicketId>> {
         check_admit(count)?;
         let r = self.run(&SCRIPTS.admit, room, &[count.to_string()]).await?;
-        Ok(decode_admitted(&r, 2)?.into_iter().map(|a| a.ticket).collect())
+        decode_csv(&r, 2)
     }
 
     async fn active(&self, room: &RoomId) -> Result<u64> {

@@ -1,0 +1,100 @@
+//! What only the Redis store has: script reloading, one hash slot per room, cross-instance
+//! events, and behaviour when Redis goes away.
+
+use std::time::Duration;
+
+use queue_core::store::redis::room_keys;
+use queue_core::testkit::{RedisCluster, RedisServer, unique_room};
+use queue_core::*;
+
+fn user(n: usize) -> UserKey {
+    UserKey::parse(&format!("user-{n}")).unwrap()
+}
+
+#[tokio::test]
+async fn scripts_reload_after_script_flush() {
+    let server = RedisServer::shared();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let room = unique_room("flush");
+    store.put_room(&room, &RoomConfig::default()).await.unwrap();
+    server.command("SCRIPT FLUSH").unwrap();
+    let out = store.join(&room, &user(1)).await.unwrap();
+    assert!(out.created, "join after SCRIPT FLUSH must reload the script (NOSCRIPT)");
+}
+
+#[tokio::test]
+async fn room_keys_share_one_cluster_slot() {
+    let cluster = RedisCluster::shared();
+    let room = unique_room("slot");
+    let slots: std::collections::HashSet<String> = room_keys(&room)
+        .iter()
+        .map(|k| cluster.nodes()[0].command(&format!("CLUSTER KEYSLOT {k}")).unwrap())
+        .collect();
+    assert_eq!(slots.len(), 1, "keys of one room must hash to one slot: {slots:?}");
+    // Rooms spread over the cluster's nodes: each store call lands on its room's node.
+    let store = RedisStore::connect(&cluster.urls()).await.unwrap();
+    for i in 0..20 {
+        let r = unique_room(&format!("spread{i}"));
+        store.put_room(&r, &RoomConfig::default()).await.unwrap();
+        store.join(&r, &user(i)).await.unwrap();
+    }
+    let mut nodes_with_keys = 0;
+    for node in cluster.nodes() {
+        let size = node.command("DBSIZE").unwrap();
+        if !size.trim().ends_with(":0") {
+            nodes_with_keys += 1;
+        }
+    }
+    assert!(nodes_with_keys >= 2, "20 rooms all landed on one node");
+}
+
+#[tokio::test]
+async fn events_reach_every_instance() {
+    for urls in [RedisServer::shared().url(), RedisCluster::shared().urls()] {
+        let a = RedisStore::connect(&urls).await.unwrap();
+        let b = RedisStore::connect(&urls).await.unwrap();
+        let mut rx = b.subscribe();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let room = unique_room("fanout");
+        a.put_room(&room, &RoomConfig { tick_interval_ms: 100, ..RoomConfig::default() }).await.unwrap();
+        let t = a.join(&room, &user(1)).await.unwrap().status.ticket;
+        let admitted = loop {
+            let out = a.tick(&room).await.unwrap();
+            if out.applied {
+                break out;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(admitted.admitted[0].ticket, t);
+        let got = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if let Ok(RoomEvent::Admitted { room: r, tickets, .. }) = rx.recv().await
+                    && r == room
+                {
+                    return tickets;
+                }
+            }
+        })
+        .await
+        .expect("instance b never heard of the admission");
+        assert_eq!(got, vec![t]);
+    }
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_an_error_not_a_hang() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let room = unique_room("down");
+    store.put_room(&room, &RoomConfig::default()).await.unwrap();
+    store.ping().await.unwrap();
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = tokio::time::timeout(Duration::from_secs(15), store.join(&room, &user(1))).await;
+    match res {
+        Ok(Err(e)) => assert!(!e.is_client_error(), "a store outage is not the client's fault: {e}"),
+        Ok(Ok(_)) => panic!("join succeeded without Redis"),
+        Err(_) => panic!("join hung without Redis"),
+    }
+    assert!(store.ping().await.is_err());
+}
