@@ -10,8 +10,7 @@ if st[1] == 'waiting' then
   redis.call('ZREM', K_SEEN, t)
 elseif st[1] == 'admitted' then
   -- Its batch is still live (its end is in the future): give the place back now.
-  redis.call('HDEL', K_ADM, t)
-  redis.call('HINCRBY', K_BATCHN, st[3], -1)
+  redis.call('HINCRBY', K_BATCHN, st[6], -1)
   redis.call('HINCRBY', K_STATS, 'active', -1)
 else
   return { 'ok', st[1] }

@@ -4,22 +4,27 @@
 --  2 seq       STRING join sequence (INCR)
 --  3 waiting   ZSET  ticket -> order score (join seq; negative once drawn at open)
 --  4 seen      ZSET  waiting ticket -> last seen (ms)
---  5 admitted  HASH  ticket -> admission end (ms); kept after expiry (expired = end <= now)
+--  5 admitted  HASH  ticket -> admission end (ms), for admissions outside seq batches (free
+--                    passes, drawn tickets); kept after expiry (expired = end <= now)
 --  6 tickets   HASH  ticket -> "owner_hex:joined_ms"
 --  7 users     HASH  owner_hex -> ticket (one live ticket per owner)
 --  8 gone      HASH  ticket -> "l" left | "d" dropped
 --  9 stats     HASH  counters, active, last_tick, preq_last, rate_pm
 -- 10 rate      LIST  "ms:admitted" samples, newest first
 -- 11 draw      HASH  random_at_open draw record
--- 12 batches   ZSET  admission end -> admission end: one member per batch of admissions
--- 13 batchn    HASH  admission end -> tickets of that batch still admitted
--- Admissions are recorded per batch (one HSET of the tickets, one batch entry) rather than in
--- a per-ticket ZSET: a tick of 3,000 then costs one pop from `waiting` and cheap writes, and
--- `stats.active` is kept exact by sweeping expired batches before anyone reads it.
+-- 12 batches   ZSET  "until:lo:hi" -> hi: admitted join-sequence ranges, kept for lookups
+-- 13 bexp      ZSET  batch member -> until: batches whose admissions have not been retired
+-- 14 batchn    HASH  batch member -> admissions of that batch still live
+-- A FIFO tick pops the lowest join sequences, so its admissions are one range [lo, hi] of
+-- sequence numbers (tickets in the range that are not admitted are recorded in `gone`):
+-- one batch entry records 3,000 admissions, and a ticket finds its admission by its own
+-- sequence number (in its id). Drawn tickets and free passes are recorded per ticket in
+-- `admitted` under a batch "until:0:0". `stats.active` is kept exact by retiring expired
+-- batches before anyone reads it.
 -- ARGV[1] = events channel, ARGV[2] = room id; script arguments follow.
 local K_CFG, K_SEQ, K_WAIT, K_SEEN, K_ADM = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_TIX, K_USERS, K_GONE, K_STATS, K_RATE, K_DRAW = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local K_BATCHES, K_BATCHN = KEYS[12], KEYS[13]
+local K_BATCHES, K_BEXP, K_BATCHN = KEYS[12], KEYS[13], KEYS[14]
 local CHANNEL, ROOM = ARGV[1], ARGV[2]
 local MAX_SWEEP = 50000
 local CHUNK = 1000
@@ -52,12 +57,12 @@ end
 
 -- Retires batches whose admissions ended; returns how many admissions expired.
 local function sweep_expired(now)
-  local ended = redis.call('ZRANGEBYSCORE', K_BATCHES, '-inf', now, 'LIMIT', 0, 10000)
+  local ended = redis.call('ZRANGEBYSCORE', K_BEXP, '-inf', now, 'LIMIT', 0, 10000)
   local n = 0
   for _, b in ipairs(ended) do
     n = n + tonumber(redis.call('HGET', K_BATCHN, b) or '0')
     redis.call('HDEL', K_BATCHN, b)
-    redis.call('ZREM', K_BATCHES, b)
+    redis.call('ZREM', K_BEXP, b)
   end
   if n > 0 then
     redis.call('HINCRBY', K_STATS, 'active', -n)
@@ -71,10 +76,10 @@ local function active_count(now)
   return stat('active')
 end
 
--- Records n admissions ending at untl (a string of ms).
-local function record_batch(untl, n)
-  redis.call('ZADD', K_BATCHES, untl, untl)
-  redis.call('HINCRBY', K_BATCHN, untl, n)
+-- Records n admissions of batch `member` ending at untl (a string of ms).
+local function record_batch(member, untl, n)
+  redis.call('ZADD', K_BEXP, untl, member)
+  redis.call('HINCRBY', K_BATCHN, member, n)
   redis.call('HINCRBY', K_STATS, 'active', n)
   redis.call('HINCRBY', K_STATS, 'admitted', n)
 end
@@ -98,7 +103,11 @@ local function undrawn(c, score)
     and score > 0 and score <= stat('preq_last')
 end
 
--- {state, position (-1: none), until (0: none), owner, joined} or nil.
+local function seq_of(t)
+  return tonumber(string.sub(t, 1, 16), 16)
+end
+
+-- {state, position (-1: none), until (0: none), owner, joined, batch member} or nil.
 local function ticket_status(t, now, c)
   local info = redis.call('HGET', K_TIX, t)
   if not info then return nil end
@@ -109,13 +118,23 @@ local function ticket_status(t, now, c)
     if not undrawn(c, tonumber(score)) then pos = redis.call('ZRANK', K_WAIT, t) + 1 end
     return { 'waiting', pos, 0, owner, joined }
   end
-  local untl = redis.call('HGET', K_ADM, t)
+  local g = redis.call('HGET', K_GONE, t)
+  if g == 'l' then return { 'left', -1, 0, owner, joined } end
+  if g == 'd' then return { 'dropped', -1, 0, owner, joined } end
+  local untl, member = redis.call('HGET', K_ADM, t), nil
   if untl then
-    if tonumber(untl) > now then return { 'admitted', -1, untl, owner, joined } end
-    return { 'expired', -1, untl, owner, joined }
+    member = untl .. ':0:0'
+  else
+    local seq = seq_of(t)
+    local b = redis.call('ZRANGEBYSCORE', K_BATCHES, seq, '+inf', 'LIMIT', 0, 1)[1]
+    if b then
+      local u, lo = string.match(b, '^(%d+):(%d+):')
+      if tonumber(lo) <= seq then untl, member = u, b end
+    end
   end
-  if redis.call('HGET', K_GONE, t) == 'l' then return { 'left', -1, 0, owner, joined } end
-  return { 'dropped', -1, 0, owner, joined }
+  if not untl then return { 'dropped', -1, 0, owner, joined } end
+  if tonumber(untl) > now then return { 'admitted', -1, untl, owner, joined, member } end
+  return { 'expired', -1, untl, owner, joined, member }
 end
 
 -- The reply of join and status: ticket fields, then what the caller needs for the ETA.
@@ -168,17 +187,29 @@ local function admit_next(n, now, c)
   n = math.min(n, 1000000)
   local tickets = redis.call('ZRANGE', K_WAIT, 0, n - 1)
   if #tickets == 0 then return tickets, untl end
+  local first = tonumber(redis.call('ZSCORE', K_WAIT, tickets[1]))
+  local last = tonumber(redis.call('ZSCORE', K_WAIT, tickets[#tickets]))
   redis.call('ZREMRANGEBYRANK', K_WAIT, 0, #tickets - 1)
+  local member
+  if first > 0 then
+    -- Scores are join sequences: the batch is the range [first, last].
+    member = string.format('%s:%d:%d', untl, first, last)
+    redis.call('ZADD', K_BATCHES, string.format('%d', last), member)
+  else
+    member = untl .. ':0:0'
+  end
   chunked(tickets, function(part)
-    local args = {}
-    for _, t in ipairs(part) do
-      args[#args + 1] = t
-      args[#args + 1] = untl
+    if first <= 0 then
+      local args = {}
+      for _, t in ipairs(part) do
+        args[#args + 1] = t
+        args[#args + 1] = untl
+      end
+      redis.call('HSET', K_ADM, unpack(args))
     end
-    redis.call('HSET', K_ADM, unpack(args))
     redis.call('ZREM', K_SEEN, unpack(part))
   end)
-  record_batch(untl, #tickets)
+  record_batch(member, untl, #tickets)
   return tickets, untl
 end
 

@@ -100,10 +100,19 @@ async fn main() {
     let store = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
     let paused = RoomConfig { paused: true, idle_timeout_s: 86_400, ..RoomConfig::default() };
 
+    // WR_BENCH_ONLY=tick skips the throughput comparisons.
+    let only_tick = std::env::var("WR_BENCH_ONLY").is_ok_and(|v| v == "tick");
+    if !only_tick {
+        throughput(&store, port, secs, conc, &paused).await;
+    }
+    tick_time(&store, &server, &paused).await;
+}
+
+async fn throughput(store: &Arc<RedisStore>, port: u16, secs: u64, conc: usize, paused: &RoomConfig) {
     // 1. status over 100,000 waiting.
     let room = RoomId::parse("bench-status").unwrap();
-    store.put_room(&room, &paused).await.unwrap();
-    let tickets = Arc::new(fill(&store, &room, 100_000, "s").await);
+    store.put_room(&room, paused).await.unwrap();
+    let tickets = Arc::new(fill(store, &room, 100_000, "s").await);
     let (s, r, t) = (store.clone(), room.clone(), tickets.clone());
     let ours = load(conc, secs, move |i| {
         let (s, r, t) = (s.clone(), r.clone(), t.clone());
@@ -122,7 +131,7 @@ async fn main() {
 
     // 2. join, every call a new owner.
     let room = RoomId::parse("bench-join").unwrap();
-    store.put_room(&room, &paused).await.unwrap();
+    store.put_room(&room, paused).await.unwrap();
     let (s, r) = (store.clone(), room.clone());
     let ours = load(conc, secs, move |i| {
         let (s, r) = (s.clone(), r.clone());
@@ -138,12 +147,15 @@ async fn main() {
         "join    c={conc}: RedisStore {ours:>9.0}/s  redis-benchmark EVALSHA {theirs:>9.0}/s  ratio {:.2}",
         ours / theirs
     );
+}
 
+async fn tick_time(store: &Arc<RedisStore>, server: &RedisServer, paused: &RoomConfig) {
+    let port = server.port();
     // 3. Redis time of a tick admitting 3,000 of 1,000,000 waiting.
     let room = RoomId::parse("bench-tick").unwrap();
     store.put_room(&room, &RoomConfig { batch_size: 3000, ..paused.clone() }).await.unwrap();
     let t0 = Instant::now();
-    fill(&store, &room, 1_000_000, "t").await;
+    fill(store, &room, 1_000_000, "t").await;
     let fill_s = t0.elapsed().as_secs_f64();
     store.set_paused(&room, false).await.unwrap();
     server.command("CONFIG SET slowlog-log-slower-than 0").unwrap();

@@ -99,6 +99,17 @@ pub struct TicketStatus {
     pub now_ms: u64,
 }
 
+/// What a live stream needs to know about its ticket (see [`crate::Store::watch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watched {
+    /// The ticket's state.
+    pub state: TicketState,
+    /// Its position while waiting (`None` before a `random_at_open` draw).
+    pub position: Option<u64>,
+    /// Admission end for admitted and expired tickets (Unix ms).
+    pub admitted_until_ms: Option<u64>,
+}
+
 /// The answer to a join.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JoinOutcome {

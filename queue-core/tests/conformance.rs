@@ -332,6 +332,29 @@ pub async fn positions_never_increase(s: &dyn Store) {
     }
 }
 
+pub async fn watch_reports_and_touches(s: &dyn Store) {
+    let r = room(s, RoomConfig { idle_timeout_s: 1, ..cfg(1) }).await;
+    let t = join_n(s, &r, 0, 3).await;
+    let unknown = TicketId::new(99, 1);
+    let w = s.watch(&r, &[t[2], unknown, t[0]]).await.unwrap();
+    assert_eq!(w[0].unwrap().position, Some(3));
+    assert!(w[1].is_none());
+    assert_eq!(w[2].unwrap().state, TicketState::Waiting);
+    // Watching keeps t[1] and t[2] seen; t[0] goes idle and is dropped.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.watch(&r, &[t[1], t[2]]).await.unwrap();
+    }
+    let out = next_tick(s, &r).await;
+    assert_eq!(out.dropped, 1);
+    assert_eq!(ids(&out.admitted), vec![t[1]]);
+    let w = s.watch(&r, &[t[0], t[1], t[2]]).await.unwrap();
+    assert_eq!(w[0].unwrap().state, TicketState::Dropped);
+    assert_eq!(w[1].unwrap().state, TicketState::Admitted);
+    assert!(w[1].unwrap().admitted_until_ms.is_some());
+    assert_eq!(w[2].unwrap().position, Some(1));
+}
+
 macro_rules! conformance {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -392,6 +415,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn config_round_trip_and_bad_input() {
                 super::config_round_trip_and_bad_input(&*store().await).await
+            }
+            #[tokio::test]
+            async fn watch_reports_and_touches() {
+                super::watch_reports_and_touches(&*store().await).await
             }
             #[tokio::test]
             async fn positions_never_increase() {

@@ -602,6 +602,25 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn watch(&self, room: &RoomId, tickets: &[TicketId]) -> Result<Vec<Option<Watched>>> {
+        check_touch(tickets)?;
+        self.with_room(room, |r, now| {
+            tickets
+                .iter()
+                .map(|&t| {
+                    let idx = r.slot_of(t).ok()?;
+                    r.touch_one(idx, now);
+                    let st = r.status(idx, now);
+                    Some(Watched {
+                        state: st.state,
+                        position: st.position,
+                        admitted_until_ms: st.admitted_until_ms,
+                    })
+                })
+                .collect()
+        })
+    }
+
     async fn tick(&self, room: &RoomId) -> Result<TickOutcome> {
         let (out, event) = self.with_room(room, |r, now| r.tick(now))?;
         if let Some(e) = event {

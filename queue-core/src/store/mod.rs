@@ -10,7 +10,9 @@ use tokio::sync::broadcast;
 use crate::config::RoomConfig;
 use crate::error::Result;
 use crate::id::{RoomId, TicketId, UserKey};
-use crate::model::{DrawRecord, JoinOutcome, RoomEvent, RoomStats, TickOutcome, TicketState, TicketStatus};
+use crate::model::{
+    DrawRecord, JoinOutcome, RoomEvent, RoomStats, TickOutcome, TicketState, TicketStatus, Watched,
+};
 
 pub mod memory;
 pub mod redis;
@@ -52,6 +54,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Marks waiting tickets as seen now (polls, open SSE streams). Unknown or no longer
     /// waiting tickets are ignored.
     async fn touch(&self, room: &RoomId, tickets: &[TicketId]) -> Result<()>;
+
+    /// For tickets with open live streams: marks the waiting ones seen and returns each one's
+    /// state, in argument order (`None` for ids the room does not have). One call per room
+    /// per second serves every stream of a gateway.
+    async fn watch(&self, room: &RoomId, tickets: &[TicketId]) -> Result<Vec<Option<Watched>>>;
 
     /// Applies the current tick once: expires admissions, drops idle tickets, draws at open,
     /// and admits up to `min(batch_size, max_active − active, waiting)`.

@@ -33,6 +33,7 @@ struct Scripts {
     leave: Script,
     touch: Script,
     tick: Script,
+    watch: Script,
     admit: Script,
     stats: Script,
     put_room: Script,
@@ -41,8 +42,9 @@ struct Scripts {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Script; 10] {
+    fn all(&self) -> [&Script; 11] {
         [
+            &self.watch,
             &self.join,
             &self.status,
             &self.leave,
@@ -67,6 +69,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     leave: script(include_str!("../../../lua/leave.lua")),
     touch: script(include_str!("../../../lua/touch.lua")),
     tick: script(include_str!("../../../lua/tick.lua")),
+    watch: script(include_str!("../../../lua/watch.lua")),
     admit: script(include_str!("../../../lua/admit.lua")),
     stats: script(include_str!("../../../lua/stats.lua")),
     put_room: script(include_str!("../../../lua/put_room.lua")),
@@ -102,15 +105,15 @@ pub fn script_source(name: &str) -> Option<String> {
     Some(format!("{PRELUDE}\n{body}"))
 }
 
-const KEY_NAMES: [&str; 13] = [
+const KEY_NAMES: [&str; 14] = [
     "cfg", "seq", "waiting", "seen", "admitted", "tickets", "users", "gone", "stats", "rate", "draw",
-    "batches", "batchn",
+    "batches", "bexp", "batchn",
 ];
 const ROOMS_KEY: &str = "wr:rooms";
 const EVENTS_PATTERN: &str = "wr:{*}:events";
 
 /// The keys of a room, in the order `lua/lib.lua` expects.
-pub fn room_keys(room: &RoomId) -> [String; 13] {
+pub fn room_keys(room: &RoomId) -> [String; 14] {
     KEY_NAMES.map(|k| format!("wr:{{{room}}}:{k}"))
 }
 
@@ -482,6 +485,33 @@ impl Store for RedisStore {
         let args: Vec<String> = tickets.iter().map(ToString::to_string).collect();
         self.run(&SCRIPTS.touch, room, &args).await?;
         Ok(())
+    }
+
+    async fn watch(&self, room: &RoomId, tickets: &[TicketId]) -> Result<Vec<Option<Watched>>> {
+        check_touch(tickets)?;
+        if tickets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args: Vec<String> = tickets.iter().map(ToString::to_string).collect();
+        let r = self.run(&SCRIPTS.watch, room, &args).await?;
+        (0..tickets.len())
+            .map(|i| {
+                let base = 2 + i * 3;
+                let state = r.str(base)?;
+                if state == "unknown" {
+                    return Ok(None);
+                }
+                let state = state_of(&state)?;
+                let pos = r.int(base + 1)?;
+                let until = r.u64(base + 2)?;
+                let timed = matches!(state, TicketState::Admitted | TicketState::Expired);
+                Ok(Some(Watched {
+                    state,
+                    position: (pos > 0).then_some(pos as u64),
+                    admitted_until_ms: timed.then_some(until),
+                }))
+            })
+            .collect()
     }
 
     async fn tick(&self, room: &RoomId) -> Result<TickOutcome> {

@@ -1,0 +1,27 @@
+-- watch: ARGV[3..] tickets with open live streams. Marks the waiting ones seen now and returns
+-- {'ok', now, state, position, until, state, position, until, ...} in argument order
+-- (state 'unknown' for ids the room does not have).
+local c = load_cfg()
+if not c then return { 'no_room' } end
+local now = clock()
+local reply = { 'ok', string.format('%d', now) }
+local seen = {}
+for i = 3, #ARGV do
+  local t = ARGV[i]
+  local st = ticket_status(t, now, c)
+  if not st then
+    reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = 'unknown', -1, '0'
+  else
+    reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = st[1], st[2], tostring(st[3])
+    if st[1] == 'waiting' then seen[#seen + 1] = t end
+  end
+end
+chunked(seen, function(part)
+  local args = {}
+  for _, t in ipairs(part) do
+    args[#args + 1] = now
+    args[#args + 1] = t
+  end
+  redis.call('ZADD', K_SEEN, 'XX', unpack(args))
+end)
+return reply
