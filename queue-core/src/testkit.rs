@@ -69,10 +69,8 @@ impl RedisServer {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(reply) = self.command("PING") {
-                if reply.starts_with("+PONG") {
-                    return;
-                }
+            if self.command("PING").is_ok_and(|reply| reply.starts_with("+PONG")) {
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -66,6 +66,7 @@ pub fn cnf_of(secret: &[u8]) -> String {
 pub struct SigningKey {
     kid: String,
     public: Vec<u8>,
+    pkcs8: Vec<u8>,
     encoding: EncodingKey,
 }
 
@@ -122,7 +123,21 @@ impl SigningKey {
     fn from_pair(pair: &Ed25519KeyPair) -> Result<Self, TokenError> {
         let v2 = pair.to_pkcs8().map_err(|e| TokenError::InvalidKey(e.to_string()))?;
         let public = pair.public_key().as_ref().to_vec();
-        Ok(SigningKey { kid: thumbprint(&public), public, encoding: EncodingKey::from_ed_der(v2.as_ref()) })
+        Ok(SigningKey {
+            kid: thumbprint(&public),
+            public,
+            pkcs8: v2.as_ref().to_vec(),
+            encoding: EncodingKey::from_ed_der(v2.as_ref()),
+        })
+    }
+
+    /// A 32-byte secret derived from this key for `label` (HMAC-SHA256 keyed by the private
+    /// key): gateways sharing a signing key share every derived secret, with no extra config.
+    pub fn derive_secret(&self, label: &str) -> [u8; 32] {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.pkcs8);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(aws_lc_rs::hmac::sign(&key, label.as_bytes()).as_ref());
+        out
     }
 
     /// The key id: the RFC 7638 JWK thumbprint of the public key.
@@ -280,6 +295,11 @@ impl KeySet {
     /// The signing key's id.
     pub fn signing_kid(&self) -> &str {
         &self.signing.kid
+    }
+
+    /// The current signing key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
     }
 
     /// Signs an admission for `room`, ticket `jti`, holder `sub`, valid `[now, exp)`.

@@ -1,1 +1,84 @@
-fn main() {}
+//! The gateway binary: load config, set up tracing, bind, run until SIGTERM/SIGINT.
+//! `queue-gateway check-config` validates the configuration and exits.
+
+use std::process::ExitCode;
+
+use queue_gateway::config::GatewayConfig;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let cfg = match GatewayConfig::load() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("queue-gateway: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match std::env::args().nth(1).as_deref() {
+        Some("check-config") => {
+            println!("configuration OK: {cfg:?}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("usage: queue-gateway [check-config] (unknown argument {other:?})");
+            return ExitCode::from(2);
+        }
+        None => {}
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("queue-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::bind(cfg.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("queue-gateway: cannot listen on {}: {e}", cfg.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let embedded = cfg.redis_url.is_none() && cfg.rooms.is_empty() && cfg.demo_room;
+        tracing::info!(%addr, store = if cfg.redis_url.is_some() { "redis" } else { "memory" }, "listening");
+        if embedded {
+            println!("\n  Waiting room running on embedded defaults.\n  Open http://{addr}/book/ (protected by room `demo`),\n  or the waiting page http://{addr}/rooms/demo\n");
+        }
+        match queue_gateway::run(listener, cfg, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("queue-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,214 @@
+//! The admin API (DESIGN §4): room configs and the operators' levers, behind a bearer token
+//! compared in constant time. Every change is written as one audit log line.
+
+use std::sync::Arc;
+
+use aws_lc_rs::{constant_time, digest};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use queue_core::{RoomConfig, RoomId};
+use serde_json::{Value, json};
+
+use crate::error::GatewayError;
+use crate::room::{path_err, room_id};
+use crate::state::App;
+
+type Result<T, E = GatewayError> = std::result::Result<T, E>;
+
+fn authorize(app: &App, headers: &HeaderMap) -> Result<()> {
+    let Some(expected) = &app.cfg.admin_token else {
+        return Err(GatewayError::client(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "the admin API is disabled: set WR_ADMIN_TOKEN",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(given) = given else {
+        return Err(GatewayError::client(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token"));
+    };
+    // Digests first: equal lengths, and the comparison time says nothing about the token.
+    let a = digest::digest(&digest::SHA256, given.as_bytes());
+    let b = digest::digest(&digest::SHA256, expected.as_bytes());
+    constant_time::verify_slices_are_equal(a.as_ref(), b.as_ref())
+        .map_err(|_| GatewayError::client(StatusCode::FORBIDDEN, "forbidden", "wrong admin token"))
+}
+
+fn unauthorized_header(mut r: Response) -> Response {
+    if r.status() == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+async fn room_json(app: &App, room: &RoomId, cfg: &RoomConfig) -> Result<Value> {
+    let mut v = serde_json::to_value(cfg).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let st = app.store.stats(room).await?;
+    v["state"] = json!(st.phase.as_str());
+    v["room"] = json!(room.as_str());
+    v["waiting"] = json!(st.waiting);
+    v["active"] = json!(st.active);
+    v["admitted_per_minute"] = json!((st.admitted_per_minute * 10.0).round() / 10.0);
+    Ok(v)
+}
+
+async fn guarded<F, Fut>(app: Arc<App>, headers: HeaderMap, f: F) -> Response
+where
+    F: FnOnce(Arc<App>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response>>,
+{
+    let r = match authorize(&app, &headers) {
+        Ok(()) => f(app).await.unwrap_or_else(IntoResponse::into_response),
+        Err(e) => e.into_response(),
+    };
+    unauthorized_header(r)
+}
+
+fn audit(action: &str, room: &RoomId, detail: Value) {
+    tracing::info!(target: "audit", action, room = %room, detail = %detail, "admin change");
+}
+
+/// `GET /admin/v1/rooms`
+pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    guarded(app, headers, |app| async move {
+        let mut rooms = Vec::new();
+        for id in app.store.rooms().await? {
+            if let Some(cfg) = app.store.room_config(&id).await? {
+                rooms.push(room_json(&app, &id, &cfg).await?);
+            }
+        }
+        Ok(Json(json!({ "rooms": rooms })).into_response())
+    })
+    .await
+}
+
+/// `GET /admin/v1/rooms/{room}`
+pub async fn get(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    guarded(app, headers, |app| async move {
+        let room = room_id(&path.map_err(path_err)?.0)?;
+        let cfg = app
+            .store
+            .room_config(&room)
+            .await?
+            .ok_or_else(|| GatewayError::from(queue_core::Error::UnknownRoom(room.to_string())))?;
+        Ok(Json(room_json(&app, &room, &cfg).await?).into_response())
+    })
+    .await
+}
+
+/// `PUT /admin/v1/rooms/{room}`
+pub async fn put(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    guarded(app, headers, |app| async move {
+        let room = room_id(&path.map_err(path_err)?.0)?;
+        let cfg = RoomConfig::from_json(&body)?;
+        let created = app.store.put_room(&room, &cfg).await?;
+        audit(
+            if created { "create_room" } else { "update_room" },
+            &room,
+            serde_json::to_value(&cfg).unwrap_or_default(),
+        );
+        refresh(&app).await;
+        let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+        Ok((code, Json(room_json(&app, &room, &cfg).await?)).into_response())
+    })
+    .await
+}
+
+/// `DELETE /admin/v1/rooms/{room}`
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    guarded(app, headers, |app| async move {
+        let room = room_id(&path.map_err(path_err)?.0)?;
+        if !app.store.delete_room(&room).await? {
+            return Err(queue_core::Error::UnknownRoom(room.to_string()).into());
+        }
+        audit("delete_room", &room, Value::Null);
+        refresh(&app).await;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
+}
+
+async fn set_paused(
+    app: Arc<App>,
+    path: Result<Path<String>, PathRejection>,
+    paused: bool,
+) -> Result<Response> {
+    let room = room_id(&path.map_err(path_err)?.0)?;
+    app.store.set_paused(&room, paused).await?;
+    audit(if paused { "pause" } else { "resume" }, &room, Value::Null);
+    refresh(&app).await;
+    let st = app.store.stats(&room).await?;
+    Ok(Json(json!({ "room": room.as_str(), "state": st.phase.as_str() })).into_response())
+}
+
+/// `POST /admin/v1/rooms/{room}/pause`
+pub async fn pause(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    guarded(app, headers, |app| set_paused(app, path, true)).await
+}
+
+/// `POST /admin/v1/rooms/{room}/resume`
+pub async fn resume(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    guarded(app, headers, |app| set_paused(app, path, false)).await
+}
+
+/// `POST /admin/v1/rooms/{room}/admit` with `{"count": N}`
+pub async fn admit(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    guarded(app, headers, |app| async move {
+        let room = room_id(&path.map_err(path_err)?.0)?;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Admit {
+            count: u32,
+        }
+        let req: Admit = serde_json::from_slice(&body)
+            .map_err(|e| GatewayError::bad_request(format!("body must be {{\"count\": N}}: {e}")))?;
+        let admitted = app.store.admit(&room, req.count).await?;
+        audit("admit", &room, json!({ "requested": req.count, "admitted": admitted.len() }));
+        app.metrics
+            .admitted
+            .get_or_create(&crate::metrics::Metrics::room(room.as_str()))
+            .inc_by(admitted.len() as u64);
+        Ok(Json(json!({ "room": room.as_str(), "admitted": admitted.len() })).into_response())
+    })
+    .await
+}
+
+async fn refresh(app: &App) {
+    if let Err(e) = app.rooms.refresh(&*app.store).await {
+        tracing::warn!(error = %e, "room cache refresh after an admin change failed");
+    }
+}

@@ -1,0 +1,225 @@
+//! Who is asking: ticket cookies, user JWTs, and admission tokens on protected paths.
+//!
+//! The ticket cookie `wr_{room}` is `ticket.secret`, where `secret = HMAC(cookie key, room ‖
+//! ticket)`: any gateway holding the same key recomputes it, nothing is stored, and a ticket id
+//! alone cannot produce it. The admission token's `cnf` is the base64url SHA-256 of that
+//! secret, so a token copied without its cookie does not pass.
+
+use aws_lc_rs::hmac;
+use axum::http::{HeaderMap, HeaderValue, header};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use queue_core::token::{AdmissionClaims, KeySet, TokenError, cnf_of};
+use queue_core::{RoomId, TicketId, UserKey};
+use serde::Deserialize;
+
+/// Name of a room's ticket cookie.
+pub fn ticket_cookie_name(room: &RoomId) -> String {
+    format!("wr_{room}")
+}
+
+/// Name of a room's admission cookie.
+pub fn admission_cookie_name(room: &RoomId) -> String {
+    format!("wr_admission_{room}")
+}
+
+/// Header that may carry the admission token instead of the cookie.
+pub const ADMISSION_HEADER: &str = "x-admission-token";
+
+/// Makes and checks ticket secrets.
+#[derive(Debug)]
+pub struct CookieKey(hmac::Key);
+
+impl CookieKey {
+    /// A key from 32 bytes of secret material.
+    pub fn new(material: &[u8]) -> Self {
+        CookieKey(hmac::Key::new(hmac::HMAC_SHA256, material))
+    }
+
+    /// The secret of `ticket` in `room`.
+    pub fn secret(&self, room: &RoomId, ticket: TicketId) -> Vec<u8> {
+        hmac::sign(&self.0, format!("ticket|{room}|{ticket}").as_bytes()).as_ref().to_vec()
+    }
+
+    /// The cookie value for a ticket.
+    pub fn cookie_value(&self, room: &RoomId, ticket: TicketId) -> String {
+        format!("{ticket}.{}", URL_SAFE_NO_PAD.encode(self.secret(room, ticket)))
+    }
+
+    /// The ticket of a valid `wr_{room}` cookie and its secret.
+    pub fn ticket_from(&self, headers: &HeaderMap, room: &RoomId) -> Option<(TicketId, Vec<u8>)> {
+        let value = cookie(headers, &ticket_cookie_name(room))?;
+        let (ticket, secret) = value.split_once('.')?;
+        let ticket = TicketId::parse(ticket).ok()?;
+        let given = URL_SAFE_NO_PAD.decode(secret).ok()?;
+        hmac::verify(&self.0, format!("ticket|{room}|{ticket}").as_bytes(), &given).ok()?;
+        Some((ticket, given))
+    }
+}
+
+/// The value of cookie `name`, if the request carries it (first occurrence).
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, and Secure when served over HTTPS.
+pub fn set_cookie(name: &str, value: &str, max_age_s: u64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let v = format!("{name}={value}; Path=/; Max-Age={max_age_s}; HttpOnly; SameSite=Lax{secure}");
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+}
+
+/// True when the request came over HTTPS (directly or as told by a proxy).
+pub fn is_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("https")))
+}
+
+/// Verifies user JWTs (HS256) from `Authorization: Bearer`.
+#[derive(Clone)]
+pub struct UserAuth {
+    key: Option<DecodingKey>,
+}
+
+impl std::fmt::Debug for UserAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserAuth").field("enabled", &self.key.is_some()).finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct UserClaims {
+    sub: String,
+}
+
+/// The outcome of looking for a user.
+#[derive(Debug, PartialEq, Eq)]
+pub enum User {
+    /// No user token (or user tokens are not configured).
+    Anonymous,
+    /// A verified user.
+    Known(String),
+    /// A bearer token was sent and is invalid.
+    Invalid,
+}
+
+impl UserAuth {
+    /// Accepts tokens signed with `secret`; `None` treats everyone as anonymous.
+    pub fn new(secret: Option<&str>) -> Self {
+        UserAuth { key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())) }
+    }
+
+    /// The user of a request.
+    pub fn user(&self, headers: &HeaderMap) -> User {
+        let Some(key) = &self.key else { return User::Anonymous };
+        let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return User::Anonymous;
+        };
+        let Some(token) = auth.strip_prefix("Bearer ").map(str::trim) else { return User::Anonymous };
+        if token.len() > 4096 {
+            return User::Invalid;
+        }
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_required_spec_claims(&["exp", "sub"]);
+        match jsonwebtoken::decode::<UserClaims>(token, key, &v) {
+            Ok(d) if UserKey::parse(&d.claims.sub).is_ok() && d.claims.sub.len() <= 200 => {
+                User::Known(d.claims.sub)
+            }
+            _ => User::Invalid,
+        }
+    }
+}
+
+/// The owner key stored for a user-bound ticket.
+pub fn user_owner(sub: &str) -> UserKey {
+    UserKey::parse(&format!("user:{sub}"))
+        .unwrap_or_else(|_| UserKey::parse("user:invalid").expect("valid key"))
+}
+
+/// A fresh anonymous owner key (one per browser; the ticket cookie keeps it).
+pub fn anonymous_owner() -> UserKey {
+    UserKey::parse(&format!("anon:{:032x}", rand::random::<u128>())).expect("valid key")
+}
+
+/// The admission token offered on a protected path: the room's cookie, else the header.
+pub fn presented_token<'a>(headers: &'a HeaderMap, room: &RoomId) -> Option<&'a str> {
+    cookie(headers, &admission_cookie_name(room))
+        .or_else(|| headers.get(ADMISSION_HEADER).and_then(|v| v.to_str().ok()))
+        .filter(|t| !t.is_empty())
+}
+
+/// Why a protected request was refused (the metric's `result` label).
+pub type Refusal = &'static str;
+
+/// Checks a protected request: a valid token for `room` whose `cnf` and `jti` match the
+/// caller's ticket cookie.
+pub fn check_admitted(
+    keys: &KeySet,
+    cookies: &CookieKey,
+    headers: &HeaderMap,
+    room: &RoomId,
+) -> Result<(String, std::sync::Arc<AdmissionClaims>), Refusal> {
+    let token = presented_token(headers, room).ok_or("missing")?;
+    let claims = keys.verify(token, room.as_str()).map_err(|e| match e {
+        TokenError::Refused(why) => why,
+        _ => "invalid",
+    })?;
+    let (ticket, secret) = cookies.ticket_from(headers, room).ok_or("no_ticket_cookie")?;
+    if claims.jti != ticket.to_string() || claims.cnf != cnf_of(&secret) {
+        return Err("not_bound");
+    }
+    Ok((token.to_owned(), claims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_round_trip_and_refuse_forgeries() {
+        let key = CookieKey::new(&[1u8; 32]);
+        let room = RoomId::parse("r").unwrap();
+        let t = TicketId::new(5, 77);
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, format!("a=b; wr_r={}; c=d", key.cookie_value(&room, t)).parse().unwrap());
+        assert_eq!(key.ticket_from(&h, &room).unwrap().0, t);
+        let other = RoomId::parse("s").unwrap();
+        assert!(key.ticket_from(&h, &other).is_none());
+        let forged = format!("wr_r={}.{}", t, URL_SAFE_NO_PAD.encode([0u8; 32]));
+        h.insert(header::COOKIE, forged.parse().unwrap());
+        assert!(key.ticket_from(&h, &room).is_none());
+        let other_key = CookieKey::new(&[2u8; 32]);
+        h.insert(header::COOKIE, format!("wr_r={}", other_key.cookie_value(&room, t)).parse().unwrap());
+        assert!(key.ticket_from(&h, &room).is_none());
+    }
+
+    #[test]
+    fn user_tokens() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let auth = UserAuth::new(Some(secret));
+        let mut h = HeaderMap::new();
+        assert_eq!(auth.user(&h), User::Anonymous);
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 60;
+        let good = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "alice", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        h.insert(header::AUTHORIZATION, format!("Bearer {good}").parse().unwrap());
+        assert_eq!(auth.user(&h), User::Known("alice".into()));
+        h.insert(header::AUTHORIZATION, "Bearer x.y.z".parse().unwrap());
+        assert_eq!(auth.user(&h), User::Invalid);
+        assert_eq!(UserAuth::new(None).user(&h), User::Anonymous);
+    }
+}

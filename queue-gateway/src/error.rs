@@ -1,0 +1,148 @@
+//! Errors: who caused them (client, upstream, us) and the one place they become a status.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// A configuration value was refused; `field` names it.
+#[derive(Debug, thiserror::Error)]
+#[error("config field `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The offending field (`rooms.summer.batch_size`, `WR_LISTEN`, ...).
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The client sent something invalid (`400`, or the given status).
+    #[error("{message}")]
+    Client {
+        /// Status to answer with (a 4xx).
+        status: StatusCode,
+        /// snake_case code for the body.
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+    },
+    /// Too many requests; retry after this many seconds.
+    #[error("rate limited")]
+    RateLimited {
+        /// Seconds until a retry may pass.
+        retry_after_s: u64,
+    },
+    /// The upstream failed (`502`) or timed out (`504`).
+    #[error("upstream: {0}")]
+    Upstream(UpstreamFailure),
+    /// The store is unreachable or misbehaved.
+    #[error("store: {0}")]
+    Store(queue_core::Error),
+    /// A bug or an unexpected failure of ours.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// How the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamFailure {
+    /// No connection or a broken answer.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// No answer within `upstream_timeout_ms`.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl GatewayError {
+    /// A client error with a status and code.
+    pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        GatewayError::Client { status, code, message: message.into() }
+    }
+
+    /// `400 bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::client(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// `404 not_found`.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::client(StatusCode::NOT_FOUND, code, message)
+    }
+}
+
+impl From<queue_core::Error> for GatewayError {
+    fn from(e: queue_core::Error) -> Self {
+        use queue_core::Error as E;
+        match e {
+            E::UnknownRoom(room) => Self::not_found("unknown_room", format!("no room `{room}`")),
+            E::UnknownTicket => Self::not_found("unknown_ticket", "no such ticket in this room"),
+            E::InvalidId { kind, reason } => {
+                Self::client(StatusCode::BAD_REQUEST, "invalid_id", format!("invalid {kind} id: {reason}"))
+            }
+            E::InvalidConfig { field, reason } => {
+                Self::client(StatusCode::BAD_REQUEST, "invalid_config", format!("field `{field}`: {reason}"))
+            }
+            E::InvalidArgument { field, reason } => {
+                Self::client(StatusCode::BAD_REQUEST, "invalid_argument", format!("`{field}`: {reason}"))
+            }
+            other => GatewayError::Store(other),
+        }
+    }
+}
+
+/// The contract's error body: `{"error": {"code", "message"}}`.
+pub fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({ "error": { "code": code, "message": message } });
+    (status, axum::Json(body)).into_response()
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        match self {
+            GatewayError::Client { status, code, message } => error_body(status, code, &message),
+            GatewayError::RateLimited { retry_after_s } => {
+                let mut r = error_body(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests; retry after the time in Retry-After",
+                );
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+                r
+            }
+            GatewayError::Upstream(UpstreamFailure::Timeout) => {
+                tracing::warn!("upstream timed out");
+                error_body(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "the backend did not answer in time",
+                )
+            }
+            GatewayError::Upstream(UpstreamFailure::Unreachable(cause)) => {
+                tracing::warn!(%cause, "upstream failed");
+                error_body(StatusCode::BAD_GATEWAY, "bad_gateway", "the backend could not be reached")
+            }
+            GatewayError::Store(e) => {
+                tracing::error!(error = %e, "store failure");
+                let mut r = error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the waiting room is briefly unavailable; retry shortly",
+                );
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                r
+            }
+            GatewayError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! `queue-gateway`: the waiting room's HTTP front door.
+//!
+//! It serves the waiting-room API, the waiting page and its live stream, signs admission
+//! tokens, and forwards everything else to the backend, but only admitted traffic under a
+//! room's protected prefixes. Any number of gateways can run against one Redis: they share no
+//! state but the store, tick every room (ticks are idempotent) and follow config changes
+//! within a second.
+//!
+//! # Layout (in the order a request meets them)
+//! - [`server`]: connections (HTTP/1.1, h2c), limits, timeouts, graceful shutdown.
+//! - [`admission`]: ticket cookies, user JWTs, admission-token checks on protected paths.
+//! - [`rate_limit`]: per-IP and per-user token buckets (governor).
+//! - [`room`]: join, status, leave, room state; [`sse`]: live updates; [`page`]: the
+//!   waiting page.
+//! - [`proxy`]: protection and the reverse proxy to the backend.
+//! - [`admin`]: the admin API; [`metrics`]: Prometheus; [`rooms`]: live configs and tickers.
+//! - [`config`], [`error`], [`state`], [`demo`] (built-in demo upstream).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod admission;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod page;
+pub mod proxy;
+pub mod rate_limit;
+pub mod room;
+pub mod rooms;
+pub mod server;
+pub mod sse;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use queue_core::token::{KeySet, SigningKey};
+use queue_core::{MemoryStore, RedisStore, RoomConfig, RoomId, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admission::{CookieKey, UserAuth};
+use crate::config::GatewayConfig;
+use crate::metrics::{Metrics, RouteCode, RouteLabel};
+use crate::proxy::Upstream;
+use crate::rate_limit::Limiters;
+use crate::rooms::RoomCache;
+use crate::sse::Hub;
+use crate::state::App;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] error::ConfigError),
+    /// The store could not be reached.
+    #[error("store: {0}")]
+    Store(#[from] queue_core::Error),
+    /// A socket could not be bound.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Builds the shared state: store, keys, rooms from the config, upstream.
+pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Result<Arc<App>, StartError> {
+    let store: Arc<dyn Store> = match &cfg.redis_url {
+        Some(urls) => Arc::new(RedisStore::connect(urls).await?),
+        None => Arc::new(MemoryStore::new()),
+    };
+    let signing = match &cfg.signing_key {
+        Some(k) => SigningKey::parse(k).map_err(|e| error::ConfigError::new("signing_key", e.to_string()))?,
+        None => {
+            let k = SigningKey::generate().map_err(|e| StartError::Other(e.to_string()))?;
+            tracing::warn!(
+                kid = k.kid(),
+                "no WR_SIGNING_KEY: generated a signing key; tokens die with this process and other gateways cannot verify them"
+            );
+            k
+        }
+    };
+    let cookies = CookieKey::new(&signing.derive_secret("wr-ticket-cookie-v1"));
+    let mut keys = KeySet::new(cfg.issuer.clone(), signing);
+    for k in &cfg.previous_signing_keys {
+        let old = SigningKey::parse(k)
+            .map_err(|e| error::ConfigError::new("previous_signing_keys", e.to_string()))?;
+        keys.add_verify_key(old.public_key());
+    }
+    for (room, rcfg) in cfg.rooms()? {
+        store.put_room(&room, &rcfg).await?;
+        tracing::info!(room = %room, "room from config file");
+    }
+    if cfg.redis_url.is_none() && cfg.rooms.is_empty() && cfg.demo_room {
+        let demo = RoomConfig {
+            protect: vec!["/book/".into()],
+            target: "/book/".into(),
+            batch_size: 5,
+            tick_interval_ms: 5_000,
+            free_pass: 0,
+            ..RoomConfig::default()
+        };
+        store.put_room(&RoomId::parse("demo").expect("valid id"), &demo).await?;
+    }
+    let upstream_url = match &cfg.upstream {
+        Some(u) => u.clone(),
+        None => {
+            let addr = demo::start(shutdown.clone()).await?;
+            tracing::info!(%addr, "no WR_UPSTREAM: serving the built-in demo upstream");
+            format!("http://{addr}")
+        }
+    };
+    let upstream = Upstream::new(
+        &upstream_url,
+        Duration::from_millis(cfg.limits.upstream_timeout_ms),
+        cfg.limits.max_body_bytes,
+    )
+    .map_err(|e| StartError::Other(e.to_string()))?;
+    let app = Arc::new(App {
+        users: UserAuth::new(cfg.user_jwt_secret.as_deref()),
+        limiters: Arc::new(Limiters::new(&cfg.rate_limits)),
+        cfg,
+        store,
+        keys,
+        cookies,
+        rooms: RoomCache::default(),
+        metrics: Metrics::new(),
+        hub: Arc::new(Hub::default()),
+        upstream,
+        shutdown,
+    });
+    app.rooms.refresh(&*app.store).await?;
+    Ok(app)
+}
+
+/// The router. Layers, outermost first: request metrics → (per route) body limit →
+/// handler; rate limits and admission checks run inside the handlers that need them, and
+/// the fallback protects and proxies.
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/rooms/{room}/tickets", post(room::join))
+        .route("/api/v1/rooms/{room}/tickets/{ticket}", get(room::status).delete(room::leave))
+        .route("/api/v1/rooms/{room}/tickets/{ticket}/events", get(sse::events))
+        .route("/api/v1/rooms/{room}", get(room::room_state))
+        .route("/rooms/{room}", get(page::page))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/admin/v1/rooms", get(admin::list))
+        .route("/admin/v1/rooms/{room}", get(admin::get).put(admin::put).delete(admin::delete))
+        .route("/admin/v1/rooms/{room}/pause", post(admin::pause))
+        .route("/admin/v1/rooms/{room}/resume", post(admin::resume))
+        .route("/admin/v1/rooms/{room}/admit", post(admin::admit))
+        .layer(DefaultBodyLimit::max(queue_core::config::limits::MAX_BODY_BYTES));
+    Router::new()
+        .merge(api)
+        .fallback(proxy::handle)
+        .layer(middleware::from_fn_with_state(app.clone(), record))
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn method_not_allowed() -> Response {
+    error::error_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+}
+
+/// A bounded route label for metrics.
+fn route_of(path: &str) -> &'static str {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", "v1", "rooms", _, "tickets"] => "/api/v1/rooms/{room}/tickets",
+        ["api", "v1", "rooms", _, "tickets", _] => "/api/v1/rooms/{room}/tickets/{ticket}",
+        ["api", "v1", "rooms", _, "tickets", _, "events"] => "/api/v1/rooms/{room}/tickets/{ticket}/events",
+        ["api", "v1", "rooms", _] => "/api/v1/rooms/{room}",
+        ["rooms", _] => "/rooms/{room}",
+        [".well-known", "jwks.json"] => "/.well-known/jwks.json",
+        ["metrics"] => "/metrics",
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["admin", "v1", "rooms"] => "/admin/v1/rooms",
+        ["admin", "v1", "rooms", _] => "/admin/v1/rooms/{room}",
+        ["admin", "v1", "rooms", _, _] => "/admin/v1/rooms/{room}/{action}",
+        _ => "proxy",
+    }
+}
+
+async fn record(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = route_of(req.uri().path());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = &app.metrics;
+    m.http_requests.get_or_create(&RouteCode { route: route.into(), code: resp.status().as_u16() }).inc();
+    m.http_duration
+        .get_or_create(&RouteLabel { route: route.into() })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn jwks(State(app): State<Arc<App>>) -> Response {
+    let mut r = axum::Json(app.keys.jwks()).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    r
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let mut r = app.metrics.encode().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), app.store.ping()).await {
+        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        _ => error::error_body(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unreachable",
+            "the store does not answer",
+        ),
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    listener: TcpListener,
+    cfg: GatewayConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let limits = cfg.limits.clone();
+    let app = build(cfg, rx.clone()).await?;
+    let background = [
+        tokio::spawn(rooms::config_loop(app.clone(), rx.clone())),
+        tokio::spawn(rooms::ticker_loop(app.clone(), rx.clone())),
+        tokio::spawn(sse::hub_loop(app.clone(), rx.clone())),
+        tokio::spawn(rate_limit::compact_loop(app.limiters.clone(), Duration::from_secs(60), rx.clone())),
+    ];
+    server::serve(listener, router(app), limits, rx).await;
+    for task in background {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    Ok(())
+}
+
+/// A gateway running in this process (tests, embedding).
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), StartError>>,
+}
+
+impl Running {
+    /// Stops it and waits for the drain.
+    pub async fn stop(mut self) -> Result<(), StartError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.map_err(|e| StartError::Other(e.to_string()))?
+    }
+}
+
+/// Binds `cfg.listen` (port 0 for a free port) and runs the gateway in the background.
+pub async fn spawn(cfg: GatewayConfig) -> Result<Running, StartError> {
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(run(listener, cfg, async move {
+        let _ = stopped.await;
+    }));
+    Ok(Running { addr, stop: Some(stop), task })
+}

@@ -1,0 +1,355 @@
+//! The waiting page `/rooms/{room}`: server-rendered (maud), no build step.
+//!
+//! Without JavaScript it works by itself: the first visit joins (setting the ticket cookie),
+//! the page refreshes at the suggested poll interval, and once admitted the server sets the
+//! admission cookie and redirects (303) to the page asked for (`?return=`) or the room's
+//! target. With JavaScript it follows the ticket over SSE, falling back to polling, and
+//! reloads itself on admission so the same server-side redirect happens. Korean or English by
+//! `Accept-Language`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use queue_core::{RoomConfig, RoomId, RoomPhase, TicketState, TicketStatus};
+use serde::Deserialize;
+
+use crate::admission::{self, User};
+use crate::error::GatewayError;
+use crate::proxy::{encode_component, safe_path};
+use crate::room::{self, Holder, path_err, room_id};
+use crate::state::{App, PeerAddr};
+
+/// Query of the waiting page.
+#[derive(Debug, Deserialize, Default)]
+pub struct PageQuery {
+    /// Where to go once admitted (a local path).
+    #[serde(rename = "return")]
+    ret: Option<String>,
+    /// The first position this browser saw (for the progress bar without JS).
+    p0: Option<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lang {
+    Ko,
+    En,
+}
+
+impl Lang {
+    fn of(headers: &HeaderMap) -> Lang {
+        let accept = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        for part in accept.split(',') {
+            let tag = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            if tag.starts_with("ko") {
+                return Lang::Ko;
+            }
+            if tag.starts_with("en") {
+                return Lang::En;
+            }
+        }
+        Lang::En
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Lang::Ko => "ko",
+            Lang::En => "en",
+        }
+    }
+
+    fn t(self, key: &str) -> &'static str {
+        let (ko, en) = match key {
+            "title" => ("대기실", "Waiting room"),
+            "intro" => (
+                "접속자가 많아 순서대로 입장합니다. 이 페이지를 닫지 마세요.",
+                "Many people are here, so we let you in in order. Please keep this page open.",
+            ),
+            "position" => ("내 앞 대기 순번", "Your place in line"),
+            "eta" => ("예상 대기 시간", "Estimated wait"),
+            "progress" => ("진행률", "Progress"),
+            "scheduled" => (
+                "아직 열리지 않았습니다. 열리면 순서대로 입장합니다.",
+                "Not open yet. When it opens, people are let in in order.",
+            ),
+            "opens_in" => ("열리기까지", "Opens in"),
+            "paused" => (
+                "입장이 잠시 멈췄습니다. 순번은 그대로 유지됩니다.",
+                "Admission is paused for a moment. You keep your place.",
+            ),
+            "admitted" => ("입장 차례입니다. 이동합니다…", "It is your turn. Taking you there…"),
+            "expired" => {
+                ("대기가 끝났습니다. 다시 줄을 서 주세요.", "Your turn has passed. Please queue again.")
+            }
+            "requeue" => ("다시 줄 서기", "Queue again"),
+            "drawing" => ("오픈 시각에 추첨으로 순서가 정해집니다.", "The order is drawn at opening time."),
+            "minutes" => ("분", "min"),
+            "seconds" => ("초", "s"),
+            "live" => ("실시간으로 갱신됩니다.", "Updates live."),
+            _ => ("", ""),
+        };
+        match self {
+            Lang::Ko => ko,
+            Lang::En => en,
+        }
+    }
+}
+
+fn human(lang: Lang, seconds: u64) -> String {
+    if seconds >= 120 {
+        format!("{} {}", seconds.div_ceil(60), lang.t("minutes"))
+    } else {
+        format!("{seconds} {}", lang.t("seconds"))
+    }
+}
+
+/// The page to go to once admitted: a safe local `return`, else the room's target.
+fn destination(q: &PageQuery, cfg: Option<&RoomConfig>) -> String {
+    let fallback = cfg.map_or("/".to_string(), |c| c.target.clone());
+    match &q.ret {
+        Some(r)
+            if r.len() <= 2048
+                && safe_path(r.split('?').next().unwrap_or(""))
+                && !r.contains(['\r', '\n']) =>
+        {
+            r.clone()
+        }
+        _ => fallback,
+    }
+}
+
+/// `GET /rooms/{room}`
+pub async fn page(
+    State(app): State<Arc<App>>,
+    peer: Option<axum::Extension<PeerAddr>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let room = room_id(&path.map_err(path_err)?.0)?;
+    let q = query.map(|q| q.0).unwrap_or_default();
+    let lang = Lang::of(&headers);
+    let cfg = app
+        .rooms
+        .get(&room)
+        .ok_or_else(|| GatewayError::from(queue_core::Error::UnknownRoom(room.to_string())))?;
+    let ip = app.client_ip(peer.map(|p| p.0), &headers);
+    let mut set_cookies = Vec::new();
+    // Find this browser's ticket, or join.
+    let existing = match app.cookies.ticket_from(&headers, &room) {
+        Some((ticket, _)) => app.store.status(&room, ticket).await.ok().filter(|s| s.state.is_live()),
+        None => None,
+    };
+    let st = match existing {
+        Some(st) => {
+            app.limiters.check_request(crate::rate_limit::Api::Status, ip, None)?;
+            if st.state == TicketState::Waiting {
+                app.store.touch(&room, &[st.ticket]).await?;
+            }
+            st
+        }
+        None => {
+            app.limiters.check_request(crate::rate_limit::Api::Join, ip, None)?;
+            let owner = match app.users.user(&headers) {
+                User::Known(sub) => admission::user_owner(&sub),
+                _ => admission::anonymous_owner(),
+            };
+            let out = app.store.join(&room, &owner).await?;
+            if out.created {
+                app.metrics.tickets_joined.get_or_create(&crate::metrics::Metrics::room(room.as_str())).inc();
+            }
+            let value = app.cookies.cookie_value(&room, out.status.ticket);
+            set_cookies.push(admission::set_cookie(
+                &admission::ticket_cookie_name(&room),
+                &value,
+                86_400,
+                admission::is_https(&headers),
+            ));
+            out.status
+        }
+    };
+    let dest = destination(&q, Some(&cfg));
+    if st.state == TicketState::Admitted {
+        let sub = match app.users.user(&headers) {
+            User::Known(sub) => sub,
+            _ => format!("anon:{}", st.ticket),
+        };
+        let holder = Holder { secret: Some(app.cookies.secret(&room, st.ticket)), sub, needs_cookie: false };
+        if let Some((token, until)) = room::admission_token(&app, &st, &holder)? {
+            let max_age = until.saturating_sub(st.now_ms) / 1000;
+            set_cookies.push(admission::set_cookie(
+                &admission::admission_cookie_name(&room),
+                &token,
+                max_age,
+                admission::is_https(&headers),
+            ));
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            r.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&dest).unwrap_or(HeaderValue::from_static("/")),
+            );
+            return Ok(finish(r, set_cookies));
+        }
+    }
+    let markup = render(lang, &room, &cfg, &st, &q, &dest);
+    let mut r = (StatusCode::OK, axum::response::Html(markup.into_string())).into_response();
+    r.headers_mut().insert(header::CONTENT_LANGUAGE, HeaderValue::from_static(lang.code()));
+    Ok(finish(r, set_cookies))
+}
+
+fn finish(mut r: Response, cookies: Vec<HeaderValue>) -> Response {
+    for c in cookies {
+        r.headers_mut().append(header::SET_COOKIE, c);
+    }
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert("x-frame-options", HeaderValue::from_static("DENY"));
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'",
+        ),
+    );
+    r
+}
+
+fn render(
+    lang: Lang,
+    room: &RoomId,
+    cfg: &RoomConfig,
+    st: &TicketStatus,
+    q: &PageQuery,
+    dest: &str,
+) -> Markup {
+    let poll = room::poll_after_ms(st, Some(cfg)).max(1000);
+    let p0 = q.p0.or(st.position).unwrap_or(0);
+    let refresh_url = format!("/rooms/{room}?return={}&p0={p0}", encode_component(dest));
+    let progress = match (st.position, p0) {
+        (Some(p), p0) if p0 > 0 => ((p0.saturating_sub(p)) as f64 / p0 as f64 * 100.0).clamp(0.0, 100.0),
+        _ => 0.0,
+    };
+    let eta = st.eta;
+    html! {
+        (DOCTYPE)
+        html lang=(lang.code()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if st.state.is_live() {
+                    noscript { meta http-equiv="refresh" content=(format!("{}; url={}", poll.div_ceil(1000), refresh_url)); }
+                }
+                title { (lang.t("title")) " · " (room.as_str()) }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                main {
+                    h1 { (lang.t("title")) }
+                    p.room { (room.as_str()) }
+                    @match (st.state, st.phase) {
+                        (TicketState::Waiting, phase) => {
+                            p { (lang.t("intro")) }
+                            @if phase == RoomPhase::Scheduled {
+                                p #phase role="status" { (lang.t("scheduled")) }
+                                @if cfg.opens_at.is_some() {
+                                    p { (lang.t("opens_in")) ": " strong #countdown data-opens=(cfg.opens_at_ms()) { (human(lang, cfg.opens_at_ms().saturating_sub(st.now_ms) / 1000)) } }
+                                }
+                            }
+                            @if phase == RoomPhase::Paused {
+                                p #phase role="status" { (lang.t("paused")) }
+                            }
+                            div.card {
+                                p.label #position-label { (lang.t("position")) }
+                                p.big aria-live="polite" aria-labelledby="position-label" #position {
+                                    @match st.position {
+                                        Some(p) => (p),
+                                        None => "—",
+                                    }
+                                }
+                                @if st.position.is_none() { p.small { (lang.t("drawing")) } }
+                                p.label #eta-label { (lang.t("eta")) }
+                                p aria-live="polite" aria-labelledby="eta-label" #eta {
+                                    @match eta {
+                                        Some(e) => { (human(lang, e.low_seconds)) " – " (human(lang, e.high_seconds)) },
+                                        None => "—",
+                                    }
+                                }
+                                label for="progress" { (lang.t("progress")) }
+                                progress #progress max="100" value=(format!("{progress:.0}")) aria-label=(lang.t("progress")) { (format!("{progress:.0}%")) }
+                            }
+                            p.small { (lang.t("live")) }
+                        }
+                        (TicketState::Admitted, _) => { p role="status" { (lang.t("admitted")) } }
+                        _ => {
+                            p role="status" { (lang.t("expired")) }
+                            a href=(format!("/rooms/{room}")) { (lang.t("requeue")) }
+                        }
+                    }
+                }
+                @if st.state == TicketState::Waiting {
+                    script #wr-data type="application/json" {
+                        (PreEscaped(serde_json::json!({
+                            "room": room.as_str(),
+                            "ticket": st.ticket.to_string(),
+                            "poll_after_ms": poll,
+                            "p0": p0,
+                            "reload": refresh_url,
+                            "lang": lang.code(),
+                            "min": lang.t("minutes"),
+                            "sec": lang.t("seconds"),
+                        }).to_string().replace('<', "\\u003c")))
+                    }
+                    script { (PreEscaped(JS)) }
+                }
+            }
+        }
+    }
+}
+
+const CSS: &str = r#"
+*{box-sizing:border-box}body{margin:0;font-family:system-ui,-apple-system,"Noto Sans KR",sans-serif;background:#f4f5f7;color:#1d1f23}
+main{max-width:32rem;margin:0 auto;padding:1.5rem 1rem}h1{font-size:1.5rem;margin:.5rem 0}.room{color:#5b6170;margin-top:0}
+.card{background:#fff;border-radius:12px;padding:1.25rem;box-shadow:0 1px 3px rgba(0,0,0,.08);margin:1rem 0}
+.label{margin:.25rem 0;color:#5b6170;font-size:.9rem}.big{font-size:3rem;font-weight:700;margin:.25rem 0 1rem}
+progress{width:100%;height:1rem;margin-top:.5rem}.small{font-size:.85rem;color:#5b6170}a{color:#0b57d0}
+"#;
+
+/// Follows the ticket over SSE; falls back to polling; reloads on admission so the server
+/// sets the admission cookie and redirects.
+const JS: &str = r#"
+(function(){
+  var d = JSON.parse(document.getElementById('wr-data').textContent);
+  var posEl = document.getElementById('position'), etaEl = document.getElementById('eta');
+  var bar = document.getElementById('progress');
+  var key = 'wr-p0-' + d.ticket;
+  var p0 = Number(sessionStorage.getItem(key) || d.p0 || 0);
+  function human(s){ return s >= 120 ? Math.ceil(s/60) + ' ' + d.min : s + ' ' + d.sec; }
+  function show(pos, eta){
+    if (pos == null) return;
+    if (!p0 || pos > p0) { p0 = pos; sessionStorage.setItem(key, String(p0)); }
+    posEl.textContent = pos;
+    if (eta != null) etaEl.textContent = human(Math.floor(eta*0.8)) + ' – ' + human(Math.ceil(eta*1.25));
+    var pct = p0 ? Math.max(0, Math.min(100, (p0 - pos) / p0 * 100)) : 0;
+    bar.value = pct; bar.textContent = Math.round(pct) + '%';
+  }
+  function go(){ location.replace(d.reload); }
+  var base = '/api/v1/rooms/' + d.room + '/tickets/' + d.ticket;
+  function poll(){
+    fetch(base, {credentials: 'same-origin', headers: {'Accept': 'application/json'}})
+      .then(function(r){ return r.json(); })
+      .then(function(s){
+        if (s.state === 'waiting') { show(s.position, s.eta_seconds); setTimeout(poll, s.poll_after_ms || d.poll_after_ms); }
+        else { go(); }
+      })
+      .catch(function(){ setTimeout(poll, d.poll_after_ms); });
+  }
+  if (window.EventSource) {
+    var es = new EventSource(base + '/events'), failures = 0;
+    es.addEventListener('position', function(e){ failures = 0; var m = JSON.parse(e.data); show(m.position, m.eta_seconds); });
+    es.addEventListener('admitted', function(){ es.close(); go(); });
+    es.addEventListener('expired', function(){ es.close(); go(); });
+    es.onerror = function(){ if (++failures >= 3) { es.close(); poll(); } };
+  } else { poll(); }
+})();
+"#;

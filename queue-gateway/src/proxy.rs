@@ -1,0 +1,283 @@
+//! Everything not served by the gateway itself: the protection check on rooms' prefixes,
+//! then the reverse proxy to the backend over a pooled client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::Limited;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use queue_core::RoomId;
+
+use crate::admission::{self, ADMISSION_HEADER};
+use crate::error::{GatewayError, UpstreamFailure, error_body};
+use crate::metrics::ResultLabel;
+use crate::state::{App, PeerAddr};
+
+/// The backend: a pooled HTTP/1.1 client and its base URL.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    scheme_authority: (String, String),
+    base_path: String,
+    timeout: Duration,
+    max_body: usize,
+}
+
+impl Upstream {
+    /// A client for `base` (`http://host:port[/prefix]`).
+    pub fn new(base: &str, timeout: Duration, max_body: usize) -> Result<Self, GatewayError> {
+        let uri: Uri = base.parse().map_err(|_| GatewayError::Internal(format!("bad upstream {base:?}")))?;
+        let authority = uri
+            .authority()
+            .map(|a| a.to_string())
+            .ok_or_else(|| GatewayError::Internal("upstream has no host".into()))?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            scheme_authority: (uri.scheme_str().unwrap_or("http").to_owned(), authority),
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            timeout,
+            max_body,
+        })
+    }
+
+    fn uri_for(&self, original: &Uri) -> Result<Uri, GatewayError> {
+        let pq = original.path_and_query().map_or("/", |pq| pq.as_str());
+        let (scheme, authority) = &self.scheme_authority;
+        format!("{scheme}://{authority}{}{pq}", self.base_path)
+            .parse()
+            .map_err(|_| GatewayError::bad_request("the request path cannot be forwarded"))
+    }
+}
+
+/// Refuses paths that could mean something else to the backend than to the prefix check:
+/// dot segments, empty segments, backslashes, and their percent-encoded forms.
+pub fn safe_path(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00", "%25"].iter().any(|e| lower.contains(e)) {
+        return false;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// True when `Accept` prefers HTML over JSON (browsers navigating).
+pub fn prefers_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return false };
+    let q = |wanted: &str| -> Option<(f32, usize)> {
+        accept.split(',').enumerate().find_map(|(i, part)| {
+            let mut it = part.split(';');
+            let media = it.next()?.trim();
+            if media != wanted {
+                return None;
+            }
+            let q = it.find_map(|p| p.trim().strip_prefix("q=")).and_then(|v| v.parse().ok()).unwrap_or(1.0);
+            Some((q, i))
+        })
+    };
+    match (q("text/html"), q("application/json")) {
+        (Some((h, _)), None) => h > 0.0,
+        (Some((h, hi)), Some((j, ji))) => h > j || (h == j && hi < ji),
+        _ => false,
+    }
+}
+
+fn not_admitted(room: &RoomId, uri: &Uri, headers: &HeaderMap) -> Response {
+    if prefers_html(headers) {
+        let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let location = format!("/rooms/{room}?return={}", encode_component(target));
+        let mut r = StatusCode::SEE_OTHER.into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return r;
+    }
+    error_body(
+        StatusCode::FORBIDDEN,
+        "not_admitted",
+        &format!("this path needs an admission to room `{room}`"),
+    )
+}
+
+/// Percent-encodes a URL component (RFC 3986 unreserved characters stay).
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The fallback route: protection, then forwarding.
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    match handle_inner(&app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError> {
+    if !safe_path(req.uri().path()) {
+        return Err(GatewayError::bad_request(
+            "the path has dot segments, empty segments or encoded separators",
+        ));
+    }
+    let protected = app.rooms.snapshot().protecting(req.uri().path()).cloned();
+    let mut token = None;
+    if let Some(room) = protected {
+        match admission::check_admitted(&app.keys, &app.cookies, req.headers(), &room) {
+            Ok((t, _)) => {
+                app.metrics.token_verifications.get_or_create(&ResultLabel { result: "ok".into() }).inc();
+                token = Some(t);
+            }
+            Err(reason) => {
+                app.metrics
+                    .token_verifications
+                    .get_or_create(&ResultLabel { result: reason.replace(' ', "_") })
+                    .inc();
+                return Ok(not_admitted(&room, req.uri(), req.headers()));
+            }
+        }
+    }
+    forward(app, req, token).await
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+async fn forward(app: &App, req: Request, token: Option<String>) -> Result<Response, GatewayError> {
+    let up = &app.upstream;
+    let peer = req.extensions().get::<PeerAddr>().copied();
+    let (mut parts, body) = req.into_parts();
+    if let Some(len) =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > up.max_body as u64
+    {
+        return Err(GatewayError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        ));
+    }
+    let client_ip = app.client_ip(peer, &parts.headers);
+    let original_host = parts.headers.get(header::HOST).cloned();
+    let https = app.cfg.trust_forwarded && admission::is_https(&parts.headers);
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    headers.remove(ADMISSION_HEADER);
+    if let Some(t) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        headers.insert(ADMISSION_HEADER, t);
+    }
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if app.cfg.trust_forwarded => format!("{prev}, {client_ip}"),
+        _ => client_ip.to_string(),
+    };
+    headers.insert("x-forwarded-for", HeaderValue::from_str(&forwarded_for).expect("ip is a valid header"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(if https { "https" } else { "http" }));
+    if let Some(h) = original_host {
+        headers.insert("x-forwarded-host", h);
+    }
+    headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&up.scheme_authority.1).expect("authority is a valid header"),
+    );
+    parts.uri = up.uri_for(&parts.uri)?;
+    parts.version = hyper::Version::HTTP_11;
+    let body = Body::new(Limited::new(body, up.max_body));
+    let started = Instant::now();
+    let result =
+        tokio::time::timeout(up.timeout, up.client.request(hyper::Request::from_parts(parts, body))).await;
+    app.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+    let resp = match result {
+        Err(_) => return Err(GatewayError::Upstream(UpstreamFailure::Timeout)),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.to_string().contains("length limit exceeded"));
+            if too_large {
+                return Err(GatewayError::client(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is too large",
+                ));
+            }
+            return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(e.to_string())));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_is_refused() {
+        for ok in ["/", "/book/1", "/api/v1/concerts?x=1", "/a-b_c.d/e~f"] {
+            assert!(safe_path(ok.split('?').next().unwrap()), "{ok}");
+        }
+        for bad in ["/book/../admin", "/./x", "/a//b", "/%2e%2e/x", "/a%2Fb", "/a\\b", "/%252e", "x"] {
+            assert!(!safe_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT, v.parse().unwrap());
+            m
+        };
+        assert!(prefers_html(&h("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")));
+        assert!(!prefers_html(&h("application/json")));
+        assert!(!prefers_html(&h("*/*")));
+        assert!(!prefers_html(&h("application/json, text/html;q=0.5")));
+        assert!(prefers_html(&h("text/html, application/json")));
+        assert!(!prefers_html(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,317 @@
+//! The waiting-room API (DESIGN §4): join, status, leave, public room state.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use queue_core::{RoomConfig, RoomId, TicketId, TicketState, TicketStatus, UserKey};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::admission::{self, User};
+use crate::error::GatewayError;
+use crate::metrics::{DropLabel, Metrics};
+use crate::rate_limit::Api;
+use crate::state::{App, PeerAddr};
+
+type Result<T, E = GatewayError> = std::result::Result<T, E>;
+
+pub(crate) fn room_id(raw: &str) -> Result<RoomId> {
+    RoomId::parse(raw).map_err(GatewayError::from)
+}
+
+pub(crate) fn path_err(e: PathRejection) -> GatewayError {
+    GatewayError::bad_request(format!("invalid path: {}", e.body_text()))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) fn rfc3339_ms(ms: u64) -> Value {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .map_or(Value::Null, Value::String)
+}
+
+/// How long a client should wait before polling again.
+pub fn poll_after_ms(st: &TicketStatus, cfg: Option<&RoomConfig>) -> u64 {
+    if st.state != TicketState::Waiting {
+        return 0;
+    }
+    let interval = cfg.map_or(1000, |c| c.tick_interval_ms);
+    let batch = cfg.map_or(100, |c| c.batch_size as u64);
+    match (st.position, st.eta) {
+        (Some(p), _) if p <= batch.saturating_mul(2) => (interval / 2).clamp(1000, 5000),
+        (_, Some(eta)) => (eta.seconds * 100).clamp(2000, 15_000),
+        _ => 5000,
+    }
+}
+
+/// Who may see a ticket's admission token: its cookie holder, or its bound user.
+#[derive(Clone)]
+pub struct Holder {
+    /// The ticket secret, when the caller holds the ticket cookie (or is its bound user).
+    pub secret: Option<Vec<u8>>,
+    /// The `sub` to put in a token.
+    pub sub: String,
+    /// True when the caller proved ownership via a user JWT but has no cookie yet.
+    pub needs_cookie: bool,
+}
+
+impl std::fmt::Debug for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Holder")
+            .field("sub", &self.sub)
+            .field("needs_cookie", &self.needs_cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn holder(
+    app: &App,
+    headers: &HeaderMap,
+    room: &RoomId,
+    st: &TicketStatus,
+) -> Result<Option<Holder>> {
+    let user = match app.users.user(headers) {
+        User::Invalid => {
+            return Err(GatewayError::client(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the user token is invalid",
+            ));
+        }
+        User::Known(sub) => Some(sub),
+        User::Anonymous => None,
+    };
+    let bound_user = user.filter(|sub| admission::user_owner(sub).owner_hash() == st.owner);
+    let cookie = app.cookies.ticket_from(headers, room).filter(|(t, _)| *t == st.ticket);
+    let sub = bound_user.clone().unwrap_or_else(|| format!("anon:{}", st.ticket));
+    Ok(match (cookie, bound_user) {
+        (Some((_, secret)), _) => Some(Holder { secret: Some(secret), sub, needs_cookie: false }),
+        (None, Some(_)) => {
+            Some(Holder { secret: Some(app.cookies.secret(room, st.ticket)), sub, needs_cookie: true })
+        }
+        (None, None) => None,
+    })
+}
+
+/// A signed admission for an admitted ticket: `(token, expires_at_ms)`.
+pub(crate) fn admission_token(app: &App, st: &TicketStatus, h: &Holder) -> Result<Option<(String, u64)>> {
+    let (TicketState::Admitted, Some(until), Some(secret)) = (st.state, st.admitted_until_ms, &h.secret)
+    else {
+        return Ok(None);
+    };
+    let cnf = queue_core::token::cnf_of(secret);
+    let now_s = st.now_ms / 1000;
+    let token = app
+        .keys
+        .sign(st.room.as_str(), &h.sub, &st.ticket.to_string(), &cnf, now_s, until / 1000)
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    Ok(Some((token, until)))
+}
+
+/// The JSON of a ticket, with the admission when `admission` is given.
+pub fn ticket_json(st: &TicketStatus, cfg: Option<&RoomConfig>, admission: Option<&(String, u64)>) -> Value {
+    let mut v = json!({
+        "ticket": st.ticket.to_string(),
+        "room": st.room.as_str(),
+        "state": st.state.as_str(),
+        "position": st.position,
+        "eta_seconds": st.eta.map(|e| e.seconds),
+        "eta_range": st.eta.map(|e| [e.low_seconds, e.high_seconds]),
+        "poll_after_ms": poll_after_ms(st, cfg),
+        "room_state": st.phase.as_str(),
+    });
+    if let Some((token, until)) = admission {
+        v["admission"] = json!({ "token": token, "expires_at": rfc3339_ms(*until) });
+    }
+    v
+}
+
+/// Adds the cookies a holder should get: the ticket cookie and, when admitted, the token.
+fn with_cookies(
+    mut resp: Response,
+    app: &App,
+    headers: &HeaderMap,
+    st: &TicketStatus,
+    set_ticket: bool,
+    admission: Option<&(String, u64)>,
+) -> Response {
+    let secure = admission::is_https(headers);
+    let room = &st.room;
+    if set_ticket {
+        let ttl = 24 * 3600;
+        let v = admission::set_cookie(
+            &admission::ticket_cookie_name(room),
+            &app.cookies.cookie_value(room, st.ticket),
+            ttl,
+            secure,
+        );
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    if let Some((token, until)) = admission {
+        let max_age = until.saturating_sub(st.now_ms) / 1000;
+        let v = admission::set_cookie(&admission::admission_cookie_name(room), token, max_age, secure);
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, "no-store".parse().expect("static header"));
+    resp
+}
+
+fn limit(app: &App, api: Api, peer: Option<PeerAddr>, headers: &HeaderMap, user: Option<&str>) -> Result<()> {
+    let ip = app.client_ip(peer, headers);
+    app.limiters.check_request(api, ip, user).inspect_err(|_| {
+        app.metrics.rate_limited.inc();
+    })
+}
+
+fn known_user(app: &App, headers: &HeaderMap) -> Result<Option<String>> {
+    match app.users.user(headers) {
+        User::Invalid => {
+            Err(GatewayError::client(StatusCode::UNAUTHORIZED, "invalid_token", "the user token is invalid"))
+        }
+        User::Known(sub) => Ok(Some(sub)),
+        User::Anonymous => Ok(None),
+    }
+}
+
+/// `POST /api/v1/rooms/{room}/tickets`
+pub async fn join(
+    State(app): State<Arc<App>>,
+    peer: Option<axum::Extension<PeerAddr>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let room = room_id(&path.map_err(path_err)?.0)?;
+    let user = known_user(&app, &headers)?;
+    limit(&app, Api::Join, peer.map(|p| p.0), &headers, user.as_deref())?;
+    let cfg = app.rooms.get(&room);
+    // An anonymous browser that already holds a live ticket gets it back.
+    if user.is_none()
+        && let Some((ticket, _)) = app.cookies.ticket_from(&headers, &room)
+        && let Ok(st) = app.store.status(&room, ticket).await
+        && st.state.is_live()
+    {
+        if st.state == TicketState::Waiting {
+            app.store.touch(&room, &[ticket]).await?;
+        }
+        return respond_ticket(&app, &headers, st, cfg.as_ref(), StatusCode::OK, false);
+    }
+    let owner: UserKey = match &user {
+        Some(sub) => admission::user_owner(sub),
+        None => admission::anonymous_owner(),
+    };
+    let out = app.store.join(&room, &owner).await?;
+    let status = if out.created {
+        app.metrics.tickets_joined.get_or_create(&Metrics::room(room.as_str())).inc();
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    respond_ticket(&app, &headers, out.status, cfg.as_ref(), status, true)
+}
+
+fn respond_ticket(
+    app: &App,
+    headers: &HeaderMap,
+    st: TicketStatus,
+    cfg: Option<&RoomConfig>,
+    code: StatusCode,
+    set_ticket: bool,
+) -> Result<Response> {
+    // The joiner holds the ticket: it may see the admission (free passes) right away.
+    let sub = match app.users.user(headers) {
+        User::Known(sub) => sub,
+        _ => format!("anon:{}", st.ticket),
+    };
+    let holder = Holder { secret: Some(app.cookies.secret(&st.room, st.ticket)), sub, needs_cookie: true };
+    let admission = admission_token(app, &st, &holder)?;
+    let body = ticket_json(&st, cfg, admission.as_ref());
+    let resp = (code, Json(body)).into_response();
+    Ok(with_cookies(resp, app, headers, &st, set_ticket, admission.as_ref()))
+}
+
+fn ids(raw: Result<Path<(String, String)>, PathRejection>) -> Result<(RoomId, TicketId)> {
+    let Path((room, ticket)) = raw.map_err(path_err)?;
+    Ok((room_id(&room)?, TicketId::parse(&ticket)?))
+}
+
+/// `GET /api/v1/rooms/{room}/tickets/{ticket}`
+pub async fn status(
+    State(app): State<Arc<App>>,
+    peer: Option<axum::Extension<PeerAddr>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let (room, ticket) = ids(path)?;
+    let user = known_user(&app, &headers)?;
+    limit(&app, Api::Status, peer.map(|p| p.0), &headers, user.as_deref())?;
+    let st = app.store.status(&room, ticket).await?;
+    let holder = holder(&app, &headers, &room, &st)?;
+    if holder.is_some() && st.state == TicketState::Waiting {
+        // A holder's poll keeps the ticket seen (others' polls do not).
+        app.store.touch(&room, &[ticket]).await?;
+    }
+    let admission = match &holder {
+        Some(h) => admission_token(&app, &st, h)?,
+        None => None,
+    };
+    let cfg = app.rooms.get(&room);
+    let body = ticket_json(&st, cfg.as_ref(), admission.as_ref());
+    let resp = (StatusCode::OK, Json(body)).into_response();
+    let set_ticket = holder.as_ref().is_some_and(|h| h.needs_cookie);
+    Ok(with_cookies(resp, &app, &headers, &st, set_ticket, admission.as_ref()))
+}
+
+/// `DELETE /api/v1/rooms/{room}/tickets/{ticket}`
+pub async fn leave(
+    State(app): State<Arc<App>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let (room, ticket) = ids(path)?;
+    let st = app.store.status(&room, ticket).await?;
+    if holder(&app, &headers, &room, &st)?.is_none() {
+        return Err(GatewayError::client(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the ticket's holder may leave with it",
+        ));
+    }
+    let before = app.store.leave(&room, ticket).await?;
+    if before.is_live() {
+        app.metrics.dropped.get_or_create(&DropLabel { room: room.to_string(), reason: "left" }).inc();
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let secure = admission::is_https(&headers);
+    for name in [admission::ticket_cookie_name(&room), admission::admission_cookie_name(&room)] {
+        resp.headers_mut().append(header::SET_COOKIE, admission::set_cookie(&name, "", 0, secure));
+    }
+    Ok(resp)
+}
+
+/// `GET /api/v1/rooms/{room}`
+pub async fn room_state(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let room = room_id(&path.map_err(path_err)?.0)?;
+    let st = app.store.stats(&room).await?;
+    let body = json!({
+        "room": room.as_str(),
+        "state": st.phase.as_str(),
+        "waiting": st.waiting,
+        "active": st.active,
+        "admitted_per_minute": (st.admitted_per_minute * 10.0).round() / 10.0,
+        "opens_at": st.opens_at_ms.map_or(Value::Null, rfc3339_ms),
+    });
+    Ok(Json(body).into_response())
+}

@@ -1,0 +1,182 @@
+//! The room configs every request path reads, kept live, and the tickers that drive rooms.
+//!
+//! Configs are cached in process and reloaded on every `ConfigChanged` event of the store and
+//! at least once a second, so an admin change is in force on every gateway within a second
+//! even if a pub/sub message is lost. Every gateway ticks every room (ticks are idempotent in
+//! the store), a few times per interval with jitter, so a dying gateway loses nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use queue_core::{RoomConfig, RoomEvent, RoomId, Store};
+use tokio::sync::watch;
+
+use crate::metrics::{DropLabel, Metrics};
+use crate::state::App;
+
+/// A snapshot of every room's config with the protected-prefix index.
+#[derive(Debug, Default)]
+pub struct Index {
+    /// Configs by room.
+    pub rooms: HashMap<RoomId, RoomConfig>,
+    /// `(prefix, room)`, longest prefix first.
+    protect: Vec<(String, RoomId)>,
+}
+
+impl Index {
+    fn new(rooms: HashMap<RoomId, RoomConfig>) -> Self {
+        let mut protect: Vec<(String, RoomId)> =
+            rooms.iter().flat_map(|(id, c)| c.protect.iter().map(move |p| (p.clone(), id.clone()))).collect();
+        protect.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Index { rooms, protect }
+    }
+
+    /// The room protecting `path` (longest matching prefix), if any.
+    pub fn protecting(&self, path: &str) -> Option<&RoomId> {
+        self.protect.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(_, r)| r)
+    }
+}
+
+/// The live room configs.
+#[derive(Debug, Default)]
+pub struct RoomCache {
+    index: RwLock<Arc<Index>>,
+}
+
+impl RoomCache {
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A room's config, if it exists.
+    pub fn get(&self, room: &RoomId) -> Option<RoomConfig> {
+        self.snapshot().rooms.get(room).cloned()
+    }
+
+    /// Reloads every room from the store.
+    pub async fn refresh(&self, store: &dyn Store) -> queue_core::Result<()> {
+        let mut rooms = HashMap::new();
+        for id in store.rooms().await? {
+            if let Some(cfg) = store.room_config(&id).await? {
+                rooms.insert(id, cfg);
+            }
+        }
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Index::new(rooms));
+        Ok(())
+    }
+}
+
+/// Keeps the cache live and the room gauges fresh until shutdown.
+pub async fn config_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let mut events = app.store.subscribe();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(RoomEvent::ConfigChanged { .. }) | Err(_) => refresh(&app).await,
+                Ok(RoomEvent::Admitted { .. }) => {}
+            },
+            _ = every.tick() => {
+                refresh(&app).await;
+                update_gauges(&app).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn refresh(app: &App) {
+    if let Err(e) = app.rooms.refresh(&*app.store).await {
+        tracing::warn!(error = %e, "room config refresh failed; keeping the last known configs");
+    }
+}
+
+async fn update_gauges(app: &App) {
+    for room in app.rooms.snapshot().rooms.keys() {
+        if let Ok(st) = app.store.stats(room).await {
+            let label = Metrics::room(room.as_str());
+            app.metrics.waiting.get_or_create(&label).set(st.waiting as i64);
+            app.metrics.active.get_or_create(&label).set(st.active as i64);
+        }
+    }
+}
+
+/// Ticks every room a few times per tick interval, with jitter, until shutdown.
+pub async fn ticker_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let mut next: HashMap<RoomId, Instant> = HashMap::new();
+    let mut in_flight: HashMap<RoomId, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let snapshot = app.rooms.snapshot();
+        let now = Instant::now();
+        in_flight.retain(|_, h| !h.is_finished());
+        next.retain(|room, _| snapshot.rooms.contains_key(room));
+        for (room, cfg) in &snapshot.rooms {
+            if in_flight.contains_key(room) || next.get(room).is_some_and(|due| now < *due) {
+                continue;
+            }
+            let third = cfg.tick_interval_ms / 3;
+            let jitter = rand::random::<u64>() % (third / 2 + 1);
+            next.insert(room.clone(), now + Duration::from_millis((third + jitter).max(20)));
+            let (app, room2) = (app.clone(), room.clone());
+            in_flight.insert(room.clone(), tokio::spawn(async move { tick_once(&app, &room2).await }));
+        }
+    }
+}
+
+async fn tick_once(app: &App, room: &RoomId) {
+    let started = Instant::now();
+    let out = match app.store.tick(room).await {
+        Ok(out) => out,
+        Err(queue_core::Error::UnknownRoom(_)) => return,
+        Err(e) => {
+            tracing::warn!(room = %room, error = %e, "tick failed");
+            return;
+        }
+    };
+    if !out.applied {
+        return;
+    }
+    let m = &app.metrics;
+    m.tick_seconds.observe(started.elapsed().as_secs_f64());
+    let label = Metrics::room(room.as_str());
+    m.admitted.get_or_create(&label).inc_by(out.admitted.len() as u64);
+    if out.dropped > 0 {
+        m.dropped.get_or_create(&DropLabel { room: room.to_string(), reason: "idle" }).inc_by(out.dropped);
+    }
+    let hist = m.wait_seconds.get_or_create(&label);
+    for a in &out.admitted {
+        hist.observe(a.waited_ms as f64 / 1000.0);
+    }
+    if let Some(draw) = &out.draw {
+        tracing::info!(room = %room, seed = %draw.seed, shuffled = draw.shuffled, "random_at_open draw");
+    }
+    if !out.admitted.is_empty() {
+        tracing::debug!(room = %room, tick = out.tick, admitted = out.admitted.len(), "tick applied");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins() {
+        let mut rooms = HashMap::new();
+        let a = RoomId::parse("a").unwrap();
+        let b = RoomId::parse("b").unwrap();
+        rooms.insert(a.clone(), RoomConfig { protect: vec!["/book/".into()], ..RoomConfig::default() });
+        rooms.insert(b.clone(), RoomConfig { protect: vec!["/book/hot/".into()], ..RoomConfig::default() });
+        let idx = Index::new(rooms);
+        assert_eq!(idx.protecting("/book/hot/1"), Some(&b));
+        assert_eq!(idx.protecting("/book/cold"), Some(&a));
+        assert_eq!(idx.protecting("/api/v1/concerts"), None);
+    }
+}

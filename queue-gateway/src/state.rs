@@ -1,0 +1,64 @@
+//! What every handler shares.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use queue_core::Store;
+use queue_core::token::KeySet;
+use tokio::sync::watch;
+
+use crate::admission::{CookieKey, UserAuth};
+use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
+use crate::proxy::Upstream;
+use crate::rate_limit::Limiters;
+use crate::rooms::RoomCache;
+use crate::sse::Hub;
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration it started with.
+    pub cfg: GatewayConfig,
+    /// Memory or Redis.
+    pub store: Arc<dyn Store>,
+    /// Admission token keys.
+    pub keys: KeySet,
+    /// Ticket cookie secrets.
+    pub cookies: CookieKey,
+    /// User JWTs.
+    pub users: UserAuth,
+    /// Live room configs.
+    pub rooms: RoomCache,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Rate limits.
+    pub limiters: Arc<Limiters>,
+    /// SSE fan-out.
+    pub hub: Arc<Hub>,
+    /// The backend.
+    pub upstream: Upstream,
+    /// Turns true when the gateway shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The peer address of a connection, put into each request's extensions by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl App {
+    /// The client's IP: the peer, or the first `X-Forwarded-For` hop when trusted.
+    pub fn client_ip(&self, peer: Option<PeerAddr>, headers: &HeaderMap) -> IpAddr {
+        if self.cfg.trust_forwarded
+            && let Some(ip) = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        {
+            return ip;
+        }
+        peer.map(|p| p.0.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+}
