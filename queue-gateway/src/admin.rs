@@ -118,6 +118,19 @@ pub async fn put(
     guarded(app, headers, |app| async move {
         let room = room_id(&path.map_err(path_err)?.0)?;
         let cfg = RoomConfig::from_json(&body)?;
+        // Two rooms protecting the same prefix would make admission ambiguous.
+        let index = app.rooms.snapshot();
+        for (other, other_cfg) in &index.rooms {
+            if other != &room
+                && let Some(p) = cfg.protect.iter().find(|p| other_cfg.protect.contains(p))
+            {
+                return Err(GatewayError::client(
+                    StatusCode::CONFLICT,
+                    "prefix_taken",
+                    format!("field `protect`: {p} is already protected by room `{other}`"),
+                ));
+            }
+        }
         let created = app.store.put_room(&room, &cfg).await?;
         audit(
             if created { "create_room" } else { "update_room" },

@@ -234,8 +234,7 @@ async fn forward(app: &App, req: Request, token: Option<String>) -> Result<Respo
     let resp = match result {
         Err(_) => return Err(GatewayError::Upstream(UpstreamFailure::Timeout)),
         Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.to_string().contains("length limit exceeded"));
+            let too_large = error_chain(&e).any(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
                 return Err(GatewayError::client(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -250,6 +249,12 @@ async fn forward(app: &App, req: Request, token: Option<String>) -> Result<Respo
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+fn error_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
 }
 
 #[cfg(test)]

@@ -136,7 +136,7 @@ mod tests {
         assert!(l.check_request(Api::Status, ip, Some("u")).is_ok());
         assert!(l.check_request(Api::Status, other, Some("u")).is_err(), "per-user limit spans IPs");
         assert!(l.len() >= 3);
-        std::thread::sleep(Duration::from_millis(2100));
+        std::thread::sleep(Duration::from_millis(3100));
         l.compact();
         assert_eq!(l.len(), 0, "refilled buckets are forgotten");
     }

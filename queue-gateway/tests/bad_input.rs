@@ -1,0 +1,147 @@
+//! Bad input over real sockets: every case gets the right 4xx/408, nothing panics, and the
+//! store is unchanged.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let up = upstream().await;
+    let mut cfg = config(up, None);
+    cfg.limits.header_read_timeout_ms = 500;
+    cfg.limits.max_body_bytes = 4096;
+    cfg.limits.max_header_bytes = 8192;
+    let gw = queue_gateway::spawn(cfg).await.unwrap();
+    let mut http = Http::new(gw.addr);
+    put_room(&mut http, "bad", json!({"protect": ["/book/"], "paused": true})).await;
+    http.post("/api/v1/rooms/bad/tickets").await;
+    let before = http.get("/api/v1/rooms/bad").await.json();
+
+    // Slow headers: 408, not a held socket.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("socket held open")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&text), 408, "{text}");
+
+    // Oversized headers.
+    let big = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(20_000));
+    assert_eq!(status_of(&raw(gw.addr, big.as_bytes()).await), 431);
+
+    // Invalid UTF-8 and garbage request lines.
+    let r =
+        raw(gw.addr, b"GET /api/v1/rooms/\xff\xfe HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert!((400..500).contains(&status_of(&r)), "{r}");
+    let r = raw(gw.addr, b"\x00\x01\x02 nonsense\r\n\r\n").await;
+    assert!(r.is_empty() || (400..500).contains(&status_of(&r)), "{r}");
+
+    // Traversal in proxied paths, plain and encoded.
+    for path in ["/book/../admin", "/x/%2e%2e/book/1", "/book%2f1", "/a//book/1", "/book/..%5c1"] {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let r = raw(gw.addr, req.as_bytes()).await;
+        assert_eq!(status_of(&r), 400, "{path}: {r}");
+    }
+
+    // Oversized bodies: proxied (declared and streamed) and admin.
+    let r = http
+        .send(Method::POST, "/api/v1/anything", &[("content-length", "10000")], Some("x".repeat(10_000)))
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let chunked = format!(
+        "POST /api/v1/anything HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2000\r\n{}\r\n0\r\n\r\n",
+        "y".repeat(0x2000)
+    );
+    let r = raw(gw.addr, chunked.as_bytes()).await;
+    assert_eq!(status_of(&r), 413, "{r}");
+    let r = http
+        .admin(
+            Method::PUT,
+            "/admin/v1/rooms/bad",
+            Some(json!({"target": format!("/{}", "a".repeat(100_000))})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Malformed JSON, wrong types, unknown rooms, wrong methods.
+    let auth = format!("Bearer {ADMIN}");
+    let r = http
+        .send(
+            Method::PUT,
+            "/admin/v1/rooms/bad",
+            &[("authorization", &auth)],
+            Some("{\"batch_size\":".into()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = http
+        .send(Method::POST, "/admin/v1/rooms/bad/admit", &[("authorization", &auth)], Some("[1,2]".into()))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(http.post("/api/v1/rooms/nope/tickets").await.status, StatusCode::NOT_FOUND);
+    let long_room = format!("/api/v1/rooms/{}/tickets", "a".repeat(65));
+    assert_eq!(http.post(&long_room).await.status, StatusCode::BAD_REQUEST);
+    let r = http.send(Method::PATCH, "/api/v1/rooms/bad/tickets", &[], None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.error_code(), "method_not_allowed");
+    // A second room may not claim a prefix another room protects.
+    let r = http.admin(Method::PUT, "/admin/v1/rooms/bad2", Some(json!({"protect": ["/book/"]}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+
+    // The store is unchanged and the gateway still serves.
+    let after = http.get("/api/v1/rooms/bad").await.json();
+    assert_eq!(before, after);
+    let cfg = http.admin(Method::GET, "/admin/v1/rooms/bad", None).await.json();
+    assert_eq!(cfg["target"], "/");
+    assert_eq!(http.admin(Method::GET, "/admin/v1/rooms/bad2", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(http.get("/healthz").await.status, StatusCode::OK);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_with_retry_after() {
+    let up = upstream().await;
+    let mut cfg = config(up, None);
+    cfg.rate_limits.join_per_ip = queue_gateway::config::Rate { per_second: 1, burst: 3 };
+    let gw = queue_gateway::spawn(cfg).await.unwrap();
+    let mut http = Http::new(gw.addr);
+    put_room(&mut http, "rl", json!({"paused": true})).await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let mut fresh = Http::new(gw.addr);
+        let r = fresh.post("/api/v1/rooms/rl/tickets").await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(r.headers.get("retry-after").is_some());
+            assert_eq!(r.error_code(), "rate_limited");
+        }
+        codes.push(r.status.as_u16());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 201).count(), 3, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 3, "{codes:?}");
+    assert_eq!(http.get("/api/v1/rooms/rl").await.json()["waiting"], 3, "refused joins made no tickets");
+    let m = http.get("/metrics").await.text;
+    assert!(m.contains("waitingroom_rate_limited_total 3"), "{m}");
+    gw.stop().await.unwrap();
+}

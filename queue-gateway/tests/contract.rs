@@ -1,0 +1,402 @@
+//! Contract tests for DESIGN §4, in process on port 0, with the memory and the Redis store.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use common::*;
+use queue_core::testkit::{RedisServer, unique_room};
+use queue_gateway::config::GatewayConfig;
+use serde_json::json;
+
+async fn gateway(redis: Option<String>) -> (queue_gateway::Running, Http) {
+    gateway_with(redis, |_| {}).await
+}
+
+async fn gateway_with(
+    redis: Option<String>,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> (queue_gateway::Running, Http) {
+    let up = upstream().await;
+    let mut cfg = config(up, redis);
+    tweak(&mut cfg);
+    let gw = queue_gateway::spawn(cfg).await.unwrap();
+    let http = Http::new(gw.addr);
+    (gw, http)
+}
+
+/// A paused room protecting `/book/{room}/` (rooms of tests sharing a Redis must not overlap).
+fn paused_room(room: &queue_core::RoomId) -> serde_json::Value {
+    json!({"protect": [format!("/book/{room}/")], "target": format!("/book/{room}/"), "batch_size": 100, "tick_interval_ms": 100, "paused": true})
+}
+
+async fn join_and_admit(http: &mut Http, room: &str) -> String {
+    let r = http.post(&format!("/api/v1/rooms/{room}/tickets")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    let a =
+        http.admin(Method::POST, &format!("/admin/v1/rooms/{room}/admit"), Some(json!({"count": 1}))).await;
+    assert_eq!(a.json()["admitted"], 1, "{}", a.text);
+    ticket
+}
+
+pub async fn join_status_leave(redis: Option<String>) {
+    let (gw, mut http) = gateway(redis).await;
+    let room = unique_room("c");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    let r = http.post(&format!("/api/v1/rooms/{room}/tickets")).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let j = r.json();
+    for field in ["ticket", "room", "state", "position", "eta_seconds", "poll_after_ms"] {
+        assert!(j.get(field).is_some(), "join answer lacks {field}: {j}");
+    }
+    assert_eq!(j["state"], "waiting");
+    assert_eq!(j["position"], 1);
+    let cookie = r.headers.get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with(&format!("wr_{room}="))
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Lax")
+    );
+    let ticket = j["ticket"].as_str().unwrap().to_owned();
+
+    // Joining again with the cookie: the same ticket, 200.
+    let again = http.post(&format!("/api/v1/rooms/{room}/tickets")).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["ticket"], ticket);
+
+    // Someone else is second.
+    let mut other = Http::new(gw.addr);
+    let o = other.post(&format!("/api/v1/rooms/{room}/tickets")).await;
+    assert_eq!(o.json()["position"], 2);
+
+    let s = http.get(&format!("/api/v1/rooms/{room}/tickets/{ticket}")).await;
+    assert_eq!(s.status, StatusCode::OK);
+    assert_eq!(s.json()["state"], "waiting");
+    assert!(s.json().get("admission").is_none());
+
+    let state = http.get(&format!("/api/v1/rooms/{room}")).await.json();
+    assert_eq!(
+        (state["room"].as_str(), state["state"].as_str(), state["waiting"].as_u64()),
+        (Some(room.as_str()), Some("paused"), Some(2))
+    );
+    for field in ["active", "admitted_per_minute", "opens_at"] {
+        assert!(state.get(field).is_some(), "room state lacks {field}");
+    }
+
+    // Only the holder may leave.
+    let o_ticket = o.json()["ticket"].as_str().unwrap().to_owned();
+    let denied =
+        http.send(Method::DELETE, &format!("/api/v1/rooms/{room}/tickets/{o_ticket}"), &[], None).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let left = http.send(Method::DELETE, &format!("/api/v1/rooms/{room}/tickets/{ticket}"), &[], None).await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT);
+    assert!(!http.cookies.contains_key(&format!("wr_{room}")), "leaving clears the cookie");
+    let s = other.get(&format!("/api/v1/rooms/{room}/tickets/{ticket}")).await;
+    assert_eq!(s.json()["state"], "left");
+    assert_eq!(other.get(&format!("/api/v1/rooms/{room}/tickets/{o_ticket}")).await.json()["position"], 1);
+
+    // Unknown and malformed things.
+    let r = http.post("/api/v1/rooms/no-such-room/tickets").await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::NOT_FOUND, "unknown_room"));
+    let r = http.post("/api/v1/rooms/Bad_Room/tickets").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = http.get(&format!("/api/v1/rooms/{room}/tickets/0000000000000099aaaaaaaaaaaaaaaa")).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::NOT_FOUND, "unknown_ticket"));
+    let r = http.get(&format!("/api/v1/rooms/{room}/tickets/not-a-ticket")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    gw.stop().await.unwrap();
+}
+
+pub async fn admission_is_bound_to_the_cookie(redis: Option<String>) {
+    let (gw, mut http) = gateway(redis).await;
+    let room = unique_room("bind");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    let ticket = join_and_admit(&mut http, room.as_str()).await;
+
+    // A stranger with the ticket id sees the state but not the token.
+    let mut stranger = Http::new(gw.addr);
+    let s = stranger.get(&format!("/api/v1/rooms/{room}/tickets/{ticket}")).await;
+    assert_eq!(s.json()["state"], "admitted");
+    assert!(s.json().get("admission").is_none(), "a ticket id alone must not fetch the token");
+
+    let s = http.get(&format!("/api/v1/rooms/{room}/tickets/{ticket}")).await;
+    let token = s.json()["admission"]["token"].as_str().unwrap().to_owned();
+    assert!(s.json()["admission"]["expires_at"].is_string());
+    assert!(http.cookies.contains_key(&format!("wr_admission_{room}")));
+
+    // The holder passes; the backend gets the token.
+    let r = http.get(&format!("/book/{room}/seat/1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let echoed = r.json();
+    assert_eq!(echoed["headers"]["x-admission-token"], token);
+    assert!(echoed["headers"]["x-forwarded-for"].is_string());
+
+    // The same token copied without its ticket cookie: refused (403, or 303 for browsers).
+    let hdr = [("x-admission-token", token.as_str()), ("accept", "application/json")];
+    let r = stranger.send(Method::GET, &format!("/book/{room}/seat/1"), &hdr, None).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::FORBIDDEN, "not_admitted"));
+    stranger.cookies.insert(format!("wr_admission_{room}"), token.clone());
+    let r =
+        stranger.send(Method::GET, &format!("/book/{room}/seat/1"), &[("accept", "text/html")], None).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers["location"], format!("/rooms/{room}?return=%2Fbook%2F{room}%2Fseat%2F1"));
+
+    // Another room's token, and a forged one, are refused even with the cookie.
+    let other_room = unique_room("bind2");
+    put_room(
+        &mut http,
+        other_room.as_str(),
+        json!({"protect": [format!("/other/{other_room}/")], "paused": true}),
+    )
+    .await;
+    join_and_admit(&mut http, other_room.as_str()).await;
+    let other_token = {
+        let t = http.get(&format!("/api/v1/rooms/{other_room}")).await;
+        assert!(t.status.is_success());
+        let tk = http.cookies.get(&format!("wr_{other_room}")).unwrap().split('.').next().unwrap().to_owned();
+        http.get(&format!("/api/v1/rooms/{other_room}/tickets/{tk}")).await.json()["admission"]["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let mut h = http.clone();
+    h.cookies.insert(format!("wr_admission_{room}"), other_token);
+    assert_eq!(h.get(&format!("/book/{room}/x")).await.status, StatusCode::FORBIDDEN);
+    let mut forged = token.clone();
+    forged.replace_range(forged.len() - 5.., "AAAAA");
+    h.cookies.insert(format!("wr_admission_{room}"), forged);
+    assert_eq!(h.get(&format!("/book/{room}/x")).await.status, StatusCode::FORBIDDEN);
+
+    // Unprotected paths pass without anything, and a client's own X-Admission-Token is dropped.
+    let r =
+        stranger.send(Method::GET, "/api/v1/concerts?page=1", &[("x-admission-token", "fake")], None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json()["headers"].get("x-admission-token").is_none());
+    assert_eq!(r.json()["uri"], "/api/v1/concerts?page=1");
+    gw.stop().await.unwrap();
+}
+
+pub async fn user_bound_tickets(redis: Option<String>) {
+    let (gw, mut http) = gateway(redis).await;
+    let room = unique_room("user");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    let bearer = format!("Bearer {}", user_token("alice"));
+    let r = http
+        .send(Method::POST, &format!("/api/v1/rooms/{room}/tickets"), &[("authorization", &bearer)], None)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    // Another device of the same user: same ticket.
+    let mut phone = Http::new(gw.addr);
+    let r = phone
+        .send(Method::POST, &format!("/api/v1/rooms/{room}/tickets"), &[("authorization", &bearer)], None)
+        .await;
+    assert_eq!((r.status, r.json()["ticket"].as_str()), (StatusCode::OK, Some(ticket.as_str())));
+    http.admin(Method::POST, &format!("/admin/v1/rooms/{room}/admit"), Some(json!({"count": 1}))).await;
+    // The bound user gets the token (and the ticket cookie) without holding the cookie.
+    let mut laptop = Http::new(gw.addr);
+    let s = laptop
+        .send(
+            Method::GET,
+            &format!("/api/v1/rooms/{room}/tickets/{ticket}"),
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert!(s.json()["admission"]["token"].is_string(), "{}", s.text);
+    assert!(laptop.cookies.contains_key(&format!("wr_{room}")));
+    assert_eq!(laptop.get(&format!("/book/{room}/1")).await.status, StatusCode::OK);
+    // Another user may not.
+    let eve = format!("Bearer {}", user_token("eve"));
+    let s = Http::new(gw.addr)
+        .send(
+            Method::GET,
+            &format!("/api/v1/rooms/{room}/tickets/{ticket}"),
+            &[("authorization", &eve)],
+            None,
+        )
+        .await;
+    assert!(s.json().get("admission").is_none());
+    // A bad user token is a 401.
+    let r = Http::new(gw.addr)
+        .send(
+            Method::POST,
+            &format!("/api/v1/rooms/{room}/tickets"),
+            &[("authorization", "Bearer x.y.z")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    gw.stop().await.unwrap();
+}
+
+pub async fn admin_api(redis: Option<String>) {
+    let (gw, mut http) = gateway(redis).await;
+    let room = unique_room("adm");
+    let path = format!("/admin/v1/rooms/{room}");
+    let r = http.send(Method::GET, "/admin/v1/rooms", &[], None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = http
+        .send(Method::GET, "/admin/v1/rooms", &[("authorization", "Bearer wrong-token-xxxxxxxx")], None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = http.admin(Method::PUT, &path, Some(json!({"batch_size": 0}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("batch_size"), "{}", r.text);
+    let r = http.admin(Method::PUT, &path, Some(json!({"bogus": 1}))).await;
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("bogus"));
+    let r = http
+        .send(Method::PUT, &path, &[("authorization", &format!("Bearer {ADMIN}"))], Some("{not json".into()))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        http.admin(Method::GET, &path, None).await.status,
+        StatusCode::NOT_FOUND,
+        "a refused PUT creates nothing"
+    );
+    let r = http.admin(Method::PUT, &path, Some(json!({"batch_size": 7, "paused": true}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = http.admin(Method::PUT, &path, Some(json!({"batch_size": 8, "paused": true}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let g = http.admin(Method::GET, &path, None).await.json();
+    assert_eq!((g["batch_size"].as_u64(), g["state"].as_str()), (Some(8), Some("paused")));
+    assert_eq!(g["session_ttl_s"], 600, "omitted fields take defaults");
+    let list = http.admin(Method::GET, "/admin/v1/rooms", None).await.json();
+    assert!(list["rooms"].as_array().unwrap().iter().any(|r| r["room"] == room.as_str()));
+    let r = http.admin(Method::POST, &format!("{path}/resume"), None).await;
+    assert_eq!(r.json()["state"], "open");
+    let r = http.admin(Method::POST, &format!("{path}/pause"), None).await;
+    assert_eq!(r.json()["state"], "paused");
+    let r = http.admin(Method::POST, &format!("{path}/admit"), Some(json!({"count": 0}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = http.admin(Method::POST, &format!("{path}/admit"), Some(json!({"count": "x"}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let big = json!({"target": format!("/{}", "a".repeat(70_000))});
+    let r = http.admin(Method::PUT, &path, Some(big)).await;
+    assert!(r.status == StatusCode::PAYLOAD_TOO_LARGE || r.status == StatusCode::BAD_REQUEST, "{}", r.status);
+    assert_eq!(http.admin(Method::DELETE, &path, None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(http.admin(Method::DELETE, &path, None).await.status, StatusCode::NOT_FOUND);
+    gw.stop().await.unwrap();
+}
+
+pub async fn operational_endpoints(redis: Option<String>) {
+    let (gw, mut http) = gateway(redis).await;
+    let room = unique_room("ops");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    http.post(&format!("/api/v1/rooms/{room}/tickets")).await;
+    let jwks = http.get("/.well-known/jwks.json").await.json();
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+    assert_eq!(http.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(http.get("/readyz").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let m = http.get("/metrics").await.text;
+    for name in [
+        "waitingroom_tickets_joined_total",
+        "waitingroom_waiting",
+        "waitingroom_active",
+        "waitingroom_http_requests_total",
+        "waitingroom_http_request_duration_seconds",
+        "waitingroom_sse_connections",
+    ] {
+        assert!(m.contains(name), "metric {name} missing");
+    }
+    assert!(m.contains(&format!("waitingroom_waiting{{room=\"{room}\"}} 1")), "{m}");
+    gw.stop().await.unwrap();
+}
+
+pub async fn sse_delivers_position_and_admission(redis: Option<String>) {
+    let (gw, mut http) = gateway(redis).await;
+    let room = unique_room("sse");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    let r = http.post(&format!("/api/v1/rooms/{room}/tickets")).await;
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    // A stranger may not follow the ticket.
+    let mut stranger = Http::new(gw.addr);
+    let s = stranger.get(&format!("/api/v1/rooms/{room}/tickets/{ticket}/events")).await;
+    assert_eq!(s.status, StatusCode::FORBIDDEN);
+    // The holder's stream: position first, then admitted with a token.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let cookie = format!("wr_{room}={}", http.cookies[&format!("wr_{room}")]);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("GET /api/v1/rooms/{room}/tickets/{ticket}/events HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\naccept: text/event-stream\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !seen.contains("event: position") && tokio::time::Instant::now() < deadline {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("event: position") && seen.contains("\"position\":1"), "{seen}");
+    http.admin(Method::POST, &format!("/admin/v1/rooms/{room}/admit"), Some(json!({"count": 1}))).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !seen.contains("event: admitted") && tokio::time::Instant::now() < deadline {
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("event: admitted") && seen.contains("\"token\":\"ey"), "{seen}");
+    gw.stop().await.unwrap();
+}
+
+pub async fn upstream_failures(redis: Option<String>) {
+    let (gw, mut http) = gateway_with(redis, |c| {
+        c.limits.upstream_timeout_ms = 500;
+    })
+    .await;
+    let r = http.get("/slow").await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"));
+    gw.stop().await.unwrap();
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let mut cfg = config(dead, None);
+    cfg.upstream = Some(format!("http://{dead}"));
+    let gw = queue_gateway::spawn(cfg).await.unwrap();
+    let r = Http::new(gw.addr).get("/anything").await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::BAD_GATEWAY, "bad_gateway"));
+    gw.stop().await.unwrap();
+}
+
+macro_rules! contract {
+    ($name:ident, $redis:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn join_status_leave() {
+                super::join_status_leave($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn admission_is_bound_to_the_cookie() {
+                super::admission_is_bound_to_the_cookie($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn user_bound_tickets() {
+                super::user_bound_tickets($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn admin_api() {
+                super::admin_api($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn operational_endpoints() {
+                super::operational_endpoints($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sse_delivers_position_and_admission() {
+                super::sse_delivers_position_and_admission($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn upstream_failures() {
+                super::upstream_failures($redis).await
+            }
+        }
+    };
+}
+
+contract!(memory, None);
+contract!(redis, Some(RedisServer::shared().url()));
