@@ -57,7 +57,10 @@ fn redis_benchmark(port: u16, concurrency: usize, requests: u64, args: &[String]
     // "EVALSHA ...: 12345.67 requests per second, p50=..."; with -q the line ends in \r updates.
     text.rsplit(": ")
         .find_map(|part| part.split_whitespace().next().and_then(|n| n.parse::<f64>().ok()))
-        .unwrap_or_else(|| panic!("cannot read redis-benchmark output: {text}"))
+        .unwrap_or_else(|| {
+            let err = String::from_utf8_lossy(&out.stderr);
+            panic!("cannot read redis-benchmark output ({}): {text}\nstderr: {err}", out.status)
+        })
 }
 
 fn evalsha_args(script: &str, room: &RoomId, extra: &[&str]) -> Vec<String> {

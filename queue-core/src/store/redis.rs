@@ -42,19 +42,20 @@ struct Scripts {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Script; 11] {
+    /// Every script with its name (the names `script_shas` reports).
+    fn all(&self) -> [(&'static str, &Script); 11] {
         [
-            &self.watch,
-            &self.join,
-            &self.status,
-            &self.leave,
-            &self.touch,
-            &self.tick,
-            &self.admit,
-            &self.stats,
-            &self.put_room,
-            &self.set_paused,
-            &self.delete_room,
+            ("watch", &self.watch),
+            ("join", &self.join),
+            ("status", &self.status),
+            ("leave", &self.leave),
+            ("touch", &self.touch),
+            ("tick", &self.tick),
+            ("admit", &self.admit),
+            ("stats", &self.stats),
+            ("put_room", &self.put_room),
+            ("set_paused", &self.set_paused),
+            ("delete_room", &self.delete_room),
         ]
     }
 }
@@ -79,19 +80,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 
 /// The SHA-1 of each script (what `redis-benchmark` needs to EVALSHA the same thing).
 pub fn script_shas() -> Vec<(&'static str, String)> {
-    let names = [
-        "join",
-        "status",
-        "leave",
-        "touch",
-        "tick",
-        "admit",
-        "stats",
-        "put_room",
-        "set_paused",
-        "delete_room",
-    ];
-    names.iter().zip(SCRIPTS.all()).map(|(n, s)| (*n, s.get_hash().to_owned())).collect()
+    SCRIPTS.all().iter().map(|(n, s)| (*n, s.get_hash().to_owned())).collect()
 }
 
 /// The full text of a script (prelude + operation), by name.
@@ -178,7 +167,7 @@ impl RedisStore {
 
     /// Loads every script (on every node of a Cluster).
     pub async fn load_scripts(&self) -> Result<()> {
-        for s in SCRIPTS.all() {
+        for (_, s) in SCRIPTS.all() {
             match &self.conn {
                 Conn::Single(c) => s.load_async(&mut c.clone()).await?,
                 Conn::Cluster(c) => s.load_async(&mut c.clone()).await?,
