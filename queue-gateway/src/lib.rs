@@ -14,6 +14,7 @@
 //!   waiting page.
 //! - [`proxy`]: protection and the reverse proxy to the backend.
 //! - [`admin`]: the admin API; [`metrics`]: Prometheus; [`rooms`]: live configs and tickers.
+//! - [`touch`]: batched "seen" marks.
 //! - [`config`], [`error`], [`state`], [`demo`] (built-in demo upstream).
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod rooms;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod touch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -136,6 +138,7 @@ pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Resul
         rooms: RoomCache::default(),
         metrics: Metrics::new(),
         hub: Arc::new(Hub::default()),
+        touches: Arc::new(touch::Touches::default()),
         upstream,
         shutdown,
     });
@@ -200,10 +203,8 @@ async fn record(State(app): State<Arc<App>>, req: Request, next: Next) -> Respon
     let started = Instant::now();
     let resp = next.run(req).await;
     let m = &app.metrics;
-    m.http_requests.get_or_create(&RouteCode { route: route.into(), code: resp.status().as_u16() }).inc();
-    m.http_duration
-        .get_or_create(&RouteLabel { route: route.into() })
-        .observe(started.elapsed().as_secs_f64());
+    m.http_requests.get_or_create(&RouteCode { route, code: resp.status().as_u16() }).inc();
+    m.http_duration.get_or_create(&RouteLabel { route }).observe(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -254,6 +255,7 @@ pub async fn run(
         tokio::spawn(rooms::config_loop(app.clone(), rx.clone())),
         tokio::spawn(rooms::ticker_loop(app.clone(), rx.clone())),
         tokio::spawn(sse::hub_loop(app.clone(), rx.clone())),
+        tokio::spawn(touch::flush_loop(app.touches.clone(), app.store.clone(), rx.clone())),
         tokio::spawn(rate_limit::compact_loop(app.limiters.clone(), Duration::from_secs(60), rx.clone())),
     ];
     server::serve(listener, router(app), limits, rx).await;

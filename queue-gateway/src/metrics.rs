@@ -35,7 +35,7 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteCode {
     /// Route template.
-    pub route: String,
+    pub route: &'static str,
     /// HTTP status code.
     pub code: u16,
 }
@@ -44,7 +44,7 @@ pub struct RouteCode {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
     /// Route template.
-    pub route: String,
+    pub route: &'static str,
 }
 
 fn seconds_histogram() -> Histogram {

@@ -147,7 +147,7 @@ pub async fn page(
         Some(st) => {
             app.limiters.check_request(crate::rate_limit::Api::Status, ip, None)?;
             if st.state == TicketState::Waiting {
-                app.store.touch(&room, &[st.ticket]).await?;
+                app.touches.mark(&room, st.ticket);
             }
             st
         }

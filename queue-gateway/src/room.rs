@@ -201,7 +201,7 @@ pub async fn join(
         && st.state.is_live()
     {
         if st.state == TicketState::Waiting {
-            app.store.touch(&room, &[ticket]).await?;
+            app.touches.mark(&room, ticket);
         }
         return respond_ticket(&app, &headers, st, cfg.as_ref(), StatusCode::OK, false);
     }
@@ -258,7 +258,7 @@ pub async fn status(
     let holder = holder(&app, &headers, &room, &st)?;
     if holder.is_some() && st.state == TicketState::Waiting {
         // A holder's poll keeps the ticket seen (others' polls do not).
-        app.store.touch(&room, &[ticket]).await?;
+        app.touches.mark(&room, ticket);
     }
     let admission = match &holder {
         Some(h) => admission_token(&app, &st, h)?,

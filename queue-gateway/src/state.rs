@@ -37,6 +37,8 @@ pub struct App {
     pub limiters: Arc<Limiters>,
     /// SSE fan-out.
     pub hub: Arc<Hub>,
+    /// Batched "seen" marks.
+    pub touches: Arc<crate::touch::Touches>,
     /// The backend.
     pub upstream: Upstream,
     /// Turns true when the gateway shuts down.

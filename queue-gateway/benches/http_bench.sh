@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# HTTP benchmarks of the gateway next to nginx, in one run, same wrk settings.
+#
+#   queue-gateway/benches/http_bench.sh [DURATION=10s] [CONNECTIONS=50]
+#
+# Needs nginx, wrk, redis-server, curl (Debian: nginx-light wrk redis-server curl).
+# 1. Admitted forwarding: the gateway (valid admission token and ticket cookie on every
+#    request) vs nginx proxy_pass, both in front of the same upstream (nginx serving a
+#    static 200).
+# 2. Status polls with the Redis store vs nginx serving a static 200 of the same size.
+# 3. Joins/s with the Redis store (every request a new anonymous ticket).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DUR=${1:-10s}
+CONN=${2:-50}
+THREADS=2
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+UP=$(free_port); PROXY=$(free_port); STATIC=$(free_port); GW=$(free_port); GWR=$(free_port); REDIS=$(free_port)
+
+cargo build --release -q -p queue-gateway
+
+mkdir -p "$WORK/www/book" "$WORK/logs"
+chmod 755 "$WORK"
+printf '%s' '{"ok":true,"page":"booking","seats":[1,2,3,4,5,6,7,8]}' > "$WORK/www/book/seat"
+chmod -R a+rX "$WORK/www"
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
+  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$UP; keepalive 256; }
+  server { listen 127.0.0.1:$UP; root $WORK/www; default_type application/json; }
+  server { listen 127.0.0.1:$PROXY;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$remote_addr; } }
+  server { listen 127.0.0.1:$STATIC; root $WORK/www; default_type application/json; }
+}
+CONF
+mkdir -p "$WORK/tmp"
+nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+redis-server --port "$REDIS" --save '' --appendonly no --daemonize no --logfile "$WORK/logs/redis.log" & PIDS+=($!)
+cat > "$WORK/gw.toml" <<CONF
+demo_room = false
+[rate_limits]
+join_per_ip = { per_second = 10000000, burst = 10000000 }
+status_per_ip = { per_second = 10000000, burst = 10000000 }
+CONF
+ADMIN=bench-admin-token-0123456789
+WR_LISTEN=127.0.0.1:$GW WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn \
+  ./target/release/queue-gateway > "$WORK/logs/gw.log" 2>&1 & PIDS+=($!)
+WR_LISTEN=127.0.0.1:$GWR WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml \
+  WR_REDIS_URL=redis://127.0.0.1:$REDIS RUST_LOG=warn ./target/release/queue-gateway > "$WORK/logs/gwr.log" 2>&1 & PIDS+=($!)
+for p in $UP $PROXY $STATIC $GW $GWR $REDIS; do
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
+sleep 0.5
+
+room() { # $1 gateway port, $2 room
+  curl -sf -X PUT -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/$2" \
+    -d '{"protect":["/book/"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
+}
+admitted_cookies() { # $1 gateway port, $2 room → "wr_x=...; wr_admission_x=..."
+  local jar="$WORK/jar.$1"
+  local t; t=$(curl -sf -c "$jar" -X POST "http://127.0.0.1:$1/api/v1/rooms/$2/tickets" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ticket"])')
+  curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/$2/admit" -d '{"count":1}' > /dev/null
+  curl -sf -b "$jar" -c "$jar" "http://127.0.0.1:$1/api/v1/rooms/$2/tickets/$t" > /dev/null
+  echo "$t"
+}
+cookie_header() { awk 'NF>=7 && $6 ~ /^wr_/ {printf "%s=%s; ", $6, $7}' "$WORK/jar.$1"; }
+rps() { awk '/Requests\/sec/ {print $2}'; }
+p99() { awk '/ 99%/ {print $2}'; }
+bench() { wrk -t$THREADS -c"$CONN" -d"$DUR" --latency "$@"; }
+
+echo "# $(date -u +%FT%TZ) wrk -t$THREADS -c$CONN -d$DUR on $(nproc) cores"
+
+# 1. Admitted forwarding.
+room $GW hot; admitted_cookies $GW hot > /dev/null
+COOKIE=$(cookie_header $GW)
+curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat" | grep -q booking || { echo "gateway refused the admitted request: $(curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat") cookie=$COOKIE"; cat "$WORK/jar.$GW"; exit 1; }
+N=$(bench "http://127.0.0.1:$PROXY/book/seat"); N_RPS=$(echo "$N" | rps); N_P99=$(echo "$N" | p99)
+G=$(bench -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat"); G_RPS=$(echo "$G" | rps); G_P99=$(echo "$G" | p99)
+NON2XX=$(echo "$G" | awk '/Non-2xx/ {print $4}')
+echo "forward  nginx proxy_pass: ${N_RPS} req/s p99 ${N_P99} | gateway (admitted): ${G_RPS} req/s p99 ${G_P99} | ratio $(python3 -c "print(round($G_RPS/$N_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)}"
+
+# 2. Status polls with the Redis store vs a static 200 of the same size.
+room $GWR poll
+T=$(admitted_cookies $GWR poll)
+COOKIE=$(cookie_header $GWR)
+curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$GWR/admin/v1/rooms/poll/pause" > /dev/null
+for i in $(seq 200); do curl -sf -X POST "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets" > /dev/null; done
+# A waiting ticket (position ~100) polled by its holder.
+T2=$(curl -sf -c "$WORK/jar.w" -X POST "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ticket"])')
+COOKIE2=$(awk 'NF>=7 && $6 ~ /^wr_/ {printf "%s=%s; ", $6, $7}' "$WORK/jar.w")
+BODY=$(curl -sf -H "cookie: $COOKIE2" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets/$T2")
+printf '%s' "$BODY" > "$WORK/www/status.json"; chmod a+r "$WORK/www/status.json"
+S=$(bench "http://127.0.0.1:$STATIC/status.json"); S_RPS=$(echo "$S" | rps); S_P99=$(echo "$S" | p99)
+P=$(bench -H "cookie: $COOKIE2" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets/$T2"); P_RPS=$(echo "$P" | rps); P_P99=$(echo "$P" | p99)
+echo "status   nginx static ${#BODY} B: ${S_RPS} req/s p99 ${S_P99} | gateway status (Redis): ${P_RPS} req/s p99 ${P_P99} | ratio $(python3 -c "print(round($P_RPS/$S_RPS,2))")"
+
+# 3. Joins with the Redis store.
+cat > "$WORK/join.lua" <<'LUA'
+wrk.method = "POST"
+LUA
+J=$(bench -s "$WORK/join.lua" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets"); J_RPS=$(echo "$J" | rps); J_P99=$(echo "$J" | p99)
+WAITING=$(curl -sf "http://127.0.0.1:$GWR/api/v1/rooms/poll" | python3 -c 'import json,sys; print(json.load(sys.stdin)["waiting"])')
+echo "join     gateway (Redis): ${J_RPS} joins/s p99 ${J_P99} (room now holds ${WAITING} waiting)"
