@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -65,14 +66,20 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    // A second handle on the socket, to answer 408 after hyper gives up on slow headers.
+    // A second handle on the socket, to answer 408 if hyper gives up on slow headers before
+    // the first request. It is dropped as soon as a request arrives, so a long-lived
+    // connection (an SSE stream) holds one file descriptor, not two; an idle keep-alive
+    // connection that times out later is simply closed.
     let Ok(std) = stream.into_std() else { return };
     let spare = std.try_clone().ok().and_then(|s| TcpStream::from_std(s).ok());
+    let spare = Arc::new(Mutex::new(spare));
     let Ok(stream) = TcpStream::from_std(std) else { return };
 
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let spare_in_svc = spare.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let router = router.clone();
+        drop(spare_in_svc.lock().unwrap_or_else(|e| e.into_inner()).take());
         req.extensions_mut().insert(PeerAddr(peer));
         async move { Ok::<_, Infallible>(dispatch(router, req.map(Body::new), request_timeout).await) }
     });
@@ -101,6 +108,7 @@ async fn connection(
     };
     if let Err(e) = result {
         let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_timeout());
+        let spare = spare.lock().unwrap_or_else(|e| e.into_inner()).take();
         if timed_out && let Some(mut spare) = spare {
             let body = br#"{"error":{"code":"request_timeout","message":"the request headers did not arrive in time"}}"#;
             let head = format!(
