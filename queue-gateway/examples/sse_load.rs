@@ -109,7 +109,8 @@ async fn main() {
     let admitted = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(256));
     let t = Instant::now();
-    for (ticket, cookie) in tickets.iter().skip(1).cloned() {
+    for (ticket, cookie) in tickets[1..].iter() {
+        let (ticket, cookie) = (ticket.clone(), cookie.clone());
         let (addr, gate) = (addr.clone(), gate.clone());
         let (opened, second_position, admitted) = (opened.clone(), second_position.clone(), admitted.clone());
         tokio::spawn(async move {
