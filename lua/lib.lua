@@ -98,6 +98,18 @@ local function chunked(list, fn)
   end
 end
 
+-- Marks waiting tickets seen at `now` (XX: tickets no longer waiting are not re-added).
+local function mark_seen(tickets, now)
+  chunked(tickets, function(part)
+    local args = {}
+    for _, t in ipairs(part) do
+      args[#args + 1] = now
+      args[#args + 1] = t
+    end
+    redis.call('ZADD', K_SEEN, 'XX', unpack(args))
+  end)
+end
+
 local function undrawn(c, score)
   return c.method == 'random_at_open' and c.opens > 0 and redis.call('EXISTS', K_DRAW) == 0
     and score > 0 and score <= stat('preq_last')

@@ -16,12 +16,5 @@ for i = 3, #ARGV do
     if st[1] == 'waiting' then seen[#seen + 1] = t end
   end
 end
-chunked(seen, function(part)
-  local args = {}
-  for _, t in ipairs(part) do
-    args[#args + 1] = now
-    args[#args + 1] = t
-  end
-  redis.call('ZADD', K_SEEN, 'XX', unpack(args))
-end)
+mark_seen(seen, now)
 return reply
