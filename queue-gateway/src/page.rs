@@ -296,6 +296,7 @@ fn render(
                             "p0": p0,
                             "reload": refresh_url,
                             "lang": lang.code(),
+                            "now_ms": st.now_ms,
                             "min": lang.t("minutes"),
                             "sec": lang.t("seconds"),
                         }).to_string().replace('<', "\\u003c")))
@@ -334,6 +335,16 @@ const JS: &str = r#"
     bar.value = pct; bar.textContent = Math.round(pct) + '%';
   }
   function go(){ location.replace(d.reload); }
+  var cd = document.getElementById('countdown');
+  if (cd) {
+    var skew = Date.now() - d.now_ms, opens = Number(cd.dataset.opens);
+    var tickCd = function(){
+      var left = Math.max(0, Math.round((opens - (Date.now() - skew)) / 1000));
+      cd.textContent = human(left);
+      if (left > 0) setTimeout(tickCd, 1000); else setTimeout(go, 1500);
+    };
+    tickCd();
+  }
   var base = '/api/v1/rooms/' + d.room + '/tickets/' + d.ticket;
   function poll(){
     fetch(base, {credentials: 'same-origin', headers: {'Accept': 'application/json'}})

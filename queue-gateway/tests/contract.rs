@@ -361,6 +361,39 @@ pub async fn upstream_failures(redis: Option<String>) {
     gw.stop().await.unwrap();
 }
 
+pub async fn waiting_page(redis: Option<String>) {
+    let (gw, mut http) = gateway(redis).await;
+    let room = unique_room("page");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    let mut browser = Http::new(gw.addr);
+    let html = [("accept", "text/html"), ("accept-language", "ko-KR,ko;q=0.9,en;q=0.5")];
+    let r =
+        browser.send(Method::GET, &format!("/rooms/{room}?return=/book/{room}/seat/9"), &html, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(browser.cookies.contains_key(&format!("wr_{room}")), "the first visit joins");
+    assert!(r.text.contains("lang=\"ko\"") && r.text.contains("대기실"), "Korean by Accept-Language");
+    assert!(r.text.contains("aria-live=\"polite\"") && r.text.contains("<progress"));
+    assert!(r.text.contains("http-equiv=\"refresh\""), "works without JS");
+    assert!(r.text.contains("EventSource"), "follows the ticket with JS");
+    // A second visit keeps the same ticket.
+    let waiting = http.get(&format!("/api/v1/rooms/{room}")).await.json()["waiting"].clone();
+    let r = browser.send(Method::GET, &format!("/rooms/{room}"), &[("accept", "text/html")], None).await;
+    assert!(r.text.contains("lang=\"en\""));
+    assert_eq!(http.get(&format!("/api/v1/rooms/{room}")).await.json()["waiting"], waiting);
+    // Once admitted: the admission cookie and a redirect to the page asked for.
+    http.admin(Method::POST, &format!("/admin/v1/rooms/{room}/admit"), Some(json!({"count": 1}))).await;
+    let r = browser.send(Method::GET, &format!("/rooms/{room}?return=/book/{room}/seat/9"), &[], None).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers["location"], format!("/book/{room}/seat/9"));
+    assert!(browser.cookies.contains_key(&format!("wr_admission_{room}")));
+    assert_eq!(browser.get(&format!("/book/{room}/seat/9")).await.status, StatusCode::OK);
+    // An off-site return is ignored in favour of the room's target.
+    let r = browser.send(Method::GET, &format!("/rooms/{room}?return=//evil.example/x"), &[], None).await;
+    assert_eq!(r.headers["location"], format!("/book/{room}/"));
+    assert_eq!(http.get("/rooms/no-such-room").await.status, StatusCode::NOT_FOUND);
+    gw.stop().await.unwrap();
+}
+
 macro_rules! contract {
     ($name:ident, $redis:expr) => {
         mod $name {
@@ -389,6 +422,10 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sse_delivers_position_and_admission() {
                 super::sse_delivers_position_and_admission($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn waiting_page() {
+                super::waiting_page($redis).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn upstream_failures() {
