@@ -1,0 +1,161 @@
+//! The backend's configuration: one serde struct from a TOML file (`TB_CONFIG`) and `TB_*`
+//! environment variables (env wins). Secrets are redacted from `Debug`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// A refused setting; `field` names it.
+#[derive(Debug, thiserror::Error)]
+#[error("config field `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The offending field.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn bad(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), reason: reason.into() }
+}
+
+/// Everything the backend needs to start.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// Address to listen on (`TB_LISTEN`).
+    pub listen: SocketAddr,
+    /// `postgres://…` or `sqlite:…` (`TB_DATABASE_URL`); absent: SQLite under `data_dir`.
+    pub database_url: Option<String>,
+    /// Where the embedded database, posters and the index live (`TB_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Redis for rankings, caches, holds and fan-out (`TB_REDIS_URL`); absent: in process.
+    pub redis_url: Option<String>,
+    /// HS256 secret of user JWTs (`TB_JWT_SECRET`); absent: generated at start (tokens die
+    /// with the process). Share it with the gateway's `WR_USER_JWT_SECRET` to bind tickets.
+    pub jwt_secret: Option<String>,
+    /// The gateway's JWKS for admission tokens (`TB_ADMISSION_JWKS_URL`); absent: protected
+    /// routes refuse everything.
+    pub admission_jwks_url: Option<String>,
+    /// Payment provider base URL (`TB_PAYMENTS_BASE_URL`).
+    pub payments_base_url: Option<String>,
+    /// Admin account created at first start (`TB_ADMIN_EMAIL`, `TB_ADMIN_PASSWORD`).
+    pub admin_email: Option<String>,
+    /// See `admin_email`.
+    pub admin_password: Option<String>,
+    /// Login attempts per email per minute before 429.
+    pub login_per_minute: u32,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            redis_url: None,
+            jwt_secret: None,
+            admission_jwks_url: None,
+            payments_base_url: None,
+            admin_email: None,
+            admin_password: None,
+            login_per_minute: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("BackendConfig")
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|u| u.split('@').next_back().unwrap_or("").to_string()),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("redis_url", &r(&self.redis_url))
+            .field("jwt_secret", &r(&self.jwt_secret))
+            .field("admission_jwks_url", &self.admission_jwks_url)
+            .field("payments_base_url", &self.payments_base_url)
+            .field("admin_email", &self.admin_email)
+            .field("admin_password", &r(&self.admin_password))
+            .field("login_per_minute", &self.login_per_minute)
+            .finish()
+    }
+}
+
+impl BackendConfig {
+    /// Loads `TB_CONFIG` (if set) and applies `TB_*` variables.
+    pub fn load() -> Result<Self, ConfigError> {
+        let vars: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("TB_")).collect();
+        Self::load_from(&vars)
+    }
+
+    /// Like [`BackendConfig::load`], from the given variables.
+    pub fn load_from(vars: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut cfg = match vars.get("TB_CONFIG") {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| bad("TB_CONFIG", format!("cannot read {p}: {e}")))?;
+                toml::from_str(&text).map_err(|e| bad("(file)", e.to_string()))?
+            }
+            None => BackendConfig::default(),
+        };
+        let get = |k: &str| vars.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        if let Some(v) = get("TB_LISTEN") {
+            cfg.listen = v.parse().map_err(|_| bad("TB_LISTEN", format!("not an address: {v:?}")))?;
+        }
+        cfg.database_url = get("TB_DATABASE_URL").or(cfg.database_url);
+        if let Some(v) = get("TB_DATA_DIR") {
+            cfg.data_dir = v.into();
+        }
+        cfg.redis_url = get("TB_REDIS_URL").or(cfg.redis_url);
+        cfg.jwt_secret = get("TB_JWT_SECRET").or(cfg.jwt_secret);
+        cfg.admission_jwks_url = get("TB_ADMISSION_JWKS_URL").or(cfg.admission_jwks_url);
+        cfg.payments_base_url = get("TB_PAYMENTS_BASE_URL").or(cfg.payments_base_url);
+        cfg.admin_email = get("TB_ADMIN_EMAIL").or(cfg.admin_email);
+        cfg.admin_password = get("TB_ADMIN_PASSWORD").or(cfg.admin_password);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what can be checked without connecting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(u) = &self.database_url
+            && crate::db::Dialect::of(u).is_none()
+        {
+            return Err(bad("database_url", "must start with postgres:// or sqlite:"));
+        }
+        if let Some(s) = &self.jwt_secret
+            && s.len() < 32
+        {
+            return Err(bad("jwt_secret", "must be at least 32 bytes"));
+        }
+        if let Some(u) = &self.admission_jwks_url {
+            queue_core::verify::Verifier::from_url(u)
+                .map_err(|e| bad("admission_jwks_url", e.to_string()))?;
+        }
+        if self.admin_email.is_some() != self.admin_password.is_some() {
+            return Err(bad("admin_password", "admin_email and admin_password go together"));
+        }
+        if let Some(p) = &self.admin_password
+            && p.len() < 12
+        {
+            return Err(bad("admin_password", "must be at least 12 characters"));
+        }
+        if self.login_per_minute == 0 {
+            return Err(bad("login_per_minute", "must be ≥ 1"));
+        }
+        Ok(())
+    }
+
+    /// The database URL to use: the configured one, or SQLite under `data_dir`.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("ticketing.db").display()))
+    }
+}

@@ -1,0 +1,111 @@
+//! The database: one portable SQL code path over sqlx's `Any` driver (PostgreSQL in
+//! production, SQLite embedded), `$N` placeholders everywhere, times as Unix ms and money as
+//! minor units in BIGINT. Migrations are embedded per dialect (only DDL differs) and applied
+//! in order at start, each in its own transaction.
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+/// Which SQL dialect a URL speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// `postgres://`
+    Postgres,
+    /// `sqlite:`
+    Sqlite,
+}
+
+impl Dialect {
+    /// The dialect of a database URL.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Dialect::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else {
+            None
+        }
+    }
+}
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "users",
+    sqlite: include_str!("../migrations/sqlite/0001_users.sql"),
+    postgres: include_str!("../migrations/postgres/0001_users.sql"),
+}];
+
+/// A connected, migrated database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    /// The pool.
+    pub pool: AnyPool,
+    /// Its dialect.
+    pub dialect: Dialect,
+}
+
+impl Db {
+    /// Connects and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        install_default_drivers();
+        let dialect =
+            Dialect::of(url).ok_or_else(|| sqlx::Error::Configuration("unsupported database URL".into()))?;
+        let max = if dialect == Dialect::Sqlite { 4 } else { 16 };
+        let pool = AnyPoolOptions::new().max_connections(max).connect(url).await?;
+        if dialect == Dialect::Sqlite {
+            // Readers do not block the writer; writers wait instead of failing at once.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA busy_timeout = 5000").execute(&pool).await?;
+        }
+        let db = Db { pool, dialect };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT version FROM schema_migrations").fetch_all(&self.pool).await?;
+        let applied: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>(0)).collect();
+        for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+            let sql = match self.dialect {
+                Dialect::Sqlite => m.sqlite,
+                Dialect::Postgres => m.postgres,
+            };
+            let mut tx = self.pool.begin().await?;
+            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(stmt).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                .bind(m.version)
+                .bind(m.name)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version = m.version, name = m.name, "migration applied");
+        }
+        Ok(())
+    }
+
+    /// Fails when the database does not answer (readiness).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+}
+
+/// Unix time in ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

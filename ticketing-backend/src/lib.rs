@@ -1,0 +1,153 @@
+//! `ticketing-backend`: the booking system behind the waiting room.
+//!
+//! This first slice is the service's foundation: configuration, the database (one portable
+//! SQL path over PostgreSQL and SQLite, embedded migrations), users with argon2 passwords and
+//! role-bearing JWTs, admission verification with `queue-core`'s verifier, health, readiness,
+//! metrics and graceful shutdown. Catalog, search, booking, coupons and payments follow.
+//!
+//! # Layout
+//! - [`config`]: `TB_*` variables and the TOML file.
+//! - [`db`]: pool, dialects, migrations.
+//! - [`users`]: sign-up, login, user tokens, the `CurrentUser`/`AdminUser` extractors.
+//! - [`admission`]: admission-token checks for routes the gateway protects.
+//! - [`metrics`], [`error`], [`state`].
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod state;
+pub mod users;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::admission::Admission;
+use crate::config::BackendConfig;
+use crate::db::Db;
+use crate::metrics::{Metrics, RouteCode, RouteLabel};
+use crate::state::{App, AppState};
+use crate::users::Auth;
+
+/// Why the backend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Connects, migrates and builds the shared state.
+pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
+    if cfg.database_url.is_none() {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| StartError::Other(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    }
+    let db = Db::connect(&cfg.database_url()).await?;
+    let secret = match &cfg.jwt_secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => {
+            tracing::warn!("no TB_JWT_SECRET: generated one; user tokens die with this process");
+            rand::random::<[u8; 32]>().to_vec()
+        }
+    };
+    let verifier = match &cfg.admission_jwks_url {
+        Some(u) => {
+            Some(queue_core::verify::Verifier::from_url(u).map_err(|e| StartError::Other(e.to_string()))?)
+        }
+        None => {
+            tracing::warn!("no TB_ADMISSION_JWKS_URL: routes the gateway protects will refuse everyone");
+            None
+        }
+    };
+    if let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) {
+        users::ensure_admin(&db, email, password).await.map_err(|e| StartError::Other(e.to_string()))?;
+    }
+    Ok(Arc::new(App {
+        db,
+        auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),
+        admission: Admission::new(verifier),
+        metrics: Metrics::default(),
+    }))
+}
+
+/// The router. Layers, outermost first: request metrics → body limit → handler (auth and
+/// admission checks are extractors of the handlers that need them).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/auth/signup", post(users::signup))
+        .route("/api/v1/auth/login", post(users::login))
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { error::body(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state)
+}
+
+async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.http_requests.get_or_create(&RouteCode { route: route.clone(), code: resp.status().as_u16() }).inc();
+    m.http_duration.get_or_create(&RouteLabel { route }).observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.db.ping()).await {
+        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        _ => error::body(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unreachable",
+            "the database does not answer",
+        ),
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let mut r = state.metrics.encode().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    cfg: BackendConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let state = build(&cfg).await?;
+    let auth = state.auth.clone();
+    let compactor = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            users::compact(&auth);
+        }
+    });
+    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    compactor.abort();
+    result.map_err(|e| StartError::Other(e.to_string()))
+}

@@ -1,0 +1,24 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use crate::admission::Admission;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::users::Auth;
+
+/// Shared state (cheap to clone).
+pub type AppState = Arc<App>;
+
+/// The backend's shared state.
+#[derive(Debug)]
+pub struct App {
+    /// The database.
+    pub db: Db,
+    /// User tokens.
+    pub auth: Arc<Auth>,
+    /// Admission tokens from the gateway.
+    pub admission: Admission,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}

@@ -1,0 +1,204 @@
+//! API tests of the backend's foundation on SQLite and on a real PostgreSQL (a fresh
+//! database per run, dropped after).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use ticketing_backend::config::BackendConfig;
+use tower::ServiceExt;
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh PostgreSQL database; dropped when the guard goes.
+struct PgDb {
+    admin_url: String,
+    name: String,
+}
+
+impl PgDb {
+    async fn create() -> (Self, String) {
+        let admin_url = std::env::var("TB_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("tb_test_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .expect("PostgreSQL must be reachable (TB_TEST_POSTGRES_URL)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+        (PgDb { admin_url, name }, url)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Best effort, on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+fn sqlite_url() -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "tb-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    format!("sqlite://{}?mode=rwc", dir.join("t.db").display())
+}
+
+struct Api {
+    router: axum::Router,
+}
+
+impl Api {
+    async fn new(url: String) -> Self {
+        let cfg = BackendConfig {
+            database_url: Some(url),
+            jwt_secret: Some("backend-test-secret-0123456789abcdef".into()),
+            admin_email: Some("admin@example.com".into()),
+            admin_password: Some("admin-password-123".into()),
+            login_per_minute: 5,
+            ..BackendConfig::default()
+        };
+        let state = ticketing_backend::build(&cfg).await.unwrap();
+        Api { router: ticketing_backend::router(state) }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(body.map(|b| Body::from(b.to_owned())).unwrap_or_else(Body::empty)).unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())),
+        )
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn users_and_auth(url: String) {
+    let api = Api::new(url).await;
+    let body =
+        json!({"email": "Buyer@Example.com", "password": "correct horse", "name": "Buyer"}).to_string();
+    let (s, v) = api.call("POST", "/api/v1/auth/signup", Some(&body), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!((v["email"].as_str(), v["role"].as_str()), (Some("buyer@example.com"), Some("user")));
+    assert!(v["token"].is_string());
+    let (s, v) = api.call("POST", "/api/v1/auth/signup", Some(&body), None).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "email_taken"));
+
+    for (bad, field) in [
+        (json!({"email": "nope", "password": "correct horse", "name": "x"}), "email"),
+        (json!({"email": "a@b.co", "password": "short", "name": "x"}), "password"),
+        (json!({"email": "a@b.co", "password": "correct horse", "name": ""}), "name"),
+        (json!({"email": "a@b.co", "password": "correct horse", "name": "x", "role": "admin"}), "body"),
+    ] {
+        let (s, v) = api.call("POST", "/api/v1/auth/signup", Some(&bad.to_string()), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with(field), "{v}");
+    }
+    let (s, _) = api.call("POST", "/api/v1/auth/signup", Some("{not json"), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let big = format!("{{\"email\":\"{}\"}}", "a".repeat(100_000));
+    let (s, _) = api.call("POST", "/api/v1/auth/signup", Some(&big), None).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let login = json!({"email": "buyer@example.com", "password": "correct horse"}).to_string();
+    let (s, v) = api.call("POST", "/api/v1/auth/login", Some(&login), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let token = v["token"].as_str().unwrap().to_owned();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["role"], "user");
+    let wrong = json!({"email": "buyer@example.com", "password": "wrong password"}).to_string();
+    let (s, v1) = api.call("POST", "/api/v1/auth/login", Some(&wrong), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let unknown = json!({"email": "nobody@example.com", "password": "wrong password"}).to_string();
+    let (_, v2) = api.call("POST", "/api/v1/auth/login", Some(&unknown), None).await;
+    assert_eq!(v1, v2, "unknown email and wrong password answer alike");
+    // The configured admin exists and logs in with the admin role.
+    let admin = json!({"email": "admin@example.com", "password": "admin-password-123"}).to_string();
+    let (s, v) = api.call("POST", "/api/v1/auth/login", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Login attempts are rate limited per email (5 a minute here; 3 used above for buyer).
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(api.call("POST", "/api/v1/auth/login", Some(&wrong), None).await.0.as_u16());
+    }
+    assert!(codes.contains(&429), "{codes:?}");
+}
+
+async fn operations(url: String) {
+    let api = Api::new(url).await;
+    assert_eq!(api.call("GET", "/healthz", None, None).await.0, StatusCode::OK);
+    assert_eq!(api.call("GET", "/readyz", None, None).await.0, StatusCode::OK);
+    let (s, v) = api.call("GET", "/no/such/route", None, None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (_, m) = api.call("GET", "/metrics", None, None).await;
+    let m = m.as_str().unwrap().to_owned();
+    assert!(m.contains("ticketing_http_requests_total{route=\"/healthz\",code=\"200\"} 1"), "{m}");
+    // Migrations run once: a second start on the same database is fine.
+    drop(api);
+}
+
+#[tokio::test]
+async fn sqlite_users_and_auth() {
+    users_and_auth(sqlite_url()).await
+}
+
+#[tokio::test]
+async fn sqlite_operations() {
+    let url = sqlite_url();
+    operations(url.clone()).await;
+    Api::new(url).await;
+}
+
+#[tokio::test]
+async fn postgres_users_and_auth() {
+    let (_db, url) = PgDb::create().await;
+    users_and_auth(url).await
+}
+
+#[tokio::test]
+async fn postgres_operations() {
+    let (_db, url) = PgDb::create().await;
+    operations(url.clone()).await;
+    Api::new(url).await;
+}
