@@ -35,12 +35,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users",
-    sqlite: include_str!("../migrations/sqlite/0001_users.sql"),
-    postgres: include_str!("../migrations/postgres/0001_users.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users",
+        sqlite: include_str!("../migrations/sqlite/0001_users.sql"),
+        postgres: include_str!("../migrations/postgres/0001_users.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "catalog",
+        sqlite: include_str!("../migrations/sqlite/0002_catalog.sql"),
+        postgres: include_str!("../migrations/postgres/0002_catalog.sql"),
+    },
+];
 
 /// A connected, migrated database.
 #[derive(Clone, Debug)]

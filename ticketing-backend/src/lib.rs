@@ -1,19 +1,21 @@
 //! `ticketing-backend`: the booking system behind the waiting room.
 //!
-//! This first slice is the service's foundation: configuration, the database (one portable
-//! SQL path over PostgreSQL and SQLite, embedded migrations), users with argon2 passwords and
-//! role-bearing JWTs, admission verification with `queue-core`'s verifier, health, readiness,
-//! metrics and graceful shutdown. Catalog, search, booking, coupons and payments follow.
+//! So far: configuration, the database (one portable SQL path over PostgreSQL and SQLite,
+//! embedded migrations), users with argon2 passwords and role-bearing JWTs, the catalog,
+//! admission verification with `queue-core`'s verifier, health, readiness, metrics and
+//! graceful shutdown. Search, ranking, booking, coupons and payments follow.
 //!
 //! # Layout
 //! - [`config`]: `TB_*` variables and the TOML file.
 //! - [`db`]: pool, dialects, migrations.
 //! - [`users`]: sign-up, login, user tokens, the `CurrentUser`/`AdminUser` extractors.
+//! - [`catalog`]: venues, performers, concerts, schedules and seat maps.
 //! - [`admission`]: admission-token checks for routes the gateway protects.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -29,7 +31,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 
 use crate::admission::Admission;
@@ -93,6 +95,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/auth/signup", post(users::signup))
         .route("/api/v1/auth/login", post(users::login))
+        .route("/api/v1/concerts", get(catalog::list_concerts))
+        .route("/api/v1/concerts/{id}", get(catalog::get_concert))
+        .route("/api/v1/concerts/{id}/schedules", get(catalog::list_schedules))
+        .route("/api/v1/schedules/{id}/seats", get(catalog::seats))
+        .route("/admin/v1/venues", post(catalog::create_venue))
+        .route("/admin/v1/performers", post(catalog::create_performer))
+        .route("/admin/v1/concerts", post(catalog::create_concert))
+        .route("/admin/v1/concerts/{id}", put(catalog::update_concert).delete(catalog::delete_concert))
+        .route("/admin/v1/concerts/{id}/schedules", post(catalog::create_schedule))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -178,6 +178,211 @@ async fn operations(url: String) {
     drop(api);
 }
 
+async fn token(api: &Api, email: &str, password: &str) -> String {
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/auth/login",
+            Some(&json!({"email": email, "password": password}).to_string()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+async fn catalog(url: String) {
+    let api = Api::new(url).await;
+    let admin = token(&api, "admin@example.com", "admin-password-123").await;
+    let (_, u) = api
+        .call(
+            "POST",
+            "/api/v1/auth/signup",
+            Some(&json!({"email": "u@example.com", "password": "user password", "name": "U"}).to_string()),
+            None,
+        )
+        .await;
+    let user = u["token"].as_str().unwrap().to_owned();
+    let venue = json!({"name": "Olympic Hall", "address": "Seoul"}).to_string();
+    // Anonymous 401, user 403, admin 201.
+    assert_eq!(api.call("POST", "/admin/v1/venues", Some(&venue), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.call("POST", "/admin/v1/venues", Some(&venue), Some(&user)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, v) = api.call("POST", "/admin/v1/venues", Some(&venue), Some(&admin)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let venue_id = v["id"].as_i64().unwrap();
+    let (_, p) = api
+        .call("POST", "/admin/v1/performers", Some(&json!({"name": "IU"}).to_string()), Some(&admin))
+        .await;
+    let performer = p["id"].as_i64().unwrap();
+
+    let concert = |title: &str, day: u32| {
+        json!({"title": title, "artists": ["IU"], "category": "concert", "description": "여름 공연",
+               "starts_on": format!("2026-07-{day:02}T19:00:00+09:00"), "ends_on": format!("2026-07-{day:02}T22:00:00+09:00"),
+               "venue_id": venue_id, "performer_ids": [performer, performer], "host": "host-a", "room": "summer"})
+        .to_string()
+    };
+    let mut ids = Vec::new();
+    for day in 1..=5 {
+        let (s, v) = api
+            .call(
+                "POST",
+                "/admin/v1/concerts",
+                Some(&concert(&format!("여름 공연 {day}"), day)),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        ids.push(v["id"].as_i64().unwrap());
+    }
+    let (_, detail) = api.call("GET", &format!("/api/v1/concerts/{}", ids[0]), None, None).await;
+    assert_eq!(detail["title"], "여름 공연 1");
+    assert_eq!(detail["venue"]["name"], "Olympic Hall");
+    assert_eq!(detail["performers"].as_array().unwrap().len(), 1, "duplicate performer ids collapse");
+    assert_eq!(detail["starts_on"], "2026-07-01T10:00:00Z");
+
+    // Bad input names the field and writes nothing.
+    for (bad, field) in [
+        (
+            json!({"title": "", "category": "c", "starts_on": "2026-07-01T19:00:00Z", "ends_on": "2026-07-01T20:00:00Z", "venue_id": venue_id, "host": "h"}),
+            "title",
+        ),
+        (
+            json!({"title": "t", "category": "c", "starts_on": "tomorrow", "ends_on": "2026-07-01T20:00:00Z", "venue_id": venue_id, "host": "h"}),
+            "starts_on",
+        ),
+        (
+            json!({"title": "t", "category": "c", "starts_on": "2026-07-02T19:00:00Z", "ends_on": "2026-07-01T20:00:00Z", "venue_id": venue_id, "host": "h"}),
+            "ends_on",
+        ),
+        (
+            json!({"title": "t", "category": "c", "starts_on": "2026-07-01T19:00:00Z", "ends_on": "2026-07-01T20:00:00Z", "venue_id": 999, "host": "h"}),
+            "venue_id",
+        ),
+        (
+            json!({"title": "t", "category": "c", "starts_on": "2026-07-01T19:00:00Z", "ends_on": "2026-07-01T20:00:00Z", "venue_id": venue_id, "host": "h", "room": "Bad Room"}),
+            "room",
+        ),
+    ] {
+        let (s, v) = api.call("POST", "/admin/v1/concerts", Some(&bad.to_string()), Some(&admin)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with(field), "{v}");
+    }
+
+    // Paging: newest start first, bounded sizes.
+    let (_, page) = api.call("GET", "/api/v1/concerts?page=1&size=2", None, None).await;
+    assert_eq!((page["total"].as_i64(), page["items"].as_array().unwrap().len()), (Some(5), 2));
+    assert_eq!(page["items"][0]["title"], "여름 공연 5");
+    let (_, last) = api.call("GET", "/api/v1/concerts?page=3&size=2", None, None).await;
+    assert_eq!(last["items"][0]["title"], "여름 공연 1");
+    for q in ["size=0", "size=101", "page=0", "page=x", "bogus=1"] {
+        assert_eq!(
+            api.call("GET", &format!("/api/v1/concerts?{q}"), None, None).await.0,
+            StatusCode::BAD_REQUEST,
+            "{q}"
+        );
+    }
+    for bad in ["0", "-1", "abc", "99999999999999999999"] {
+        assert_eq!(
+            api.call("GET", &format!("/api/v1/concerts/{bad}"), None, None).await.0,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    assert_eq!(api.call("GET", "/api/v1/concerts/424242", None, None).await.0, StatusCode::NOT_FOUND);
+
+    // A round with a seat map.
+    let sched = json!({"starts_at": "2026-07-01T19:00:00+09:00", "sections": [
+        {"name": "A", "rows": 10, "seats_per_row": 50, "grade": "VIP", "price": 165000},
+        {"name": "B", "rows": 20, "seats_per_row": 25, "grade": "R", "price": 132000}]});
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/admin/v1/concerts/{}/schedules", ids[0]),
+            Some(&sched.to_string()),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["seats"], 1000);
+    let schedule = v["id"].as_i64().unwrap();
+    let (_, list) = api.call("GET", &format!("/api/v1/concerts/{}/schedules", ids[0]), None, None).await;
+    assert_eq!(list[0]["seats"], 1000);
+    let (_, seats) = api.call("GET", &format!("/api/v1/schedules/{schedule}/seats"), None, None).await;
+    let seats = seats.as_array().unwrap();
+    assert_eq!(seats.len(), 1000);
+    assert_eq!(
+        seats[0],
+        json!({"seat_id": seats[0]["seat_id"], "section": "A", "row": "A", "number": 1, "grade": "VIP", "price": 165000, "status": "available"})
+    );
+    let too_big = json!({"starts_at": "2026-07-01T19:00:00Z", "sections": [{"name": "A", "rows": 100, "seats_per_row": 200, "grade": "R", "price": 1}, {"name": "B", "rows": 1, "seats_per_row": 1, "grade": "R", "price": 1}]});
+    assert_eq!(
+        api.call(
+            "POST",
+            &format!("/admin/v1/concerts/{}/schedules", ids[0]),
+            Some(&too_big.to_string()),
+            Some(&admin)
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+    let negative = json!({"starts_at": "2026-07-01T19:00:00Z", "sections": [{"name": "A", "rows": 1, "seats_per_row": 1, "grade": "R", "price": -5}]});
+    assert_eq!(
+        api.call(
+            "POST",
+            &format!("/admin/v1/concerts/{}/schedules", ids[0]),
+            Some(&negative.to_string()),
+            Some(&admin)
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Update, then soft delete: gone from every public read.
+    let (s, v) = api
+        .call(
+            "PUT",
+            &format!("/admin/v1/concerts/{}", ids[1]),
+            Some(&concert("Summer Live", 2)),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!((s, v["title"].as_str()), (StatusCode::OK, Some("Summer Live")));
+    assert_eq!(
+        api.call("DELETE", &format!("/admin/v1/concerts/{}", ids[0]), None, Some(&admin)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.call("DELETE", &format!("/admin/v1/concerts/{}", ids[0]), None, Some(&admin)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.call("GET", &format!("/api/v1/concerts/{}", ids[0]), None, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.call("GET", &format!("/api/v1/schedules/{schedule}/seats"), None, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, page) = api.call("GET", "/api/v1/concerts?size=100", None, None).await;
+    assert_eq!(page["total"], 4);
+}
+
+#[tokio::test]
+async fn sqlite_catalog() {
+    catalog(sqlite_url()).await
+}
+
+#[tokio::test]
+async fn postgres_catalog() {
+    let (_db, url) = PgDb::create().await;
+    catalog(url).await
+}
+
 #[tokio::test]
 async fn sqlite_users_and_auth() {
     users_and_auth(sqlite_url()).await
