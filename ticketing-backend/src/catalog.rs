@@ -404,7 +404,33 @@ pub async fn get_concert(
     p: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let id = path_id(p, "id")?;
-    Ok(Json(concert_json(&s, id).await?.ok_or_else(|| not_found("concert"))?).into_response())
+    let concert = concert_json(&s, id).await?.ok_or_else(|| not_found("concert"))?;
+    if let Err(e) = s.views.record(id, now_ms()).await {
+        // A lost view costs the ranking one count; the page still loads.
+        tracing::warn!(error = %e, "recording a view failed");
+    }
+    Ok(Json(concert).into_response())
+}
+
+/// `GET /api/v1/rankings/concerts` — the 5 most viewed live concerts of the last 7 days.
+pub async fn rankings(State(s): State<AppState>) -> Result<Response> {
+    let candidates = s
+        .views
+        .top(now_ms(), 50)
+        .await
+        .map_err(|e| ApiError::Internal { context: "reading views", source: Box::new(e) })?;
+    let mut items = Vec::new();
+    for (id, views) in candidates {
+        if items.len() == crate::ranking::TOP {
+            break;
+        }
+        if let Some(mut c) = concert_json(&s, id).await? {
+            c["views"] = json!(views);
+            c["rank"] = json!(items.len() + 1);
+            items.push(c);
+        }
+    }
+    Ok(Json(Value::Array(items)).into_response())
 }
 
 /// `GET /api/v1/concerts/{id}/schedules`

@@ -9,7 +9,7 @@
 //! - [`config`]: `TB_*` variables and the TOML file.
 //! - [`db`]: pool, dialects, migrations.
 //! - [`users`]: sign-up, login, user tokens, the `CurrentUser`/`AdminUser` extractors.
-//! - [`catalog`]: venues, performers, concerts, schedules and seat maps.
+//! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views.
 //! - [`admission`]: admission-token checks for routes the gateway protects.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
@@ -20,6 +20,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod ranking;
 pub mod state;
 pub mod users;
 
@@ -81,7 +82,14 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
     if let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) {
         users::ensure_admin(&db, email, password).await.map_err(|e| StartError::Other(e.to_string()))?;
     }
+    let views = match &cfg.redis_url {
+        Some(url) => {
+            ranking::Views::redis(url).await.map_err(|e| StartError::Other(format!("redis: {e}")))?
+        }
+        None => ranking::Views::memory(),
+    };
     Ok(Arc::new(App {
+        views,
         db,
         auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),
         admission: Admission::new(verifier),
@@ -99,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/concerts/{id}", get(catalog::get_concert))
         .route("/api/v1/concerts/{id}/schedules", get(catalog::list_schedules))
         .route("/api/v1/schedules/{id}/seats", get(catalog::seats))
+        .route("/api/v1/rankings/concerts", get(catalog::rankings))
         .route("/admin/v1/venues", post(catalog::create_venue))
         .route("/admin/v1/performers", post(catalog::create_performer))
         .route("/admin/v1/concerts", post(catalog::create_concert))

@@ -21,4 +21,6 @@ pub struct App {
     pub admission: Admission,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// View counts for the ranking.
+    pub views: crate::ranking::Views,
 }

@@ -342,6 +342,13 @@ async fn catalog(url: String) {
         StatusCode::BAD_REQUEST
     );
 
+    // Ranking: views of the last 7 days, deleted concerts never listed.
+    for (i, n) in [(2usize, 3), (3, 1), (0, 2)] {
+        for _ in 0..n {
+            api.call("GET", &format!("/api/v1/concerts/{}", ids[i]), None, None).await;
+        }
+    }
+
     // Update, then soft delete: gone from every public read.
     let (s, v) = api
         .call(
@@ -370,6 +377,14 @@ async fn catalog(url: String) {
     );
     let (_, page) = api.call("GET", "/api/v1/concerts?size=100", None, None).await;
     assert_eq!(page["total"], 4);
+    let (_, top) = api.call("GET", "/api/v1/rankings/concerts", None, None).await;
+    let ranked: Vec<(i64, i64)> = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_i64().unwrap(), c["views"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(ranked, vec![(ids[2], 3), (ids[3], 1)], "ids[0] (4 views counted before) was deleted");
 }
 
 #[tokio::test]
