@@ -76,13 +76,8 @@ pub struct NewVenue {
     address: String,
 }
 
-/// `POST /admin/v1/venues`
-pub async fn create_venue(
-    State(s): State<AppState>,
-    _a: AdminUser,
-    b: std::result::Result<Json<NewVenue>, JsonRejection>,
-) -> Result<Response> {
-    let v = body(b)?;
+/// Validates and inserts a venue; returns its id, name and address.
+pub async fn add_venue(s: &AppState, v: NewVenue) -> Result<(i64, String, String)> {
     let (name, address) = (text("name", &v.name, 200, true)?, text("address", &v.address, 500, true)?);
     let row = sqlx::query("INSERT INTO venues (name, address, created_at) VALUES ($1, $2, $3) RETURNING id")
         .bind(&name)
@@ -91,8 +86,17 @@ pub async fn create_venue(
         .fetch_one(&s.db.pool)
         .await
         .context("inserting a venue")?;
-    Ok((StatusCode::CREATED, Json(json!({"id": row.get::<i64, _>(0), "name": name, "address": address})))
-        .into_response())
+    Ok((row.get::<i64, _>(0), name, address))
+}
+
+/// `POST /admin/v1/venues`
+pub async fn create_venue(
+    State(s): State<AppState>,
+    _a: AdminUser,
+    b: std::result::Result<Json<NewVenue>, JsonRejection>,
+) -> Result<Response> {
+    let (id, name, address) = add_venue(&s, body(b)?).await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "name": name, "address": address}))).into_response())
 }
 
 /// `POST /admin/v1/performers` body.
@@ -102,20 +106,26 @@ pub struct NewPerformer {
     name: String,
 }
 
-/// `POST /admin/v1/performers`
-pub async fn create_performer(
-    State(s): State<AppState>,
-    _a: AdminUser,
-    b: std::result::Result<Json<NewPerformer>, JsonRejection>,
-) -> Result<Response> {
-    let name = text("name", &body(b)?.name, 200, true)?;
+/// Validates and inserts a performer; returns its id and name.
+pub async fn add_performer(s: &AppState, p: NewPerformer) -> Result<(i64, String)> {
+    let name = text("name", &p.name, 200, true)?;
     let row = sqlx::query("INSERT INTO performers (name, created_at) VALUES ($1, $2) RETURNING id")
         .bind(&name)
         .bind(now_ms())
         .fetch_one(&s.db.pool)
         .await
         .context("inserting a performer")?;
-    Ok((StatusCode::CREATED, Json(json!({"id": row.get::<i64, _>(0), "name": name}))).into_response())
+    Ok((row.get::<i64, _>(0), name))
+}
+
+/// `POST /admin/v1/performers`
+pub async fn create_performer(
+    State(s): State<AppState>,
+    _a: AdminUser,
+    b: std::result::Result<Json<NewPerformer>, JsonRejection>,
+) -> Result<Response> {
+    let (id, name) = add_performer(&s, body(b)?).await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "name": name}))).into_response())
 }
 
 /// A concert as written by admins.
@@ -220,13 +230,9 @@ async fn set_performers(s: &AppState, concert: i64, ids: &[i64]) -> Result<()> {
     tx.commit().await.context("committing performers")
 }
 
-/// `POST /admin/v1/concerts`
-pub async fn create_concert(
-    State(s): State<AppState>,
-    _a: AdminUser,
-    b: std::result::Result<Json<ConcertInput>, JsonRejection>,
-) -> Result<Response> {
-    let c = validate(&s, body(b)?).await?;
+/// Validates and inserts a concert; returns its id.
+pub async fn add_concert(s: &AppState, input: ConcertInput) -> Result<i64> {
+    let c = validate(s, input).await?;
     let now = now_ms();
     let row = sqlx::query(
         "INSERT INTO concerts (title, artists, category, description, starts_on, ends_on, venue_id, host, room, created_at, updated_at)
@@ -247,8 +253,18 @@ pub async fn create_concert(
     .await
     .context("inserting a concert")?;
     let id = row.get::<i64, _>(0);
-    set_performers(&s, id, &c.performer_ids).await?;
-    let body = concert_json(&s, id).await?.ok_or_else(|| ApiError::invalid("id", "vanished"))?;
+    set_performers(s, id, &c.performer_ids).await?;
+    Ok(id)
+}
+
+/// `POST /admin/v1/concerts`
+pub async fn create_concert(
+    State(s): State<AppState>,
+    _a: AdminUser,
+    b: std::result::Result<Json<ConcertInput>, JsonRejection>,
+) -> Result<Response> {
+    let id = add_concert(&s, body(b)?).await?;
+    let body = concert_json(&s, id).await?.ok_or_else(|| not_found("concert"))?;
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -490,15 +506,8 @@ fn row_label(i: i64) -> String {
     String::from_utf8(s).unwrap_or_default()
 }
 
-/// `POST /admin/v1/concerts/{id}/schedules` — a round with its seat map, inserted in bulk.
-pub async fn create_schedule(
-    State(s): State<AppState>,
-    _a: AdminUser,
-    p: std::result::Result<Path<String>, PathRejection>,
-    b: std::result::Result<Json<NewSchedule>, JsonRejection>,
-) -> Result<Response> {
-    let concert = path_id(p, "id")?;
-    let req = body(b)?;
+/// Validates and inserts a round with its seat map; returns `(id, starts_at_ms, seats)`.
+pub async fn add_schedule(s: &AppState, concert: i64, req: NewSchedule) -> Result<(i64, i64, usize)> {
     let starts_at = instant("starts_at", &req.starts_at)?;
     if req.sections.is_empty() || req.sections.len() > 50 {
         return Err(ApiError::invalid("sections", "must be 1 to 50 sections"));
@@ -526,7 +535,7 @@ pub async fn create_schedule(
             return Err(ApiError::invalid("sections", format!("at most {MAX_SEATS} seats per schedule")));
         }
     }
-    if concert_json(&s, concert).await?.is_none() {
+    if concert_json(s, concert).await?.is_none() {
         return Err(not_found("concert"));
     }
     let mut tx = s.db.pool.begin().await.context("starting a transaction")?;
@@ -564,8 +573,19 @@ pub async fn create_schedule(
         q.execute(&mut *tx).await.context("inserting seats")?;
     }
     tx.commit().await.context("committing a schedule")?;
-    let body =
-        json!({"id": id, "concert_id": concert, "starts_at": rfc3339(starts_at), "seats": seats.len()});
+    Ok((id, starts_at, seats.len()))
+}
+
+/// `POST /admin/v1/concerts/{id}/schedules` — a round with its seat map, inserted in bulk.
+pub async fn create_schedule(
+    State(s): State<AppState>,
+    _a: AdminUser,
+    p: std::result::Result<Path<String>, PathRejection>,
+    b: std::result::Result<Json<NewSchedule>, JsonRejection>,
+) -> Result<Response> {
+    let concert = path_id(p, "id")?;
+    let (id, starts_at, seats) = add_schedule(&s, concert, body(b)?).await?;
+    let body = json!({"id": id, "concert_id": concert, "starts_at": rfc3339(starts_at), "seats": seats});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 

@@ -47,6 +47,8 @@ pub struct BackendConfig {
     pub admin_password: Option<String>,
     /// Login attempts per email per minute before 429.
     pub login_per_minute: u32,
+    /// Seed demo data into an empty embedded (SQLite) catalog.
+    pub demo_data: bool,
 }
 
 impl Default for BackendConfig {
@@ -62,6 +64,7 @@ impl Default for BackendConfig {
             admin_email: None,
             admin_password: None,
             login_per_minute: 10,
+            demo_data: true,
         }
     }
 }
@@ -83,6 +86,7 @@ impl std::fmt::Debug for BackendConfig {
             .field("admin_email", &self.admin_email)
             .field("admin_password", &r(&self.admin_password))
             .field("login_per_minute", &self.login_per_minute)
+            .field("demo_data", &self.demo_data)
             .finish()
     }
 }

@@ -11,6 +11,7 @@
 //! - [`users`]: sign-up, login, user tokens, the `CurrentUser`/`AdminUser` extractors.
 //! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views.
 //! - [`admission`]: admission-token checks for routes the gateway protects.
+//! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod ranking;
+pub mod seed;
 pub mod state;
 pub mod users;
 
@@ -88,13 +90,19 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         }
         None => ranking::Views::memory(),
     };
-    Ok(Arc::new(App {
+    let state = Arc::new(App {
         views,
         db,
         auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),
         admission: Admission::new(verifier),
         metrics: Metrics::default(),
-    }))
+    });
+    if cfg.database_url.is_none() && cfg.demo_data {
+        seed::seed_if_empty(&state)
+            .await
+            .map_err(|e| StartError::Other(format!("seeding demo data: {e}")))?;
+    }
+    Ok(state)
 }
 
 /// The router. Layers, outermost first: request metrics → body limit → handler (auth and

@@ -388,6 +388,34 @@ async fn catalog(url: String) {
 }
 
 #[tokio::test]
+async fn embedded_default_seeds_demo_data_once() {
+    let dir = std::env::temp_dir().join(format!("tb-demo-{}", std::process::id()));
+    let cfg = BackendConfig { data_dir: dir.clone(), ..BackendConfig::default() };
+    for _ in 0..2 {
+        let api = Api { router: ticketing_backend::router(ticketing_backend::build(&cfg).await.unwrap()) };
+        let (_, page) = api.call("GET", "/api/v1/concerts?size=100", None, None).await;
+        assert_eq!(page["total"], 51, "seeded once, not twice");
+        let hot = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["room"] == "demo")
+            .expect("a hot concert")
+            .clone();
+        let (_, rounds) =
+            api.call("GET", &format!("/api/v1/concerts/{}/schedules", hot["id"]), None, None).await;
+        assert_eq!(rounds[0]["seats"], 1000);
+        let titles: Vec<&str> =
+            page["items"].as_array().unwrap().iter().filter_map(|c| c["title"].as_str()).collect();
+        assert!(
+            titles.iter().any(|t| t.contains("여름 공연"))
+                && titles.iter().any(|t| t.contains("Summer Live"))
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
 async fn sqlite_catalog() {
     catalog(sqlite_url()).await
 }
