@@ -254,6 +254,7 @@ pub async fn add_concert(s: &AppState, input: ConcertInput) -> Result<i64> {
     .context("inserting a concert")?;
     let id = row.get::<i64, _>(0);
     set_performers(s, id, &c.performer_ids).await?;
+    s.cache.invalidate(None).await;
     Ok(id)
 }
 
@@ -299,6 +300,7 @@ pub async fn update_concert(
         return Err(not_found("concert"));
     }
     set_performers(&s, id, &c.performer_ids).await?;
+    s.cache.invalidate(Some(id)).await;
     Ok(Json(concert_json(&s, id).await?.ok_or_else(|| not_found("concert"))?).into_response())
 }
 
@@ -320,7 +322,12 @@ pub async fn delete_concert(
     if res.rows_affected() == 0 {
         return Err(not_found("concert"));
     }
+    s.cache.invalidate(Some(id)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn json_text(text: String) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 fn not_found(what: &'static str) -> ApiError {
@@ -395,6 +402,10 @@ pub async fn list_concerts(
     if !(1..=100).contains(&size) {
         return Err(ApiError::invalid("size", "must be within 1..=100"));
     }
+    let key = s.cache.list_key(page, size).await;
+    if let Some(hit) = s.cache.get(&key).await {
+        return Ok(json_text(hit));
+    }
     let total: i64 = sqlx::query("SELECT COUNT(*) FROM concerts WHERE deleted_at IS NULL")
         .fetch_one(&s.db.pool)
         .await
@@ -411,7 +422,9 @@ pub async fn list_concerts(
         .await
         .context("listing concerts")?;
     let items: Vec<Value> = rows.iter().map(concert_row_json).collect();
-    Ok(Json(json!({"items": items, "page": page, "size": size, "total": total})).into_response())
+    let text = json!({"items": items, "page": page, "size": size, "total": total}).to_string();
+    s.cache.put(&key, &text).await;
+    Ok(json_text(text))
 }
 
 /// `GET /api/v1/concerts/{id}`
@@ -420,12 +433,21 @@ pub async fn get_concert(
     p: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let id = path_id(p, "id")?;
-    let concert = concert_json(&s, id).await?.ok_or_else(|| not_found("concert"))?;
+    let key = crate::cache::Cache::detail_key(id);
+    let text = match s.cache.get(&key).await {
+        Some(hit) => hit,
+        None => {
+            let concert = concert_json(&s, id).await?.ok_or_else(|| not_found("concert"))?;
+            let text = concert.to_string();
+            s.cache.put(&key, &text).await;
+            text
+        }
+    };
     if let Err(e) = s.views.record(id, now_ms()).await {
         // A lost view costs the ranking one count; the page still loads.
         tracing::warn!(error = %e, "recording a view failed");
     }
-    Ok(Json(concert).into_response())
+    Ok(json_text(text))
 }
 
 /// `GET /api/v1/rankings/concerts` — the 5 most viewed live concerts of the last 7 days.

@@ -9,13 +9,15 @@
 //! - [`config`]: `TB_*` variables and the TOML file.
 //! - [`db`]: pool, dialects, migrations.
 //! - [`users`]: sign-up, login, user tokens, the `CurrentUser`/`AdminUser` extractors.
-//! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views.
+//! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views;
+//!   [`cache`]: list and detail cache.
 //! - [`admission`]: admission-token checks for routes the gateway protects.
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod db;
@@ -84,13 +86,18 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
     if let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) {
         users::ensure_admin(&db, email, password).await.map_err(|e| StartError::Other(e.to_string()))?;
     }
-    let views = match &cfg.redis_url {
+    let (views, cache) = match &cfg.redis_url {
         Some(url) => {
-            ranking::Views::redis(url).await.map_err(|e| StartError::Other(format!("redis: {e}")))?
+            let redis_err = |e: redis::RedisError| StartError::Other(format!("redis: {e}"));
+            (
+                ranking::Views::redis(url).await.map_err(redis_err)?,
+                cache::Cache::redis(url).await.map_err(redis_err)?,
+            )
         }
-        None => ranking::Views::memory(),
+        None => (ranking::Views::memory(), cache::Cache::memory()),
     };
     let state = Arc::new(App {
+        cache,
         views,
         db,
         auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),

@@ -21,6 +21,8 @@ pub struct App {
     pub admission: Admission,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Concert list and detail cache.
+    pub cache: crate::cache::Cache,
     /// View counts for the ranking.
     pub views: crate::ranking::Views,
 }
