@@ -345,11 +345,12 @@ fn concert_row_json(r: &AnyRow) -> Value {
         "ends_on": rfc3339(r.get::<i64, _>("ends_on")),
         "host": r.get::<String, _>("host"),
         "room": r.get::<Option<String>, _>("room"),
+        "poster": r.get::<Option<String>, _>("poster").map(|k| format!("/posters/{k}")),
         "venue": {"id": r.get::<i64, _>("venue_id"), "name": r.get::<String, _>("venue_name")},
     })
 }
 
-const CONCERT_COLUMNS: &str = "c.id, c.title, c.artists, c.category, c.description, c.starts_on, c.ends_on, c.host, c.room, \
+const CONCERT_COLUMNS: &str = "c.id, c.title, c.artists, c.category, c.description, c.starts_on, c.ends_on, c.host, c.room, c.poster, \
      c.venue_id, v.name AS venue_name, v.address AS venue_address";
 
 /// A live concert's full JSON, or `None` (unknown or deleted).

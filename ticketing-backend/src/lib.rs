@@ -10,7 +10,7 @@
 //! - [`db`]: pool, dialects, migrations.
 //! - [`users`]: sign-up, login, user tokens, the `CurrentUser`/`AdminUser` extractors.
 //! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views;
-//!   [`cache`]: list and detail cache.
+//!   [`cache`]: list and detail cache; [`posters`]: poster uploads behind a storage trait.
 //! - [`admission`]: admission-token checks for routes the gateway protects.
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
@@ -23,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod posters;
 pub mod ranking;
 pub mod seed;
 pub mod state;
@@ -97,6 +98,7 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         None => (ranking::Views::memory(), cache::Cache::memory()),
     };
     let state = Arc::new(App {
+        posters: Box::new(posters::DiskStore::new(cfg.data_dir.join("posters"))),
         cache,
         views,
         db,
@@ -128,6 +130,11 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/concerts", post(catalog::create_concert))
         .route("/admin/v1/concerts/{id}", put(catalog::update_concert).delete(catalog::delete_concert))
         .route("/admin/v1/concerts/{id}/schedules", post(catalog::create_schedule))
+        .route(
+            "/admin/v1/concerts/{id}/poster",
+            post(posters::upload).layer(DefaultBodyLimit::max(posters::MAX_BYTES)),
+        )
+        .route("/posters/{key}", get(posters::serve))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

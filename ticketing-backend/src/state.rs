@@ -21,6 +21,8 @@ pub struct App {
     pub admission: Admission,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Poster storage.
+    pub posters: Box<dyn crate::posters::PosterStore>,
     /// Concert list and detail cache.
     pub cache: crate::cache::Cache,
     /// View counts for the ranking.

@@ -103,6 +103,29 @@ impl Api {
     }
 }
 
+impl Api {
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if !content_type.is_empty() {
+            req = req.header("content-type", content_type);
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = self.router.clone().oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
@@ -349,6 +372,55 @@ async fn catalog(url: String) {
         }
     }
 
+    // Posters: type-checked by content, size-limited, served back.
+    let png = b"\x89PNG\r\n\x1a\n-not-really-but-the-signature-is-right".to_vec();
+    let (s, v) = api
+        .raw("POST", &format!("/admin/v1/concerts/{}/poster", ids[2]), "image/png", png.clone(), Some(&admin))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let poster = v["poster"].as_str().unwrap().to_owned();
+    let (s, _) = api.raw("GET", &poster, "", Vec::new(), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, d) = api.call("GET", &format!("/api/v1/concerts/{}", ids[2]), None, None).await;
+    assert_eq!(d["poster"], poster.as_str());
+    let (s, _) = api
+        .raw(
+            "POST",
+            &format!("/admin/v1/concerts/{}/poster", ids[2]),
+            "image/jpeg",
+            png.clone(),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "declared type must match the bytes");
+    let (s, _) = api
+        .raw(
+            "POST",
+            &format!("/admin/v1/concerts/{}/poster", ids[2]),
+            "image/gif",
+            b"GIF89a....".to_vec(),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let mut huge = png.clone();
+    huge.resize(3 * 1024 * 1024, 0);
+    let (s, _) = api
+        .raw("POST", &format!("/admin/v1/concerts/{}/poster", ids[2]), "image/png", huge, Some(&admin))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _) = api
+        .raw("POST", &format!("/admin/v1/concerts/{}/poster", ids[2]), "image/png", png.clone(), Some(&user))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    for bad in ["..%2Fx.png", "x"] {
+        assert_eq!(
+            api.raw("GET", &format!("/posters/{bad}"), "", Vec::new(), None).await.0,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+
     // Update, then soft delete: gone from every public read.
     let (s, v) = api
         .call(
@@ -384,7 +456,8 @@ async fn catalog(url: String) {
         .iter()
         .map(|c| (c["id"].as_i64().unwrap(), c["views"].as_i64().unwrap()))
         .collect();
-    assert_eq!(ranked, vec![(ids[2], 3), (ids[3], 1)], "ids[0] (4 views counted before) was deleted");
+    // ids[2]: 3 views plus the one after its poster upload; ids[0] was deleted.
+    assert_eq!(ranked, vec![(ids[2], 4), (ids[3], 1)]);
 }
 
 #[tokio::test]
