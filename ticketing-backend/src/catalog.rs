@@ -86,7 +86,15 @@ pub async fn add_venue(s: &AppState, v: NewVenue) -> Result<(i64, String, String
         .fetch_one(&s.db.pool)
         .await
         .context("inserting a venue")?;
-    Ok((row.get::<i64, _>(0), name, address))
+    let id = row.get::<i64, _>(0);
+    s.search.upsert(&[crate::search::Doc {
+        kind: "venue",
+        id,
+        title: &name,
+        artists: &[],
+        starts_on: None,
+    }])?;
+    Ok((id, name, address))
 }
 
 /// `POST /admin/v1/venues`
@@ -115,7 +123,15 @@ pub async fn add_performer(s: &AppState, p: NewPerformer) -> Result<(i64, String
         .fetch_one(&s.db.pool)
         .await
         .context("inserting a performer")?;
-    Ok((row.get::<i64, _>(0), name))
+    let id = row.get::<i64, _>(0);
+    s.search.upsert(&[crate::search::Doc {
+        kind: "performer",
+        id,
+        title: &name,
+        artists: &[],
+        starts_on: None,
+    }])?;
+    Ok((id, name))
 }
 
 /// `POST /admin/v1/performers`
@@ -209,6 +225,17 @@ async fn validate(s: &AppState, c: ConcertInput) -> Result<Concert> {
     })
 }
 
+fn index_concert(s: &AppState, id: i64, c: &Concert) -> Result<()> {
+    let artists: Vec<String> = serde_json::from_str(&c.artists).unwrap_or_default();
+    s.search.upsert(&[crate::search::Doc {
+        kind: "concert",
+        id,
+        title: &c.title,
+        artists: &artists,
+        starts_on: Some(c.starts_on),
+    }])
+}
+
 async fn set_performers(s: &AppState, concert: i64, ids: &[i64]) -> Result<()> {
     let mut tx = s.db.pool.begin().await.context("starting a transaction")?;
     sqlx::query("DELETE FROM concert_performers WHERE concert_id = $1")
@@ -254,6 +281,7 @@ pub async fn add_concert(s: &AppState, input: ConcertInput) -> Result<i64> {
     .context("inserting a concert")?;
     let id = row.get::<i64, _>(0);
     set_performers(s, id, &c.performer_ids).await?;
+    index_concert(s, id, &c)?;
     s.cache.invalidate(None).await;
     Ok(id)
 }
@@ -300,6 +328,7 @@ pub async fn update_concert(
         return Err(not_found("concert"));
     }
     set_performers(&s, id, &c.performer_ids).await?;
+    index_concert(&s, id, &c)?;
     s.cache.invalidate(Some(id)).await;
     Ok(Json(concert_json(&s, id).await?.ok_or_else(|| not_found("concert"))?).into_response())
 }
@@ -322,6 +351,7 @@ pub async fn delete_concert(
     if res.rows_affected() == 0 {
         return Err(not_found("concert"));
     }
+    s.search.remove("concert", id)?;
     s.cache.invalidate(Some(id)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

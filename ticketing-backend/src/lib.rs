@@ -10,7 +10,8 @@
 //! - [`db`]: pool, dialects, migrations.
 //! - [`users`]: sign-up, login, user tokens, the `CurrentUser`/`AdminUser` extractors.
 //! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views;
-//!   [`cache`]: list and detail cache; [`posters`]: poster uploads behind a storage trait.
+//!   [`cache`]: list and detail cache; [`posters`]: poster uploads behind a storage trait;
+//!   [`search`]: tantivy search over concerts, performers and venues.
 //! - [`admission`]: admission-token checks for routes the gateway protects.
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
@@ -25,6 +26,7 @@ pub mod error;
 pub mod metrics;
 pub mod posters;
 pub mod ranking;
+pub mod search;
 pub mod seed;
 pub mod state;
 pub mod users;
@@ -98,6 +100,7 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         None => (ranking::Views::memory(), cache::Cache::memory()),
     };
     let state = Arc::new(App {
+        search: search::Search::new().map_err(|e| StartError::Other(e.to_string()))?,
         posters: Box::new(posters::DiskStore::new(cfg.data_dir.join("posters"))),
         cache,
         views,
@@ -125,6 +128,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/concerts/{id}/schedules", get(catalog::list_schedules))
         .route("/api/v1/schedules/{id}/seats", get(catalog::seats))
         .route("/api/v1/rankings/concerts", get(catalog::rankings))
+        .route("/api/v1/search", get(search::handler))
+        .route("/admin/v1/search/reindex", post(reindex))
         .route("/admin/v1/venues", post(catalog::create_venue))
         .route("/admin/v1/performers", post(catalog::create_performer))
         .route("/admin/v1/concerts", post(catalog::create_concert))
@@ -152,6 +157,11 @@ async fn record(State(state): State<AppState>, req: Request, next: Next) -> Resp
     m.http_requests.get_or_create(&RouteCode { route: route.clone(), code: resp.status().as_u16() }).inc();
     m.http_duration.get_or_create(&RouteLabel { route }).observe(started.elapsed().as_secs_f64());
     resp
+}
+
+async fn reindex(State(state): State<AppState>, _a: users::AdminUser) -> Result<Response, error::ApiError> {
+    let n = state.search.rebuild(&state.db).await?;
+    Ok(axum::Json(serde_json::json!({"indexed": n})).into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

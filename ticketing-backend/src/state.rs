@@ -21,6 +21,8 @@ pub struct App {
     pub admission: Admission,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The search index.
+    pub search: crate::search::Search,
     /// Poster storage.
     pub posters: Box<dyn crate::posters::PosterStore>,
     /// Concert list and detail cache.

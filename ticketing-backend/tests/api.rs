@@ -460,6 +460,122 @@ async fn catalog(url: String) {
     assert_eq!(ranked, vec![(ids[2], 4), (ids[3], 1)]);
 }
 
+async fn search(url: String) {
+    let api = Api::new(url).await;
+    let admin = token(&api, "admin@example.com", "admin-password-123").await;
+    let (_, v) = api
+        .call(
+            "POST",
+            "/admin/v1/venues",
+            Some(&json!({"name": "KSPO DOME", "address": "Seoul"}).to_string()),
+            Some(&admin),
+        )
+        .await;
+    let venue = v["id"].as_i64().unwrap();
+    let (_, p) = api
+        .call(
+            "POST",
+            "/admin/v1/performers",
+            Some(&json!({"name": "Velvet Harbor"}).to_string()),
+            Some(&admin),
+        )
+        .await;
+    assert!(p["id"].is_i64());
+    let mut add = |title: &'static str, artist: &'static str, day: u32| {
+        let body = json!({"title": title, "artists": [artist], "category": "concert", "venue_id": venue, "host": "h",
+            "starts_on": format!("2026-08-{day:02}T19:00:00Z"), "ends_on": format!("2026-08-{day:02}T21:00:00Z")}).to_string();
+        let api = &api;
+        let admin = admin.clone();
+        async move {
+            let (s, v) = api.call("POST", "/admin/v1/concerts", Some(&body), Some(&admin)).await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            v["id"].as_i64().unwrap()
+        }
+    };
+    let spaced = add("여름 공연 페스티벌", "하늘빛", 1).await;
+    let joined = add("한여름공연", "은하수", 2).await;
+    let weak = add("여름밤 재즈", "달빛", 3).await;
+    let neon = add("Neon Tides World Tour", "Neon Tides", 4).await;
+    let titled = add("Velvet Harbor Live", "Someone Else", 5).await;
+    let by_artist = add("Night Show", "Velvet Harbor", 6).await;
+    let gone = add("여름 공연 취소", "바람", 7).await;
+    assert_eq!(
+        api.call("DELETE", &format!("/admin/v1/concerts/{gone}"), None, Some(&admin)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let _ = add;
+
+    let ids = |v: &Value| -> Vec<(String, i64)> {
+        v["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["kind"].as_str().unwrap().to_owned(), h["id"].as_i64().unwrap()))
+            .collect()
+    };
+    let has = |v: &Value, id: i64| ids(v).contains(&("concert".to_owned(), id));
+    let q = |s: &str| format!("/api/v1/search?q={}", queue_gateway_encode(s));
+    // Spacing-insensitive Korean, both ways.
+    let (_, r) = api.call("GET", &q("여름공연"), None, None).await;
+    assert!(has(&r, spaced) && has(&r, joined), "{r}");
+    assert!(!has(&r, weak), "a hit sharing one bigram is below the minimum score: {r}");
+    assert!(!has(&r, gone), "deleted concerts are never returned");
+    let (_, r) = api.call("GET", &q("한여름 공연"), None, None).await;
+    assert_eq!(ids(&r)[0], ("concert".to_owned(), joined), "{r}");
+    // A typo and a prefix.
+    let (_, r) = api.call("GET", &q("Neon Tdes"), None, None).await;
+    assert_eq!(ids(&r)[0], ("concert".to_owned(), neon), "{r}");
+    let (_, r) = api.call("GET", &q("Neo"), None, None).await;
+    assert!(has(&r, neon), "{r}");
+    // Title over artist.
+    let (_, r) = api.call("GET", &q("Velvet Harbor"), None, None).await;
+    let order = ids(&r);
+    let pos = |id| {
+        order
+            .iter()
+            .position(|h| *h == ("concert".to_owned(), id))
+            .unwrap_or_else(|| panic!("{id} missing: {r}"))
+    };
+    assert!(pos(titled) < pos(by_artist), "{r}");
+    assert!(order.iter().any(|h| h.0 == "performer"), "performers are searched too: {r}");
+    // Venues, kinds and dates as filters.
+    let (_, r) = api.call("GET", &q("KSPO"), None, None).await;
+    assert_eq!(ids(&r)[0], ("venue".to_owned(), venue));
+    let (_, r) = api.call("GET", &format!("{}&kind=concert", q("Velvet Harbor")), None, None).await;
+    assert!(ids(&r).iter().all(|h| h.0 == "concert"));
+    let (_, r) =
+        api.call("GET", &format!("{}&from=2026-08-02&to=2026-08-02", q("여름공연")), None, None).await;
+    assert_eq!(ids(&r), vec![("concert".to_owned(), joined)], "{r}");
+    // Bad input.
+    for bad in [
+        "/api/v1/search",
+        "/api/v1/search?q=",
+        "/api/v1/search?q=x&from=tomorrow",
+        "/api/v1/search?q=x&kind=song",
+    ] {
+        assert_eq!(api.call("GET", bad, None, None).await.0, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let long = format!("/api/v1/search?q={}", "a".repeat(101));
+    assert_eq!(api.call("GET", &long, None, None).await.0, StatusCode::BAD_REQUEST);
+}
+
+fn queue_gateway_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+#[tokio::test]
+async fn sqlite_search() {
+    search(sqlite_url()).await
+}
+
+#[tokio::test]
+async fn postgres_search() {
+    let (_db, url) = PgDb::create().await;
+    search(url).await
+}
+
 #[tokio::test]
 async fn embedded_default_seeds_demo_data_once() {
     let dir = std::env::temp_dir().join(format!("tb-demo-{}", std::process::id()));
