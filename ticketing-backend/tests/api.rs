@@ -481,7 +481,7 @@ async fn search(url: String) {
         )
         .await;
     assert!(p["id"].is_i64());
-    let mut add = |title: &'static str, artist: &'static str, day: u32| {
+    let add = |title: &'static str, artist: &'static str, day: u32| {
         let body = json!({"title": title, "artists": [artist], "category": "concert", "venue_id": venue, "host": "h",
             "starts_on": format!("2026-08-{day:02}T19:00:00Z"), "ends_on": format!("2026-08-{day:02}T21:00:00Z")}).to_string();
         let api = &api;
