@@ -104,7 +104,11 @@ async fn main() {
             }
         }
     }
-    report(&format!("search over {n} concerts"), lat);
+    report(&format!("search over {n} concerts"), lat.clone());
+    for (i, q) in queries.iter().enumerate() {
+        let per: Vec<Duration> = lat.iter().skip(i).step_by(queries.len()).copied().collect();
+        report(&format!("  {q:?}"), per);
+    }
 
     // Detail: the demo catalog on SQLite, cached vs uncached (invalidated before each read).
     let dir = std::env::temp_dir().join(format!("tb-bench-{}", std::process::id()));

@@ -1,8 +1,8 @@
 //! Search (tantivy, in memory): one keyword over concerts, performers and venues.
 //!
-//! Every name is indexed twice: as character bigrams after removing whitespace (so Korean
-//! matches regardless of spacing: "여름공연" and "여름 공연" share 여름/름공/공연), and as
-//! lowercase words (for typo-tolerant and prefix matching of Latin words). Titles weigh twice
+//! Every name is indexed twice: as character bigrams (those with a non-ASCII character) after
+//! removing whitespace, so Korean matches regardless of spacing ("여름공연" and "여름 공연"
+//! share 여름/름공/공연), and as lowercase words (for typo-tolerant and prefix matching of Latin words). Titles weigh twice
 //! as much as artists. Date range and kind are filters (they do not change scores); a hit
 //! must score at least 30 % of the best hit. The index is rebuilt from the database at start and
 //! follows every catalog write.
@@ -63,6 +63,9 @@ fn bigram_tokens(text: &str) -> Vec<Token> {
         1 => vec![chars[0].to_string()],
         _ => chars.windows(2).map(|w| w.iter().collect()).collect(),
     };
+    // Latin text is served by the word fields; its bigrams ("er", "es", …) would only match
+    // half the index and slow every query down.
+    let grams: Vec<String> = grams.into_iter().filter(|g| !g.is_ascii()).collect();
     grams
         .into_iter()
         .enumerate()
