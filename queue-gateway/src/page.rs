@@ -17,9 +17,10 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use queue_core::{RoomConfig, RoomId, RoomPhase, TicketState, TicketStatus};
 use serde::Deserialize;
 
-use crate::admission::{self, User};
+use crate::admission;
 use crate::error::GatewayError;
 use crate::proxy::{encode_component, safe_path};
+use crate::rate_limit::Api;
 use crate::room::{self, Holder, path_err, room_id};
 use crate::state::{App, PeerAddr};
 
@@ -136,31 +137,18 @@ pub async fn page(
         .rooms
         .get(&room)
         .ok_or_else(|| GatewayError::from(queue_core::Error::UnknownRoom(room.to_string())))?;
-    let ip = app.client_ip(peer.map(|p| p.0), &headers);
+    let peer = peer.map(|p| p.0);
+    let user = room::known_user(&app, &headers)?;
     let mut set_cookies = Vec::new();
-    // Find this browser's ticket, or join.
-    let existing = match app.cookies.ticket_from(&headers, &room) {
-        Some((ticket, _)) => app.store.status(&room, ticket).await.ok().filter(|s| s.state.is_live()),
-        None => None,
-    };
-    let st = match existing {
+    // This browser's live ticket (a poll), or a new one (a join).
+    let st = match room::existing_ticket(&app, &headers, &room, user.as_deref()).await {
         Some(st) => {
-            app.limiters.check_request(crate::rate_limit::Api::Status, ip, None)?;
-            if st.state == TicketState::Waiting {
-                app.touches.mark(&room, st.ticket);
-            }
+            room::limit(&app, Api::Status, peer, &headers, user.as_deref())?;
             st
         }
         None => {
-            app.limiters.check_request(crate::rate_limit::Api::Join, ip, None)?;
-            let owner = match app.users.user(&headers) {
-                User::Known(sub) => admission::user_owner(&sub),
-                _ => admission::anonymous_owner(),
-            };
-            let out = app.store.join(&room, &owner).await?;
-            if out.created {
-                app.metrics.tickets_joined.get_or_create(&crate::metrics::Metrics::room(room.as_str())).inc();
-            }
+            room::limit(&app, Api::Join, peer, &headers, user.as_deref())?;
+            let out = room::join_new(&app, &room, user.as_deref()).await?;
             let value = app.cookies.cookie_value(&room, out.status.ticket);
             set_cookies.push(admission::set_cookie(
                 &admission::ticket_cookie_name(&room),
@@ -173,10 +161,7 @@ pub async fn page(
     };
     let dest = destination(&q, Some(&cfg));
     if st.state == TicketState::Admitted {
-        let sub = match app.users.user(&headers) {
-            User::Known(sub) => sub,
-            _ => format!("anon:{}", st.ticket),
-        };
+        let sub = room::token_sub(user.as_deref(), st.ticket);
         let holder = Holder { secret: Some(app.cookies.secret(&room, st.ticket)), sub, needs_cookie: false };
         if let Some((token, until)) = room::admission_token(&app, &st, &holder)? {
             let max_age = until.saturating_sub(st.now_ms) / 1000;

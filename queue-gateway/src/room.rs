@@ -74,33 +74,65 @@ impl std::fmt::Debug for Holder {
     }
 }
 
+/// The caller's claim on `st`: its ticket cookie, or `user` (already verified) being the
+/// ticket's bound user.
 pub(crate) fn holder(
     app: &App,
     headers: &HeaderMap,
-    room: &RoomId,
     st: &TicketStatus,
-) -> Result<Option<Holder>> {
-    let user = match app.users.user(headers) {
-        User::Invalid => {
-            return Err(GatewayError::client(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "the user token is invalid",
-            ));
-        }
-        User::Known(sub) => Some(sub),
-        User::Anonymous => None,
-    };
+    user: Option<&str>,
+) -> Option<Holder> {
     let bound_user = user.filter(|sub| admission::user_owner(sub).owner_hash() == st.owner);
-    let cookie = app.cookies.ticket_from(headers, room).filter(|(t, _)| *t == st.ticket);
-    let sub = bound_user.clone().unwrap_or_else(|| format!("anon:{}", st.ticket));
-    Ok(match (cookie, bound_user) {
+    let cookie = app.cookies.ticket_from(headers, &st.room).filter(|(t, _)| *t == st.ticket);
+    let sub = token_sub(bound_user, st.ticket);
+    match (cookie, bound_user) {
         (Some((_, secret)), _) => Some(Holder { secret: Some(secret), sub, needs_cookie: false }),
         (None, Some(_)) => {
-            Some(Holder { secret: Some(app.cookies.secret(room, st.ticket)), sub, needs_cookie: true })
+            Some(Holder { secret: Some(app.cookies.secret(&st.room, st.ticket)), sub, needs_cookie: true })
         }
         (None, None) => None,
-    })
+    }
+}
+
+/// The `sub` of an admission token: the user, or an anonymous id derived from the ticket.
+pub(crate) fn token_sub(user: Option<&str>, ticket: TicketId) -> String {
+    user.map_or_else(|| format!("anon:{ticket}"), str::to_owned)
+}
+
+/// The ticket this browser's cookie holds, if it is still live (anonymous callers only: a
+/// signed-in user's ticket is found by the store from the user). Marks it seen.
+pub(crate) async fn existing_ticket(
+    app: &App,
+    headers: &HeaderMap,
+    room: &RoomId,
+    user: Option<&str>,
+) -> Option<TicketStatus> {
+    if user.is_some() {
+        return None;
+    }
+    let (ticket, _) = app.cookies.ticket_from(headers, room)?;
+    let st = app.store.status(room, ticket).await.ok().filter(|s| s.state.is_live())?;
+    if st.state == TicketState::Waiting {
+        app.touches.mark(room, ticket);
+    }
+    Some(st)
+}
+
+/// Joins as `user` (or a fresh anonymous owner) and counts new tickets.
+pub(crate) async fn join_new(
+    app: &App,
+    room: &RoomId,
+    user: Option<&str>,
+) -> Result<queue_core::JoinOutcome> {
+    let owner: UserKey = match user {
+        Some(sub) => admission::user_owner(sub),
+        None => admission::anonymous_owner(),
+    };
+    let out = app.store.join(room, &owner).await?;
+    if out.created {
+        app.metrics.tickets_joined.get_or_create(&Metrics::room(room.as_str())).inc();
+    }
+    Ok(out)
 }
 
 /// A signed admission for an admitted ticket: `(token, expires_at_ms)`.
@@ -166,14 +198,20 @@ fn with_cookies(
     resp
 }
 
-fn limit(app: &App, api: Api, peer: Option<PeerAddr>, headers: &HeaderMap, user: Option<&str>) -> Result<()> {
+pub(crate) fn limit(
+    app: &App,
+    api: Api,
+    peer: Option<PeerAddr>,
+    headers: &HeaderMap,
+    user: Option<&str>,
+) -> Result<()> {
     let ip = app.client_ip(peer, headers);
     app.limiters.check_request(api, ip, user).inspect_err(|_| {
         app.metrics.rate_limited.inc();
     })
 }
 
-fn known_user(app: &App, headers: &HeaderMap) -> Result<Option<String>> {
+pub(crate) fn known_user(app: &App, headers: &HeaderMap) -> Result<Option<String>> {
     match app.users.user(headers) {
         User::Invalid => {
             Err(GatewayError::client(StatusCode::UNAUTHORIZED, "invalid_token", "the user token is invalid"))
@@ -195,28 +233,12 @@ pub async fn join(
     limit(&app, Api::Join, peer.map(|p| p.0), &headers, user.as_deref())?;
     let cfg = app.rooms.get(&room);
     // An anonymous browser that already holds a live ticket gets it back.
-    if user.is_none()
-        && let Some((ticket, _)) = app.cookies.ticket_from(&headers, &room)
-        && let Ok(st) = app.store.status(&room, ticket).await
-        && st.state.is_live()
-    {
-        if st.state == TicketState::Waiting {
-            app.touches.mark(&room, ticket);
-        }
-        return respond_ticket(&app, &headers, st, cfg.as_ref(), StatusCode::OK, false);
+    if let Some(st) = existing_ticket(&app, &headers, &room, user.as_deref()).await {
+        return respond_ticket(&app, &headers, st, cfg.as_ref(), user.as_deref(), StatusCode::OK, false);
     }
-    let owner: UserKey = match &user {
-        Some(sub) => admission::user_owner(sub),
-        None => admission::anonymous_owner(),
-    };
-    let out = app.store.join(&room, &owner).await?;
-    let status = if out.created {
-        app.metrics.tickets_joined.get_or_create(&Metrics::room(room.as_str())).inc();
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    respond_ticket(&app, &headers, out.status, cfg.as_ref(), status, true)
+    let out = join_new(&app, &room, user.as_deref()).await?;
+    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    respond_ticket(&app, &headers, out.status, cfg.as_ref(), user.as_deref(), status, true)
 }
 
 fn respond_ticket(
@@ -224,14 +246,12 @@ fn respond_ticket(
     headers: &HeaderMap,
     st: TicketStatus,
     cfg: Option<&RoomConfig>,
+    user: Option<&str>,
     code: StatusCode,
     set_ticket: bool,
 ) -> Result<Response> {
     // The joiner holds the ticket: it may see the admission (free passes) right away.
-    let sub = match app.users.user(headers) {
-        User::Known(sub) => sub,
-        _ => format!("anon:{}", st.ticket),
-    };
+    let sub = token_sub(user, st.ticket);
     let holder = Holder { secret: Some(app.cookies.secret(&st.room, st.ticket)), sub, needs_cookie: true };
     let admission = admission_token(app, &st, &holder)?;
     let body = ticket_json(&st, cfg, admission.as_ref());
@@ -255,7 +275,7 @@ pub async fn status(
     let user = known_user(&app, &headers)?;
     limit(&app, Api::Status, peer.map(|p| p.0), &headers, user.as_deref())?;
     let st = app.store.status(&room, ticket).await?;
-    let holder = holder(&app, &headers, &room, &st)?;
+    let holder = holder(&app, &headers, &st, user.as_deref());
     if holder.is_some() && st.state == TicketState::Waiting {
         // A holder's poll keeps the ticket seen (others' polls do not).
         app.touches.mark(&room, ticket);
@@ -278,8 +298,9 @@ pub async fn leave(
     headers: HeaderMap,
 ) -> Result<Response> {
     let (room, ticket) = ids(path)?;
+    let user = known_user(&app, &headers)?;
     let st = app.store.status(&room, ticket).await?;
-    if holder(&app, &headers, &room, &st)?.is_none() {
+    if holder(&app, &headers, &st, user.as_deref()).is_none() {
         return Err(GatewayError::client(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -123,12 +123,11 @@ pub async fn events(
 ) -> Result<Response, GatewayError> {
     let Path((room, ticket)) = path.map_err(room::path_err)?;
     let (room, ticket) = (room::room_id(&room)?, TicketId::parse(&ticket)?);
-    let ip = app.client_ip(peer.map(|p| p.0), &headers);
-    app.limiters.check_request(crate::rate_limit::Api::Status, ip, None).inspect_err(|_| {
-        app.metrics.rate_limited.inc();
-    })?;
+    let user = room::known_user(&app, &headers)?;
+    room::limit(&app, crate::rate_limit::Api::Status, peer.map(|p| p.0), &headers, user.as_deref())?;
     let st = app.store.status(&room, ticket).await?;
-    let Some(Holder { secret: Some(secret), sub, .. }) = room::holder(&app, &headers, &room, &st)? else {
+    let Some(Holder { secret: Some(secret), sub, .. }) = room::holder(&app, &headers, &st, user.as_deref())
+    else {
         return Err(GatewayError::client(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -141,7 +141,10 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert_eq!(codes.iter().filter(|c| **c == 201).count(), 3, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 3, "{codes:?}");
     assert_eq!(http.get("/api/v1/rooms/rl").await.json()["waiting"], 3, "refused joins made no tickets");
+    // The waiting page's join is the same join: limited and counted alike.
+    let page = Http::new(gw.addr).send(Method::GET, "/rooms/rl", &[("accept", "text/html")], None).await;
+    assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS);
     let m = http.get("/metrics").await.text;
-    assert!(m.contains("waitingroom_rate_limited_total 3"), "{m}");
+    assert!(m.contains("waitingroom_rate_limited_total 4"), "{m}");
     gw.stop().await.unwrap();
 }
