@@ -182,14 +182,14 @@ impl RoomConfig {
     }
 }
 
-fn range(field: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
+pub(crate) fn range(field: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
     if v < lo || v > hi {
         return Err(Error::config(field, format!("must be within {lo}..={hi}, got {v}")));
     }
     Ok(())
 }
 
-fn check_path(p: &str, max: usize) -> std::result::Result<(), String> {
+pub(crate) fn check_path(p: &str, max: usize) -> std::result::Result<(), String> {
     if !p.starts_with('/') {
         return Err("must start with '/'".into());
     }

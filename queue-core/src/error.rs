@@ -27,6 +27,15 @@ pub enum Error {
     /// The room does not exist.
     #[error("unknown room `{0}`")]
     UnknownRoom(String),
+    /// The gate does not exist.
+    #[error("unknown gate `{0}`")]
+    UnknownGate(String),
+    /// The gate's log is full (`max_logged` entries wait).
+    #[error("the log of gate `{0}` is full")]
+    LogFull(String),
+    /// The gate cannot be deleted while its log holds entries.
+    #[error("gate `{0}` still has {1} logged requests to answer")]
+    GateBusy(String, u64),
     /// The ticket does not exist in that room.
     #[error("unknown ticket")]
     UnknownTicket,
@@ -57,6 +66,8 @@ impl Error {
             Error::InvalidId { .. }
                 | Error::InvalidConfig { .. }
                 | Error::UnknownRoom(_)
+                | Error::UnknownGate(_)
+                | Error::GateBusy(..)
                 | Error::UnknownTicket
                 | Error::InvalidArgument { .. }
         )

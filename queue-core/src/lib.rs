@@ -14,6 +14,7 @@
 //! - [`store`]: the `Store` trait, `MemoryStore` (embedded) and `RedisStore` (many gateways,
 //!   single node or Cluster; scripts in `lua/`).
 //! - [`eta`]: wait estimates from the observed admission rate.
+//! - [`gate`]: the overload gate's durable log (memory, Redis Streams) and replay markers.
 //! - [`draw`]: the auditable `random_at_open` shuffle.
 //! - [`token`]: admission tokens (EdDSA JWT), key sets with rotation, JWKS.
 //! - [`verify`]: the backend-side verifier with a JWKS cache and a verified-token cache.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod draw;
 pub mod error;
 pub mod eta;
+pub mod gate;
 pub mod id;
 pub mod model;
 pub mod store;

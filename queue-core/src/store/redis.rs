@@ -110,10 +110,37 @@ fn channel(room: &RoomId) -> String {
     format!("wr:{{{room}}}:events")
 }
 
+/// A connection to one Redis or a Cluster (cheap to clone: both multiplex).
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+impl Conn {
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T> {
+        let v = match self {
+            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await?,
+            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await?,
+        };
+        Ok(v)
+    }
+
+    pub(crate) async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let v = match self {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await?,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await?,
+        };
+        Ok(v)
+    }
+
+    pub(crate) async fn load(&self, s: &Script) -> Result<()> {
+        match self {
+            Conn::Single(c) => s.load_async(&mut c.clone()).await?,
+            Conn::Cluster(c) => s.load_async(&mut c.clone()).await?,
+        };
+        Ok(())
+    }
 }
 
 /// The Redis-backed store.
@@ -168,28 +195,22 @@ impl RedisStore {
     /// Loads every script (on every node of a Cluster).
     pub async fn load_scripts(&self) -> Result<()> {
         for (_, s) in SCRIPTS.all() {
-            match &self.conn {
-                Conn::Single(c) => s.load_async(&mut c.clone()).await?,
-                Conn::Cluster(c) => s.load_async(&mut c.clone()).await?,
-            };
+            self.conn.load(s).await?;
         }
         Ok(())
     }
 
     async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Vec<Value>> {
-        let v = match &self.conn {
-            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await?,
-            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await?,
-        };
-        Ok(v)
+        self.conn.invoke(inv).await
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        let v = match &self.conn {
-            Conn::Single(c) => cmd.query_async(&mut c.clone()).await?,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await?,
-        };
-        Ok(v)
+        self.conn.query(cmd).await
+    }
+
+    /// The overload gate's log on the same connection.
+    pub async fn gate_log(&self) -> Result<crate::gate::RedisGateLog> {
+        crate::gate::RedisGateLog::new(self.conn.clone()).await
     }
 
     /// Runs a room script with `args` after the channel and room id; maps `no_room` and

@@ -1,0 +1,7 @@
+-- Deletes a gate's config unless its log still holds entries (they would never be answered).
+-- KEYS: 1 cfg, 2 log
+-- Returns {'busy', backlog} | {'ok', existed (0/1)}
+local n = 0
+if redis.call('EXISTS', KEYS[2]) == 1 then n = redis.call('XLEN', KEYS[2]) end
+if n > 0 then return {'busy', n} end
+return {'ok', redis.call('DEL', KEYS[1])}
