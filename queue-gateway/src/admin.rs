@@ -10,6 +10,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use queue_core::gate::{GateConfig, GateId};
 use queue_core::{RoomConfig, RoomId};
 use serde_json::{Value, json};
 
@@ -224,4 +225,105 @@ async fn refresh(app: &App) {
     if let Err(e) = app.rooms.refresh(&*app.store).await {
         tracing::warn!(error = %e, "room cache refresh after an admin change failed");
     }
+}
+
+fn gate_id(raw: &str) -> Result<GateId> {
+    GateId::parse(raw).map_err(GatewayError::from)
+}
+
+fn gate_audit(action: &str, gate: &GateId, detail: Value) {
+    tracing::info!(target: "audit", action, gate = %gate, detail = %detail, "admin change");
+}
+
+async fn refresh_gates(app: &Arc<App>) {
+    if let Err(e) = crate::gate::refresh(app).await {
+        tracing::warn!(error = %e, "gate refresh after an admin change failed");
+    }
+}
+
+/// `GET /admin/v1/gates`
+pub async fn list_gates(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    guarded(app, headers, |app| async move {
+        let mut gates = Vec::new();
+        for (id, cfg) in app.gate_log.gates().await? {
+            gates.push(crate::gate::gate_json(&app, &id, &cfg).await?);
+        }
+        Ok(Json(json!({ "gates": gates })).into_response())
+    })
+    .await
+}
+
+/// `GET /admin/v1/gates/{gate}`: the config plus `inflight`, `overloaded` (this gateway),
+/// `logged`, `backlog` and `dead_letters` (the log).
+pub async fn get_gate(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    guarded(app, headers, |app| async move {
+        let id = gate_id(&path.map_err(path_err)?.0)?;
+        let cfg = app
+            .gate_log
+            .gates()
+            .await?
+            .into_iter()
+            .find(|(g, _)| g == &id)
+            .map(|(_, c)| c)
+            .ok_or_else(|| GatewayError::from(queue_core::Error::UnknownGate(id.to_string())))?;
+        Ok(Json(crate::gate::gate_json(&app, &id, &cfg).await?).into_response())
+    })
+    .await
+}
+
+/// `PUT /admin/v1/gates/{gate}`
+pub async fn put_gate(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    guarded(app, headers, |app| async move {
+        let id = gate_id(&path.map_err(path_err)?.0)?;
+        let cfg = GateConfig::from_json(&body)?;
+        // Two gates on one prefix would split its capacity in two.
+        for (other, other_cfg) in app.gate_log.gates().await? {
+            if other != id
+                && let Some(p) = cfg.prefixes.iter().find(|p| other_cfg.prefixes.contains(p))
+            {
+                return Err(GatewayError::client(
+                    StatusCode::CONFLICT,
+                    "prefix_taken",
+                    format!("field `prefixes`: {p} is already gated by `{other}`"),
+                ));
+            }
+        }
+        let created = app.gate_log.put_gate(&id, &cfg).await?;
+        gate_audit(
+            if created { "create_gate" } else { "update_gate" },
+            &id,
+            serde_json::to_value(&cfg).unwrap_or_default(),
+        );
+        refresh_gates(&app).await;
+        let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+        Ok((code, Json(crate::gate::gate_json(&app, &id, &cfg).await?)).into_response())
+    })
+    .await
+}
+
+/// `DELETE /admin/v1/gates/{gate}`: `409 gate_busy` while its log holds entries.
+pub async fn delete_gate(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    guarded(app, headers, |app| async move {
+        let id = gate_id(&path.map_err(path_err)?.0)?;
+        if !app.gate_log.delete_gate(&id).await? {
+            return Err(queue_core::Error::UnknownGate(id.to_string()).into());
+        }
+        gate_audit("delete_gate", &id, Value::Null);
+        refresh_gates(&app).await;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use queue_core::gate::{GateConfig, GateId};
 use queue_core::{RoomConfig, RoomId};
 use serde::Deserialize;
 
@@ -40,6 +41,31 @@ pub struct GatewayConfig {
     pub rooms: BTreeMap<String, toml::Value>,
     /// With the memory store and no rooms: create the demo room `demo` protecting `/book/`.
     pub demo_room: bool,
+    /// Overload gates declared at start (also changeable through the admin API).
+    pub gates: BTreeMap<String, toml::Value>,
+    /// HMAC key of gate offsets and replay markers (`WR_GATE_SECRET`, ≥ 32 bytes); absent:
+    /// derived from the signing key, so gateways sharing that key agree. Give the same value
+    /// to the backend to let it check replay markers.
+    pub gate_secret: Option<String>,
+    /// How logged requests are replayed.
+    pub replay: Replay,
+}
+
+/// Replay of gate logs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replay {
+    /// An entry left this long by its consumer (a dead gateway) is claimed by another, ms.
+    /// Keep it above `limits.upstream_timeout_ms`, or slow replays are delivered twice.
+    pub claim_idle_ms: u64,
+    /// Largest backend answer kept for a poll, bytes (larger ones are replaced by an error).
+    pub max_response_bytes: usize,
+}
+
+impl Default for Replay {
+    fn default() -> Self {
+        Replay { claim_idle_ms: 40_000, max_response_bytes: 1024 * 1024 }
+    }
 }
 
 /// Sizes and timeouts.
@@ -124,6 +150,9 @@ impl Default for GatewayConfig {
             rate_limits: RateLimits::default(),
             rooms: BTreeMap::new(),
             demo_room: true,
+            gates: BTreeMap::new(),
+            gate_secret: None,
+            replay: Replay::default(),
         }
     }
 }
@@ -145,6 +174,9 @@ impl std::fmt::Debug for GatewayConfig {
             .field("rate_limits", &self.rate_limits)
             .field("rooms", &self.rooms.keys().collect::<Vec<_>>())
             .field("demo_room", &self.demo_room)
+            .field("gates", &self.gates.keys().collect::<Vec<_>>())
+            .field("gate_secret", &redact(&self.gate_secret))
+            .field("replay", &self.replay)
             .finish()
     }
 }
@@ -224,6 +256,9 @@ impl GatewayConfig {
         if let Some(v) = get("WR_USER_JWT_SECRET") {
             self.user_jwt_secret = Some(v);
         }
+        if let Some(v) = get("WR_GATE_SECRET") {
+            self.gate_secret = Some(v);
+        }
         Ok(())
     }
 
@@ -257,8 +292,14 @@ impl GatewayConfig {
         {
             return Err(ConfigError::new("user_jwt_secret", "must be at least 32 bytes"));
         }
+        if let Some(s) = &self.gate_secret
+            && s.len() < 32
+        {
+            return Err(ConfigError::new("gate_secret", "must be at least 32 bytes"));
+        }
         self.validate_limits()?;
         self.rooms()?;
+        self.gates()?;
         Ok(())
     }
 
@@ -280,6 +321,13 @@ impl GatewayConfig {
         check("upstream_timeout_ms", l.upstream_timeout_ms, 100, 3_600_000)?;
         check("shutdown_grace_ms", l.shutdown_grace_ms, 0, 600_000)?;
         check("max_sse_streams", l.max_sse_streams as u64, 1, 10_000_000)?;
+        let r = &self.replay;
+        if r.claim_idle_ms < 100 || r.claim_idle_ms > 3_600_000 {
+            return Err(ConfigError::new("replay.claim_idle_ms", "must be within 100..=3600000"));
+        }
+        if r.max_response_bytes < 1024 || r.max_response_bytes > 64 << 20 {
+            return Err(ConfigError::new("replay.max_response_bytes", "must be within 1024..=67108864"));
+        }
         for (name, r) in [
             ("join_per_ip", self.rate_limits.join_per_ip),
             ("status_per_ip", self.rate_limits.status_per_ip),
@@ -290,6 +338,26 @@ impl GatewayConfig {
             }
         }
         Ok(())
+    }
+
+    /// The gates declared in the file, parsed and validated.
+    pub fn gates(&self) -> Result<Vec<(GateId, GateConfig)>, ConfigError> {
+        self.gates
+            .iter()
+            .map(|(id, value)| {
+                let gate =
+                    GateId::parse(id).map_err(|e| ConfigError::new(format!("gates.{id}"), e.to_string()))?;
+                let json = serde_json::to_value(value)
+                    .map_err(|e| ConfigError::new(format!("gates.{id}"), e.to_string()))?;
+                let cfg = GateConfig::from_value(json).map_err(|e| match e {
+                    queue_core::Error::InvalidConfig { field, reason } => {
+                        ConfigError::new(format!("gates.{id}.{field}"), reason)
+                    }
+                    other => ConfigError::new(format!("gates.{id}"), other.to_string()),
+                })?;
+                Ok((gate, cfg))
+            })
+            .collect()
     }
 
     /// The rooms declared in the file, parsed and validated.

@@ -39,6 +39,16 @@ pub enum GatewayError {
         /// Seconds until a retry may pass.
         retry_after_s: u64,
     },
+    /// We will not take this request now (`503` with `Retry-After`): a gate at capacity.
+    #[error("{message}")]
+    Unavailable {
+        /// snake_case code for the body.
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+        /// Seconds before a retry is worth it.
+        retry_after_s: u64,
+    },
     /// The upstream failed (`502`) or timed out (`504`).
     #[error("upstream: {0}")]
     Upstream(UpstreamFailure),
@@ -83,6 +93,12 @@ impl From<queue_core::Error> for GatewayError {
         use queue_core::Error as E;
         match e {
             E::UnknownRoom(room) => Self::not_found("unknown_room", format!("no room `{room}`")),
+            E::UnknownGate(gate) => Self::not_found("unknown_gate", format!("no gate `{gate}`")),
+            E::GateBusy(gate, n) => Self::client(
+                StatusCode::CONFLICT,
+                "gate_busy",
+                format!("gate `{gate}` still has {n} logged requests to answer"),
+            ),
             E::UnknownTicket => Self::not_found("unknown_ticket", "no such ticket in this room"),
             E::InvalidId { kind, reason } => {
                 Self::client(StatusCode::BAD_REQUEST, "invalid_id", format!("invalid {kind} id: {reason}"))
@@ -114,6 +130,11 @@ impl IntoResponse for GatewayError {
                     "rate_limited",
                     "too many requests; retry after the time in Retry-After",
                 );
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+                r
+            }
+            GatewayError::Unavailable { code, message, retry_after_s } => {
+                let mut r = error_body(StatusCode::SERVICE_UNAVAILABLE, code, &message);
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
                 r
             }

@@ -12,17 +12,21 @@
 //! - [`rate_limit`]: per-IP and per-user token buckets (governor).
 //! - [`room`]: join, status, leave, room state; [`sse`]: live updates; [`page`]: the
 //!   waiting page.
+//! - [`gate`]: the overload gate (in-flight limits, hold, log and replay) on gated routes.
 //! - [`proxy`]: protection and the reverse proxy to the backend.
 //! - [`admin`]: the admin API; [`metrics`]: Prometheus; [`rooms`]: live configs and tickers.
 //! - [`touch`]: batched "seen" marks.
-//! - [`config`], [`error`], [`state`], [`demo`] (built-in demo upstream).
+//! - [`config`], [`error`], [`state`], [`demo`] (built-in demo upstream), [`capacity`] (a
+//!   fixed-capacity upstream for overload drills and the gate benchmark).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admission;
+pub mod capacity;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod gate;
 pub mod metrics;
 pub mod page;
 pub mod proxy;
@@ -44,6 +48,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use queue_core::gate::{GateLog, GateSecret, MemoryGateLog};
 use queue_core::token::{KeySet, SigningKey};
 use queue_core::{MemoryStore, RedisStore, RoomConfig, RoomId, Store};
 use tokio::net::TcpListener;
@@ -77,9 +82,13 @@ pub enum StartError {
 
 /// Builds the shared state: store, keys, rooms from the config, upstream.
 pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Result<Arc<App>, StartError> {
-    let store: Arc<dyn Store> = match &cfg.redis_url {
-        Some(urls) => Arc::new(RedisStore::connect(urls).await?),
-        None => Arc::new(MemoryStore::new()),
+    let (store, gate_log): (Arc<dyn Store>, Arc<dyn GateLog>) = match &cfg.redis_url {
+        Some(urls) => {
+            let redis = RedisStore::connect(urls).await?;
+            let log = Arc::new(redis.gate_log().await?);
+            (Arc::new(redis), log)
+        }
+        None => (Arc::new(MemoryStore::new()), Arc::new(MemoryGateLog::new())),
     };
     let signing = match &cfg.signing_key {
         Some(k) => SigningKey::parse(k).map_err(|e| error::ConfigError::new("signing_key", e.to_string()))?,
@@ -93,6 +102,10 @@ pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Resul
         }
     };
     let cookies = CookieKey::new(&signing.derive_secret("wr-ticket-cookie-v1"));
+    let gate_secret = match &cfg.gate_secret {
+        Some(s) => GateSecret::new(s.as_bytes()),
+        None => GateSecret::new(&signing.derive_secret("wr-gate-replay-v1")),
+    };
     let mut keys = KeySet::new(cfg.issuer.clone(), signing);
     for k in &cfg.previous_signing_keys {
         let old = SigningKey::parse(k)
@@ -113,6 +126,10 @@ pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Resul
             ..RoomConfig::default()
         };
         store.put_room(&RoomId::parse("demo").expect("valid id"), &demo).await?;
+    }
+    for (gate, gcfg) in cfg.gates()? {
+        gate_log.put_gate(&gate, &gcfg).await?;
+        tracing::info!(gate = %gate, "gate from config file");
     }
     let upstream_url = match &cfg.upstream {
         Some(u) => u.clone(),
@@ -140,9 +157,14 @@ pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Resul
         hub: Arc::new(Hub::default()),
         touches: Arc::new(touch::Touches::default()),
         upstream,
+        gate_log,
+        gate_secret,
+        gates: gate::Gates::default(),
+        instance: format!("gw-{}-{:08x}", std::process::id(), rand::random::<u32>()),
         shutdown,
     });
     app.rooms.refresh(&*app.store).await?;
+    gate::refresh(&app).await?;
     Ok(app)
 }
 
@@ -165,6 +187,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/v1/rooms/{room}/pause", post(admin::pause))
         .route("/admin/v1/rooms/{room}/resume", post(admin::resume))
         .route("/admin/v1/rooms/{room}/admit", post(admin::admit))
+        .route("/api/v1/gate/{offset}", get(gate::poll))
+        .route("/admin/v1/gates", get(admin::list_gates))
+        .route("/admin/v1/gates/{gate}", get(admin::get_gate).put(admin::put_gate).delete(admin::delete_gate))
         .layer(DefaultBodyLimit::max(queue_core::config::limits::MAX_BODY_BYTES));
     Router::new()
         .merge(api)
@@ -194,6 +219,9 @@ fn route_of(path: &str) -> &'static str {
         ["admin", "v1", "rooms"] => "/admin/v1/rooms",
         ["admin", "v1", "rooms", _] => "/admin/v1/rooms/{room}",
         ["admin", "v1", "rooms", _, _] => "/admin/v1/rooms/{room}/{action}",
+        ["api", "v1", "gate", _] => "/api/v1/gate/{offset}",
+        ["admin", "v1", "gates"] => "/admin/v1/gates",
+        ["admin", "v1", "gates", _] => "/admin/v1/gates/{gate}",
         _ => "proxy",
     }
 }

@@ -31,6 +31,13 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// `{gate}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabel {
+    /// Gate id.
+    pub gate: String,
+}
+
 /// `{route, code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteCode {
@@ -74,6 +81,11 @@ pub struct Metrics {
     pub http_requests: Family<RouteCode, Counter>,
     pub http_duration: Family<RouteLabel, Histogram>,
     pub upstream_duration: Histogram,
+    pub gate_inflight: Family<GateLabel, Gauge>,
+    pub gate_overloaded: Family<GateLabel, Gauge>,
+    pub gate_logged: Family<GateLabel, Counter>,
+    pub gate_replayed: Family<GateLabel, Counter>,
+    pub gate_dead_letters: Family<GateLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +112,11 @@ impl Metrics {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(seconds_histogram),
             upstream_duration: seconds_histogram(),
+            gate_inflight: Family::default(),
+            gate_overloaded: Family::default(),
+            gate_logged: Family::default(),
+            gate_replayed: Family::default(),
+            gate_dead_letters: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -127,6 +144,27 @@ impl Metrics {
             "waitingroom_upstream_duration_seconds",
             "Time to the upstream's response head",
             m.upstream_duration.clone(),
+        );
+        r.register(
+            "waitingroom_gate_inflight",
+            "Requests in flight through a gate (this gateway)",
+            m.gate_inflight.clone(),
+        );
+        r.register(
+            "waitingroom_gate_overloaded",
+            "1 while a gate is over its in-flight limit",
+            m.gate_overloaded.clone(),
+        );
+        r.register("waitingroom_gate_logged", "Requests a gate appended to its log", m.gate_logged.clone());
+        r.register(
+            "waitingroom_gate_replayed",
+            "Logged requests replayed and answered",
+            m.gate_replayed.clone(),
+        );
+        r.register(
+            "waitingroom_gate_dead_letters",
+            "Logged requests moved to the dead letters",
+            m.gate_dead_letters.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
@@ -53,7 +54,17 @@ impl Upstream {
         })
     }
 
-    fn uri_for(&self, original: &Uri) -> Result<Uri, GatewayError> {
+    /// `host:port` of the backend.
+    pub fn authority(&self) -> &str {
+        &self.scheme_authority.1
+    }
+
+    /// How long the backend gets to answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn uri_for(&self, original: &Uri) -> Result<Uri, GatewayError> {
         let pq = original.path_and_query().map_or("/", |pq| pq.as_str());
         let (scheme, authority) = &self.scheme_authority;
         format!("{scheme}://{authority}{}{pq}", self.base_path)
@@ -141,6 +152,7 @@ async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError>
             "the path has dot segments, empty segments or encoded separators",
         ));
     }
+    let replayed = crate::gate::check_marker(app, &req)?;
     let protected = app.rooms.snapshot().protecting(req.uri().path()).cloned();
     let mut token = None;
     if let Some(room) = protected {
@@ -158,6 +170,9 @@ async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError>
             }
         }
     }
+    if !replayed && let Some(gate) = app.gates.find(req.uri().path()) {
+        return crate::gate::handle(app, gate, req, token).await;
+    }
     forward(app, req, token).await
 }
 
@@ -172,7 +187,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -188,19 +203,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-async fn forward(app: &App, req: Request, token: Option<String>) -> Result<Response, GatewayError> {
-    let up = &app.upstream;
+/// Forwards a request to the backend.
+pub(crate) async fn forward(
+    app: &App,
+    req: Request,
+    token: Option<String>,
+) -> Result<Response, GatewayError> {
     let peer = req.extensions().get::<PeerAddr>().copied();
     let (mut parts, body) = req.into_parts();
+    prepare(app, &mut parts, peer, token)?;
+    send(app, parts, body).await
+}
+
+/// Turns a client's request head into the backend's: size check, hop-by-hop headers out,
+/// `X-Forwarded-*` and the admission token in, the URI pointed at the upstream.
+pub(crate) fn prepare(
+    app: &App,
+    parts: &mut Parts,
+    peer: Option<PeerAddr>,
+    token: Option<String>,
+) -> Result<(), GatewayError> {
+    let up = &app.upstream;
     if let Some(len) =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > up.max_body as u64
     {
-        return Err(GatewayError::client(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is too large",
-        ));
+        return Err(too_large());
     }
     let client_ip = app.client_ip(peer, &parts.headers);
     let original_host = parts.headers.get(header::HOST).cloned();
@@ -226,6 +254,16 @@ async fn forward(app: &App, req: Request, token: Option<String>) -> Result<Respo
     );
     parts.uri = up.uri_for(&parts.uri)?;
     parts.version = hyper::Version::HTTP_11;
+    Ok(())
+}
+
+pub(crate) fn too_large() -> GatewayError {
+    GatewayError::client(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+}
+
+/// Sends a prepared request to the backend and returns its answer (hop-by-hop headers out).
+pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response, GatewayError> {
+    let up = &app.upstream;
     let body = Body::new(Limited::new(body, up.max_body));
     let started = Instant::now();
     let result =
@@ -234,13 +272,8 @@ async fn forward(app: &App, req: Request, token: Option<String>) -> Result<Respo
     let resp = match result {
         Err(_) => return Err(GatewayError::Upstream(UpstreamFailure::Timeout)),
         Ok(Err(e)) => {
-            let too_large = error_chain(&e).any(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                return Err(GatewayError::client(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is too large",
-                ));
+            if error_chain(&e).any(|s| s.is::<http_body_util::LengthLimitError>()) {
+                return Err(too_large());
             }
             return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(e.to_string())));
         }

@@ -87,9 +87,12 @@ pub async fn config_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn refresh(app: &App) {
+async fn refresh(app: &Arc<App>) {
     if let Err(e) = app.rooms.refresh(&*app.store).await {
         tracing::warn!(error = %e, "room config refresh failed; keeping the last known configs");
+    }
+    if let Err(e) = crate::gate::refresh(app).await {
+        tracing::warn!(error = %e, "gate config refresh failed; keeping the last known configs");
     }
 }
 

@@ -41,6 +41,14 @@ pub struct App {
     pub touches: Arc<crate::touch::Touches>,
     /// The backend.
     pub upstream: Upstream,
+    /// The overload gates' log (memory or Redis Streams).
+    pub gate_log: Arc<dyn queue_core::gate::GateLog>,
+    /// Offsets and replay markers.
+    pub gate_secret: queue_core::gate::GateSecret,
+    /// Live gates.
+    pub gates: crate::gate::Gates,
+    /// This gateway's consumer name in the gate logs' consumer group.
+    pub instance: String,
     /// Turns true when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
