@@ -1,6 +1,10 @@
-//! A backend with a fixed capacity, for overload drills, gate tests and the gate benchmark:
-//! it serves `capacity` requests at once, each taking `latency`; one more at once and it
-//! fails (`503`, counted as a backend error), as a real backend falls over.
+//! A backend with a fixed capacity, for overload drills, gate tests and the gate benchmark.
+//!
+//! It serves `capacity` requests at once, each taking `latency`. Past that the requests share
+//! the machine: a request that starts with `n > capacity` in flight takes `latency × n /
+//! capacity`, and one that would take longer than `deadline` fails after `deadline` with a
+//! `503` (a backend error, its time wasted). Offered far more than its capacity, it collapses
+//! as real backends do: everyone slow, most failing, little goodput.
 //!
 //! It records arrivals in order (with the gate's replay offset when present) and applies each
 //! `Idempotency-Key` once: a repeat gets the first answer back without a second effect.
@@ -41,8 +45,10 @@ pub struct Record {
     in_flight: AtomicU64,
     /// Requests served within capacity.
     pub served: AtomicU64,
-    /// Requests refused because capacity was exceeded (backend errors).
+    /// Requests that started with the backend over capacity (slowed down).
     pub overloaded: AtomicU64,
+    /// Requests that failed: past the deadline (backend errors).
+    pub errors: AtomicU64,
     /// Effects applied (first sight of each idempotency key, or every keyless request).
     pub effects: AtomicU64,
     /// Highest concurrency seen.
@@ -66,27 +72,34 @@ impl Record {
         json!({
             "served": self.served.load(Ordering::Relaxed),
             "overloaded": self.overloaded.load(Ordering::Relaxed),
+            "errors": self.errors.load(Ordering::Relaxed),
             "effects": self.effects.load(Ordering::Relaxed),
             "peak": self.peak.load(Ordering::Relaxed),
         })
     }
 }
 
+/// How the backend behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Requests served at full speed at once.
+    pub concurrent: u64,
+    /// Time of one request within capacity.
+    pub latency: Duration,
+    /// A request that would take longer fails after this long.
+    pub deadline: Duration,
+}
+
 struct Backend {
-    capacity: u64,
-    latency: Duration,
+    cap: Capacity,
     record: Arc<Record>,
 }
 
 /// Starts the backend on `listener`; returns its address and record.
-pub async fn start(
-    listener: TcpListener,
-    capacity: u64,
-    latency: Duration,
-) -> std::io::Result<(SocketAddr, Arc<Record>)> {
+pub async fn start(listener: TcpListener, cap: Capacity) -> std::io::Result<(SocketAddr, Arc<Record>)> {
     let addr = listener.local_addr()?;
     let record = Arc::new(Record::default());
-    let backend = Arc::new(Backend { capacity, latency, record: record.clone() });
+    let backend = Arc::new(Backend { cap, record: record.clone() });
     let app = axum::Router::new().fallback(handle).with_state(backend);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -109,15 +122,18 @@ async fn handle(State(b): State<Arc<Backend>>, req: Request<Body>) -> Response {
     let now = r.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     r.peak.fetch_max(now, Ordering::Relaxed);
     let _guard = InFlight(r.clone());
-    if now > b.capacity {
+    let mut work = latency_of(&arrival.path).unwrap_or(b.cap.latency);
+    if now > b.cap.concurrent {
         r.overloaded.fetch_add(1, Ordering::Relaxed);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"error": {"code": "backend_overloaded", "message": "over capacity"}})),
-        )
-            .into_response();
+        work = work.mul_f64(now as f64 / b.cap.concurrent.max(1) as f64);
     }
-    tokio::time::sleep(latency_of(&arrival.path).unwrap_or(b.latency)).await;
+    if work > b.cap.deadline {
+        tokio::time::sleep(b.cap.deadline).await;
+        r.errors.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"error": {"code": "backend_overloaded", "message": "timed out under load"}});
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    tokio::time::sleep(work).await;
     r.served.fetch_add(1, Ordering::Relaxed);
     let answer = apply(r, &arrival);
     (StatusCode::CREATED, axum::Json(answer)).into_response()

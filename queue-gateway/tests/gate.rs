@@ -18,7 +18,12 @@ use serde_json::{Value, json};
 
 async fn backend(capacity: u64, latency_ms: u64) -> (SocketAddr, Arc<Record>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    capacity::start(l, capacity, Duration::from_millis(latency_ms)).await.unwrap()
+    let cap = capacity::Capacity {
+        concurrent: capacity,
+        latency: Duration::from_millis(latency_ms),
+        deadline: Duration::from_secs(10),
+    };
+    capacity::start(l, cap).await.unwrap()
 }
 
 async fn gateway(redis: Option<String>, up: SocketAddr) -> queue_gateway::Running {
