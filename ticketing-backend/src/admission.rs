@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
+use queue_core::gate::GateSecret;
+use queue_core::gate::marker::REPLAY_HEADER;
 use queue_core::token::{AdmissionClaims, TokenError};
 use queue_core::verify::Verifier;
 
@@ -13,16 +15,43 @@ use crate::error::ApiError;
 /// The header the gateway forwards the token in.
 pub const HEADER: &str = "x-admission-token";
 
-/// The verifier, if configured.
+/// The verifier, if configured, and the gate's replay-marker key.
 #[derive(Debug, Clone)]
 pub struct Admission {
     verifier: Option<Arc<Verifier>>,
+    gate: Option<GateSecret>,
+}
+
+/// A request the gateway's overload gate replayed from its log (a request extension).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replayed {
+    /// The offset it was logged under.
+    pub offset: String,
 }
 
 impl Admission {
-    /// Verifies against `jwks_url`; `None` refuses every protected request.
-    pub fn new(verifier: Option<Verifier>) -> Self {
-        Admission { verifier: verifier.map(Arc::new) }
+    /// Verifies against `jwks_url`; `None` refuses every protected request. With `gate`,
+    /// replay markers are checked.
+    pub fn new(verifier: Option<Verifier>, gate: Option<GateSecret>) -> Self {
+        Admission { verifier: verifier.map(Arc::new), gate }
+    }
+
+    /// Checks a replay marker: `Ok(Some)` for a genuine replay, `Ok(None)` without a marker
+    /// (or without a key to check one: the marker is then ignored), `403` for a forged one.
+    pub fn replayed(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<Replayed>, ApiError> {
+        let (Some(gate), Some(v)) = (&self.gate, headers.get(REPLAY_HEADER)) else { return Ok(None) };
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        v.to_str()
+            .map_err(|_| "the replay marker is not text")
+            .and_then(|v| gate.verify_marker(v, method, path, now))
+            .map(|offset| Some(Replayed { offset }))
+            .map_err(|why| ApiError::forbidden("invalid_replay_marker", why))
     }
 
     /// The claims of a valid admission to `room`, or `403 not_admitted`.

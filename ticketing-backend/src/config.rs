@@ -39,6 +39,10 @@ pub struct BackendConfig {
     /// The gateway's JWKS for admission tokens (`TB_ADMISSION_JWKS_URL`); absent: protected
     /// routes refuse everything.
     pub admission_jwks_url: Option<String>,
+    /// The gateway's replay-marker key (`TB_GATE_SECRET`, the gateway's `WR_GATE_SECRET`):
+    /// set, replays of the overload gate are checked (`403` when forged); absent, the marker
+    /// header is dropped unread.
+    pub gate_secret: Option<String>,
     /// Payment provider base URL (`TB_PAYMENTS_BASE_URL`).
     pub payments_base_url: Option<String>,
     /// Admin account created at first start (`TB_ADMIN_EMAIL`, `TB_ADMIN_PASSWORD`).
@@ -60,6 +64,7 @@ impl Default for BackendConfig {
             redis_url: None,
             jwt_secret: None,
             admission_jwks_url: None,
+            gate_secret: None,
             payments_base_url: None,
             admin_email: None,
             admin_password: None,
@@ -82,6 +87,7 @@ impl std::fmt::Debug for BackendConfig {
             .field("redis_url", &r(&self.redis_url))
             .field("jwt_secret", &r(&self.jwt_secret))
             .field("admission_jwks_url", &self.admission_jwks_url)
+            .field("gate_secret", &r(&self.gate_secret))
             .field("payments_base_url", &self.payments_base_url)
             .field("admin_email", &self.admin_email)
             .field("admin_password", &r(&self.admin_password))
@@ -119,6 +125,7 @@ impl BackendConfig {
         cfg.redis_url = get("TB_REDIS_URL").or(cfg.redis_url);
         cfg.jwt_secret = get("TB_JWT_SECRET").or(cfg.jwt_secret);
         cfg.admission_jwks_url = get("TB_ADMISSION_JWKS_URL").or(cfg.admission_jwks_url);
+        cfg.gate_secret = get("TB_GATE_SECRET").or(cfg.gate_secret);
         cfg.payments_base_url = get("TB_PAYMENTS_BASE_URL").or(cfg.payments_base_url);
         cfg.admin_email = get("TB_ADMIN_EMAIL").or(cfg.admin_email);
         cfg.admin_password = get("TB_ADMIN_PASSWORD").or(cfg.admin_password);
@@ -137,6 +144,11 @@ impl BackendConfig {
             && s.len() < 32
         {
             return Err(bad("jwt_secret", "must be at least 32 bytes"));
+        }
+        if let Some(s) = &self.gate_secret
+            && s.len() < 32
+        {
+            return Err(bad("gate_secret", "must be at least 32 bytes"));
         }
         if let Some(u) = &self.admission_jwks_url {
             queue_core::verify::Verifier::from_url(u)

@@ -48,6 +48,8 @@ use crate::db::Db;
 use crate::metrics::{Metrics, RouteCode, RouteLabel};
 use crate::state::{App, AppState};
 use crate::users::Auth;
+use queue_core::gate::GateSecret;
+use queue_core::gate::marker::REPLAY_HEADER;
 
 /// Why the backend could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,10 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         views,
         db,
         auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),
-        admission: Admission::new(verifier),
+        admission: Admission::new(
+            verifier,
+            cfg.gate_secret.as_deref().map(|s| GateSecret::new(s.as_bytes())),
+        ),
         metrics: Metrics::default(),
     });
     if cfg.database_url.is_none() && cfg.demo_data {
@@ -117,8 +122,8 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
     Ok(state)
 }
 
-/// The router. Layers, outermost first: request metrics → body limit → handler (auth and
-/// admission checks are extractors of the handlers that need them).
+/// The router. Layers, outermost first: request metrics → replay markers → body limit →
+/// handler (auth and admission checks are extractors of the handlers that need them).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/auth/signup", post(users::signup))
@@ -145,8 +150,25 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .fallback(|| async { error::body(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(middleware::from_fn_with_state(state.clone(), replay_marker))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .with_state(state)
+}
+
+/// Replays of the gateway's overload gate carry an HMAC'd marker: a genuine one becomes a
+/// [`admission::Replayed`] extension, a forged one a `403`; the header never reaches handlers.
+async fn replay_marker(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    match state.admission.replayed(req.method().as_str(), &path, req.headers()) {
+        Ok(replayed) => {
+            req.headers_mut().remove(REPLAY_HEADER);
+            if let Some(r) = replayed {
+                req.extensions_mut().insert(r);
+            }
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
