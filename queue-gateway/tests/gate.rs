@@ -409,3 +409,30 @@ async fn a_killed_gateways_entries_are_claimed_and_delivered() {
     let st = Http::new(b_addr).admin(Method::GET, "/admin/v1/gates/book", None).await.json();
     assert_eq!((st["logged"].as_u64(), st["backlog"].as_u64()), (Some(6), Some(0)), "{st}");
 }
+
+/// A gate change made through one gateway is enforced by another within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gate_changes_reach_every_gateway_within_a_second() {
+    let redis = RedisServer::start();
+    let (up, _rec) = backend(100, 20).await;
+    let (g1, g2) = (gateway(Some(redis.url()), up).await, gateway(Some(redis.url()), up).await);
+    let mut admin = Http::new(g1.addr);
+    let two_at_once = |addr: SocketAddr| async move {
+        let mut a = Http::new(addr);
+        let slow =
+            tokio::spawn(async move { post(&mut a, "/api/v1/live/1?sleep_ms=600", "a", "{}").await.status });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let second = post(&mut Http::new(addr), "/api/v1/live/2", "b", "{}").await.status;
+        (slow.await.unwrap(), second)
+    };
+    put_gate(&mut admin, "live", json!({"prefixes": ["/api/v1/live"], "max_inflight": 1, "hold_ms": 0}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(two_at_once(g2.addr).await, (StatusCode::CREATED, StatusCode::SERVICE_UNAVAILABLE));
+    put_gate(&mut admin, "live", json!({"prefixes": ["/api/v1/live"], "max_inflight": 2, "hold_ms": 0}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(two_at_once(g2.addr).await, (StatusCode::CREATED, StatusCode::CREATED));
+    g1.stop().await.unwrap();
+    g2.stop().await.unwrap();
+}
