@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::db::now_ms;
 use crate::error::{ApiError, Context, json_rejection};
+use crate::holds::SeatState;
 use crate::state::AppState;
 use crate::users::AdminUser;
 
@@ -33,7 +34,7 @@ pub fn parse_id(raw: &str, field: &'static str) -> Result<i64> {
         .ok_or_else(|| ApiError::invalid(field, "must be a positive integer"))
 }
 
-fn path_id(p: Result<Path<String>, PathRejection>, field: &'static str) -> Result<i64> {
+pub(crate) fn path_id(p: Result<Path<String>, PathRejection>, field: &'static str) -> Result<i64> {
     let Path(raw) = p.map_err(|e| ApiError::invalid(field, e.body_text()))?;
     parse_id(&raw, field)
 }
@@ -57,14 +58,14 @@ fn instant(field: &'static str, v: &str) -> Result<i64> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-fn rfc3339(ms: i64) -> Value {
+pub(crate) fn rfc3339(ms: i64) -> Value {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .map_or(Value::Null, Value::String)
 }
 
-fn body<T>(b: std::result::Result<Json<T>, JsonRejection>) -> Result<T> {
+pub(crate) fn body<T>(b: std::result::Result<Json<T>, JsonRejection>) -> Result<T> {
     b.map(|Json(v)| v).map_err(json_rejection)
 }
 
@@ -360,7 +361,7 @@ fn json_text(text: String) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
-fn not_found(what: &'static str) -> ApiError {
+pub(crate) fn not_found(what: &'static str) -> ApiError {
     ApiError::client(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
 }
 
@@ -663,22 +664,46 @@ pub async fn seats(
     .fetch_all(&s.db.pool)
     .await
     .context("loading seats")?;
-    // Holds and sales arrive with booking; until then every seat is available.
+    let taken = seat_states(&s, id).await?;
     let items: Vec<Value> = rows
         .iter()
         .map(|r| {
+            let seat = r.get::<i64, _>(0);
+            let status = match taken.get(&seat) {
+                Some(SeatState::Sold) => "sold",
+                Some(SeatState::Held) => "held",
+                None => "available",
+            };
             json!({
-                "seat_id": r.get::<i64, _>(0),
+                "seat_id": seat,
                 "section": r.get::<String, _>(1),
                 "row": r.get::<String, _>(2),
                 "number": r.get::<i64, _>(3),
                 "grade": r.get::<String, _>(4),
                 "price": r.get::<i64, _>(5),
-                "status": "available",
+                "status": status,
             })
         })
         .collect();
     Ok(Json(Value::Array(items)).into_response())
+}
+
+/// Seats that are not available: holds from the hold store, sales from the database (the
+/// truth for confirmed bookings, even if the hold store lost them).
+async fn seat_states(s: &AppState, schedule: i64) -> Result<std::collections::HashMap<i64, SeatState>> {
+    let mut states = s.holds.states(schedule).await.context("reading seat holds")?;
+    let sold = sqlx::query(
+        "SELECT rs.seat_id FROM reservation_seats rs JOIN reservations r ON r.id = rs.reservation_id \
+         WHERE rs.schedule_id = $1 AND rs.active = 1 AND r.status = 'paid'",
+    )
+    .bind(schedule)
+    .fetch_all(&s.db.pool)
+    .await
+    .context("loading sold seats")?;
+    for r in sold {
+        states.insert(r.get::<i64, _>(0), SeatState::Sold);
+    }
+    Ok(states)
 }
 
 #[cfg(test)]

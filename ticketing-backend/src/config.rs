@@ -53,6 +53,8 @@ pub struct BackendConfig {
     pub login_per_minute: u32,
     /// Seed demo data into an empty embedded (SQLite) catalog.
     pub demo_data: bool,
+    /// How long a reservation holds its seats before they return, seconds (`TB_HOLD_TTL_S`).
+    pub hold_ttl_s: u32,
 }
 
 impl Default for BackendConfig {
@@ -70,6 +72,7 @@ impl Default for BackendConfig {
             admin_password: None,
             login_per_minute: 10,
             demo_data: true,
+            hold_ttl_s: 600,
         }
     }
 }
@@ -93,6 +96,7 @@ impl std::fmt::Debug for BackendConfig {
             .field("admin_password", &r(&self.admin_password))
             .field("login_per_minute", &self.login_per_minute)
             .field("demo_data", &self.demo_data)
+            .field("hold_ttl_s", &self.hold_ttl_s)
             .finish()
     }
 }
@@ -126,6 +130,9 @@ impl BackendConfig {
         cfg.jwt_secret = get("TB_JWT_SECRET").or(cfg.jwt_secret);
         cfg.admission_jwks_url = get("TB_ADMISSION_JWKS_URL").or(cfg.admission_jwks_url);
         cfg.gate_secret = get("TB_GATE_SECRET").or(cfg.gate_secret);
+        if let Some(v) = get("TB_HOLD_TTL_S") {
+            cfg.hold_ttl_s = v.parse().map_err(|_| bad("TB_HOLD_TTL_S", format!("not a number: {v:?}")))?;
+        }
         cfg.payments_base_url = get("TB_PAYMENTS_BASE_URL").or(cfg.payments_base_url);
         cfg.admin_email = get("TB_ADMIN_EMAIL").or(cfg.admin_email);
         cfg.admin_password = get("TB_ADMIN_PASSWORD").or(cfg.admin_password);
@@ -144,6 +151,9 @@ impl BackendConfig {
             && s.len() < 32
         {
             return Err(bad("jwt_secret", "must be at least 32 bytes"));
+        }
+        if !(1..=86_400).contains(&self.hold_ttl_s) {
+            return Err(bad("hold_ttl_s", "must be within 1..=86400"));
         }
         if let Some(s) = &self.gate_secret
             && s.len() < 32

@@ -48,6 +48,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_catalog.sql"),
         postgres: include_str!("../migrations/postgres/0002_catalog.sql"),
     },
+    Migration {
+        version: 3,
+        name: "booking",
+        sqlite: include_str!("../migrations/sqlite/0003_booking.sql"),
+        postgres: include_str!("../migrations/postgres/0003_booking.sql"),
+    },
 ];
 
 /// A connected, migrated database.

@@ -12,17 +12,20 @@
 //! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views;
 //!   [`cache`]: list and detail cache; [`posters`]: poster uploads behind a storage trait;
 //!   [`search`]: tantivy search over concerts, performers and venues.
-//! - [`admission`]: admission-token checks for routes the gateway protects.
+//! - [`admission`]: admission-token checks for routes the gateway protects, replay markers.
+//! - [`booking`]: reservations; [`holds`]: atomic seat holds (memory or Redis).
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod booking;
 pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod holds;
 pub mod metrics;
 pub mod posters;
 pub mod ranking;
@@ -91,21 +94,24 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
     if let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) {
         users::ensure_admin(&db, email, password).await.map_err(|e| StartError::Other(e.to_string()))?;
     }
-    let (views, cache) = match &cfg.redis_url {
+    let (views, cache, holds) = match &cfg.redis_url {
         Some(url) => {
             let redis_err = |e: redis::RedisError| StartError::Other(format!("redis: {e}"));
             (
                 ranking::Views::redis(url).await.map_err(redis_err)?,
                 cache::Cache::redis(url).await.map_err(redis_err)?,
+                holds::Holds::redis(url).await.map_err(redis_err)?,
             )
         }
-        None => (ranking::Views::memory(), cache::Cache::memory()),
+        None => (ranking::Views::memory(), cache::Cache::memory(), holds::Holds::memory()),
     };
     let state = Arc::new(App {
         search: search::Search::new().map_err(|e| StartError::Other(e.to_string()))?,
         posters: Box::new(posters::DiskStore::new(cfg.data_dir.join("posters"))),
         cache,
         views,
+        holds,
+        hold_ttl_ms: i64::from(cfg.hold_ttl_s) * 1000,
         db,
         auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),
         admission: Admission::new(
@@ -134,6 +140,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/schedules/{id}/seats", get(catalog::seats))
         .route("/api/v1/rankings/concerts", get(catalog::rankings))
         .route("/api/v1/search", get(search::handler))
+        .route("/api/v1/reservations", post(booking::create))
+        .route("/api/v1/reservations/{id}", get(booking::get).delete(booking::cancel))
+        .route("/admin/v1/reservations", get(booking::admin_list))
         .route("/admin/v1/search/reindex", post(reindex))
         .route("/admin/v1/venues", post(catalog::create_venue))
         .route("/admin/v1/performers", post(catalog::create_performer))

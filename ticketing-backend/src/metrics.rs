@@ -31,6 +31,8 @@ pub struct Metrics {
     pub http_requests: Family<RouteCode, Counter>,
     /// Request duration by route.
     pub http_duration: Family<RouteLabel, Histogram>,
+    /// Reservations that held their seats.
+    pub reservations_held: Counter,
 }
 
 impl Default for Metrics {
@@ -50,7 +52,13 @@ impl Default for Metrics {
             "HTTP request duration by route",
             http_duration.clone(),
         );
-        Metrics { registry, http_requests, http_duration }
+        let reservations_held = Counter::default();
+        registry.register(
+            "ticketing_reservations_held",
+            "Reservations that held their seats",
+            reservations_held.clone(),
+        );
+        Metrics { registry, http_requests, http_duration, reservations_held }
     }
 }
 

@@ -29,4 +29,8 @@ pub struct App {
     pub cache: crate::cache::Cache,
     /// View counts for the ranking.
     pub views: crate::ranking::Views,
+    /// Seat holds.
+    pub holds: crate::holds::Holds,
+    /// How long a hold lasts, ms.
+    pub hold_ttl_ms: i64,
 }

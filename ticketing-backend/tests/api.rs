@@ -639,3 +639,141 @@ async fn postgres_operations() {
     operations(url.clone()).await;
     Api::new(url).await;
 }
+
+/// A concert (with or without a waiting room) and one round of 2 rows × 5 seats; returns
+/// (admin token, schedule id, seat ids).
+async fn bookable(api: &Api, room: Option<&str>) -> (String, i64, Vec<i64>) {
+    let admin = token(api, "admin@example.com", "admin-password-123").await;
+    let (_, v) = api
+        .call(
+            "POST",
+            "/admin/v1/venues",
+            Some(&json!({"name": "Hall", "address": "Seoul"}).to_string()),
+            Some(&admin),
+        )
+        .await;
+    let concert = json!({"title": "Booking test", "category": "concert", "description": "",
+        "starts_on": "2026-08-01T19:00:00Z", "ends_on": "2026-08-01T22:00:00Z", "venue_id": v["id"], "host": "h", "room": room});
+    let (s, c) = api.call("POST", "/admin/v1/concerts", Some(&concert.to_string()), Some(&admin)).await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    let sched = json!({"starts_at": "2026-08-01T19:00:00Z", "sections": [{"name": "A", "rows": 2, "seats_per_row": 5, "grade": "R", "price": 10000}]});
+    let path = format!("/admin/v1/concerts/{}/schedules", c["id"]);
+    let (s, v) = api.call("POST", &path, Some(&sched.to_string()), Some(&admin)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let schedule = v["id"].as_i64().unwrap();
+    let (_, seats) = api.call("GET", &format!("/api/v1/schedules/{schedule}/seats"), None, None).await;
+    let ids = seats.as_array().unwrap().iter().map(|s| s["seat_id"].as_i64().unwrap()).collect();
+    (admin, schedule, ids)
+}
+
+async fn signup(api: &Api, email: &str) -> String {
+    let body = json!({"email": email, "password": "user password", "name": "U"}).to_string();
+    let (s, v) = api.call("POST", "/api/v1/auth/signup", Some(&body), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+async fn reservations(url: String) {
+    let api = Api::new(url).await;
+    let (admin, schedule, seats) = bookable(&api, None).await;
+    let (alice, bob) = (signup(&api, "alice@example.com").await, signup(&api, "bob@example.com").await);
+    let body = |ids: &[i64]| json!({"schedule_id": schedule, "seat_ids": ids}).to_string();
+
+    assert_eq!(
+        api.call("POST", "/api/v1/reservations", Some(&body(&seats[..2])), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, r) = api.call("POST", "/api/v1/reservations", Some(&body(&seats[..2])), Some(&alice)).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!((r["status"].as_str(), r["amount"].as_i64()), (Some("held"), Some(20_000)));
+    assert!(r["expires_at"].is_string());
+    let id = r["reservation_id"].as_str().unwrap().to_owned();
+
+    // One winner per seat: overlapping requests hold nothing.
+    let (s, v) =
+        api.call("POST", "/api/v1/reservations", Some(&body(&[seats[1], seats[2]])), Some(&bob)).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "seat_taken"));
+    let (_, map) = api.call("GET", &format!("/api/v1/schedules/{schedule}/seats"), None, None).await;
+    let status = |i: usize| map[i]["status"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (status(0), status(1), status(2)),
+        ("held".into(), "held".into(), "available".into()),
+        "bob held nothing"
+    );
+
+    // Only the owner (or an admin) sees or cancels it.
+    assert_eq!(
+        api.call("GET", &format!("/api/v1/reservations/{id}"), None, Some(&bob)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.call("DELETE", &format!("/api/v1/reservations/{id}"), None, Some(&bob)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (s, v) = api.call("GET", &format!("/api/v1/reservations/{id}"), None, Some(&alice)).await;
+    assert_eq!((s, v["seat_ids"].clone()), (StatusCode::OK, json!(&seats[..2])));
+    assert_eq!(
+        api.call("GET", &format!("/api/v1/reservations/{id}"), None, Some(&admin)).await.0,
+        StatusCode::OK
+    );
+    let (s, v) = api.call("DELETE", &format!("/api/v1/reservations/{id}"), None, Some(&alice)).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("cancelled")));
+    let (_, map) = api.call("GET", &format!("/api/v1/schedules/{schedule}/seats"), None, None).await;
+    assert!(map.as_array().unwrap().iter().all(|s| s["status"] == "available"), "{map}");
+    // The seats are free again, in the hold store and in the database.
+    let (s, v) =
+        api.call("POST", "/api/v1/reservations", Some(&body(&[seats[1], seats[2]])), Some(&bob)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    // Bad input changes nothing.
+    let other = seats.iter().max().unwrap() + 1000;
+    for (b, want) in [
+        (json!({"schedule_id": schedule, "seat_ids": []}).to_string(), StatusCode::BAD_REQUEST),
+        (json!({"schedule_id": schedule, "seat_ids": [seats[5], seats[5]]}).to_string(), StatusCode::BAD_REQUEST),
+        (json!({"schedule_id": schedule, "seat_ids": seats.clone().into_iter().chain([other]).collect::<Vec<_>>()}).to_string(), StatusCode::BAD_REQUEST),
+        (json!({"schedule_id": schedule, "seat_ids": [other]}).to_string(), StatusCode::BAD_REQUEST),
+        (json!({"schedule_id": 424242, "seat_ids": [seats[5]]}).to_string(), StatusCode::NOT_FOUND),
+        (json!({"schedule_id": schedule, "seat_ids": [seats[5]], "extra": 1}).to_string(), StatusCode::BAD_REQUEST),
+        ("{".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(api.call("POST", "/api/v1/reservations", Some(&b), Some(&alice)).await.0, want, "{b}");
+    }
+    for bad in ["nope", "r000000000000000000000000", "../x"] {
+        assert_eq!(
+            api.call("GET", &format!("/api/v1/reservations/{bad}"), None, Some(&alice)).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+    let (_, map) = api.call("GET", &format!("/api/v1/schedules/{schedule}/seats"), None, None).await;
+    assert_eq!(
+        map.as_array().unwrap().iter().filter(|s| s["status"] == "held").count(),
+        2,
+        "only bob's two seats"
+    );
+
+    // Admin list: admins only, filtered.
+    assert_eq!(api.call("GET", "/admin/v1/reservations", None, Some(&alice)).await.0, StatusCode::FORBIDDEN);
+    let (s, v) = api.call("GET", "/admin/v1/reservations?status=cancelled", None, Some(&admin)).await;
+    assert_eq!((s, v["items"].as_array().unwrap().len()), (StatusCode::OK, 1), "{v}");
+    assert_eq!(
+        api.call("GET", "/admin/v1/reservations?status=bogus", None, Some(&admin)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // A concert behind a waiting room needs an admission (none is configured here: refused).
+    let (_, queued, qseats) = bookable(&api, Some("hot")).await;
+    let b = json!({"schedule_id": queued, "seat_ids": [qseats[0]]}).to_string();
+    let (s, v) = api.call("POST", "/api/v1/reservations", Some(&b), Some(&alice)).await;
+    assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "not_admitted"));
+}
+
+#[tokio::test]
+async fn sqlite_reservations() {
+    reservations(sqlite_url()).await
+}
+
+#[tokio::test]
+async fn postgres_reservations() {
+    let (_db, url) = PgDb::create().await;
+    reservations(url).await
+}

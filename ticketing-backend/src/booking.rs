@@ -1,0 +1,358 @@
+//! Booking: reservations hold seats (all or none, one winner per seat) for `hold_ttl_s`; the
+//! database row is the truth for confirmed bookings.
+//!
+//! A reservation is made in two steps: the hold ([`crate::holds`], atomic over the schedule),
+//! then the row, in one transaction that also retires expired holds on the same seats. A
+//! partial unique index on the active seats of a schedule backs the hold store up: even a wiped
+//! Redis cannot sell a seat twice. If the row cannot be written, the hold is released.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::catalog::{body, not_found, parse_id, rfc3339};
+use crate::db::now_ms;
+use crate::error::{ApiError, Context};
+use crate::holds::HoldOutcome;
+use crate::state::AppState;
+use crate::users::{AdminUser, CurrentUser, Role};
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Most seats in one reservation.
+pub const MAX_SEATS_PER_RESERVATION: usize = 10;
+
+/// `POST /api/v1/reservations` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewReservation {
+    schedule_id: i64,
+    seat_ids: Vec<i64>,
+}
+
+fn new_id() -> String {
+    format!("r{:024x}", rand::random::<u128>() >> 32)
+}
+
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+struct Schedule {
+    room: Option<String>,
+}
+
+async fn live_schedule(s: &AppState, id: i64) -> Result<Schedule> {
+    let row = sqlx::query(
+        "SELECT c.room FROM schedules s JOIN concerts c ON c.id = s.concert_id WHERE s.id = $1 AND c.deleted_at IS NULL",
+    )
+    .bind(id)
+    .fetch_optional(&s.db.pool)
+    .await
+    .context("loading a schedule")?;
+    let row = row.ok_or_else(|| not_found("schedule"))?;
+    Ok(Schedule { room: row.get::<Option<String>, _>(0) })
+}
+
+/// The requested seats' prices, checking every one belongs to the schedule.
+async fn seat_prices(s: &AppState, schedule: i64, seats: &[i64]) -> Result<i64> {
+    let sql = format!(
+        "SELECT id, price FROM seats WHERE schedule_id = $1 AND id IN ({})",
+        placeholders(2, seats.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(schedule);
+    for id in seats {
+        q = q.bind(*id);
+    }
+    let rows = q.fetch_all(&s.db.pool).await.context("loading seats")?;
+    if rows.len() != seats.len() {
+        let found: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let missing: Vec<i64> = seats.iter().copied().filter(|s| !found.contains(s)).collect();
+        return Err(ApiError::invalid("seat_ids", format!("not seats of schedule {schedule}: {missing:?}")));
+    }
+    Ok(rows.iter().map(|r| r.get::<i64, _>(1)).sum())
+}
+
+fn check_seats(seats: &[i64]) -> Result<Vec<i64>> {
+    if seats.is_empty() || seats.len() > MAX_SEATS_PER_RESERVATION {
+        return Err(ApiError::invalid(
+            "seat_ids",
+            format!("must name 1 to {MAX_SEATS_PER_RESERVATION} seats"),
+        ));
+    }
+    let mut sorted = seats.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != seats.len() || sorted[0] <= 0 {
+        return Err(ApiError::invalid("seat_ids", "must be distinct positive ids"));
+    }
+    Ok(sorted)
+}
+
+fn seat_taken(seats: &[i64]) -> ApiError {
+    ApiError::client(
+        StatusCode::CONFLICT,
+        "seat_taken",
+        format!("seats {seats:?} are held or sold; nothing was held"),
+    )
+}
+
+/// `POST /api/v1/reservations`: `201 {reservation_id, status: "held", expires_at, amount}`,
+/// `409 seat_taken` (nothing held), `403 not_admitted` for a queued concert without an
+/// admission.
+pub async fn create(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    b: std::result::Result<Json<NewReservation>, JsonRejection>,
+) -> Result<Response> {
+    let req = body(b)?;
+    if req.schedule_id <= 0 {
+        return Err(ApiError::invalid("schedule_id", "must be a positive integer"));
+    }
+    let seats = check_seats(&req.seat_ids)?;
+    let schedule = live_schedule(&s, req.schedule_id).await?;
+    if let Some(room) = &schedule.room {
+        s.admission.require(&headers, room).await?;
+    }
+    let amount = seat_prices(&s, req.schedule_id, &seats).await?;
+    let id = new_id();
+    let expires =
+        match s.holds.hold(req.schedule_id, &seats, &id, s.hold_ttl_ms).await.context("holding seats")? {
+            HoldOutcome::Held { expires_at_ms } => expires_at_ms,
+            HoldOutcome::Taken(taken) => return Err(seat_taken(&taken)),
+        };
+    if let Err(e) = insert(&s, &id, user.id, req.schedule_id, &seats, amount, expires).await {
+        // The row is the truth: without it, the hold must not stay.
+        if let Err(re) = s.holds.release(req.schedule_id, &seats, &id).await {
+            tracing::error!(error = %re, reservation = %id, "releasing a hold after a failed insert failed; it expires on its own");
+        }
+        return Err(e);
+    }
+    s.metrics.reservations_held.inc();
+    let v = json!({
+        "reservation_id": id, "status": "held", "expires_at": rfc3339(expires), "amount": amount,
+        "schedule_id": req.schedule_id, "seat_ids": seats,
+    });
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn insert(
+    s: &AppState,
+    id: &str,
+    user: i64,
+    schedule: i64,
+    seats: &[i64],
+    amount: i64,
+    expires: i64,
+) -> Result<()> {
+    let now = now_ms();
+    let mut tx = s.db.pool.begin().await.context("starting a reservation")?;
+    // Holds that expired on these seats give them up in the database too.
+    let sql = format!(
+        "UPDATE reservations SET status = 'expired', updated_at = $1 WHERE status = 'held' AND expires_at <= $1 \
+         AND id IN (SELECT reservation_id FROM reservation_seats WHERE schedule_id = $2 AND active = 1 AND seat_id IN ({}))",
+        placeholders(3, seats.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(schedule);
+    for seat in seats {
+        q = q.bind(*seat);
+    }
+    q.execute(&mut *tx).await.context("retiring expired holds")?;
+    let sql = format!(
+        "UPDATE reservation_seats SET active = 0 WHERE schedule_id = $1 AND active = 1 AND seat_id IN ({}) \
+         AND reservation_id IN (SELECT id FROM reservations WHERE schedule_id = $1 AND status IN ('expired', 'cancelled'))",
+        placeholders(2, seats.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(schedule);
+    for seat in seats {
+        q = q.bind(*seat);
+    }
+    q.execute(&mut *tx).await.context("freeing seats of expired holds")?;
+    sqlx::query(
+        "INSERT INTO reservations (id, user_id, schedule_id, amount, status, expires_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'held', $5, $6, $6)",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(schedule)
+    .bind(amount)
+    .bind(expires)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .context("inserting a reservation")?;
+    for seat in seats {
+        let r = sqlx::query("INSERT INTO reservation_seats (reservation_id, schedule_id, seat_id, active) VALUES ($1, $2, $3, 1)")
+            .bind(id)
+            .bind(schedule)
+            .bind(*seat)
+            .execute(&mut *tx)
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(seat_taken(&[*seat])),
+            Err(e) => return Err(e).context("inserting reserved seats"),
+        }
+    }
+    tx.commit().await.context("committing a reservation")
+}
+
+fn reservation_json(r: &AnyRow, seats: Vec<i64>) -> Value {
+    let expires: i64 = r.get("expires_at");
+    let mut status: String = r.get("status");
+    if status == "held" && expires <= now_ms() {
+        status = "expired".into();
+    }
+    json!({
+        "reservation_id": r.get::<String, _>("id"),
+        "schedule_id": r.get::<i64, _>("schedule_id"),
+        "seat_ids": seats,
+        "status": status,
+        "amount": r.get::<i64, _>("amount"),
+        "expires_at": rfc3339(expires),
+        "created_at": rfc3339(r.get("created_at")),
+    })
+}
+
+async fn load(s: &AppState, id: &str, user: &CurrentUser) -> Result<(AnyRow, Vec<i64>)> {
+    let bad = || not_found("reservation");
+    if id.len() != 25 || !id.starts_with('r') || !id[1..].bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let row = sqlx::query(
+        "SELECT id, user_id, schedule_id, amount, status, expires_at, created_at FROM reservations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&s.db.pool)
+    .await
+    .context("loading a reservation")?
+    .ok_or_else(bad)?;
+    // Someone else's reservation does not exist, as far as this caller can tell.
+    if row.get::<i64, _>("user_id") != user.id && user.role != Role::Admin {
+        return Err(bad());
+    }
+    let seats =
+        sqlx::query("SELECT seat_id FROM reservation_seats WHERE reservation_id = $1 ORDER BY seat_id")
+            .bind(id)
+            .fetch_all(&s.db.pool)
+            .await
+            .context("loading reserved seats")?
+            .iter()
+            .map(|r| r.get::<i64, _>(0))
+            .collect();
+    Ok((row, seats))
+}
+
+fn reservation_id(p: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
+    p.map(|Path(id)| id).map_err(|_| not_found("reservation"))
+}
+
+/// `GET /api/v1/reservations/{id}` (its owner or an admin).
+pub async fn get(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    p: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let (row, seats) = load(&s, &reservation_id(p)?, &user).await?;
+    Ok(Json(reservation_json(&row, seats)).into_response())
+}
+
+/// `DELETE /api/v1/reservations/{id}`: cancels a hold and returns its seats. Cancelling a
+/// cancelled or expired reservation answers its state again.
+pub async fn cancel(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    p: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let id = reservation_id(p)?;
+    let (row, seats) = load(&s, &id, &user).await?;
+    let status: String = row.get("status");
+    if status == "paid" {
+        return Err(ApiError::client(
+            StatusCode::CONFLICT,
+            "paid",
+            "this reservation is paid: cancel it through its payment, which refunds it",
+        ));
+    }
+    if status == "held" {
+        let schedule: i64 = row.get("schedule_id");
+        let mut tx = s.db.pool.begin().await.context("starting a cancellation")?;
+        sqlx::query(
+            "UPDATE reservations SET status = 'cancelled', updated_at = $1 WHERE id = $2 AND status = 'held'",
+        )
+        .bind(now_ms())
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .context("cancelling a reservation")?;
+        sqlx::query("UPDATE reservation_seats SET active = 0 WHERE reservation_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .context("freeing reserved seats")?;
+        tx.commit().await.context("committing a cancellation")?;
+        s.holds.release(schedule, &seats, &id).await.context("releasing seats")?;
+    }
+    let (row, seats) = load(&s, &id, &user).await?;
+    Ok(Json(reservation_json(&row, seats)).into_response())
+}
+
+/// `GET /admin/v1/reservations` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    concert_id: Option<String>,
+    status: Option<String>,
+    page: Option<String>,
+    size: Option<String>,
+}
+
+/// `GET /admin/v1/reservations?concert_id=&status=&page=&size=` (admins), newest first.
+pub async fn admin_list(
+    State(s): State<AppState>,
+    _admin: AdminUser,
+    q: std::result::Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let page = q.page.as_deref().map(|p| parse_id(p, "page")).transpose()?.unwrap_or(1);
+    let size = q.size.as_deref().map(|p| parse_id(p, "size")).transpose()?.unwrap_or(20);
+    if page > 10_000 || size > 100 {
+        return Err(ApiError::invalid("page", "page ≤ 10000 and size ≤ 100"));
+    }
+    let concert = q.concert_id.as_deref().map(|c| parse_id(c, "concert_id")).transpose()?;
+    if let Some(st) = &q.status
+        && !["held", "paid", "cancelled", "expired"].contains(&st.as_str())
+    {
+        return Err(ApiError::invalid("status", "must be held, paid, cancelled or expired"));
+    }
+    let rows = sqlx::query(
+        "SELECT r.id, r.user_id, r.schedule_id, r.amount, r.status, r.expires_at, r.created_at \
+         FROM reservations r JOIN schedules s ON s.id = r.schedule_id \
+         WHERE ($1 = 0 OR s.concert_id = $1) AND ($2 = '' OR r.status = $2) \
+         ORDER BY r.created_at DESC, r.id DESC LIMIT $3 OFFSET $4",
+    )
+    .bind(concert.unwrap_or(0))
+    .bind(q.status.clone().unwrap_or_default())
+    .bind(size)
+    .bind((page - 1) * size)
+    .fetch_all(&s.db.pool)
+    .await
+    .context("listing reservations")?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = reservation_json(r, Vec::new());
+            v["user_id"] = json!(r.get::<i64, _>("user_id"));
+            v.as_object_mut().map(|o| o.remove("seat_ids"));
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "items": items, "page": page, "size": size })).into_response())
+}
