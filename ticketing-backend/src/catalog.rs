@@ -39,7 +39,7 @@ pub(crate) fn path_id(p: Result<Path<String>, PathRejection>, field: &'static st
     parse_id(&raw, field)
 }
 
-fn text(field: &'static str, v: &str, max: usize, required: bool) -> Result<String> {
+pub(crate) fn text(field: &'static str, v: &str, max: usize, required: bool) -> Result<String> {
     let v = v.trim();
     let n = v.chars().count();
     if (required && n == 0) || n > max || v.chars().any(|c| c.is_control() && c != '\n') {
@@ -49,7 +49,7 @@ fn text(field: &'static str, v: &str, max: usize, required: bool) -> Result<Stri
     Ok(v.to_owned())
 }
 
-fn instant(field: &'static str, v: &str) -> Result<i64> {
+pub(crate) fn instant(field: &'static str, v: &str) -> Result<i64> {
     let t = OffsetDateTime::parse(v, &Rfc3339)
         .map_err(|_| ApiError::invalid(field, "must be an RFC 3339 time"))?;
     if !(2000..=2100).contains(&t.year()) {

@@ -54,6 +54,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_booking.sql"),
         postgres: include_str!("../migrations/postgres/0003_booking.sql"),
     },
+    Migration {
+        version: 4,
+        name: "coupons",
+        sqlite: include_str!("../migrations/sqlite/0004_coupons.sql"),
+        postgres: include_str!("../migrations/postgres/0004_coupons.sql"),
+    },
 ];
 
 /// A connected, migrated database.

@@ -14,6 +14,7 @@
 //!   [`search`]: tantivy search over concerts, performers and venues.
 //! - [`admission`]: admission-token checks for routes the gateway protects, replay markers.
 //! - [`booking`]: reservations; [`holds`]: atomic seat holds (memory or Redis).
+//! - [`coupons`]: campaigns and first-come issuance (memory or Redis).
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod booking;
 pub mod cache;
 pub mod catalog;
 pub mod config;
+pub mod coupons;
 pub mod db;
 pub mod error;
 pub mod holds;
@@ -94,16 +96,22 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
     if let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) {
         users::ensure_admin(&db, email, password).await.map_err(|e| StartError::Other(e.to_string()))?;
     }
-    let (views, cache, holds) = match &cfg.redis_url {
+    let (views, cache, holds, coupons) = match &cfg.redis_url {
         Some(url) => {
             let redis_err = |e: redis::RedisError| StartError::Other(format!("redis: {e}"));
             (
                 ranking::Views::redis(url).await.map_err(redis_err)?,
                 cache::Cache::redis(url).await.map_err(redis_err)?,
                 holds::Holds::redis(url).await.map_err(redis_err)?,
+                coupons::Issuer::redis(url).await.map_err(redis_err)?,
             )
         }
-        None => (ranking::Views::memory(), cache::Cache::memory(), holds::Holds::memory()),
+        None => (
+            ranking::Views::memory(),
+            cache::Cache::memory(),
+            holds::Holds::memory(),
+            coupons::Issuer::memory(),
+        ),
     };
     let state = Arc::new(App {
         search: search::Search::new().map_err(|e| StartError::Other(e.to_string()))?,
@@ -111,6 +119,7 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         cache,
         views,
         holds,
+        coupons,
         hold_ttl_ms: i64::from(cfg.hold_ttl_s) * 1000,
         db,
         auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),
@@ -143,6 +152,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/reservations", post(booking::create))
         .route("/api/v1/reservations/{id}", get(booking::get).delete(booking::cancel))
         .route("/admin/v1/reservations", get(booking::admin_list))
+        .route("/api/v1/coupons/{campaign_id}/issue", post(coupons::issue))
+        .route("/api/v1/me/coupons", get(coupons::mine))
+        .route("/admin/v1/coupon-campaigns", post(coupons::create_campaign))
         .route("/admin/v1/search/reindex", post(reindex))
         .route("/admin/v1/venues", post(catalog::create_venue))
         .route("/admin/v1/performers", post(catalog::create_performer))

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub http_duration: Family<RouteLabel, Histogram>,
     /// Reservations that held their seats.
     pub reservations_held: Counter,
+    /// Coupons issued.
+    pub coupons_issued: Counter,
 }
 
 impl Default for Metrics {
@@ -58,7 +60,9 @@ impl Default for Metrics {
             "Reservations that held their seats",
             reservations_held.clone(),
         );
-        Metrics { registry, http_requests, http_duration, reservations_held }
+        let coupons_issued = Counter::default();
+        registry.register("ticketing_coupons_issued", "Coupons issued", coupons_issued.clone());
+        Metrics { registry, http_requests, http_duration, reservations_held, coupons_issued }
     }
 }
 

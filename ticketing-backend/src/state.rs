@@ -29,6 +29,8 @@ pub struct App {
     pub cache: crate::cache::Cache,
     /// View counts for the ranking.
     pub views: crate::ranking::Views,
+    /// Coupon issuance.
+    pub coupons: crate::coupons::Issuer,
     /// Seat holds.
     pub holds: crate::holds::Holds,
     /// How long a hold lasts, ms.

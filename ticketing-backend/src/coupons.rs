@@ -1,0 +1,260 @@
+//! Coupons: admin campaigns with a stock and a validity window; first-come issuance, never
+//! more than the stock and at most one per user, decided in one atomic step (one Lua script
+//! over `tb:coupon:{campaign}` with `TB_REDIS_URL`, a lock in process otherwise); the coupon
+//! row is then written, and an issuance whose row fails is undone. A unique index on
+//! (campaign, user) backs the one-per-user rule in the database.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use redis::Script;
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::catalog::{body, instant, not_found, path_id, rfc3339, text};
+use crate::db::now_ms;
+use crate::error::{ApiError, Context};
+use crate::state::AppState;
+use crate::users::{AdminUser, CurrentUser};
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// What an issuance request got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Issue {
+    /// A coupon for this user.
+    Issued,
+    /// This user has one already.
+    AlreadyIssued,
+    /// The stock is gone.
+    SoldOut,
+}
+
+static ISSUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/coupon_issue.lua")));
+static REVOKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/coupon_revoke.lua")));
+
+/// The issuance counter: in process or in Redis.
+pub struct Issuer(Store);
+
+enum Store {
+    Memory(Mutex<HashMap<i64, HashSet<i64>>>),
+    Redis(ConnectionManager),
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Store::Memory(_) => "Issuer::Memory",
+            Store::Redis(_) => "Issuer::Redis",
+        })
+    }
+}
+
+fn keys(campaign: i64) -> (String, String) {
+    (format!("tb:coupon:{{{campaign}}}"), format!("tb:coupon:{{{campaign}}}:users"))
+}
+
+impl Issuer {
+    /// In process.
+    pub fn memory() -> Self {
+        Issuer(Store::Memory(Mutex::new(HashMap::new())))
+    }
+
+    /// Shared through Redis.
+    pub async fn redis(url: &str) -> redis::RedisResult<Self> {
+        Ok(Issuer(Store::Redis(redis::Client::open(url)?.get_connection_manager().await?)))
+    }
+
+    /// Issues one coupon of `campaign` (of `stock`) to `user`, if any is left and the user
+    /// has none.
+    pub async fn issue(&self, campaign: i64, stock: i64, user: i64) -> redis::RedisResult<Issue> {
+        match &self.0 {
+            Store::Memory(m) => {
+                let mut all = m.lock().unwrap_or_else(|e| e.into_inner());
+                let holders = all.entry(campaign).or_default();
+                Ok(if holders.contains(&user) {
+                    Issue::AlreadyIssued
+                } else if holders.len() as i64 >= stock {
+                    Issue::SoldOut
+                } else {
+                    holders.insert(user);
+                    Issue::Issued
+                })
+            }
+            Store::Redis(c) => {
+                let (k, u) = keys(campaign);
+                let r: String = ISSUE.key(k).key(u).arg(user).arg(stock).invoke_async(&mut c.clone()).await?;
+                Ok(match r.as_str() {
+                    "issued" => Issue::Issued,
+                    "already_issued" => Issue::AlreadyIssued,
+                    _ => Issue::SoldOut,
+                })
+            }
+        }
+    }
+
+    /// Undoes `user`'s issuance (its row could not be written).
+    pub async fn revoke(&self, campaign: i64, user: i64) -> redis::RedisResult<bool> {
+        match &self.0 {
+            Store::Memory(m) => {
+                let mut all = m.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(all.get_mut(&campaign).is_some_and(|h| h.remove(&user)))
+            }
+            Store::Redis(c) => {
+                let (k, u) = keys(campaign);
+                let n: i64 = REVOKE.key(k).key(u).arg(user).invoke_async(&mut c.clone()).await?;
+                Ok(n == 1)
+            }
+        }
+    }
+}
+
+/// `POST /admin/v1/coupon-campaigns` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCampaign {
+    name: String,
+    discount_kind: String,
+    discount: i64,
+    stock: i64,
+    valid_from: String,
+    valid_until: String,
+}
+
+/// `POST /admin/v1/coupon-campaigns`: `201` with the campaign.
+pub async fn create_campaign(
+    State(s): State<AppState>,
+    _a: AdminUser,
+    b: std::result::Result<Json<NewCampaign>, JsonRejection>,
+) -> Result<Response> {
+    let c = body(b)?;
+    let name = text("name", &c.name, 200, true)?;
+    let max = match c.discount_kind.as_str() {
+        "amount" => crate::catalog::MAX_PRICE,
+        "percent" => 100,
+        _ => return Err(ApiError::invalid("discount_kind", "must be amount or percent")),
+    };
+    if !(1..=max).contains(&c.discount) {
+        return Err(ApiError::invalid("discount", format!("must be within 1..={max}")));
+    }
+    if !(1..=10_000_000).contains(&c.stock) {
+        return Err(ApiError::invalid("stock", "must be within 1..=10000000"));
+    }
+    let (from, until) = (instant("valid_from", &c.valid_from)?, instant("valid_until", &c.valid_until)?);
+    if until <= from {
+        return Err(ApiError::invalid("valid_until", "must be after valid_from"));
+    }
+    let row = sqlx::query(
+        "INSERT INTO coupon_campaigns (name, discount_kind, discount, stock, valid_from, valid_until, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(&name)
+    .bind(&c.discount_kind)
+    .bind(c.discount)
+    .bind(c.stock)
+    .bind(from)
+    .bind(until)
+    .bind(now_ms())
+    .fetch_one(&s.db.pool)
+    .await
+    .context("inserting a coupon campaign")?;
+    let v = json!({"id": row.get::<i64, _>(0), "name": name, "discount_kind": c.discount_kind, "discount": c.discount,
+        "stock": c.stock, "valid_from": rfc3339(from), "valid_until": rfc3339(until)});
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// `POST /api/v1/coupons/{campaign_id}/issue`: `201 {coupon_id}`, `409 already_issued`,
+/// `410 sold_out`; outside the campaign's window `409 not_started` or `410 campaign_ended`.
+pub async fn issue(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    p: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let campaign = path_id(p, "campaign_id")?;
+    let row = sqlx::query(
+        "SELECT stock, valid_from, valid_until, discount_kind, discount FROM coupon_campaigns WHERE id = $1",
+    )
+    .bind(campaign)
+    .fetch_optional(&s.db.pool)
+    .await
+    .context("loading a coupon campaign")?
+    .ok_or_else(|| not_found("coupon campaign"))?;
+    let (stock, from, until): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let now = now_ms();
+    if now < from {
+        return Err(ApiError::client(StatusCode::CONFLICT, "not_started", "this campaign has not started"));
+    }
+    if now >= until {
+        return Err(ApiError::client(StatusCode::GONE, "campaign_ended", "this campaign has ended"));
+    }
+    match s.coupons.issue(campaign, stock, user.id).await.context("issuing a coupon")? {
+        Issue::AlreadyIssued => return Err(already_issued()),
+        Issue::SoldOut => return Err(ApiError::client(StatusCode::GONE, "sold_out", "no coupons are left")),
+        Issue::Issued => {}
+    }
+    let id = format!("c{:024x}", rand::random::<u128>() >> 32);
+    let inserted = sqlx::query(
+        "INSERT INTO coupons (id, campaign_id, user_id, status, issued_at) VALUES ($1, $2, $3, 'issued', $4)",
+    )
+    .bind(&id)
+    .bind(campaign)
+    .bind(user.id)
+    .bind(now)
+    .execute(&s.db.pool)
+    .await;
+    if let Err(e) = inserted {
+        // The row is the truth: an issuance without one is undone.
+        if let Err(re) = s.coupons.revoke(campaign, user.id).await {
+            tracing::error!(error = %re, campaign, user = user.id, "undoing an issuance failed");
+        }
+        if let sqlx::Error::Database(d) = &e
+            && d.is_unique_violation()
+        {
+            return Err(already_issued());
+        }
+        return Err(e).context("inserting a coupon");
+    }
+    s.metrics.coupons_issued.inc();
+    let v = json!({"coupon_id": id, "campaign_id": campaign, "discount_kind": row.get::<String, _>(3),
+        "discount": row.get::<i64, _>(4), "expires_at": rfc3339(until)});
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+fn already_issued() -> ApiError {
+    ApiError::client(StatusCode::CONFLICT, "already_issued", "you already have a coupon of this campaign")
+}
+
+/// `GET /api/v1/me/coupons`: the caller's coupons, newest first.
+pub async fn mine(State(s): State<AppState>, user: CurrentUser) -> Result<Response> {
+    let rows = sqlx::query(
+        "SELECT c.id, c.campaign_id, c.status, c.issued_at, k.discount_kind, k.discount, k.valid_until \
+         FROM coupons c JOIN coupon_campaigns k ON k.id = c.campaign_id WHERE c.user_id = $1 \
+         ORDER BY c.issued_at DESC, c.id LIMIT 200",
+    )
+    .bind(user.id)
+    .fetch_all(&s.db.pool)
+    .await
+    .context("listing coupons")?;
+    let now = now_ms();
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let until: i64 = r.get(6);
+            let mut status: String = r.get(2);
+            if status == "issued" && until <= now {
+                status = "expired".into();
+            }
+            json!({"coupon_id": r.get::<String, _>(0), "campaign_id": r.get::<i64, _>(1), "status": status,
+                "issued_at": rfc3339(r.get(3)), "discount_kind": r.get::<String, _>(4), "discount": r.get::<i64, _>(5),
+                "expires_at": rfc3339(until)})
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
