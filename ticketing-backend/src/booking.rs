@@ -274,12 +274,10 @@ pub async fn cancel(
     let id = reservation_id(p)?;
     let (row, seats) = load(&s, &id, &user).await?;
     let status: String = row.get("status");
-    if status == "paid" {
-        return Err(ApiError::client(
-            StatusCode::CONFLICT,
-            "paid",
-            "this reservation is paid: cancel it through its payment, which refunds it",
-        ));
+    if status == "paid"
+        && let Some(order) = crate::payments::paid_order_of(&s, &id).await?
+    {
+        crate::payments::refund_order(&s, order).await?;
     }
     if status == "held" {
         let schedule: i64 = row.get("schedule_id");

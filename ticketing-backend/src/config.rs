@@ -55,6 +55,12 @@ pub struct BackendConfig {
     pub demo_data: bool,
     /// How long a reservation holds its seats before they return, seconds (`TB_HOLD_TTL_S`).
     pub hold_ttl_s: u32,
+    /// The payment provider's secret key (`TB_PAYMENTS_SECRET_KEY`); the built-in simulator
+    /// (started when `payments_base_url` is absent) accepts the default.
+    pub payments_secret_key: String,
+    /// The provider must answer within this, ms (`TB_PAYMENTS_TIMEOUT_MS`); then the payment
+    /// is treated as unknown, refunded and its seats released.
+    pub payments_timeout_ms: u64,
 }
 
 impl Default for BackendConfig {
@@ -73,6 +79,8 @@ impl Default for BackendConfig {
             login_per_minute: 10,
             demo_data: true,
             hold_ttl_s: 600,
+            payments_secret_key: "test_sk_local_simulator".into(),
+            payments_timeout_ms: 10_000,
         }
     }
 }
@@ -97,6 +105,8 @@ impl std::fmt::Debug for BackendConfig {
             .field("login_per_minute", &self.login_per_minute)
             .field("demo_data", &self.demo_data)
             .field("hold_ttl_s", &self.hold_ttl_s)
+            .field("payments_secret_key", &"<redacted>")
+            .field("payments_timeout_ms", &self.payments_timeout_ms)
             .finish()
     }
 }
@@ -130,6 +140,13 @@ impl BackendConfig {
         cfg.jwt_secret = get("TB_JWT_SECRET").or(cfg.jwt_secret);
         cfg.admission_jwks_url = get("TB_ADMISSION_JWKS_URL").or(cfg.admission_jwks_url);
         cfg.gate_secret = get("TB_GATE_SECRET").or(cfg.gate_secret);
+        if let Some(v) = get("TB_PAYMENTS_SECRET_KEY") {
+            cfg.payments_secret_key = v;
+        }
+        if let Some(v) = get("TB_PAYMENTS_TIMEOUT_MS") {
+            cfg.payments_timeout_ms =
+                v.parse().map_err(|_| bad("TB_PAYMENTS_TIMEOUT_MS", format!("not a number: {v:?}")))?;
+        }
         if let Some(v) = get("TB_HOLD_TTL_S") {
             cfg.hold_ttl_s = v.parse().map_err(|_| bad("TB_HOLD_TTL_S", format!("not a number: {v:?}")))?;
         }
@@ -151,6 +168,14 @@ impl BackendConfig {
             && s.len() < 32
         {
             return Err(bad("jwt_secret", "must be at least 32 bytes"));
+        }
+        if !(100..=600_000).contains(&self.payments_timeout_ms) {
+            return Err(bad("payments_timeout_ms", "must be within 100..=600000"));
+        }
+        if let Some(u) = &self.payments_base_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(bad("payments_base_url", "must be an http(s) URL"));
         }
         if !(1..=86_400).contains(&self.hold_ttl_s) {
             return Err(bad("hold_ttl_s", "must be within 1..=86400"));

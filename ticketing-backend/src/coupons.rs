@@ -67,6 +67,17 @@ impl Issuer {
         Issuer(Store::Memory(Mutex::new(HashMap::new())))
     }
 
+    /// In process, rebuilt from the database's coupons (the truth), so a restart of the
+    /// embedded default keeps counting from where it was.
+    pub async fn memory_from(db: &crate::db::Db) -> Result<Self, sqlx::Error> {
+        let rows = sqlx::query("SELECT campaign_id, user_id FROM coupons").fetch_all(&db.pool).await?;
+        let mut all: HashMap<i64, HashSet<i64>> = HashMap::new();
+        for r in rows {
+            all.entry(r.get(0)).or_default().insert(r.get(1));
+        }
+        Ok(Issuer(Store::Memory(Mutex::new(all))))
+    }
+
     /// Shared through Redis.
     pub async fn redis(url: &str) -> redis::RedisResult<Self> {
         Ok(Issuer(Store::Redis(redis::Client::open(url)?.get_connection_manager().await?)))

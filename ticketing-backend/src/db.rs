@@ -60,6 +60,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_coupons.sql"),
         postgres: include_str!("../migrations/postgres/0004_coupons.sql"),
     },
+    Migration {
+        version: 5,
+        name: "payments",
+        sqlite: include_str!("../migrations/sqlite/0005_payments.sql"),
+        postgres: include_str!("../migrations/postgres/0005_payments.sql"),
+    },
 ];
 
 /// A connected, migrated database.

@@ -46,6 +46,7 @@ struct Scripts {
     release: Script,
     sell: Script,
     sweep: Script,
+    free: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -53,6 +54,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release: Script::new(include_str!("../../lua/seat_release.lua")),
     sell: Script::new(include_str!("../../lua/seat_sell.lua")),
     sweep: Script::new(include_str!("../../lua/seat_sweep.lua")),
+    free: Script::new(include_str!("../../lua/seat_free.lua")),
 });
 
 fn key(schedule: i64) -> String {
@@ -92,6 +94,29 @@ impl Holds {
     /// In-process holds.
     pub fn memory() -> Self {
         Holds(Store::Memory(Mutex::new(HashMap::new())))
+    }
+
+    /// In-process holds rebuilt from the database's live reservations (the truth), so a
+    /// restart of the embedded default keeps every hold and sale.
+    pub async fn memory_from(db: &crate::db::Db) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT rs.schedule_id, rs.seat_id, r.id, r.status, r.expires_at FROM reservation_seats rs \
+             JOIN reservations r ON r.id = rs.reservation_id WHERE rs.active = 1 AND r.status IN ('held', 'paid')",
+        )
+        .fetch_all(&db.pool)
+        .await?;
+        let mut all: HashMap<i64, HashMap<i64, Entry>> = HashMap::new();
+        for r in rows {
+            let owner: String = r.get(2);
+            let entry = if r.get::<String, _>(3) == "paid" {
+                Entry::Sold { owner }
+            } else {
+                Entry::Held { owner, until: r.get(4) }
+            };
+            all.entry(r.get(0)).or_default().insert(r.get(1), entry);
+        }
+        Ok(Holds(Store::Memory(Mutex::new(all))))
     }
 
     /// Redis-backed holds.
@@ -218,6 +243,31 @@ impl Holds {
                     Some("sold") => Ok(()),
                     _ => Err(reply.iter().skip(1).filter_map(|v| v.parse().ok()).collect()),
                 })
+            }
+        }
+    }
+
+    /// Frees `owner`'s seats, held or sold (a refund or a compensation); returns how many.
+    pub async fn free(&self, schedule: i64, seats: &[i64], owner: &str) -> redis::RedisResult<usize> {
+        match &self.0 {
+            Store::Memory(m) => Ok(Self::with(m, schedule, |map| {
+                let mine: Vec<i64> = seats
+                    .iter()
+                    .copied()
+                    .filter(|s| matches!(map.get(s), Some(Entry::Held { owner: o, .. } | Entry::Sold { owner: o }) if o == owner))
+                    .collect();
+                for s in &mine {
+                    map.remove(s);
+                }
+                mine.len()
+            })),
+            Store::Redis(c) => {
+                let mut inv = SCRIPTS.free.prepare_invoke();
+                inv.key(key(schedule)).arg(owner);
+                for s in seats {
+                    inv.arg(*s);
+                }
+                inv.invoke_async(&mut c.clone()).await
             }
         }
     }

@@ -15,6 +15,8 @@
 //! - [`admission`]: admission-token checks for routes the gateway protects, replay markers.
 //! - [`booking`]: reservations; [`holds`]: atomic seat holds (memory or Redis).
 //! - [`coupons`]: campaigns and first-come issuance (memory or Redis).
+//! - [`payments`]: Toss-style prepare/confirm/cancel run as a saga with compensations and
+//!   recovery; [`paysim`]: the local provider simulator (`payments-sim`).
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
@@ -29,6 +31,8 @@ pub mod db;
 pub mod error;
 pub mod holds;
 pub mod metrics;
+pub mod payments;
+pub mod paysim;
 pub mod posters;
 pub mod ranking;
 pub mod search;
@@ -109,11 +113,33 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         None => (
             ranking::Views::memory(),
             cache::Cache::memory(),
-            holds::Holds::memory(),
-            coupons::Issuer::memory(),
+            holds::Holds::memory_from(&db)
+                .await
+                .map_err(|e| StartError::Other(format!("restoring holds: {e}")))?,
+            coupons::Issuer::memory_from(&db)
+                .await
+                .map_err(|e| StartError::Other(format!("restoring coupons: {e}")))?,
         ),
     };
+    let payments_base = match &cfg.payments_base_url {
+        Some(u) => u.clone(),
+        None => {
+            let listener =
+                TcpListener::bind("127.0.0.1:0").await.map_err(|e| StartError::Other(e.to_string()))?;
+            let addr = paysim::start(listener, &cfg.payments_secret_key)
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            tracing::warn!(%addr, "no TB_PAYMENTS_BASE_URL: payments go to the built-in simulator");
+            format!("http://{addr}")
+        }
+    };
+    let provider = payments::Provider::new(
+        &payments_base,
+        &cfg.payments_secret_key,
+        Duration::from_millis(cfg.payments_timeout_ms),
+    );
     let state = Arc::new(App {
+        provider,
         search: search::Search::new().map_err(|e| StartError::Other(e.to_string()))?,
         posters: Box::new(posters::DiskStore::new(cfg.data_dir.join("posters"))),
         cache,
@@ -155,6 +181,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/coupons/{campaign_id}/issue", post(coupons::issue))
         .route("/api/v1/me/coupons", get(coupons::mine))
         .route("/admin/v1/coupon-campaigns", post(coupons::create_campaign))
+        .route("/api/v1/payments/prepare", post(payments::prepare))
+        .route("/api/v1/payments/confirm", post(payments::confirm))
+        .route("/api/v1/payments/{order_id}/cancel", post(payments::cancel))
         .route("/admin/v1/search/reindex", post(reindex))
         .route("/admin/v1/venues", post(catalog::create_venue))
         .route("/admin/v1/performers", post(catalog::create_performer))
@@ -242,7 +271,17 @@ pub async fn run(
             users::compact(&auth);
         }
     });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let timeout = Duration::from_millis(cfg.payments_timeout_ms);
+    let recovery = tokio::spawn(payments::recovery_loop(
+        state.clone(),
+        Duration::from_secs(2),
+        timeout + Duration::from_secs(5),
+        stop_rx,
+    ));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), recovery).await;
     compactor.abort();
     result.map_err(|e| StartError::Other(e.to_string()))
 }

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub reservations_held: Counter,
     /// Coupons issued.
     pub coupons_issued: Counter,
+    /// Payments confirmed (sagas completed).
+    pub payments_confirmed: Counter,
+    /// Sagas undone by their compensations.
+    pub sagas_compensated: Counter,
 }
 
 impl Default for Metrics {
@@ -62,7 +66,23 @@ impl Default for Metrics {
         );
         let coupons_issued = Counter::default();
         registry.register("ticketing_coupons_issued", "Coupons issued", coupons_issued.clone());
-        Metrics { registry, http_requests, http_duration, reservations_held, coupons_issued }
+        let payments_confirmed = Counter::default();
+        registry.register("ticketing_payments_confirmed", "Payments confirmed", payments_confirmed.clone());
+        let sagas_compensated = Counter::default();
+        registry.register(
+            "ticketing_sagas_compensated",
+            "Sagas undone by compensation",
+            sagas_compensated.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            reservations_held,
+            coupons_issued,
+            payments_confirmed,
+            sagas_compensated,
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct App {
     pub cache: crate::cache::Cache,
     /// View counts for the ranking.
     pub views: crate::ranking::Views,
+    /// The payment provider.
+    pub provider: crate::payments::Provider,
     /// Coupon issuance.
     pub coupons: crate::coupons::Issuer,
     /// Seat holds.

@@ -1,0 +1,799 @@
+//! Payments in the Toss Payments style, run as a saga.
+//!
+//! `prepare` stores an order (id and amount after the coupon). `confirm` refuses an amount
+//! other than the stored one (`400 amount_mismatch`) before anything else, then runs the saga
+//! recorded on the order row, step by step: seats held (the reservation) → coupon used →
+//! charged by the provider → seats sold and the reservation paid. Any failure or timeout runs
+//! the compensations of the steps done (refund, restore the coupon, release the seats); a
+//! compensation that cannot finish now (provider down) is left marked and retried by
+//! [`recovery_loop`], which also finishes sagas a crashed process left mid-way: if the
+//! provider charged the order, forward; otherwise, back. `Idempotency-Key` on confirm and
+//! cancel replays the first answer.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tokio::sync::watch;
+
+use crate::db::now_ms;
+use crate::error::{ApiError, Context};
+use crate::state::AppState;
+use crate::users::CurrentUser;
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// What the provider said to a confirm.
+#[derive(Debug)]
+pub enum Charge {
+    /// Charged.
+    Done,
+    /// Refused (nothing charged).
+    Rejected(String),
+    /// No answer (timeout, broken connection): it may or may not have charged.
+    Unknown(String),
+}
+
+/// The payment provider's client (Toss's confirm, cancel and lookup API).
+#[derive(Clone, Debug)]
+pub struct Provider {
+    base: String,
+    auth: HeaderValue,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Provider {
+    /// A client for `base` (e.g. `https://api.tosspayments.com`) with the secret key.
+    pub fn new(base: &str, secret_key: &str, timeout: Duration) -> Self {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{secret_key}:"));
+        let mut auth = HeaderValue::from_str(&format!("Basic {token}")).expect("base64 is a valid header");
+        auth.set_sensitive(true);
+        Provider {
+            base: base.trim_end_matches('/').to_owned(),
+            auth,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            timeout,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        idem: Option<&str>,
+    ) -> Result<(u16, Value), String> {
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", self.auth.clone())
+            .header("content-type", "application/json");
+        if let Some(k) = idem {
+            req = req.header("idempotency-key", k);
+        }
+        let body = Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()));
+        let req = req.body(body).map_err(|e| e.to_string())?;
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok::<_, String>((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| "the provider did not answer in time".to_owned())?
+    }
+
+    /// `POST /v1/payments/confirm`, idempotent per order.
+    pub async fn confirm(&self, payment_key: &str, order_id: &str, amount: i64) -> Charge {
+        let body = json!({"paymentKey": payment_key, "orderId": order_id, "amount": amount});
+        match self
+            .call("POST", "/v1/payments/confirm", Some(body), Some(&format!("confirm-{order_id}")))
+            .await
+        {
+            Ok((200, v)) if v["status"] == "DONE" => Charge::Done,
+            Ok((s, v)) if (400..500).contains(&s) => Charge::Rejected(format!(
+                "{}: {}",
+                v["code"].as_str().unwrap_or("?"),
+                v["message"].as_str().unwrap_or("")
+            )),
+            Ok((s, _)) => Charge::Unknown(format!("the provider answered {s}")),
+            Err(e) => Charge::Unknown(e),
+        }
+    }
+
+    /// `POST /v1/payments/{paymentKey}/cancel`; a payment the provider does not know needs
+    /// no refund.
+    pub async fn cancel(&self, payment_key: &str, order_id: &str, reason: &str) -> Result<(), String> {
+        let path = format!("/v1/payments/{}/cancel", encode(payment_key));
+        match self
+            .call("POST", &path, Some(json!({"cancelReason": reason})), Some(&format!("cancel-{order_id}")))
+            .await?
+        {
+            (200, _) | (404, _) => Ok(()),
+            (s, v) => Err(format!("cancel answered {s}: {v}")),
+        }
+    }
+
+    /// Whether the provider charged `order_id` (`GET /v1/payments/orders/{orderId}`).
+    pub async fn charged(&self, order_id: &str) -> Result<bool, String> {
+        match self.call("GET", &format!("/v1/payments/orders/{}", encode(order_id)), None, None).await? {
+            (200, v) => Ok(v["status"] == "DONE"),
+            (404, _) => Ok(false),
+            (s, v) => Err(format!("lookup answered {s}: {v}")),
+        }
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn new_order_id() -> String {
+    format!("o{:024x}", rand::random::<u128>() >> 32)
+}
+
+fn valid_id(id: &str, prefix: char) -> bool {
+    id.len() == 25 && id.starts_with(prefix) && id[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::client(StatusCode::CONFLICT, code, message)
+}
+
+/// `POST /api/v1/payments/prepare` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prepare {
+    reservation_id: String,
+    coupon_id: Option<String>,
+}
+
+/// `POST /api/v1/payments/prepare`: `{order_id, amount}` (the reservation's amount after the
+/// coupon). Nothing is spent yet.
+pub async fn prepare(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    b: std::result::Result<Json<Prepare>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response> {
+    let p = crate::catalog::body(b)?;
+    if !valid_id(&p.reservation_id, 'r') {
+        return Err(crate::catalog::not_found("reservation"));
+    }
+    let r = sqlx::query("SELECT user_id, amount, status, expires_at FROM reservations WHERE id = $1")
+        .bind(&p.reservation_id)
+        .fetch_optional(&s.db.pool)
+        .await
+        .context("loading a reservation")?
+        .filter(|r| r.get::<i64, _>(0) == user.id)
+        .ok_or_else(|| crate::catalog::not_found("reservation"))?;
+    let (amount, status, expires): (i64, String, i64) = (r.get(1), r.get(2), r.get(3));
+    if status != "held" || expires <= now_ms() {
+        return Err(conflict("reservation_not_payable", "only a held, unexpired reservation can be paid"));
+    }
+    let discount = match &p.coupon_id {
+        Some(c) => coupon_discount(&s, c, user.id, amount).await?,
+        None => 0,
+    };
+    let total = (amount - discount).max(0);
+    let order = new_order_id();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO payments (order_id, reservation_id, user_id, amount, coupon_id, status, step, attempts, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 'ready', 'prepared', 0, $6, $6)",
+    )
+    .bind(&order)
+    .bind(&p.reservation_id)
+    .bind(user.id)
+    .bind(total)
+    .bind(&p.coupon_id)
+    .bind(now)
+    .execute(&s.db.pool)
+    .await
+    .context("inserting an order")?;
+    Ok(Json(
+        json!({"order_id": order, "amount": total, "discount": discount, "reservation_id": p.reservation_id}),
+    )
+    .into_response())
+}
+
+async fn coupon_discount(s: &AppState, coupon: &str, user: i64, amount: i64) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT c.user_id, c.status, k.discount_kind, k.discount, k.valid_until FROM coupons c \
+         JOIN coupon_campaigns k ON k.id = c.campaign_id WHERE c.id = $1",
+    )
+    .bind(coupon)
+    .fetch_optional(&s.db.pool)
+    .await
+    .context("loading a coupon")?
+    .filter(|r| r.get::<i64, _>(0) == user)
+    .ok_or_else(|| crate::catalog::not_found("coupon"))?;
+    let (status, kind, discount, until): (String, String, i64, i64) =
+        (row.get(1), row.get(2), row.get(3), row.get(4));
+    if status != "issued" || until <= now_ms() {
+        return Err(conflict("coupon_unavailable", "this coupon is used or expired"));
+    }
+    Ok(if kind == "percent" { amount * discount / 100 } else { discount.min(amount) })
+}
+
+/// `POST /api/v1/payments/confirm` body (Toss's success redirect parameters).
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    payment_key: String,
+    order_id: String,
+    amount: i64,
+}
+
+/// An order row.
+#[derive(Clone, Debug)]
+pub struct Order {
+    order_id: String,
+    reservation_id: String,
+    user_id: i64,
+    amount: i64,
+    coupon_id: Option<String>,
+    status: String,
+    step: String,
+    payment_key: Option<String>,
+    updated_at: i64,
+}
+
+fn order_of(r: &AnyRow) -> Order {
+    Order {
+        order_id: r.get("order_id"),
+        reservation_id: r.get("reservation_id"),
+        user_id: r.get("user_id"),
+        amount: r.get("amount"),
+        coupon_id: r.get("coupon_id"),
+        status: r.get("status"),
+        step: r.get("step"),
+        payment_key: r.get("payment_key"),
+        updated_at: r.get("updated_at"),
+    }
+}
+
+async fn load_order(s: &AppState, order_id: &str) -> Result<Option<Order>> {
+    let row = sqlx::query(
+        "SELECT order_id, reservation_id, user_id, amount, coupon_id, status, step, payment_key, updated_at \
+         FROM payments WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&s.db.pool)
+    .await
+    .context("loading an order")?;
+    Ok(row.as_ref().map(order_of))
+}
+
+async fn users_order(s: &AppState, order_id: &str, user: &CurrentUser) -> Result<Order> {
+    let missing = || crate::catalog::not_found("order");
+    if !valid_id(order_id, 'o') {
+        return Err(missing());
+    }
+    load_order(s, order_id).await?.filter(|o| o.user_id == user.id).ok_or_else(missing)
+}
+
+fn paid(o: &Order) -> (StatusCode, Value) {
+    (
+        StatusCode::OK,
+        json!({"status": "paid", "order_id": o.order_id, "amount": o.amount, "reservation_id": o.reservation_id}),
+    )
+}
+
+/// `POST /api/v1/payments/confirm`: `{status: "paid"}`, `400 amount_mismatch`, or the failure
+/// after compensation (`402 payment_rejected`, `504 payment_timeout`, `409 ...`).
+pub async fn confirm(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    idempotent(&s, &user, "confirm", &headers, &raw, confirm_inner(&s, &user, &raw)).await
+}
+
+async fn confirm_inner(s: &AppState, user: &CurrentUser, raw: &[u8]) -> Result<(StatusCode, Value)> {
+    let c: Confirm = serde_json::from_slice(raw).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    if c.payment_key.is_empty()
+        || c.payment_key.len() > 200
+        || !c.payment_key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::invalid("payment_key", "must be 1 to 200 printable ASCII characters"));
+    }
+    let order = users_order(s, &c.order_id, user).await?;
+    match order.status.as_str() {
+        "paid" => return Ok(paid(&order)),
+        "confirming" => return Err(conflict("payment_in_progress", "this order is being confirmed")),
+        "ready" => {}
+        _ => return Err(conflict("order_closed", "this order failed or was refunded; prepare a new one")),
+    }
+    if c.amount != order.amount {
+        return Err(ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "amount_mismatch",
+            format!("the amount {} differs from the order's {}", c.amount, order.amount),
+        ));
+    }
+    let claimed = sqlx::query(
+        "UPDATE payments SET status = 'confirming', step = 'started', payment_key = $1, updated_at = $2 \
+         WHERE order_id = $3 AND status = 'ready'",
+    )
+    .bind(&c.payment_key)
+    .bind(now_ms())
+    .bind(&order.order_id)
+    .execute(&s.db.pool)
+    .await
+    .context("starting a confirmation")?;
+    if claimed.rows_affected() == 0 {
+        return Err(conflict("payment_in_progress", "this order is being confirmed"));
+    }
+    let order = load_order(s, &order.order_id).await?.ok_or_else(|| crate::catalog::not_found("order"))?;
+    saga::forward(s, order).await
+}
+
+/// `POST /api/v1/payments/{order_id}/cancel`: refunds a paid order (its seats return, its
+/// coupon comes back); abandons an unconfirmed one.
+pub async fn cancel(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    p: std::result::Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = p.map(|Path(id)| id).unwrap_or_default();
+    idempotent(&s, &user, "cancel", &headers, id.as_bytes(), cancel_inner(&s, &user, &id)).await
+}
+
+async fn cancel_inner(s: &AppState, user: &CurrentUser, order_id: &str) -> Result<(StatusCode, Value)> {
+    let order = users_order(s, order_id, user).await?;
+    refund_order(s, order).await
+}
+
+/// Refunds (paid) or abandons (ready) an order; used by the payment cancel and by cancelling
+/// a paid reservation.
+pub async fn refund_order(s: &AppState, order: Order) -> Result<(StatusCode, Value)> {
+    let answer = |status: &str| {
+        (StatusCode::OK, json!({"status": status, "order_id": order.order_id, "amount": order.amount}))
+    };
+    match order.status.as_str() {
+        "ready" => {
+            sqlx::query("UPDATE payments SET status = 'failed', step = 'compensated', last_error = 'abandoned', updated_at = $1 WHERE order_id = $2 AND status = 'ready'")
+                .bind(now_ms())
+                .bind(&order.order_id)
+                .execute(&s.db.pool)
+                .await
+                .context("abandoning an order")?;
+            Ok(answer("cancelled"))
+        }
+        "refunded" => Ok(answer("refunded")),
+        "paid" => {
+            let key = order.payment_key.clone().unwrap_or_default();
+            if order.amount > 0 {
+                s.provider.cancel(&key, &order.order_id, "cancelled by the buyer").await.map_err(|e| {
+                    ApiError::client(
+                        StatusCode::BAD_GATEWAY,
+                        "refund_failed",
+                        format!("the refund did not go through ({e}); retry"),
+                    )
+                })?;
+            }
+            saga::undo_local(s, &order, "refunded", "refunded").await?;
+            Ok(answer("refunded"))
+        }
+        _ => Err(conflict("not_refundable", format!("this order is {}", order.status))),
+    }
+}
+
+/// The paid order of a reservation, if any.
+pub async fn paid_order_of(s: &AppState, reservation_id: &str) -> Result<Option<Order>> {
+    let row = sqlx::query(
+        "SELECT order_id, reservation_id, user_id, amount, coupon_id, status, step, payment_key, updated_at \
+         FROM payments WHERE reservation_id = $1 AND status = 'paid'",
+    )
+    .bind(reservation_id)
+    .fetch_optional(&s.db.pool)
+    .await
+    .context("loading a reservation's payment")?;
+    Ok(row.as_ref().map(order_of))
+}
+
+fn error_parts(e: ApiError) -> (StatusCode, Value) {
+    let (status, code, message) = match e {
+        ApiError::Invalid { field, message } => {
+            (StatusCode::BAD_REQUEST, "invalid_input", format!("{field}: {message}"))
+        }
+        ApiError::Client { status, code, message } => (status, code, message),
+        ApiError::Internal { context, source } => {
+            tracing::error!(%context, error = %source, "internal error");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned())
+        }
+    };
+    (status, json!({"error": {"code": code, "message": message}}))
+}
+
+/// Runs `work` once per `Idempotency-Key` (per user and scope): a repeat with the same body
+/// gets the first answer; with another body `422 idempotency_key_reused`; while the first is
+/// running `409 request_in_progress`. Server errors are not kept, so they can be retried.
+async fn idempotent(
+    s: &AppState,
+    user: &CurrentUser,
+    scope: &str,
+    headers: &HeaderMap,
+    request: &[u8],
+    work: impl std::future::Future<Output = Result<(StatusCode, Value)>>,
+) -> Response {
+    let reply = |(status, v): (StatusCode, Value)| (status, Json(v)).into_response();
+    let Some(key) = headers.get("idempotency-key") else {
+        return reply(work.await.unwrap_or_else(error_parts));
+    };
+    let key = match key.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => k.to_owned(),
+        _ => {
+            return ApiError::invalid("Idempotency-Key", "must be 1 to 255 printable ASCII characters")
+                .into_response();
+        }
+    };
+    let hash = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, request).as_ref());
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency (user_id, scope, idem_key, request_hash, status_code, body, created_at) VALUES ($1, $2, $3, $4, 0, '', $5)",
+    )
+    .bind(user.id)
+    .bind(scope)
+    .bind(&key)
+    .bind(&hash)
+    .bind(now_ms())
+    .execute(&s.db.pool)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            return replay(s, user.id, scope, &key, &hash).await;
+        }
+        Err(e) => {
+            return Err::<(), _>(e).context("recording an idempotency key").unwrap_err().into_response();
+        }
+    }
+    let (status, v) = work.await.unwrap_or_else(error_parts);
+    let store = if status.is_server_error() {
+        sqlx::query("DELETE FROM idempotency WHERE user_id = $1 AND scope = $2 AND idem_key = $3")
+            .bind(user.id)
+            .bind(scope)
+            .bind(&key)
+            .execute(&s.db.pool)
+            .await
+    } else {
+        sqlx::query("UPDATE idempotency SET status_code = $1, body = $2 WHERE user_id = $3 AND scope = $4 AND idem_key = $5")
+            .bind(i64::from(status.as_u16()))
+            .bind(v.to_string())
+            .bind(user.id)
+            .bind(scope)
+            .bind(&key)
+            .execute(&s.db.pool)
+            .await
+    };
+    if let Err(e) = store {
+        tracing::error!(error = %e, "keeping an idempotent answer failed");
+    }
+    reply((status, v))
+}
+
+async fn replay(s: &AppState, user: i64, scope: &str, key: &str, hash: &str) -> Response {
+    let row = sqlx::query("SELECT request_hash, status_code, body FROM idempotency WHERE user_id = $1 AND scope = $2 AND idem_key = $3")
+        .bind(user)
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&s.db.pool)
+        .await;
+    let row = match row {
+        Ok(Some(r)) => r,
+        Ok(None) => return conflict("request_in_progress", "retry in a moment").into_response(),
+        Err(e) => return Err::<(), _>(e).context("reading an idempotency key").unwrap_err().into_response(),
+    };
+    if row.get::<String, _>(0) != hash {
+        return ApiError::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with another request",
+        )
+        .into_response();
+    }
+    let code: i64 = row.get(1);
+    if code == 0 {
+        return conflict(
+            "request_in_progress",
+            "the first request with this Idempotency-Key is still running",
+        )
+        .into_response();
+    }
+    let body: Value = serde_json::from_str(&row.get::<String, _>(2)).unwrap_or(Value::Null);
+    let mut r = (StatusCode::from_u16(code as u16).unwrap_or(StatusCode::OK), Json(body)).into_response();
+    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    r
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Finishes sagas left mid-way (a crashed process, a refund the provider refused) until
+/// shutdown: every `every`, orders stuck in `confirming` for longer than `stale` and orders
+/// whose compensation did not finish.
+pub async fn recovery_loop(
+    s: AppState,
+    every: Duration,
+    stale: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = saga::recover(&s, stale).await {
+            tracing::warn!(error = %e, "saga recovery round failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+pub mod saga {
+    //! The saga's steps and compensations, recorded on the order row (`step`), so any
+    //! instance can finish what another began.
+
+    use super::*;
+
+    async fn set_step(s: &AppState, order: &str, step: &str) -> Result<()> {
+        sqlx::query("UPDATE payments SET step = $1, updated_at = $2 WHERE order_id = $3")
+            .bind(step)
+            .bind(now_ms())
+            .bind(order)
+            .execute(&s.db.pool)
+            .await
+            .context("recording a saga step")?;
+        Ok(())
+    }
+
+    struct Reserved {
+        schedule: i64,
+        seats: Vec<i64>,
+        status: String,
+        expires_at: i64,
+    }
+
+    async fn reservation(s: &AppState, id: &str) -> Result<Reserved> {
+        let r = sqlx::query("SELECT schedule_id, status, expires_at FROM reservations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&s.db.pool)
+            .await
+            .context("loading an order's reservation")?;
+        let seats =
+            sqlx::query("SELECT seat_id FROM reservation_seats WHERE reservation_id = $1 ORDER BY seat_id")
+                .bind(id)
+                .fetch_all(&s.db.pool)
+                .await
+                .context("loading reserved seats")?
+                .iter()
+                .map(|r| r.get::<i64, _>(0))
+                .collect();
+        Ok(Reserved { schedule: r.get(0), status: r.get(1), expires_at: r.get(2), seats })
+    }
+
+    /// Runs the remaining steps from `order.step`; on failure compensates and answers why.
+    pub async fn forward(s: &AppState, order: Order) -> Result<(StatusCode, Value)> {
+        let res = reservation(s, &order.reservation_id).await?;
+        let mut step = order.step.clone();
+        if step == "started" {
+            if res.status != "held" || res.expires_at <= now_ms() {
+                compensate(s, &order, false, "the reservation expired").await?;
+                return Err(conflict(
+                    "reservation_expired",
+                    "the reservation's hold expired; its seats were released",
+                ));
+            }
+            if let Some(c) = &order.coupon_id {
+                let used = sqlx::query(
+                    "UPDATE coupons SET status = 'used', order_id = $1, used_at = $2 WHERE id = $3 AND user_id = $4 AND status = 'issued' \
+                     AND campaign_id IN (SELECT id FROM coupon_campaigns WHERE valid_until > $2)",
+                )
+                .bind(&order.order_id)
+                .bind(now_ms())
+                .bind(c)
+                .bind(order.user_id)
+                .execute(&s.db.pool)
+                .await
+                .context("using a coupon")?;
+                if used.rows_affected() == 0 {
+                    compensate(s, &order, false, "the coupon was used or expired").await?;
+                    return Err(conflict(
+                        "coupon_unavailable",
+                        "the coupon was used or expired; nothing was charged",
+                    ));
+                }
+            }
+            set_step(s, &order.order_id, "coupon_used").await?;
+            step = "coupon_used".into();
+        }
+        if step == "coupon_used" {
+            if order.amount > 0 {
+                let key = order.payment_key.clone().unwrap_or_default();
+                match s.provider.confirm(&key, &order.order_id, order.amount).await {
+                    Charge::Done => {}
+                    Charge::Rejected(why) => {
+                        compensate(s, &order, false, &why).await?;
+                        return Err(ApiError::client(
+                            StatusCode::PAYMENT_REQUIRED,
+                            "payment_rejected",
+                            format!("the provider refused: {why}"),
+                        ));
+                    }
+                    Charge::Unknown(why) => {
+                        compensate(s, &order, true, &why).await?;
+                        return Err(ApiError::client(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "payment_timeout",
+                            format!(
+                                "the provider did not confirm ({why}); any charge is refunded and the seats released"
+                            ),
+                        ));
+                    }
+                }
+            }
+            set_step(s, &order.order_id, "charged").await?;
+        }
+        if let Err(lost) =
+            s.holds.sell(res.schedule, &res.seats, &order.reservation_id).await.context("selling seats")?
+        {
+            compensate(s, &order, true, "seats lost after the hold expired").await?;
+            return Err(conflict(
+                "seat_lost",
+                format!("seats {lost:?} were taken after the hold expired; the payment is refunded"),
+            ));
+        }
+        let now = now_ms();
+        let mut tx = s.db.pool.begin().await.context("starting the booking")?;
+        sqlx::query("UPDATE reservations SET status = 'paid', updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&order.reservation_id)
+            .execute(&mut *tx)
+            .await
+            .context("marking a reservation paid")?;
+        sqlx::query(
+            "UPDATE payments SET status = 'paid', step = 'done', updated_at = $1 WHERE order_id = $2",
+        )
+        .bind(now)
+        .bind(&order.order_id)
+        .execute(&mut *tx)
+        .await
+        .context("marking an order paid")?;
+        tx.commit().await.context("committing the booking")?;
+        s.metrics.payments_confirmed.inc();
+        Ok(paid(&order))
+    }
+
+    /// Undoes the steps done: refund (when asked or when the provider may have charged),
+    /// restore the coupon, release the seats. Leaves the order `compensating` if the refund
+    /// cannot be made now; [`recover`] retries it.
+    pub async fn compensate(s: &AppState, order: &Order, refund: bool, why: &str) -> Result<()> {
+        sqlx::query("UPDATE payments SET status = 'failed', step = 'compensating', last_error = $1, updated_at = $2 WHERE order_id = $3")
+            .bind(why)
+            .bind(now_ms())
+            .bind(&order.order_id)
+            .execute(&s.db.pool)
+            .await
+            .context("starting a compensation")?;
+        if refund && order.amount > 0 {
+            let key = order.payment_key.clone().unwrap_or_default();
+            if let Err(e) = s.provider.cancel(&key, &order.order_id, why).await {
+                tracing::warn!(order = %order.order_id, error = %e, "refund failed; the recovery loop retries it");
+                return Ok(());
+            }
+        }
+        undo_local(s, order, "failed", "compensated").await?;
+        s.metrics.sagas_compensated.inc();
+        tracing::info!(order = %order.order_id, reason = why, "saga compensated");
+        Ok(())
+    }
+
+    /// Restores the coupon, releases the seats (held or sold) and closes the reservation and
+    /// the order; each part is idempotent.
+    pub async fn undo_local(s: &AppState, order: &Order, status: &str, step: &str) -> Result<()> {
+        let res = reservation(s, &order.reservation_id).await?;
+        s.holds.free(res.schedule, &res.seats, &order.reservation_id).await.context("releasing seats")?;
+        let now = now_ms();
+        let mut tx = s.db.pool.begin().await.context("starting an undo")?;
+        if let Some(c) = &order.coupon_id {
+            sqlx::query("UPDATE coupons SET status = 'issued', order_id = NULL, used_at = NULL WHERE id = $1 AND order_id = $2")
+                .bind(c)
+                .bind(&order.order_id)
+                .execute(&mut *tx)
+                .await
+                .context("restoring a coupon")?;
+        }
+        sqlx::query("UPDATE reservations SET status = 'cancelled', updated_at = $1 WHERE id = $2 AND status IN ('held', 'paid')")
+            .bind(now)
+            .bind(&order.reservation_id)
+            .execute(&mut *tx)
+            .await
+            .context("cancelling a reservation")?;
+        sqlx::query("UPDATE reservation_seats SET active = 0 WHERE reservation_id = $1")
+            .bind(&order.reservation_id)
+            .execute(&mut *tx)
+            .await
+            .context("freeing reserved seats")?;
+        sqlx::query("UPDATE payments SET status = $1, step = $2, updated_at = $3 WHERE order_id = $4")
+            .bind(status)
+            .bind(step)
+            .bind(now)
+            .bind(&order.order_id)
+            .execute(&mut *tx)
+            .await
+            .context("closing an order")?;
+        tx.commit().await.context("committing an undo")
+    }
+
+    /// One recovery round; see [`recovery_loop`].
+    pub async fn recover(s: &AppState, stale: Duration) -> Result<()> {
+        let cutoff = now_ms() - stale.as_millis() as i64;
+        let rows = sqlx::query(
+            "SELECT order_id, reservation_id, user_id, amount, coupon_id, status, step, payment_key, updated_at FROM payments \
+             WHERE (status = 'confirming' AND updated_at < $1) OR step = 'compensating' ORDER BY updated_at LIMIT 100",
+        )
+        .bind(cutoff)
+        .fetch_all(&s.db.pool)
+        .await
+        .context("finding unfinished sagas")?;
+        for order in rows.iter().map(order_of) {
+            // A lease: the instance whose update lands takes the order for this round.
+            let claimed =
+                sqlx::query("UPDATE payments SET updated_at = $1 WHERE order_id = $2 AND updated_at = $3")
+                    .bind(now_ms())
+                    .bind(&order.order_id)
+                    .bind(order.updated_at)
+                    .execute(&s.db.pool)
+                    .await
+                    .context("claiming a saga")?;
+            if claimed.rows_affected() == 0 {
+                continue;
+            }
+            let charged = match s.provider.charged(&order.order_id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(order = %order.order_id, error = %e, "provider lookup failed; retrying later");
+                    continue;
+                }
+            };
+            tracing::info!(order = %order.order_id, step = %order.step, charged, "finishing a saga left mid-way");
+            let result = if order.step == "compensating" {
+                compensate(s, &order, charged, "retrying the compensation").await
+            } else if charged || order.step == "charged" {
+                let order = Order { step: "charged".into(), ..order };
+                forward(s, order).await.map(|_| ())
+            } else {
+                compensate(s, &order, false, "the process stopped before the provider charged").await
+            };
+            if let Err(e) = result {
+                tracing::info!(error = %e, "saga finished with a failure (compensated)");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,439 @@
+//! Payments as a saga, end to end on SQLite and PostgreSQL against the local provider
+//! simulator: amount tampering refused, a declined card and a provider timeout compensated
+//! (refund, coupon back, seats back), an idempotent confirm charging once, refunds; and a
+//! backend process killed mid-payment whose saga a restarted process finishes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use common::{PgDb, sqlite_url};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use ticketing_backend::config::BackendConfig;
+
+const SECRET: &str = "test_sk_payments_suite";
+const JWT: &str = "payments-test-jwt-secret-0123456789abcdef";
+
+/// One HTTP exchange over a real socket.
+async fn http(
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value, HeaderMap) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req =
+        axum::http::Request::builder().method(method).uri(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()))).unwrap();
+    let resp = client.request(req).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), headers)
+}
+
+async fn simulator() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    ticketing_backend::paysim::start(l, SECRET).await.unwrap()
+}
+
+async fn sim_stats(sim: SocketAddr) -> Value {
+    http("GET", &format!("http://{sim}/_sim/stats"), None, &[]).await.1
+}
+
+/// A backend on a real socket (in process).
+struct Backend {
+    base: String,
+}
+
+impl Backend {
+    async fn start(db: String, sim: SocketAddr) -> Backend {
+        let cfg = BackendConfig {
+            database_url: Some(db),
+            jwt_secret: Some(JWT.into()),
+            admin_email: Some("admin@example.com".into()),
+            admin_password: Some("admin-password-123".into()),
+            payments_base_url: Some(format!("http://{sim}")),
+            payments_secret_key: SECRET.into(),
+            payments_timeout_ms: 1_000,
+            demo_data: false,
+            ..BackendConfig::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(ticketing_backend::run(listener, cfg, std::future::pending()));
+        Backend { base: format!("http://{addr}") }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: &str,
+        extra: &[(&str, &str)],
+    ) -> (StatusCode, Value, HeaderMap) {
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend_from_slice(extra);
+        http(method, &format!("{}{path}", self.base), body, &headers).await
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Admin and buyer tokens, a 10-seat round at 10,000 each, and a 5,000-off campaign.
+struct World {
+    admin: String,
+    buyer: String,
+    schedule: i64,
+    seats: Vec<i64>,
+    campaign: i64,
+}
+
+async fn world(b: &Backend, email: &str) -> World {
+    let (s, v, _) = http(
+        "POST",
+        &format!("{}/api/v1/auth/login", b.base),
+        Some(json!({"email": "admin@example.com", "password": "admin-password-123"})),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let admin = v["token"].as_str().unwrap().to_owned();
+    let (_, v, _) = http(
+        "POST",
+        &format!("{}/api/v1/auth/signup", b.base),
+        Some(json!({"email": email, "password": "buyer password", "name": "B"})),
+        &[],
+    )
+    .await;
+    let buyer = v["token"].as_str().unwrap().to_owned();
+    let (_, venue, _) = b
+        .call("POST", "/admin/v1/venues", Some(json!({"name": "Hall", "address": "Seoul"})), &admin, &[])
+        .await;
+    let concert = json!({"title": "Pay test", "category": "concert", "description": "", "starts_on": "2026-09-01T19:00:00Z",
+        "ends_on": "2026-09-01T22:00:00Z", "venue_id": venue["id"], "host": "h"});
+    let (_, c, _) = b.call("POST", "/admin/v1/concerts", Some(concert), &admin, &[]).await;
+    let sched = json!({"starts_at": "2026-09-01T19:00:00Z", "sections": [{"name": "A", "rows": 1, "seats_per_row": 10, "grade": "R", "price": 10000}]});
+    let (s, v, _) =
+        b.call("POST", &format!("/admin/v1/concerts/{}/schedules", c["id"]), Some(sched), &admin, &[]).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let schedule = v["id"].as_i64().unwrap();
+    let (_, map, _) = b.call("GET", &format!("/api/v1/schedules/{schedule}/seats"), None, &buyer, &[]).await;
+    let seats = map.as_array().unwrap().iter().map(|s| s["seat_id"].as_i64().unwrap()).collect();
+    let camp = json!({"name": "5k off", "discount_kind": "amount", "discount": 5000, "stock": 100,
+        "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z"});
+    let (_, v, _) = b.call("POST", "/admin/v1/coupon-campaigns", Some(camp), &admin, &[]).await;
+    World { admin, buyer, schedule, seats, campaign: v["id"].as_i64().unwrap() }
+}
+
+impl World {
+    /// Holds `seats`, gets the coupon, prepares: (reservation, coupon, order, amount).
+    async fn order(&self, b: &Backend, seats: &[i64]) -> (String, String, String, i64) {
+        let (s, r, _) = b
+            .call(
+                "POST",
+                "/api/v1/reservations",
+                Some(json!({"schedule_id": self.schedule, "seat_ids": seats})),
+                &self.buyer,
+                &[],
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        let reservation = r["reservation_id"].as_str().unwrap().to_owned();
+        // One coupon per buyer: issued the first time, reused once an undo gives it back.
+        let coupon = match b
+            .call("POST", &format!("/api/v1/coupons/{}/issue", self.campaign), None, &self.buyer, &[])
+            .await
+        {
+            (StatusCode::CREATED, v, _) => v["coupon_id"].as_str().unwrap().to_owned(),
+            (StatusCode::CONFLICT, _, _) => {
+                let (_, mine, _) = b.call("GET", "/api/v1/me/coupons", None, &self.buyer, &[]).await;
+                mine["items"][0]["coupon_id"].as_str().unwrap().to_owned()
+            }
+            (_, v, _) => panic!("{v}"),
+        };
+        let (s, o, _) = b
+            .call(
+                "POST",
+                "/api/v1/payments/prepare",
+                Some(json!({"reservation_id": reservation, "coupon_id": coupon})),
+                &self.buyer,
+                &[],
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{o}");
+        (reservation, coupon, o["order_id"].as_str().unwrap().to_owned(), o["amount"].as_i64().unwrap())
+    }
+
+    async fn seat_status(&self, b: &Backend, seat: i64) -> String {
+        let (_, map, _) = b
+            .call("GET", &format!("/api/v1/schedules/{}/seats", self.schedule), None, &self.buyer, &[])
+            .await;
+        map.as_array().unwrap().iter().find(|s| s["seat_id"] == seat).unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn coupon_status(&self, b: &Backend, coupon: &str) -> String {
+        let (_, mine, _) = b.call("GET", "/api/v1/me/coupons", None, &self.buyer, &[]).await;
+        mine["items"].as_array().unwrap().iter().find(|c| c["coupon_id"] == coupon).unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+async fn saga(db: String) {
+    let sim = simulator().await;
+    let b = Backend::start(db, sim).await;
+    let w = world(&b, "buyer@example.com").await;
+
+    // Paid with a coupon; tampering refused first; one charge for any number of retries.
+    let (reservation, coupon, order, amount) = w.order(&b, &w.seats[..2]).await;
+    assert_eq!(amount, 15_000, "20,000 less the 5,000 coupon");
+    let confirm = |key: &str, amount: i64| json!({"payment_key": key, "order_id": order, "amount": amount});
+    let (s, v, _) =
+        b.call("POST", "/api/v1/payments/confirm", Some(confirm("pk_ok_1", 1)), &w.buyer, &[]).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "amount_mismatch"));
+    assert_eq!(w.coupon_status(&b, &coupon).await, "issued", "a refused confirm spends nothing");
+    let idem = [("idempotency-key", "confirm-once-1")];
+    let (s, v, _) =
+        b.call("POST", "/api/v1/payments/confirm", Some(confirm("pk_ok_1", amount)), &w.buyer, &idem).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("paid")), "{v}");
+    let (s, v, h) =
+        b.call("POST", "/api/v1/payments/confirm", Some(confirm("pk_ok_1", amount)), &w.buyer, &idem).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("paid")));
+    assert_eq!(h["idempotent-replayed"], "true");
+    let (s, v, _) =
+        b.call("POST", "/api/v1/payments/confirm", Some(confirm("pk_other", amount)), &w.buyer, &idem).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
+    let (s, _, _) =
+        b.call("POST", "/api/v1/payments/confirm", Some(confirm("pk_ok_1", amount)), &w.buyer, &[]).await;
+    assert_eq!(s, StatusCode::OK, "confirming a paid order again answers paid");
+    assert_eq!(sim_stats(sim).await["charges_by_order"][&order], 1, "charged once");
+    assert_eq!(w.seat_status(&b, w.seats[0]).await, "sold");
+    assert_eq!(w.coupon_status(&b, &coupon).await, "used");
+    let (_, r, _) = b.call("GET", &format!("/api/v1/reservations/{reservation}"), None, &w.buyer, &[]).await;
+    assert_eq!(r["status"], "paid");
+
+    // Refund: the seats and the coupon come back.
+    let (s, v, _) = b.call("POST", &format!("/api/v1/payments/{order}/cancel"), None, &w.buyer, &[]).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("refunded")), "{v}");
+    assert_eq!(sim_stats(sim).await["cancels_by_order"][&order], 1);
+    assert_eq!(w.seat_status(&b, w.seats[0]).await, "available");
+    assert_eq!(w.coupon_status(&b, &coupon).await, "issued");
+
+    // A declined card: nothing charged, everything undone.
+    let (reservation, coupon, order, amount) = w.order(&b, &w.seats[2..4]).await;
+    let (s, v, _) = b
+        .call(
+            "POST",
+            "/api/v1/payments/confirm",
+            Some(json!({"payment_key": "fail_card", "order_id": order, "amount": amount})),
+            &w.buyer,
+            &[],
+        )
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::PAYMENT_REQUIRED, "payment_rejected"), "{v}");
+    assert_eq!(w.seat_status(&b, w.seats[2]).await, "available");
+    assert_eq!(w.coupon_status(&b, &coupon).await, "issued");
+    let (_, r, _) = b.call("GET", &format!("/api/v1/reservations/{reservation}"), None, &w.buyer, &[]).await;
+    assert_eq!(r["status"], "cancelled");
+
+    // A provider that charges but does not answer in time: refunded, everything undone.
+    let (_, coupon, order, amount) = w.order(&b, &w.seats[4..6]).await;
+    let started = Instant::now();
+    let (s, v, _) = b
+        .call(
+            "POST",
+            "/api/v1/payments/confirm",
+            Some(json!({"payment_key": "timeout_pk", "order_id": order, "amount": amount})),
+            &w.buyer,
+            &[],
+        )
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::GATEWAY_TIMEOUT, "payment_timeout"), "{v}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let st = sim_stats(sim).await;
+    assert_eq!(
+        (st["charges_by_order"][&order].as_u64(), st["cancels_by_order"][&order].as_u64()),
+        (Some(1), Some(1)),
+        "{st}"
+    );
+    assert_eq!(w.seat_status(&b, w.seats[4]).await, "available");
+    assert_eq!(w.coupon_status(&b, &coupon).await, "issued");
+
+    // Cancelling a paid reservation refunds it.
+    let (reservation, _, order, amount) = w.order(&b, &w.seats[6..7]).await;
+    let (s, _, _) = b
+        .call(
+            "POST",
+            "/api/v1/payments/confirm",
+            Some(json!({"payment_key": "pk_ok_2", "order_id": order, "amount": amount})),
+            &w.buyer,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v, _) =
+        b.call("DELETE", &format!("/api/v1/reservations/{reservation}"), None, &w.buyer, &[]).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{v}");
+    assert_eq!(sim_stats(sim).await["cancels_by_order"][&order], 1);
+
+    // Someone else's order does not exist; bad input is refused.
+    let (_, other, _) = http(
+        "POST",
+        &format!("{}/api/v1/auth/signup", b.base),
+        Some(json!({"email": "other@example.com", "password": "other password", "name": "O"})),
+        &[],
+    )
+    .await;
+    let other = other["token"].as_str().unwrap();
+    let (s, _, _) = b
+        .call(
+            "POST",
+            "/api/v1/payments/confirm",
+            Some(json!({"payment_key": "x", "order_id": order, "amount": amount})),
+            other,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = b
+        .call(
+            "POST",
+            "/api/v1/payments/confirm",
+            Some(json!({"payment_key": "", "order_id": order, "amount": amount})),
+            &w.buyer,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = b
+        .call("POST", "/api/v1/payments/prepare", Some(json!({"reservation_id": "nope"})), &w.buyer, &[])
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let _ = &w.admin;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_saga() {
+    saga(sqlite_url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_saga() {
+    let (_db, url) = PgDb::create().await;
+    saga(url).await
+}
+
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_process(db: &str, sim: SocketAddr) -> (Proc, Backend) {
+    let port = queue_core::testkit::free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ticketing-backend"))
+        .env("TB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TB_DATABASE_URL", db)
+        .env("TB_JWT_SECRET", JWT)
+        .env("TB_ADMIN_EMAIL", "admin@example.com")
+        .env("TB_ADMIN_PASSWORD", "admin-password-123")
+        .env("TB_PAYMENTS_BASE_URL", format!("http://{sim}"))
+        .env("TB_PAYMENTS_SECRET_KEY", SECRET)
+        .env("TB_PAYMENTS_TIMEOUT_MS", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start ticketing-backend");
+    (Proc(child), Backend { base: format!("http://127.0.0.1:{port}") })
+}
+
+async fn wait_up(b: &Backend) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(b.base.trim_start_matches("http://")).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("backend did not start");
+}
+
+/// The process dies (SIGKILL) after the coupon is spent and while the provider is charging;
+/// a new process on the same database finishes the saga: the charge stands, the seats are
+/// sold, the coupon stays used, nothing is charged twice.
+async fn crash_between_steps(db: String) {
+    let sim = simulator().await;
+    let (first, b) = start_process(&db, sim);
+    wait_up(&b).await;
+    let w = world(&b, "crash@example.com").await;
+    let (reservation, coupon, order, amount) = w.order(&b, &w.seats[..2]).await;
+    let confirm = json!({"payment_key": "timeout_crash", "order_id": order, "amount": amount});
+    let buyer = w.buyer.clone();
+    let base = b.base.clone();
+    let pending = tokio::spawn(async move {
+        let auth = format!("Bearer {buyer}");
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let req = axum::http::Request::post(format!("{base}/api/v1/payments/confirm"))
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(confirm.to_string())))
+            .unwrap();
+        client.request(req).await.is_ok()
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(first);
+    assert!(!pending.await.unwrap(), "the process died before answering");
+    assert_eq!(sim_stats(sim).await["charges_by_order"][&order], 1, "the provider charged");
+
+    let (_second, b) = start_process(&db, sim);
+    wait_up(&b).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, r, _) =
+            b.call("GET", &format!("/api/v1/reservations/{reservation}"), None, &w.buyer, &[]).await;
+        if r["status"] == "paid" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the saga was not finished: {r}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(w.seat_status(&b, w.seats[0]).await, "sold");
+    assert_eq!(w.coupon_status(&b, &coupon).await, "used");
+    let st = sim_stats(sim).await;
+    assert_eq!(
+        (st["charges_by_order"][&order].as_u64(), st["cancels_by_order"][&order].as_u64()),
+        (Some(1), None),
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_crash_between_steps() {
+    crash_between_steps(sqlite_url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_crash_between_steps() {
+    let (_db, url) = PgDb::create().await;
+    crash_between_steps(url).await
+}
