@@ -140,6 +140,7 @@ pub async fn create(
         "reservation_id": id, "status": "held", "expires_at": rfc3339(expires), "amount": amount,
         "schedule_id": req.schedule_id, "seat_ids": seats,
     });
+    s.notifier.publish(user.id, "reservation.held", v.clone()).await;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -297,6 +298,7 @@ pub async fn cancel(
             .context("freeing reserved seats")?;
         tx.commit().await.context("committing a cancellation")?;
         s.holds.release(schedule, &seats, &id).await.context("releasing seats")?;
+        s.notifier.publish(row.get("user_id"), "reservation.cancelled", json!({"reservation_id": id})).await;
     }
     let (row, seats) = load(&s, &id, &user).await?;
     Ok(Json(reservation_json(&row, seats)).into_response())

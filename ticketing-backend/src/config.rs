@@ -55,6 +55,8 @@ pub struct BackendConfig {
     pub demo_data: bool,
     /// How long a reservation holds its seats before they return, seconds (`TB_HOLD_TTL_S`).
     pub hold_ttl_s: u32,
+    /// A Slack-compatible webhook for ops events (`TB_OPS_WEBHOOK_URL`).
+    pub ops_webhook_url: Option<String>,
     /// The payment provider's secret key (`TB_PAYMENTS_SECRET_KEY`); the built-in simulator
     /// (started when `payments_base_url` is absent) accepts the default.
     pub payments_secret_key: String,
@@ -79,6 +81,7 @@ impl Default for BackendConfig {
             login_per_minute: 10,
             demo_data: true,
             hold_ttl_s: 600,
+            ops_webhook_url: None,
             payments_secret_key: "test_sk_local_simulator".into(),
             payments_timeout_ms: 10_000,
         }
@@ -105,6 +108,7 @@ impl std::fmt::Debug for BackendConfig {
             .field("login_per_minute", &self.login_per_minute)
             .field("demo_data", &self.demo_data)
             .field("hold_ttl_s", &self.hold_ttl_s)
+            .field("ops_webhook_url", &self.ops_webhook_url.as_ref().map(|_| "<redacted>"))
             .field("payments_secret_key", &"<redacted>")
             .field("payments_timeout_ms", &self.payments_timeout_ms)
             .finish()
@@ -140,6 +144,7 @@ impl BackendConfig {
         cfg.jwt_secret = get("TB_JWT_SECRET").or(cfg.jwt_secret);
         cfg.admission_jwks_url = get("TB_ADMISSION_JWKS_URL").or(cfg.admission_jwks_url);
         cfg.gate_secret = get("TB_GATE_SECRET").or(cfg.gate_secret);
+        cfg.ops_webhook_url = get("TB_OPS_WEBHOOK_URL").or(cfg.ops_webhook_url);
         if let Some(v) = get("TB_PAYMENTS_SECRET_KEY") {
             cfg.payments_secret_key = v;
         }
@@ -171,6 +176,14 @@ impl BackendConfig {
         }
         if !(100..=600_000).contains(&self.payments_timeout_ms) {
             return Err(bad("payments_timeout_ms", "must be within 100..=600000"));
+        }
+        if let Some(u) = &self.ops_webhook_url
+            && !u.starts_with("http://")
+        {
+            return Err(bad(
+                "ops_webhook_url",
+                "must be an http:// URL (put a TLS-terminating relay in front of https endpoints)",
+            ));
         }
         if let Some(u) = &self.payments_base_url
             && !(u.starts_with("http://") || u.starts_with("https://"))

@@ -233,6 +233,7 @@ pub async fn issue(
         return Err(e).context("inserting a coupon");
     }
     s.metrics.coupons_issued.inc();
+    s.notifier.publish(user.id, "coupon.issued", json!({"coupon_id": id, "campaign_id": campaign})).await;
     let v = json!({"coupon_id": id, "campaign_id": campaign, "discount_kind": row.get::<String, _>(3),
         "discount": row.get::<i64, _>(4), "expires_at": rfc3339(until)});
     Ok((StatusCode::CREATED, Json(v)).into_response())

@@ -66,6 +66,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_payments.sql"),
         postgres: include_str!("../migrations/postgres/0005_payments.sql"),
     },
+    Migration {
+        version: 6,
+        name: "tickets",
+        sqlite: include_str!("../migrations/sqlite/0006_tickets.sql"),
+        postgres: include_str!("../migrations/postgres/0006_tickets.sql"),
+    },
 ];
 
 /// A connected, migrated database.

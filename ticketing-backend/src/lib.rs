@@ -17,6 +17,8 @@
 //! - [`coupons`]: campaigns and first-come issuance (memory or Redis).
 //! - [`payments`]: Toss-style prepare/confirm/cancel run as a saga with compensations and
 //!   recovery; [`paysim`]: the local provider simulator (`payments-sim`).
+//! - [`notify`]: per-user SSE notifications (Redis pub/sub fan-out) and the ops webhook.
+//! - [`tickets`]: tickets issued after payment from a queue (Redis Stream or in process).
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
@@ -31,6 +33,7 @@ pub mod db;
 pub mod error;
 pub mod holds;
 pub mod metrics;
+pub mod notify;
 pub mod payments;
 pub mod paysim;
 pub mod posters;
@@ -38,6 +41,7 @@ pub mod ranking;
 pub mod search;
 pub mod seed;
 pub mod state;
+pub mod tickets;
 pub mod users;
 
 use std::sync::Arc;
@@ -138,7 +142,18 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         &cfg.payments_secret_key,
         Duration::from_millis(cfg.payments_timeout_ms),
     );
+    let notifier = notify::Notifier::new(cfg.redis_url.as_deref(), cfg.ops_webhook_url.clone())
+        .await
+        .map_err(|e| StartError::Other(format!("redis: {e}")))?;
+    let tickets = match &cfg.redis_url {
+        Some(url) => {
+            tickets::Queue::redis(url).await.map_err(|e| StartError::Other(format!("redis: {e}")))?
+        }
+        None => tickets::Queue::memory(),
+    };
     let state = Arc::new(App {
+        tickets,
+        notifier,
         provider,
         search: search::Search::new().map_err(|e| StartError::Other(e.to_string()))?,
         posters: Box::new(posters::DiskStore::new(cfg.data_dir.join("posters"))),
@@ -184,6 +199,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/payments/prepare", post(payments::prepare))
         .route("/api/v1/payments/confirm", post(payments::confirm))
         .route("/api/v1/payments/{order_id}/cancel", post(payments::cancel))
+        .route("/api/v1/me/notifications/stream", get(notify::stream))
+        .route("/api/v1/me/tickets", get(tickets::mine))
         .route("/admin/v1/search/reindex", post(reindex))
         .route("/admin/v1/venues", post(catalog::create_venue))
         .route("/admin/v1/performers", post(catalog::create_performer))
@@ -279,9 +296,15 @@ pub async fn run(
         timeout + Duration::from_secs(5),
         stop_rx,
     ));
+    let issuer = tokio::spawn(tickets::worker(
+        state.clone(),
+        format!("tb-{}-{:08x}", std::process::id(), rand::random::<u32>()),
+        stop_tx.subscribe(),
+    ));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), recovery).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), issuer).await;
     compactor.abort();
     result.map_err(|e| StartError::Other(e.to_string()))
 }

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub payments_confirmed: Counter,
     /// Sagas undone by their compensations.
     pub sagas_compensated: Counter,
+    /// Tickets issued.
+    pub tickets_issued: Counter,
 }
 
 impl Default for Metrics {
@@ -74,7 +76,10 @@ impl Default for Metrics {
             "Sagas undone by compensation",
             sagas_compensated.clone(),
         );
+        let tickets_issued = Counter::default();
+        registry.register("ticketing_tickets_issued", "Tickets issued", tickets_issued.clone());
         Metrics {
+            tickets_issued,
             registry,
             http_requests,
             http_duration,

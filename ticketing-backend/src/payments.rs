@@ -398,6 +398,13 @@ pub async fn refund_order(s: &AppState, order: Order) -> Result<(StatusCode, Val
                 })?;
             }
             saga::undo_local(s, &order, "refunded", "refunded").await?;
+            s.notifier
+                .publish(
+                    order.user_id,
+                    "payment.refunded",
+                    json!({"order_id": order.order_id, "amount": order.amount}),
+                )
+                .await;
             Ok(answer("refunded"))
         }
         _ => Err(conflict("not_refundable", format!("this order is {}", order.status))),
@@ -686,6 +693,9 @@ pub mod saga {
         .context("marking an order paid")?;
         tx.commit().await.context("committing the booking")?;
         s.metrics.payments_confirmed.inc();
+        let (_, v) = paid(&order);
+        s.notifier.publish(order.user_id, "payment.paid", v).await;
+        s.tickets.enqueue(&order.order_id).await;
         Ok(paid(&order))
     }
 
@@ -704,12 +714,21 @@ pub mod saga {
             let key = order.payment_key.clone().unwrap_or_default();
             if let Err(e) = s.provider.cancel(&key, &order.order_id, why).await {
                 tracing::warn!(order = %order.order_id, error = %e, "refund failed; the recovery loop retries it");
+                s.notifier.ops(format!("refund of order {} failed ({e}); retrying", order.order_id));
                 return Ok(());
             }
         }
         undo_local(s, order, "failed", "compensated").await?;
         s.metrics.sagas_compensated.inc();
         tracing::info!(order = %order.order_id, reason = why, "saga compensated");
+        s.notifier
+            .publish(
+                order.user_id,
+                "payment.failed",
+                json!({"order_id": order.order_id, "reason": why, "reservation_id": order.reservation_id}),
+            )
+            .await;
+        s.notifier.ops(format!("order {} compensated: {why}", order.order_id));
         Ok(())
     }
 

@@ -29,6 +29,10 @@ pub struct App {
     pub cache: crate::cache::Cache,
     /// View counts for the ranking.
     pub views: crate::ranking::Views,
+    /// The ticket-issuing queue.
+    pub tickets: crate::tickets::Queue,
+    /// User notifications and ops messages.
+    pub notifier: crate::notify::Notifier,
     /// The payment provider.
     pub provider: crate::payments::Provider,
     /// Coupon issuance.

@@ -84,6 +84,12 @@ impl Auth {
             .context("signing a user token")
     }
 
+    /// The user of a request's `Authorization: Bearer` token, if valid.
+    pub fn user_of(&self, headers: &axum::http::HeaderMap) -> Option<CurrentUser> {
+        let token = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?;
+        self.check(token.trim())
+    }
+
     fn check(&self, token: &str) -> Option<CurrentUser> {
         if token.len() > 4096 {
             return None;

@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -16,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use ticketing_backend::config::BackendConfig;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const SECRET: &str = "test_sk_payments_suite";
 const JWT: &str = "payments-test-jwt-secret-0123456789abcdef";
@@ -55,8 +57,8 @@ struct Backend {
 }
 
 impl Backend {
-    async fn start(db: String, sim: SocketAddr) -> Backend {
-        let cfg = BackendConfig {
+    async fn start_with(db: String, sim: SocketAddr, tweak: impl FnOnce(&mut BackendConfig)) -> Backend {
+        let mut cfg = BackendConfig {
             database_url: Some(db),
             jwt_secret: Some(JWT.into()),
             admin_email: Some("admin@example.com".into()),
@@ -67,6 +69,7 @@ impl Backend {
             demo_data: false,
             ..BackendConfig::default()
         };
+        tweak(&mut cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(ticketing_backend::run(listener, cfg, std::future::pending()));
@@ -196,10 +199,58 @@ impl World {
     }
 }
 
+/// Follows a user's notification stream over a real socket; returns the event names seen.
+fn follow(base: &str, token: &str) -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (addr, token, out) = (base.trim_start_matches("http://").to_owned(), token.to_owned(), seen.clone());
+    tokio::spawn(async move {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "GET /api/v1/me/notifications/stream?access_token={token} HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n"
+        );
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let mut lines = BufReader::new(sock).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(ev) = line.strip_prefix("event: ") {
+                out.lock().unwrap().push(ev.to_owned());
+            }
+        }
+    });
+    seen
+}
+
+async fn wait_for(seen: &Arc<Mutex<Vec<String>>>, event: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.lock().unwrap().iter().any(|e| e == event) {
+        assert!(Instant::now() < deadline, "no {event} in {:?}", seen.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A local Slack-compatible receiver; returns its URL and the texts it got.
+async fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| async move {
+            g.lock().unwrap().push(body["text"].as_str().unwrap_or("").to_owned());
+            "ok"
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}/hook"), got)
+}
+
 async fn saga(db: String) {
     let sim = simulator().await;
-    let b = Backend::start(db, sim).await;
+    let (hook, ops) = webhook().await;
+    let b = Backend::start_with(db, sim, |c| c.ops_webhook_url = Some(hook)).await;
     let w = world(&b, "buyer@example.com").await;
+    let events = follow(&b.base, &w.buyer);
+    wait_for(&events, "ready").await;
 
     // Paid with a coupon; tampering refused first; one charge for any number of retries.
     let (reservation, coupon, order, amount) = w.order(&b, &w.seats[..2]).await;
@@ -228,6 +279,21 @@ async fn saga(db: String) {
     assert_eq!(w.coupon_status(&b, &coupon).await, "used");
     let (_, r, _) = b.call("GET", &format!("/api/v1/reservations/{reservation}"), None, &w.buyer, &[]).await;
     assert_eq!(r["status"], "paid");
+    // Tickets follow asynchronously, one per seat, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, t, _) = b.call("GET", "/api/v1/me/tickets", None, &w.buyer, &[]).await;
+        let mine: Vec<&Value> =
+            t["items"].as_array().unwrap().iter().filter(|x| x["order_id"] == order.as_str()).collect();
+        if mine.len() == 2 {
+            break;
+        }
+        assert!(mine.len() < 2 && Instant::now() < deadline, "{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for e in ["reservation.held", "coupon.issued", "payment.paid", "ticket.issued"] {
+        wait_for(&events, e).await;
+    }
 
     // Refund: the seats and the coupon come back.
     let (s, v, _) = b.call("POST", &format!("/api/v1/payments/{order}/cancel"), None, &w.buyer, &[]).await;
@@ -252,6 +318,12 @@ async fn saga(db: String) {
     assert_eq!(w.coupon_status(&b, &coupon).await, "issued");
     let (_, r, _) = b.call("GET", &format!("/api/v1/reservations/{reservation}"), None, &w.buyer, &[]).await;
     assert_eq!(r["status"], "cancelled");
+    wait_for(&events, "payment.failed").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ops.lock().unwrap().iter().any(|t| t.contains(&order) && t.contains("compensated")) {
+        assert!(Instant::now() < deadline, "ops webhook got {:?}", ops.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A provider that charges but does not answer in time: refunded, everything undone.
     let (_, coupon, order, amount) = w.order(&b, &w.seats[4..6]).await;
@@ -436,4 +508,42 @@ async fn sqlite_crash_between_steps() {
 async fn postgres_crash_between_steps() {
     let (_db, url) = PgDb::create().await;
     crash_between_steps(url).await
+}
+
+/// Two instances on one Redis and one database: a user's stream on one hears what the other
+/// did; tickets come from the Redis Stream queue once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_share_notifications_and_tickets_through_redis() {
+    let redis = queue_core::testkit::RedisServer::start();
+    let sim = simulator().await;
+    let db = sqlite_url();
+    let url = redis.url();
+    let a = Backend::start_with(db.clone(), sim, |c| c.redis_url = Some(url.clone())).await;
+    let w = world(&a, "shared@example.com").await;
+    let b = Backend::start_with(db, sim, |c| c.redis_url = Some(url.clone())).await;
+    let events = follow(&b.base, &w.buyer);
+    wait_for(&events, "ready").await;
+    let (_, _, order, amount) = w.order(&a, &w.seats[..3]).await;
+    wait_for(&events, "reservation.held").await;
+    let (s, _, _) = a
+        .call(
+            "POST",
+            "/api/v1/payments/confirm",
+            Some(json!({"payment_key": "pk_shared", "order_id": order, "amount": amount})),
+            &w.buyer,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    wait_for(&events, "payment.paid").await;
+    wait_for(&events, "ticket.issued").await;
+    let (_, t, _) = b.call("GET", "/api/v1/me/tickets", None, &w.buyer, &[]).await;
+    assert_eq!(t["items"].as_array().unwrap().len(), 3, "{t}");
+    let (_, map, _) =
+        b.call("GET", &format!("/api/v1/schedules/{}/seats", w.schedule), None, &w.buyer, &[]).await;
+    assert_eq!(
+        map.as_array().unwrap().iter().filter(|s| s["status"] == "sold").count(),
+        3,
+        "holds are shared too"
+    );
 }
