@@ -72,6 +72,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0006_tickets.sql"),
         postgres: include_str!("../migrations/postgres/0006_tickets.sql"),
     },
+    Migration {
+        version: 7,
+        name: "jobs",
+        sqlite: include_str!("../migrations/sqlite/0007_jobs.sql"),
+        postgres: include_str!("../migrations/postgres/0007_jobs.sql"),
+    },
 ];
 
 /// A connected, migrated database.

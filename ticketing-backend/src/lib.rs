@@ -19,6 +19,7 @@
 //!   recovery; [`paysim`]: the local provider simulator (`payments-sim`).
 //! - [`notify`]: per-user SSE notifications (Redis pub/sub fan-out) and the ops webhook.
 //! - [`tickets`]: tickets issued after payment from a queue (Redis Stream or in process).
+//! - [`jobs`]: batch jobs (hold and coupon expiry, settlement, cleanup) with leases.
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod coupons;
 pub mod db;
 pub mod error;
 pub mod holds;
+pub mod jobs;
 pub mod metrics;
 pub mod notify;
 pub mod payments;
@@ -296,15 +298,53 @@ pub async fn run(
         timeout + Duration::from_secs(5),
         stop_rx,
     ));
-    let issuer = tokio::spawn(tickets::worker(
-        state.clone(),
-        format!("tb-{}-{:08x}", std::process::id(), rand::random::<u32>()),
-        stop_tx.subscribe(),
-    ));
+    let instance = format!("tb-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let issuer = tokio::spawn(tickets::worker(state.clone(), instance.clone(), stop_tx.subscribe()));
+    let scheduler = tokio::spawn(jobs::scheduler(state.clone(), instance, stop_tx.subscribe()));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), recovery).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), issuer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
     compactor.abort();
     result.map_err(|e| StartError::Other(e.to_string()))
+}
+
+/// Asks a running instance at `base` to rebuild its search index (the `reindex` command):
+/// signs in as the admin, calls `POST /admin/v1/search/reindex`, returns its answer.
+pub async fn admin_reindex(base: &str, email: &str, password: &str) -> Result<String, String> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<axum::body::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let call = |method: &str, path: &str, body: String, token: Option<String>| {
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", base.trim_end_matches('/')))
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(http_body_util::Full::new(axum::body::Bytes::from(body)));
+        let client = client.clone();
+        async move {
+            let resp = client.request(req.map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
+        }
+    };
+    let login = serde_json::json!({"email": email, "password": password}).to_string();
+    let (status, body) = call("POST", "/api/v1/auth/login", login, None).await?;
+    if !status.is_success() {
+        return Err(format!("sign-in answered {status}: {body}"));
+    }
+    let token = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["token"].as_str().map(str::to_owned))
+        .ok_or("sign-in gave no token")?;
+    let (status, body) = call("POST", "/admin/v1/search/reindex", String::new(), Some(token)).await?;
+    if !status.is_success() {
+        return Err(format!("reindex answered {status}: {body}"));
+    }
+    Ok(body)
 }

@@ -1,4 +1,11 @@
 //! The backend binary: load config, set up tracing, bind, run until SIGTERM/SIGINT.
+//!
+//! Subcommands:
+//! - `ticketing-backend jobs <expire-holds|expire-coupons|settle|cleanup-performances>
+//!   [--day YYYY-MM-DD]`: runs one batch job against the configured database and prints
+//!   its outcome (safe beside running instances: jobs take a lease).
+//! - `ticketing-backend reindex [--url http://host:port]`: asks a running instance (default
+//!   `TB_LISTEN`) to rebuild its search index, signing in as `TB_ADMIN_EMAIL`.
 
 use std::process::ExitCode;
 
@@ -24,23 +31,96 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let args: Vec<String> = std::env::args().skip(1).collect();
     rt.block_on(async move {
-        let listener = match TcpListener::bind(cfg.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("ticketing-backend: cannot listen on {}: {e}", cfg.listen);
-                return ExitCode::FAILURE;
-            }
-        };
-        tracing::info!(addr = %cfg.listen, "listening");
-        match ticketing_backend::run(listener, cfg, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("ticketing-backend: {e}");
-                ExitCode::FAILURE
+        match args.first().map(String::as_str) {
+            None => serve(cfg).await,
+            Some("jobs") => job(cfg, &args[1..]).await,
+            Some("reindex") => reindex(cfg, &args[1..]).await,
+            Some(other) => {
+                eprintln!("ticketing-backend: unknown command {other:?} (try: jobs, reindex)");
+                ExitCode::from(2)
             }
         }
     })
+}
+
+async fn serve(cfg: BackendConfig) -> ExitCode {
+    let listener = match TcpListener::bind(cfg.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ticketing-backend: cannot listen on {}: {e}", cfg.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %cfg.listen, "listening");
+    match ticketing_backend::run(listener, cfg, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ticketing-backend: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+async fn job(cfg: BackendConfig, args: &[String]) -> ExitCode {
+    let Some(name) = args.first().filter(|n| ticketing_backend::jobs::JOBS.contains(&n.as_str())) else {
+        eprintln!(
+            "usage: ticketing-backend jobs <{}> [--day YYYY-MM-DD]",
+            ticketing_backend::jobs::JOBS.join("|")
+        );
+        return ExitCode::from(2);
+    };
+    let day = match flag(args, "--day") {
+        Some(d) => match time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]")) {
+            Ok(date) => Some(date.midnight().assume_utc().unix_timestamp() * 1000),
+            Err(_) => {
+                eprintln!("ticketing-backend: --day must be YYYY-MM-DD, got {d:?}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let state = match ticketing_backend::build(&cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ticketing-backend: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let holder = format!("cli-{}", std::process::id());
+    match ticketing_backend::jobs::run_named(&state, name, &holder, day).await {
+        Ok(out) => {
+            println!("{}", serde_json::to_string(&out).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ticketing-backend: job {name} failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn reindex(cfg: BackendConfig, args: &[String]) -> ExitCode {
+    let base = flag(args, "--url").map(str::to_owned).unwrap_or_else(|| format!("http://{}", cfg.listen));
+    let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) else {
+        eprintln!("ticketing-backend: reindex signs in as TB_ADMIN_EMAIL / TB_ADMIN_PASSWORD; set both");
+        return ExitCode::from(2);
+    };
+    match ticketing_backend::admin_reindex(&base, email, password).await {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ticketing-backend: reindex failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() {

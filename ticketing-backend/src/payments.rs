@@ -684,7 +684,7 @@ pub mod saga {
             .await
             .context("marking a reservation paid")?;
         sqlx::query(
-            "UPDATE payments SET status = 'paid', step = 'done', updated_at = $1 WHERE order_id = $2",
+            "UPDATE payments SET status = 'paid', step = 'done', updated_at = $1, paid_at = $1 WHERE order_id = $2",
         )
         .bind(now)
         .bind(&order.order_id)

@@ -1,0 +1,293 @@
+//! Batch jobs on SQLite and PostgreSQL: settlement of 100,000 payments equals a direct SQL sum
+//! and two instances running it at once settle once; hold and coupon expiry; cleanup; the CLI.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PgDb, sqlite_url};
+use sqlx::Row;
+use ticketing_backend::config::BackendConfig;
+use ticketing_backend::jobs::{self, Outcome};
+use ticketing_backend::state::AppState;
+
+const DAY: i64 = 86_400_000;
+const D: i64 = 20_000 * DAY; // 2024-10-04 UTC
+
+async fn state(url: String, tweak: impl FnOnce(&mut BackendConfig)) -> AppState {
+    let mut cfg = BackendConfig { database_url: Some(url), demo_data: false, ..BackendConfig::default() };
+    tweak(&mut cfg);
+    ticketing_backend::build(&cfg).await.unwrap()
+}
+
+/// 4 hosts, a schedule each, and `n` paid payments: 70 % on day D, the rest on D + 1.
+async fn seed_payments(s: &AppState, n: usize) {
+    let pool = &s.db.pool;
+    let user: i64 = sqlx::query_scalar("INSERT INTO users (email, name, password_hash, role, created_at) VALUES ('s@x', 'S', 'x', 'user', 0) RETURNING id")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let venue: i64 = sqlx::query_scalar(
+        "INSERT INTO venues (name, address, created_at) VALUES ('V', 'A', 0) RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let mut schedules = Vec::new();
+    for h in 0..4 {
+        let concert: i64 = sqlx::query_scalar(
+            "INSERT INTO concerts (title, artists, category, description, starts_on, ends_on, venue_id, host, created_at, updated_at) \
+             VALUES ('C', '[]', 'concert', '', 0, 1, $1, $2, 0, 0) RETURNING id",
+        )
+        .bind(venue)
+        .bind(format!("host-{h}"))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let sc: i64 = sqlx::query_scalar(
+            "INSERT INTO schedules (concert_id, starts_at, created_at) VALUES ($1, 0, 0) RETURNING id",
+        )
+        .bind(concert)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        schedules.push(sc);
+    }
+    let mut tx = pool.begin().await.unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let rvals: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                format!("(${}, ${}, ${}, ${}, 'paid', 0, 0, 0)", i * 4 + 1, i * 4 + 2, i * 4 + 3, i * 4 + 4)
+            })
+            .collect();
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO reservations (id, user_id, schedule_id, amount, status, expires_at, created_at, updated_at) VALUES {}",
+            rvals.join(", ")
+        )));
+        for &i in chunk {
+            q = q.bind(format!("r{i:024x}")).bind(user).bind(schedules[i % 4]).bind(amount(i));
+        }
+        q.execute(&mut *tx).await.unwrap();
+        let pvals: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "(${}, ${}, ${}, ${}, 'paid', 'done', 0, 0, ${}, ${})",
+                    i * 6 + 1,
+                    i * 6 + 2,
+                    i * 6 + 3,
+                    i * 6 + 4,
+                    i * 6 + 5,
+                    i * 6 + 6
+                )
+            })
+            .collect();
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO payments (order_id, reservation_id, user_id, amount, status, step, attempts, created_at, updated_at, paid_at) VALUES {}",
+            pvals.join(", ")
+        )));
+        for &i in chunk {
+            let paid_at =
+                if i % 10 < 7 { D + (i as i64 * 997) % DAY } else { D + DAY + (i as i64 * 31) % DAY };
+            q = q
+                .bind(format!("o{i:024x}"))
+                .bind(format!("r{i:024x}"))
+                .bind(user)
+                .bind(amount(i))
+                .bind(paid_at)
+                .bind(paid_at);
+        }
+        q.execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+fn amount(i: usize) -> i64 {
+    1_000 + ((i as i64 * 7_919) % 200) * 1_000
+}
+
+async fn settlement(url: String) {
+    let s = state(url, |_| {}).await;
+    seed_payments(&s, 100_000).await;
+    // Two instances at once: one settles, the other stands aside.
+    let (a, b) = tokio::join!(
+        jobs::settle(&s, "instance-a", D + 3_600_000),
+        jobs::settle(&s, "instance-b", D + 7_200_000)
+    );
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let done: Vec<_> = outcomes.iter().filter(|o| matches!(o, Outcome::Done { .. })).collect();
+    assert_eq!(done.len(), 1, "{outcomes:?}");
+    assert_eq!(*done[0], Outcome::Done { count: 70_000 });
+    assert!(
+        matches!(jobs::settle(&s, "instance-c", D).await.unwrap(), Outcome::Skipped { .. }),
+        "settled once"
+    );
+    let expected = sqlx::query(
+        "SELECT c.host, COUNT(*), CAST(SUM(p.amount) AS BIGINT) FROM payments p JOIN reservations r ON r.id = p.reservation_id \
+         JOIN schedules sc ON sc.id = r.schedule_id JOIN concerts c ON c.id = sc.concert_id \
+         WHERE p.status = 'paid' AND p.paid_at >= $1 AND p.paid_at < $2 GROUP BY c.host ORDER BY c.host",
+    )
+    .bind(D)
+    .bind(D + DAY)
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap();
+    let got = sqlx::query("SELECT host, payments, gross FROM settlements WHERE day = $1 ORDER BY host")
+        .bind(D)
+        .fetch_all(&s.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4);
+    for (e, g) in expected.iter().zip(&got) {
+        assert_eq!(e.get::<String, _>(0), g.get::<String, _>(0));
+        assert_eq!(e.get::<i64, _>(1), g.get::<i64, _>(1));
+        assert_eq!(e.get::<i64, _>(2), g.get::<i64, _>(2), "totals equal the direct SQL sum");
+    }
+    let runs: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM settlement_runs").fetch_one(&s.db.pool).await.unwrap();
+    assert_eq!(runs, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_settlement() {
+    settlement(sqlite_url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_settlement() {
+    let (_db, url) = PgDb::create().await;
+    settlement(url).await
+}
+
+async fn expiry_and_cleanup(url: String) {
+    let s = state(url, |c| c.hold_ttl_s = 1).await;
+    let pool = &s.db.pool;
+    let user: i64 = sqlx::query_scalar("INSERT INTO users (email, name, password_hash, role, created_at) VALUES ('e@x', 'E', 'x', 'user', 0) RETURNING id")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let venue: i64 = sqlx::query_scalar(
+        "INSERT INTO venues (name, address, created_at) VALUES ('V', 'A', 0) RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let old: i64 = sqlx::query_scalar(
+        "INSERT INTO concerts (title, artists, category, description, starts_on, ends_on, venue_id, host, created_at, updated_at) \
+         VALUES ('Old', '[]', 'concert', '', 0, 1, $1, 'h', 0, 0) RETURNING id",
+    )
+    .bind(venue)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let sc: i64 = sqlx::query_scalar(
+        "INSERT INTO schedules (concert_id, starts_at, created_at) VALUES ($1, 0, 0) RETURNING id",
+    )
+    .bind(old)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let now = ticketing_backend::db::now_ms();
+    sqlx::query("INSERT INTO reservations (id, user_id, schedule_id, amount, status, expires_at, created_at, updated_at) VALUES ('r000000000000000000000001', $1, $2, 1, 'held', $3, 0, 0)")
+        .bind(user)
+        .bind(sc)
+        .bind(now - 1)
+        .execute(pool)
+        .await
+        .unwrap();
+    let campaign: i64 = sqlx::query_scalar(
+        "INSERT INTO coupon_campaigns (name, discount_kind, discount, stock, valid_from, valid_until, created_at) VALUES ('K', 'amount', 1, 1, 0, $1, 0) RETURNING id",
+    )
+    .bind(now - 1)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO coupons (id, campaign_id, user_id, status, issued_at) VALUES ('c1', $1, $2, 'issued', 0)")
+        .bind(campaign)
+        .bind(user)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs::expire_holds(&s, "x").await.unwrap(), Outcome::Done { count: 1 });
+    assert_eq!(jobs::expire_holds(&s, "x").await.unwrap(), Outcome::Done { count: 0 }, "idempotent");
+    let st: String = sqlx::query_scalar("SELECT status FROM reservations").fetch_one(pool).await.unwrap();
+    assert_eq!(st, "expired");
+    assert_eq!(jobs::expire_coupons(&s, "x").await.unwrap(), Outcome::Done { count: 1 });
+    assert_eq!(jobs::expire_coupons(&s, "x").await.unwrap(), Outcome::Done { count: 0 });
+    assert_eq!(jobs::cleanup_performances(&s, "x").await.unwrap(), Outcome::Done { count: 1 });
+    assert_eq!(jobs::cleanup_performances(&s, "x").await.unwrap(), Outcome::Done { count: 0 });
+    let gone: Option<i64> = sqlx::query_scalar("SELECT deleted_at FROM concerts WHERE id = $1")
+        .bind(old)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(gone.is_some());
+    // A lease held by someone else makes a run stand aside.
+    assert!(jobs::lease(&s, "expire-holds", "other", Duration::from_secs(60)).await.unwrap());
+    assert!(matches!(jobs::expire_holds(&s, "x").await.unwrap(), Outcome::Skipped { .. }));
+}
+
+#[tokio::test]
+async fn sqlite_expiry_and_cleanup() {
+    expiry_and_cleanup(sqlite_url()).await
+}
+
+#[tokio::test]
+async fn postgres_expiry_and_cleanup() {
+    let (_db, url) = PgDb::create().await;
+    expiry_and_cleanup(url).await
+}
+
+#[test]
+fn the_cli_runs_a_job_and_refuses_unknown_ones() {
+    let url = sqlite_url();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ticketing-backend"))
+            .args(args)
+            .env("TB_DATABASE_URL", &url)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["jobs", "settle", "--day", "2024-10-04"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"outcome":"done","count":0}"#);
+    let again = run(&["jobs", "settle", "--day", "2024-10-04"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("skipped"));
+    assert_eq!(run(&["jobs", "bogus"]).status.code(), Some(2));
+    assert_eq!(run(&["jobs", "settle", "--day", "yesterday"]).status.code(), Some(2));
+    assert_eq!(run(&["nope"]).status.code(), Some(2));
+}
+
+/// `ticketing-backend reindex` asks a running instance to rebuild its index, as the admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reindex_command_rebuilds_a_running_instances_index() {
+    let cfg = BackendConfig {
+        database_url: Some(sqlite_url()),
+        admin_email: Some("admin@example.com".into()),
+        admin_password: Some("admin-password-123".into()),
+        jwt_secret: Some("reindex-test-secret-0123456789abcdef".into()),
+        demo_data: false,
+        ..BackendConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(ticketing_backend::run(listener, cfg, std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = |password: &'static str| {
+        let url = format!("http://{addr}");
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_ticketing-backend"))
+                .args(["reindex", "--url", &url])
+                .env("TB_ADMIN_EMAIL", "admin@example.com")
+                .env("TB_ADMIN_PASSWORD", password)
+                .env("RUST_LOG", "error")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run("admin-password-123").await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"indexed\""));
+    let out = run("wrong-password-000").await.unwrap();
+    assert!(!out.status.success(), "a wrong password fails");
+}
