@@ -49,6 +49,9 @@ pub struct GatewayConfig {
     pub gate_secret: Option<String>,
     /// How logged requests are replayed.
     pub replay: Replay,
+    /// All-in-one mode (no `upstream`): where the in-process backend listens
+    /// (`WR_BACKEND_LISTEN`).
+    pub backend_listen: SocketAddr,
 }
 
 /// Replay of gate logs.
@@ -153,6 +156,7 @@ impl Default for GatewayConfig {
             gates: BTreeMap::new(),
             gate_secret: None,
             replay: Replay::default(),
+            backend_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
         }
     }
 }
@@ -177,6 +181,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("gates", &self.gates.keys().collect::<Vec<_>>())
             .field("gate_secret", &redact(&self.gate_secret))
             .field("replay", &self.replay)
+            .field("backend_listen", &self.backend_listen)
             .finish()
     }
 }
@@ -255,6 +260,11 @@ impl GatewayConfig {
         }
         if let Some(v) = get("WR_USER_JWT_SECRET") {
             self.user_jwt_secret = Some(v);
+        }
+        if let Some(v) = get("WR_BACKEND_LISTEN") {
+            self.backend_listen = v
+                .parse()
+                .map_err(|_| ConfigError::new("WR_BACKEND_LISTEN", format!("not an address: {v:?}")))?;
         }
         if let Some(v) = get("WR_GATE_SECRET") {
             self.gate_secret = Some(v);

@@ -118,7 +118,7 @@ pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Resul
     }
     if cfg.redis_url.is_none() && cfg.rooms.is_empty() && cfg.demo_room {
         let demo = RoomConfig {
-            protect: vec!["/book/".into()],
+            protect: vec!["/book/".into(), "/api/v1/reservations".into()],
             target: "/book/".into(),
             batch_size: 5,
             tick_interval_ms: 5_000,
@@ -278,6 +278,11 @@ pub async fn run(
         let _ = tx.send(true);
     });
     let limits = cfg.limits.clone();
+    let mut cfg = cfg;
+    #[cfg(feature = "all-in-one")]
+    if cfg.upstream.is_none() {
+        start_backend(&mut cfg, listener.local_addr()?, rx.clone()).await?;
+    }
     let app = build(cfg, rx.clone()).await?;
     let background = [
         tokio::spawn(rooms::config_loop(app.clone(), rx.clone())),
@@ -290,6 +295,45 @@ pub async fn run(
     for task in background {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
+    Ok(())
+}
+
+/// All-in-one: the real backend in this process on `backend_listen`, verifying admissions
+/// against this gateway's JWKS and sharing its user-token secret (so tickets bind to users),
+/// on embedded defaults (SQLite under `data/`, demo data, the payment simulator).
+#[cfg(feature = "all-in-one")]
+async fn start_backend(
+    cfg: &mut GatewayConfig,
+    gateway: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let secret = cfg.user_jwt_secret.get_or_insert_with(|| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+    });
+    let jwks_host = if gateway.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], gateway.port()))
+    } else {
+        gateway
+    };
+    let mut bcfg = ticketing_backend::config::BackendConfig::load()
+        .map_err(|e| error::ConfigError::new(e.field.clone(), e.reason.clone()))?;
+    bcfg.listen = cfg.backend_listen;
+    bcfg.jwt_secret = Some(secret.clone());
+    bcfg.admission_jwks_url = Some(format!("http://{jwks_host}/.well-known/jwks.json"));
+    let listener = TcpListener::bind(bcfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let mut stop = shutdown;
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    tokio::spawn(async move {
+        if let Err(e) = ticketing_backend::run(listener, bcfg, stopped).await {
+            tracing::error!(error = %e, "the in-process backend stopped");
+        }
+    });
+    tracing::info!(%addr, "all-in-one: the ticketing backend runs in process");
+    cfg.upstream = Some(format!("http://{addr}"));
     Ok(())
 }
 

@@ -38,7 +38,8 @@ async fn holds(url: &str, conc: usize, secs: u64) {
                 while Instant::now() < stop {
                     rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     let first = (rng >> 33) % 1000 + 1;
-                    let seats: Vec<i64> = (first..first + (rng >> 20) % 4 + 1).map(|s| ((s - 1) % 1000 + 1) as i64).collect();
+                    let seats: Vec<i64> =
+                        (first..first + (rng >> 20) % 4 + 1).map(|s| ((s - 1) % 1000 + 1) as i64).collect();
                     let owner = format!("r{t}-{i}");
                     i += 1;
                     let t0 = Instant::now();
@@ -121,7 +122,12 @@ async fn settlement(label: &str, url: String, n: usize) {
         .fetch_one(pool)
         .await
         .unwrap();
-    let venue: i64 = sqlx::query_scalar("INSERT INTO venues (name, address, created_at) VALUES ('V', 'A', 0) RETURNING id").fetch_one(pool).await.unwrap();
+    let venue: i64 = sqlx::query_scalar(
+        "INSERT INTO venues (name, address, created_at) VALUES ('V', 'A', 0) RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
     let mut schedules = Vec::new();
     for h in 0..50 {
         let c: i64 = sqlx::query_scalar(
@@ -134,27 +140,47 @@ async fn settlement(label: &str, url: String, n: usize) {
         .await
         .unwrap();
         schedules.push(
-            sqlx::query_scalar::<_, i64>("INSERT INTO schedules (concert_id, starts_at, created_at) VALUES ($1, 0, 0) RETURNING id")
-                .bind(c)
-                .fetch_one(pool)
-                .await
-                .unwrap(),
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO schedules (concert_id, starts_at, created_at) VALUES ($1, 0, 0) RETURNING id",
+            )
+            .bind(c)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
         );
     }
     let seeding = Instant::now();
     let mut tx = pool.begin().await.unwrap();
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let rv: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${}, ${}, 'paid', 0, 0, 0)", i * 4 + 1, i * 4 + 2, i * 4 + 3, i * 4 + 4)).collect();
+        let rv: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                format!("(${}, ${}, ${}, ${}, 'paid', 0, 0, 0)", i * 4 + 1, i * 4 + 2, i * 4 + 3, i * 4 + 4)
+            })
+            .collect();
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO reservations (id, user_id, schedule_id, amount, status, expires_at, created_at, updated_at) VALUES {}",
             rv.join(", ")
         )));
         for &i in chunk {
-            q = q.bind(format!("r{i:024x}")).bind(user).bind(schedules[i % 50]).bind(1_000 + (i as i64 % 150) * 1_000);
+            q = q
+                .bind(format!("r{i:024x}"))
+                .bind(user)
+                .bind(schedules[i % 50])
+                .bind(1_000 + (i as i64 % 150) * 1_000);
         }
         q.execute(&mut *tx).await.unwrap();
         let pv: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${}, ${}, 'paid', 'done', 0, 0, ${}, ${})", i * 6 + 1, i * 6 + 2, i * 6 + 3, i * 6 + 4, i * 6 + 5, i * 6 + 6))
+            .map(|i| {
+                format!(
+                    "(${}, ${}, ${}, ${}, 'paid', 'done', 0, 0, ${}, ${})",
+                    i * 6 + 1,
+                    i * 6 + 2,
+                    i * 6 + 3,
+                    i * 6 + 4,
+                    i * 6 + 5,
+                    i * 6 + 6
+                )
+            })
             .collect();
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO payments (order_id, reservation_id, user_id, amount, status, step, attempts, created_at, updated_at, paid_at) VALUES {}",
@@ -162,7 +188,13 @@ async fn settlement(label: &str, url: String, n: usize) {
         )));
         for &i in chunk {
             let at = D + (i as i64 * 997) % DAY;
-            q = q.bind(format!("o{i:024x}")).bind(format!("r{i:024x}")).bind(user).bind(1_000 + (i as i64 % 150) * 1_000).bind(at).bind(at);
+            q = q
+                .bind(format!("o{i:024x}"))
+                .bind(format!("r{i:024x}"))
+                .bind(user)
+                .bind(1_000 + (i as i64 % 150) * 1_000)
+                .bind(at)
+                .bind(at);
         }
         q.execute(&mut *tx).await.unwrap();
     }
@@ -170,7 +202,11 @@ async fn settlement(label: &str, url: String, n: usize) {
     let seeded = seeding.elapsed();
     let t0 = Instant::now();
     let out = ticketing_backend::jobs::settle(&s, "bench", D).await.unwrap();
-    println!("settlement ({label}): {n} payments of one day, 20 hosts: {:.2} s ({out:?}; seeding took {:.1} s)", t0.elapsed().as_secs_f64(), seeded.as_secs_f64());
+    println!(
+        "settlement ({label}): {n} payments of one day, 20 hosts: {:.2} s ({out:?}; seeding took {:.1} s)",
+        t0.elapsed().as_secs_f64(),
+        seeded.as_secs_f64()
+    );
 }
 
 #[tokio::main]
@@ -191,7 +227,9 @@ async fn main() {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.unwrap();
         let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
         settlement("PostgreSQL", url, 270_000).await;
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut c).await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut c)
+            .await;
     }
     let _ = std::fs::remove_dir_all(dir);
 }

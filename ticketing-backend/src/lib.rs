@@ -19,6 +19,7 @@
 //!   recovery; [`paysim`]: the local provider simulator (`payments-sim`).
 //! - [`notify`]: per-user SSE notifications (Redis pub/sub fan-out) and the ops webhook.
 //! - [`tickets`]: tickets issued after payment from a queue (Redis Stream or in process).
+//! - [`storefront`]: the booking pages behind the waiting room (`/book/`).
 //! - [`jobs`]: batch jobs (hold and coupon expiry, settlement, cleanup) with leases.
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
@@ -43,6 +44,7 @@ pub mod ranking;
 pub mod search;
 pub mod seed;
 pub mod state;
+pub mod storefront;
 pub mod tickets;
 pub mod users;
 
@@ -203,6 +205,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/payments/{order_id}/cancel", post(payments::cancel))
         .route("/api/v1/me/notifications/stream", get(notify::stream))
         .route("/api/v1/me/tickets", get(tickets::mine))
+        .route("/book/", get(storefront::index))
+        .route("/book/{schedule}", get(storefront::seats))
         .route("/admin/v1/search/reindex", post(reindex))
         .route("/admin/v1/venues", post(catalog::create_venue))
         .route("/admin/v1/performers", post(catalog::create_performer))

@@ -1,0 +1,107 @@
+//! The whole system as `cargo run --release` starts it: the gateway process with no
+//! `WR_UPSTREAM` runs the real backend (embedded SQLite, demo catalog, payment simulator)
+//! behind the room `demo`. A buyer signs up, queues, is admitted, and books a seat of the hot
+//! concert; the backend checks the admission against the gateway's JWKS.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use common::*;
+use queue_core::testkit::free_port;
+use serde_json::json;
+
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_queues_and_books_through_the_all_in_one_system() {
+    let dir = std::env::temp_dir().join(format!("wr-aio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, backend) = (free_port(), free_port());
+    let _gw = Proc(
+        Command::new(env!("CARGO_BIN_EXE_queue-gateway"))
+            .current_dir(&dir)
+            .env("WR_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WR_BACKEND_LISTEN", format!("127.0.0.1:{backend}"))
+            .env("WR_ADMIN_TOKEN", ADMIN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut http = Http::new(addr);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http.get("/api/v1/concerts").await.status == StatusCode::OK
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the all-in-one system did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dir.join("data").exists(), "the embedded database lives under ./data");
+
+    // The hot concert is the one sold through the room `demo`.
+    let list = http.get("/api/v1/concerts?size=100").await.json();
+    let hot = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["room"] == "demo")
+        .expect("a hot concert")
+        .clone();
+    let rounds = http.get(&format!("/api/v1/concerts/{}/schedules", hot["id"])).await.json();
+    let schedule = rounds[0]["id"].as_i64().unwrap();
+    let seats = http.get(&format!("/api/v1/schedules/{schedule}/seats")).await.json();
+    let seat = seats[0]["seat_id"].as_i64().unwrap();
+
+    let signup =
+        json!({"email": "buyer@example.com", "password": "buyer password", "name": "Buyer"}).to_string();
+    let r = http
+        .send(Method::POST, "/api/v1/auth/signup", &[("content-type", "application/json")], Some(signup))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let user = r.json()["token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {user}");
+    let reserve = json!({"schedule_id": schedule, "seat_ids": [seat]}).to_string();
+    let hdrs = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+    ];
+
+    // Not admitted yet: the gateway refuses.
+    let r = http.send(Method::POST, "/api/v1/reservations", &hdrs, Some(reserve.clone())).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::FORBIDDEN, "not_admitted"));
+
+    // Queue (bound to the user), get admitted by the operator, fetch the admission.
+    let r = http
+        .send(Method::POST, "/api/v1/rooms/demo/tickets", &[("authorization", bearer.as_str())], None)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    let r = http.admin(Method::POST, "/admin/v1/rooms/demo/admit", Some(json!({"count": 1}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let st = http.get(&format!("/api/v1/rooms/demo/tickets/{ticket}")).await.json();
+    assert_eq!(st["state"], "admitted", "{st}");
+
+    // Admitted: the backend verifies the token itself and holds the seat.
+    let r = http.send(Method::POST, "/api/v1/reservations", &hdrs, Some(reserve)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json()["status"], "held");
+    let page = http.send(Method::GET, &format!("/book/{schedule}"), &[("accept", "text/html")], None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains("seat held"), "the seat map shows the hold");
+    let _ = std::fs::remove_dir_all(&dir);
+}
