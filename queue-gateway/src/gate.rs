@@ -267,6 +267,11 @@ pub async fn refresh(app: &Arc<App>) -> queue_core::Result<()> {
                 }
                 None => {
                     let label = GateLabel { gate: id.to_string() };
+                    for family in
+                        [&app.metrics.gate_logged, &app.metrics.gate_replayed, &app.metrics.gate_dead_letters]
+                    {
+                        let _ = family.get_or_create(&label);
+                    }
                     let permits = Permits::new(
                         id.as_str(),
                         cfg.max_inflight,

@@ -86,6 +86,7 @@ pub struct Metrics {
     pub gate_logged: Family<GateLabel, Counter>,
     pub gate_replayed: Family<GateLabel, Counter>,
     pub gate_dead_letters: Family<GateLabel, Counter>,
+    pub store_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -117,6 +118,7 @@ impl Metrics {
             gate_logged: Family::default(),
             gate_replayed: Family::default(),
             gate_dead_letters: Family::default(),
+            store_up: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -165,6 +167,11 @@ impl Metrics {
             "waitingroom_gate_dead_letters",
             "Logged requests moved to the dead letters",
             m.gate_dead_letters.clone(),
+        );
+        r.register(
+            "waitingroom_store_up",
+            "1 while the store answers, 0 when it does not",
+            m.store_up.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -97,11 +97,21 @@ async fn refresh(app: &Arc<App>) {
 }
 
 async fn update_gauges(app: &App) {
+    let m = &app.metrics;
+    m.store_up.set(i64::from(app.store.ping().await.is_ok()));
     for room in app.rooms.snapshot().rooms.keys() {
+        let label = Metrics::room(room.as_str());
+        // Every series of a room exists from the start (at 0), so dashboards and alert rules
+        // see data before the first join, admission or drop.
+        let _ = m.tickets_joined.get_or_create(&label);
+        let _ = m.admitted.get_or_create(&label);
+        let _ = m.wait_seconds.get_or_create(&label);
+        for reason in ["idle", "left"] {
+            let _ = m.dropped.get_or_create(&DropLabel { room: room.to_string(), reason });
+        }
         if let Ok(st) = app.store.stats(room).await {
-            let label = Metrics::room(room.as_str());
-            app.metrics.waiting.get_or_create(&label).set(st.waiting as i64);
-            app.metrics.active.get_or_create(&label).set(st.active as i64);
+            m.waiting.get_or_create(&label).set(st.waiting as i64);
+            m.active.get_or_create(&label).set(st.active as i64);
         }
     }
 }
