@@ -14,7 +14,7 @@
 //!   waiting page.
 //! - [`gate`]: the overload gate (in-flight limits, hold, log and replay) on gated routes.
 //! - [`proxy`]: protection and the reverse proxy to the backend.
-//! - [`admin`]: the admin API; [`metrics`]: Prometheus; [`rooms`]: live configs and tickers.
+//! - [`admin`]: the admin API; [`console`]: the ops console page at `/admin/`; [`metrics`]: Prometheus; [`rooms`]: live configs and tickers.
 //! - [`touch`]: batched "seen" marks.
 //! - [`config`], [`error`], [`state`], [`demo`] (built-in demo upstream), [`capacity`] (a
 //!   fixed-capacity upstream for overload drills and the gate benchmark).
@@ -24,6 +24,7 @@ pub mod admin;
 pub mod admission;
 pub mod capacity;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod error;
 pub mod gate;
@@ -182,6 +183,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/admin/", get(console::page))
         .route("/admin/v1/rooms", get(admin::list))
         .route("/admin/v1/rooms/{room}", get(admin::get).put(admin::put).delete(admin::delete))
         .route("/admin/v1/rooms/{room}/pause", post(admin::pause))
@@ -220,6 +222,7 @@ fn route_of(path: &str) -> &'static str {
         ["admin", "v1", "rooms", _] => "/admin/v1/rooms/{room}",
         ["admin", "v1", "rooms", _, _] => "/admin/v1/rooms/{room}/{action}",
         ["api", "v1", "gate", _] => "/api/v1/gate/{offset}",
+        ["admin", ""] => "/admin/",
         ["admin", "v1", "gates"] => "/admin/v1/gates",
         ["admin", "v1", "gates", _] => "/admin/v1/gates/{gate}",
         _ => "proxy",
