@@ -6,8 +6,9 @@
 //
 //   k6 run -e BASE=http://127.0.0.1:8080 -e ADMIN=<WR_ADMIN_TOKEN> -e MODE=short k6/onsale-spike.js
 //
-// MODE=short: 40 buyers (CI); MODE=long: USERS (default 2000) buyers (BENCHMARKS.md). The
-// setup sets the room to admit USERS/5 per second and signs up a handful of accounts.
+// MODE=short: 40 buyers (CI); MODE=long: USERS (default 1500) buyers (BENCHMARKS.md), spread
+// over the hot concert's rounds (2 × 1,000 seats in the demo catalog). The setup sets the room
+// to admit USERS/5 per second and signs up a handful of accounts.
 import http from 'k6/http';
 import { check, sleep, fail } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
@@ -15,7 +16,7 @@ import { Counter, Trend } from 'k6/metrics';
 const BASE = __ENV.BASE || 'http://127.0.0.1:8080';
 const ADMIN = __ENV.ADMIN || '';
 const LONG = (__ENV.MODE || 'short') === 'long';
-const USERS = parseInt(__ENV.USERS || (LONG ? '2000' : '40'), 10);
+const USERS = parseInt(__ENV.USERS || (LONG ? '1500' : '40'), 10);
 const ACCOUNTS = 5;
 
 const joinTime = new Trend('step_join_ms', true);
@@ -35,7 +36,9 @@ export const options = {
     checks: ['rate>0.97'],
     http_req_failed: ['rate<0.02'],
     booked: [`count>=${Math.floor(USERS * 0.95)}`],
-    step_hold_ms: ['p(95)<1000'],
+    // Latency gates the short mode only; the long mode reports it (BENCHMARKS.md) on
+    // whatever machine it runs, the load generator included.
+    ...(LONG ? {} : { step_hold_ms: ['p(95)<1000'] }),
   },
   setupTimeout: '120s',
 };
@@ -60,8 +63,8 @@ export function setup() {
   const concerts = http.get(`${BASE}/api/v1/concerts?size=100`).json('items');
   const hot = concerts.find((c) => c.room === 'demo');
   if (!hot) fail('no concert behind the room demo');
-  const schedule = http.get(`${BASE}/api/v1/concerts/${hot.id}/schedules`).json()[0].id;
-  return { tokens, schedule };
+  const schedules = http.get(`${BASE}/api/v1/concerts/${hot.id}/schedules`).json().map((r) => r.id);
+  return { tokens, schedules };
 }
 
 export default function (data) {
@@ -87,13 +90,14 @@ export default function (data) {
   waitTime.add(Date.now() - t0);
   const user = { authorization: `Bearer ${data.tokens[__VU % data.tokens.length]}`, 'content-type': 'application/json' };
   let reservation = null;
+  const schedule = data.schedules[__VU % data.schedules.length];
   for (let attempt = 0; attempt < 5 && !reservation; attempt++) {
-    const seats = http.get(`${BASE}/api/v1/schedules/${data.schedule}/seats`, { tags: { name: 'seats' } }).json();
+    const seats = http.get(`${BASE}/api/v1/schedules/${schedule}/seats`, { tags: { name: 'seats' } }).json();
     const free = seats.filter((s) => s.status === 'available');
     if (free.length === 0) break;
     const seat = free[Math.floor(Math.random() * free.length)].seat_id;
     const h0 = Date.now();
-    const r = http.post(`${BASE}/api/v1/reservations`, JSON.stringify({ schedule_id: data.schedule, seat_ids: [seat] }), { headers: user, tags: { name: 'hold' } });
+    const r = http.post(`${BASE}/api/v1/reservations`, JSON.stringify({ schedule_id: schedule, seat_ids: [seat] }), { headers: user, tags: { name: 'hold' } });
     holdTime.add(Date.now() - h0);
     if (r.status === 201) reservation = r.json('reservation_id');
   }
