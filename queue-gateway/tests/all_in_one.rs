@@ -5,51 +5,15 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use axum::http::{Method, StatusCode};
 use common::*;
-use queue_core::testkit::free_port;
 use serde_json::json;
-
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_queues_and_books_through_the_all_in_one_system() {
     let dir = std::env::temp_dir().join(format!("wr-aio-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (port, backend) = (free_port(), free_port());
-    let _gw = Proc(
-        Command::new(env!("CARGO_BIN_EXE_queue-gateway"))
-            .current_dir(&dir)
-            .env("WR_LISTEN", format!("127.0.0.1:{port}"))
-            .env("WR_BACKEND_LISTEN", format!("127.0.0.1:{backend}"))
-            .env("WR_ADMIN_TOKEN", ADMIN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let (_gw, addr, _) = start_all_in_one(&dir, None).await;
     let mut http = Http::new(addr);
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http.get("/api/v1/concerts").await.status == StatusCode::OK
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the all-in-one system did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(dir.join("data").exists(), "the embedded database lives under ./data");
 
     // The hot concert is the one sold through the room `demo`.

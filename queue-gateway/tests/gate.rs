@@ -6,13 +6,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use common::*;
-use queue_core::testkit::{RedisServer, free_port};
+use queue_core::testkit::RedisServer;
 use queue_gateway::capacity::{self, Record};
 use serde_json::{Value, json};
 
@@ -314,44 +313,6 @@ both_stores!(
     dead_letters_after_k_failures,
     bad_input_is_refused
 );
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_gateway(redis: &str, upstream: SocketAddr, config_file: &std::path::Path) -> (Proc, SocketAddr) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_queue-gateway"))
-        .env("WR_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WR_REDIS_URL", redis)
-        .env("WR_UPSTREAM", format!("http://{upstream}"))
-        .env("WR_ADMIN_TOKEN", ADMIN)
-        .env("WR_SIGNING_KEY", SIGNING_KEY)
-        .env("WR_CONFIG", config_file)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start queue-gateway");
-    (Proc(child), format!("127.0.0.1:{port}").parse().unwrap())
-}
-
-async fn wait_ready(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && Http::new(addr).get("/readyz").await.status == StatusCode::OK
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gateway {addr} did not become ready");
-}
 
 /// Gateway A logs requests and dies (SIGKILL) while replaying one; gateway B, started after,
 /// reads the rest and claims the one A held: every offset is answered, each idempotency key

@@ -4,22 +4,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use axum::http::StatusCode;
 use common::*;
-use queue_core::testkit::free_port;
-
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::path::Path;
+use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_scenarios_pass_their_thresholds() {
@@ -32,27 +19,8 @@ async fn short_scenarios_pass_their_thresholds() {
          status_per_ip = { per_second = 100000, burst = 100000 }\nper_user = { per_second = 100000, burst = 100000 }\n",
     )
     .unwrap();
-    let (port, backend) = (free_port(), free_port());
-    let _gw = Proc(
-        Command::new(env!("CARGO_BIN_EXE_queue-gateway"))
-            .current_dir(&dir)
-            .env("WR_LISTEN", format!("127.0.0.1:{port}"))
-            .env("WR_BACKEND_LISTEN", format!("127.0.0.1:{backend}"))
-            .env("WR_ADMIN_TOKEN", ADMIN)
-            .env("WR_CONFIG", dir.join("gateway.toml"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(tokio::net::TcpStream::connect(addr).await.is_ok()
-        && Http::new(addr).get("/api/v1/concerts").await.status == StatusCode::OK)
-    {
-        assert!(Instant::now() < deadline, "the system did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_gw, addr, _) = start_all_in_one(&dir, Some(&dir.join("gateway.toml"))).await;
+    let port = addr.port();
     let k6_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k6");
     for script in ["onsale-spike.js", "polling-steady.js", "soak.js"] {
         let out = tokio::task::spawn_blocking({

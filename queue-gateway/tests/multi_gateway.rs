@@ -6,13 +6,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use common::*;
-use queue_core::testkit::{RedisServer, free_port};
+use queue_core::testkit::RedisServer;
 use queue_core::{RedisStore, RoomEvent, Store, TicketId};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -22,48 +22,6 @@ const CLIENTS: usize = 2_000;
 const BATCH: u64 = 100;
 const INTERVAL_MS: u64 = 500;
 const SSE_CLIENTS: usize = 60;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_gateway(
-    redis: &str,
-    upstream: std::net::SocketAddr,
-    config_file: &std::path::Path,
-) -> (Proc, std::net::SocketAddr) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_queue-gateway"))
-        .env("WR_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WR_REDIS_URL", redis)
-        .env("WR_UPSTREAM", format!("http://{upstream}"))
-        .env("WR_ADMIN_TOKEN", ADMIN)
-        .env("WR_SIGNING_KEY", SIGNING_KEY)
-        .env("WR_CONFIG", config_file)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start queue-gateway");
-    (Proc(child), format!("127.0.0.1:{port}").parse().unwrap())
-}
-
-async fn wait_ready(addr: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && Http::new(addr).get("/readyz").await.status == StatusCode::OK
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gateway {addr} did not become ready");
-}
 
 /// Follows one ticket's SSE stream; returns when `admitted` arrives (the instant it did).
 async fn follow(addr: std::net::SocketAddr, room: &str, ticket: &str, cookie: &str) -> Instant {

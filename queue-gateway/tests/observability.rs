@@ -14,15 +14,6 @@ use common::*;
 use queue_core::testkit::free_port;
 use serde_json::{Value, json};
 
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn grafana() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana")
 }
@@ -71,27 +62,9 @@ async fn dashboards_and_rules_find_data_in_a_real_prometheus() {
 
     let dir = std::env::temp_dir().join(format!("wr-prom-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (port, backend, prom) = (free_port(), free_port(), free_port());
-    let _gw = Proc(
-        Command::new(env!("CARGO_BIN_EXE_queue-gateway"))
-            .current_dir(&dir)
-            .env("WR_LISTEN", format!("127.0.0.1:{port}"))
-            .env("WR_BACKEND_LISTEN", format!("127.0.0.1:{backend}"))
-            .env("WR_ADMIN_TOKEN", ADMIN)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_gw, addr, backend) = start_all_in_one(&dir, None).await;
+    let (port, prom) = (addr.port(), free_port());
     let mut http = Http::new(addr);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(tokio::net::TcpStream::connect(addr).await.is_ok()
-        && http.get("/api/v1/concerts").await.status == StatusCode::OK)
-    {
-        assert!(Instant::now() < deadline, "the system did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Some traffic of every kind: a gate, a queue, an admission, a refused token.
     let r = http
         .admin(
@@ -110,7 +83,7 @@ async fn dashboards_and_rules_find_data_in_a_real_prometheus() {
         .unwrap()
         .replace("scrape_interval: 5s", "scrape_interval: 1s")
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{backend}"));
+        .replace("127.0.0.1:8081", &backend.to_string());
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     std::fs::copy(g.join("alerts.yml"), dir.join("alerts.yml")).unwrap();
     let _prom = Proc(

@@ -159,3 +159,75 @@ pub async fn put_room(http: &mut Http, room: &str, cfg: Value) {
     let r = http.admin(Method::PUT, &format!("/admin/v1/rooms/{room}"), Some(cfg)).await;
     assert!(r.status.is_success(), "{}", r.text);
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A gateway process on one Redis in front of `upstream`, with the shared signing key.
+pub fn start_gateway(redis: &str, upstream: SocketAddr, config_file: &std::path::Path) -> (Proc, SocketAddr) {
+    let port = queue_core::testkit::free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_queue-gateway"))
+        .env("WR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WR_REDIS_URL", redis)
+        .env("WR_UPSTREAM", format!("http://{upstream}"))
+        .env("WR_ADMIN_TOKEN", ADMIN)
+        .env("WR_SIGNING_KEY", SIGNING_KEY)
+        .env("WR_CONFIG", config_file)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start queue-gateway");
+    (Proc(child), format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// Waits until the gateway at `addr` answers `/readyz`.
+pub async fn wait_ready(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && Http::new(addr).get("/readyz").await.status == StatusCode::OK
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gateway {addr} did not become ready");
+}
+
+/// The all-in-one system as `cargo run --release` starts it (the gateway process running the
+/// real backend), working in `dir`, with an optional config file; returns the gateway's and the
+/// backend's addresses once the catalog answers through the gateway.
+pub async fn start_all_in_one(
+    dir: &std::path::Path,
+    config_file: Option<&std::path::Path>,
+) -> (Proc, SocketAddr, SocketAddr) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (port, backend) = (queue_core::testkit::free_port(), queue_core::testkit::free_port());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_queue-gateway"));
+    cmd.current_dir(dir)
+        .env("WR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WR_BACKEND_LISTEN", format!("127.0.0.1:{backend}"))
+        .env("WR_ADMIN_TOKEN", ADMIN)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null());
+    if let Some(f) = config_file {
+        cmd.env("WR_CONFIG", f);
+    }
+    let proc = Proc(cmd.spawn().expect("start queue-gateway"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(tokio::net::TcpStream::connect(addr).await.is_ok()
+        && Http::new(addr).get("/api/v1/concerts").await.status == StatusCode::OK)
+    {
+        assert!(std::time::Instant::now() < deadline, "the all-in-one system did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (proc, addr, format!("127.0.0.1:{backend}").parse().unwrap())
+}
