@@ -67,6 +67,25 @@ async fn a_buyer_queues_and_books_through_the_all_in_one_system() {
     let page = http.send(Method::GET, &format!("/book/{schedule}"), &[("accept", "text/html")], None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.text.contains("seat held"), "the seat map shows the hold");
+    let mine =
+        http.send(Method::GET, "/api/v1/me/reservations", &[("authorization", bearer.as_str())], None).await;
+    assert_eq!(mine.json()["items"][0]["status"], "held", "{}", mine.text);
+
+    // The storefront, in Korean when asked.
+    let home =
+        http.send(Method::GET, "/", &[("accept", "text/html"), ("accept-language", "ko-KR")], None).await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert!(home.text.contains("lang=\"ko\"") && home.text.contains(hot["title"].as_str().unwrap()));
+    let found = http.send(Method::GET, "/?q=%EC%97%AC%EB%A6%84", &[("accept", "text/html")], None).await;
+    assert_eq!(found.status, StatusCode::OK);
+    let detail =
+        http.send(Method::GET, &format!("/concerts/{}", hot["id"]), &[("accept", "text/html")], None).await;
+    assert!(
+        detail.text.contains("waiting room") && detail.text.contains(&format!("/book/{schedule}")),
+        "{}",
+        detail.text
+    );
+    assert_eq!(http.send(Method::GET, "/me", &[("accept", "text/html")], None).await.status, StatusCode::OK);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

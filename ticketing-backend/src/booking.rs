@@ -304,6 +304,20 @@ pub async fn cancel(
     Ok(Json(reservation_json(&row, seats)).into_response())
 }
 
+/// `GET /api/v1/me/reservations`: the caller's reservations, newest first.
+pub async fn mine(State(s): State<AppState>, user: CurrentUser) -> Result<Response> {
+    let rows = sqlx::query(
+        "SELECT id, user_id, schedule_id, amount, status, expires_at, created_at FROM reservations \
+         WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT 100",
+    )
+    .bind(user.id)
+    .fetch_all(&s.db.pool)
+    .await
+    .context("listing reservations")?;
+    let items: Vec<Value> = rows.iter().map(|r| reservation_json(r, Vec::new())).collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
 /// `GET /admin/v1/reservations` query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -19,7 +19,8 @@
 //!   recovery; [`paysim`]: the local provider simulator (`payments-sim`).
 //! - [`notify`]: per-user SSE notifications (Redis pub/sub fan-out) and the ops webhook.
 //! - [`tickets`]: tickets issued after payment from a queue (Redis Stream or in process).
-//! - [`storefront`]: the booking pages behind the waiting room (`/book/`).
+//! - [`storefront`]: the storefront (`/`, `/concerts/{id}`, `/me`) and the booking pages
+//!   behind the waiting room (`/book/`).
 //! - [`jobs`]: batch jobs (hold and coupon expiry, settlement, cleanup) with leases.
 //! - [`seed`]: demo data for the embedded default.
 //! - [`metrics`], [`error`], [`state`].
@@ -205,6 +206,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/payments/{order_id}/cancel", post(payments::cancel))
         .route("/api/v1/me/notifications/stream", get(notify::stream))
         .route("/api/v1/me/tickets", get(tickets::mine))
+        .route("/", get(storefront::home))
+        .route("/concerts/{id}", get(storefront::concert))
+        .route("/me", get(storefront::me))
+        .route("/api/v1/me/reservations", get(booking::mine))
         .route("/book/", get(storefront::index))
         .route("/book/{schedule}", get(storefront::seats))
         .route("/admin/v1/search/reindex", post(reindex))

@@ -1,12 +1,16 @@
-//! The booking pages behind the waiting room (server-rendered with maud, no build step):
-//! `/book/` lists the concerts sold through a room with their rounds, and `/book/{schedule}`
-//! shows a round's seat map with each seat's live status (available, held, sold). The gateway
-//! protects `/book/` with the room, so reaching these pages means being admitted.
+//! The storefront (server-rendered with maud, no build step; Korean or English by
+//! `Accept-Language`): `/` lists concerts and searches them, `/concerts/{id}` shows a concert
+//! and its rounds, `/me` a buyer's reservations, tickets and live notifications. The booking
+//! pages sit behind the waiting room (the gateway protects `/book/`): `/book/` lists the
+//! concerts sold through a room, `/book/{schedule}` is a round's seat map with live status and
+//! the checkout (sign in, hold seats, apply a coupon, pay on the provider).
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use serde::Deserialize;
 use sqlx::Row;
 
 use crate::catalog::{not_found, path_id};
@@ -14,11 +18,45 @@ use crate::error::{ApiError, Context};
 use crate::holds::SeatState;
 use crate::state::AppState;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lang {
+    Ko,
+    En,
+}
+
+fn lang(headers: &HeaderMap) -> Lang {
+    let accept = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    for part in accept.split(',') {
+        let tag = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if tag.starts_with("ko") {
+            return Lang::Ko;
+        }
+        if tag.starts_with("en") {
+            return Lang::En;
+        }
+    }
+    Lang::En
+}
+
+fn t(l: Lang, en: &'static str, ko: &'static str) -> &'static str {
+    if l == Lang::Ko { ko } else { en }
+}
+
+fn nav(l: Lang) -> Markup {
+    html! {
+        nav { a href="/" { (t(l, "Concerts", "공연")) } " · " a href="/book/" { (t(l, "On sale now", "예매 중")) } " · " a href="/me" { (t(l, "My bookings", "내 예매")) } }
+    }
+}
+
 fn page(title: &str, body: Markup) -> Response {
+    page_in(Lang::En, title, body)
+}
+
+fn page_in(l: Lang, title: &str, body: Markup) -> Response {
     Html(
         html! {
             (DOCTYPE)
-            html lang="en" {
+            html lang=(if l == Lang::Ko { "ko" } else { "en" }) {
                 head {
                     meta charset="utf-8";
                     meta name="viewport" content="width=device-width, initial-scale=1";
@@ -26,7 +64,8 @@ fn page(title: &str, body: Markup) -> Response {
                     style { "body{font-family:system-ui,sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem}\
                         .seats{display:grid;grid-template-columns:repeat(auto-fill,minmax(2.6rem,1fr));gap:.25rem}\
                         .seat{padding:.3rem;text-align:center;border-radius:.3rem;font-size:.8rem}\
-                        .available{background:#d7f5dd}.held{background:#ffe9a8}.sold{background:#f3c1c1}" }
+                        .available{background:#d7f5dd}.held{background:#ffe9a8}.sold{background:#f3c1c1}\
+                        .seat.available{cursor:pointer}.seat.picked{outline:3px solid #2563eb}#msg{min-height:1.5rem}" }
                 }
                 body { (body) }
             }
@@ -68,8 +107,10 @@ pub async fn index(State(s): State<AppState>) -> Result<Response, ApiError> {
 /// `GET /book/{schedule}`: the seat map with live status.
 pub async fn seats(
     State(s): State<AppState>,
+    headers: HeaderMap,
     p: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let l = lang(&headers);
     let id = path_id(p, "schedule")?;
     let title: Option<String> = sqlx::query_scalar(
         "SELECT c.title FROM schedules sc JOIN concerts c ON c.id = sc.concert_id WHERE sc.id = $1 AND c.deleted_at IS NULL",
@@ -93,20 +134,203 @@ pub async fn seats(
         None => "available",
     };
     let free = seats.iter().filter(|r| status(r.get(0)) == "available").count();
-    Ok(page(
+    Ok(page_in(
+        l,
         &title,
         html! {
+            (nav(l))
             h1 { (title) }
-            p { (free) " of " (seats.len()) " seats available. " a href="/book/" { "All rounds" } }
-            div.seats role="list" aria-label="Seat map" {
+            p { (free) " / " (seats.len()) " " (t(l, "seats available.", "석 예매 가능.")) " " a href="/book/" { (t(l, "All rounds", "모든 회차")) } }
+            form #auth {
+                label { (t(l, "Email", "이메일")) " " input name="email" type="email" required autocomplete="email"; }
+                " " label { (t(l, "Password", "비밀번호")) " " input name="password" type="password" required minlength="8" autocomplete="current-password"; }
+                " " button { (t(l, "Sign in or up", "로그인 / 가입")) }
+            }
+            p { label { (t(l, "Coupon", "쿠폰")) " " input #coupon placeholder="c…"; } " " button #pay type="button" { (t(l, "Hold and pay", "선택 좌석 결제")) } }
+            p #msg role="status" aria-live="polite" {}
+            div.seats role="list" aria-label="Seat map" data-schedule=(id) {
                 @for r in &seats {
                     @let seat: i64 = r.get(0);
-                    div class={ "seat " (status(seat)) } role="listitem"
+                    div class={ "seat " (status(seat)) } role="listitem" data-seat=(seat)
                         title={ (r.get::<String, _>(1)) " " (r.get::<String, _>(2)) "-" (r.get::<i64, _>(3)) " · " (r.get::<String, _>(4)) " · " (r.get::<i64, _>(5)) " KRW · " (status(seat)) } {
                         (r.get::<String, _>(2)) (r.get::<i64, _>(3))
                     }
                 }
             }
+            script { (PreEscaped(CHECKOUT_SCRIPT)) }
         },
     ))
 }
+
+/// `/?q=` query.
+#[derive(Debug, Deserialize)]
+pub struct HomeQuery {
+    q: Option<String>,
+}
+
+/// `GET /`: upcoming concerts, or search results for `q`.
+pub async fn home(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<HomeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let l = lang(&headers);
+    let q = q
+        .ok()
+        .and_then(|Query(h)| h.q)
+        .map(|q| q.trim().chars().take(100).collect::<String>())
+        .filter(|q| !q.is_empty());
+    let items: Vec<(i64, String, String)> = match &q {
+        Some(q) => s
+            .search
+            .search(q, None, None, Some("concert"))?
+            .into_iter()
+            .map(|(_, id, title, _)| (id, title, String::new()))
+            .take(50)
+            .collect(),
+        None => sqlx::query("SELECT id, title, starts_on FROM concerts WHERE deleted_at IS NULL ORDER BY starts_on, id LIMIT 50")
+            .fetch_all(&s.db.pool)
+            .await
+            .context("listing concerts")?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), crate::catalog::rfc3339(r.get(2)).as_str().unwrap_or("").to_owned()))
+            .collect(),
+    };
+    Ok(page_in(
+        l,
+        t(l, "Concerts", "공연"),
+        html! {
+            (nav(l))
+            h1 { (t(l, "Concerts", "공연")) }
+            form action="/" method="get" role="search" {
+                label { (t(l, "Search", "검색")) " " input name="q" type="search" value=(q.clone().unwrap_or_default()); }
+                " " button { (t(l, "Search", "검색")) }
+            }
+            @if items.is_empty() { p { (t(l, "Nothing found.", "찾은 공연이 없습니다.")) } }
+            ul { @for (id, title, when) in &items { li { a href={ "/concerts/" (id) } { (title) } " " small { (when) } } } }
+        },
+    ))
+}
+
+/// `GET /concerts/{id}`: a concert and its rounds.
+pub async fn concert(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let l = lang(&headers);
+    let id = path_id(p, "id")?;
+    let c = crate::catalog::concert_json(&s, id).await?.ok_or_else(|| not_found("concert"))?;
+    let rounds = sqlx::query("SELECT id, starts_at FROM schedules WHERE concert_id = $1 ORDER BY starts_at")
+        .bind(id)
+        .fetch_all(&s.db.pool)
+        .await
+        .context("listing rounds")?;
+    let title = c["title"].as_str().unwrap_or("").to_owned();
+    Ok(page_in(
+        l,
+        &title,
+        html! {
+            (nav(l))
+            h1 { (title) }
+            p { (c["venue"]["name"].as_str().unwrap_or("")) " · " (c["category"].as_str().unwrap_or("")) }
+            p { (c["description"].as_str().unwrap_or("")) }
+            @if c["room"].is_string() { p { strong { (t(l, "Sold through a waiting room: you queue first.", "대기열을 거쳐 예매합니다.")) } } }
+            h2 { (t(l, "Rounds", "회차")) }
+            ul { @for r in &rounds { li { a href={ "/book/" (r.get::<i64, _>(0)) } { (crate::catalog::rfc3339(r.get(1)).as_str().unwrap_or("")) } } } }
+        },
+    ))
+}
+
+const ME_SCRIPT: &str = r##"
+const token = localStorage.getItem('tb-token');
+const out = document.getElementById('mine');
+async function api(method, path) {
+  const r = await fetch(path, { method, headers: { authorization: 'Bearer ' + token } });
+  return r.ok ? r.json() : Promise.reject(new Error((await r.text())));
+}
+async function load() {
+  if (!token) { out.textContent = 'Sign in on a booking page first.'; return; }
+  const res = await api('GET', '/api/v1/me/reservations');
+  const tix = await api('GET', '/api/v1/me/tickets');
+  out.innerHTML = '<h2>Reservations</h2><ul>' + res.items.map((r) => '<li>' + r.reservation_id + ' · ' + r.status + ' · ' + r.amount + ' KRW' +
+    (r.status === 'held' || r.status === 'paid' ? ' <button data-id="' + r.reservation_id + '">Cancel</button>' : '') + '</li>').join('') + '</ul>' +
+    '<h2>Tickets</h2><ul>' + tix.items.map((x) => '<li>' + x.ticket_id + ' · seat ' + x.seat_id + '</li>').join('') + '</ul>';
+}
+out.addEventListener('click', async (ev) => {
+  const id = ev.target.dataset && ev.target.dataset.id;
+  if (!id) return;
+  await fetch('/api/v1/reservations/' + id, { method: 'DELETE', headers: { authorization: 'Bearer ' + token } });
+  load();
+});
+if (token) {
+  const es = new EventSource('/api/v1/me/notifications/stream?access_token=' + encodeURIComponent(token));
+  es.onmessage = null;
+  for (const kind of ['reservation.held', 'reservation.cancelled', 'payment.paid', 'payment.failed', 'payment.refunded', 'coupon.issued', 'ticket.issued']) {
+    es.addEventListener(kind, () => { const li = document.createElement('li'); li.textContent = new Date().toLocaleTimeString() + ' ' + kind; document.getElementById('events').prepend(li); load(); });
+  }
+}
+load();
+"##;
+
+/// `GET /me`: the buyer's reservations (with cancel), tickets and live notifications.
+pub async fn me(headers: HeaderMap) -> Response {
+    let l = lang(&headers);
+    page_in(
+        l,
+        t(l, "My bookings", "내 예매"),
+        html! {
+            (nav(l))
+            h1 { (t(l, "My bookings", "내 예매")) }
+            div #mine aria-live="polite" {}
+            h2 { (t(l, "Notifications", "알림")) }
+            ul #events aria-live="polite" {}
+            script { (PreEscaped(ME_SCRIPT)) }
+        },
+    )
+}
+
+/// The checkout on a seat map: sign in or up, pick seats, hold them, apply a coupon, pay.
+const CHECKOUT_SCRIPT: &str = r##"
+const schedule = parseInt(document.querySelector('.seats').dataset.schedule, 10);
+const msg = (t) => { document.getElementById('msg').textContent = t; };
+let token = localStorage.getItem('tb-token');
+const picked = new Set();
+async function api(method, path, body) {
+  const r = await fetch(path, { method, headers: Object.assign({ 'content-type': 'application/json' }, token ? { authorization: 'Bearer ' + token } : {}),
+    body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error((data.error && data.error.message) || r.status);
+  return data;
+}
+document.querySelector('.seats').addEventListener('click', (ev) => {
+  const el = ev.target.closest('.seat.available');
+  if (!el) return;
+  const id = parseInt(el.dataset.seat, 10);
+  if (picked.has(id)) { picked.delete(id); el.classList.remove('picked'); } else if (picked.size < 10) { picked.add(id); el.classList.add('picked'); }
+  msg(picked.size + ' seat(s) picked');
+});
+document.getElementById('auth').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const f = ev.target, body = { email: f.email.value, password: f.password.value };
+  try {
+    let r;
+    try { r = await api('POST', '/api/v1/auth/login', body); }
+    catch (_) { r = await api('POST', '/api/v1/auth/signup', Object.assign({ name: f.email.value.split('@')[0] }, body)); }
+    token = r.token; localStorage.setItem('tb-token', token); msg('Signed in.');
+  } catch (e) { msg(e.message); }
+});
+document.getElementById('pay').addEventListener('click', async () => {
+  if (!token) { msg('Sign in first.'); return; }
+  if (picked.size === 0) { msg('Pick a seat.'); return; }
+  try {
+    const held = await api('POST', '/api/v1/reservations', { schedule_id: schedule, seat_ids: [...picked] });
+    msg('Held until ' + held.expires_at + '.');
+    const coupon = document.getElementById('coupon').value.trim();
+    const order = await api('POST', '/api/v1/payments/prepare', coupon ? { reservation_id: held.reservation_id, coupon_id: coupon } : { reservation_id: held.reservation_id });
+    const paid = await api('POST', '/api/v1/payments/confirm', { payment_key: 'pk_web_' + Date.now(), order_id: order.order_id, amount: order.amount });
+    msg('Paid ' + order.amount + ' KRW: reservation ' + held.reservation_id + ' is ' + paid.status + '.');
+    setTimeout(() => location.reload(), 1500);
+  } catch (e) { msg(e.message); }
+});
+"##;
