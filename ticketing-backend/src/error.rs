@@ -88,17 +88,26 @@ pub fn body(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match self {
+impl ApiError {
+    /// The status and the contract's error body (the log gets an internal error's cause).
+    pub fn parts(self) -> (StatusCode, serde_json::Value) {
+        let (status, code, message) = match self {
             ApiError::Invalid { field, message } => {
-                body(StatusCode::BAD_REQUEST, "invalid_input", &format!("{field}: {message}"))
+                (StatusCode::BAD_REQUEST, "invalid_input", format!("{field}: {message}"))
             }
-            ApiError::Client { status, code, message } => body(status, code, &message),
+            ApiError::Client { status, code, message } => (status, code, message),
             ApiError::Internal { context, source } => {
                 tracing::error!(%context, error = %source, "internal error");
-                body(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned())
             }
-        }
+        };
+        (status, json!({"error": {"code": code, "message": message}}))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, v) = self.parts();
+        (status, Json(v)).into_response()
     }
 }

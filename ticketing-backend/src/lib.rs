@@ -17,6 +17,7 @@
 //! - [`coupons`]: campaigns and first-come issuance (memory or Redis).
 //! - [`payments`]: Toss-style prepare/confirm/cancel run as a saga with compensations and
 //!   recovery; [`paysim`]: the local provider simulator (`payments-sim`).
+//! - [`outbound`]: JSON calls to other services (the provider, `reindex`).
 //! - [`notify`]: per-user SSE notifications (Redis pub/sub fan-out) and the ops webhook.
 //! - [`tickets`]: tickets issued after payment from a queue (Redis Stream or in process).
 //! - [`storefront`]: the storefront (`/`, `/concerts/{id}`, `/me`) and the booking pages
@@ -38,6 +39,7 @@ pub mod holds;
 pub mod jobs;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod payments;
 pub mod paysim;
 pub mod posters;
@@ -322,38 +324,23 @@ pub async fn run(
 /// Asks a running instance at `base` to rebuild its search index (the `reindex` command):
 /// signs in as the admin, calls `POST /admin/v1/search/reindex`, returns its answer.
 pub async fn admin_reindex(base: &str, email: &str, password: &str) -> Result<String, String> {
-    use http_body_util::BodyExt;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<axum::body::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let call = |method: &str, path: &str, body: String, token: Option<String>| {
-        let mut req = axum::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", base.trim_end_matches('/')))
-            .header("content-type", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = req.body(http_body_util::Full::new(axum::body::Bytes::from(body)));
-        let client = client.clone();
-        async move {
-            let resp = client.request(req.map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-            Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
-        }
+    let client = outbound::client();
+    let base = base.trim_end_matches('/');
+    let timeout = Duration::from_secs(60);
+    let login = serde_json::json!({"email": email, "password": password});
+    let (status, v) =
+        outbound::call(&client, "POST", &format!("{base}/api/v1/auth/login"), &[], Some(&login), timeout)
+            .await?;
+    let token = match v["token"].as_str() {
+        Some(t) if status == 200 => t.to_owned(),
+        _ => return Err(format!("sign-in answered {status}: {v}")),
     };
-    let login = serde_json::json!({"email": email, "password": password}).to_string();
-    let (status, body) = call("POST", "/api/v1/auth/login", login, None).await?;
-    if !status.is_success() {
-        return Err(format!("sign-in answered {status}: {body}"));
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+    let url = format!("{base}/admin/v1/search/reindex");
+    let (status, v) =
+        outbound::call(&client, "POST", &url, &[("authorization", bearer)], None, timeout).await?;
+    if status != 200 {
+        return Err(format!("reindex answered {status}: {v}"));
     }
-    let token = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["token"].as_str().map(str::to_owned))
-        .ok_or("sign-in gave no token")?;
-    let (status, body) = call("POST", "/admin/v1/search/reindex", String::new(), Some(token)).await?;
-    if !status.is_success() {
-        return Err(format!("reindex answered {status}: {body}"));
-    }
-    Ok(body)
+    Ok(v.to_string())
 }

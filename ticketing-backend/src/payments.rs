@@ -19,10 +19,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -52,7 +48,7 @@ pub enum Charge {
 pub struct Provider {
     base: String,
     auth: HeaderValue,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: crate::outbound::JsonClient,
     timeout: Duration,
 }
 
@@ -65,7 +61,7 @@ impl Provider {
         Provider {
             base: base.trim_end_matches('/').to_owned(),
             auth,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: crate::outbound::client(),
             timeout,
         }
     }
@@ -77,25 +73,19 @@ impl Provider {
         body: Option<Value>,
         idem: Option<&str>,
     ) -> Result<(u16, Value), String> {
-        let mut req = axum::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("authorization", self.auth.clone())
-            .header("content-type", "application/json");
-        if let Some(k) = idem {
-            req = req.header("idempotency-key", k);
+        let mut headers = vec![("authorization", self.auth.clone())];
+        if let Some(k) = idem.and_then(|k| HeaderValue::from_str(k).ok()) {
+            headers.push(("idempotency-key", k));
         }
-        let body = Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()));
-        let req = req.body(body).map_err(|e| e.to_string())?;
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-            Ok::<_, String>((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-        };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| "the provider did not answer in time".to_owned())?
+        crate::outbound::call(
+            &self.client,
+            method,
+            &format!("{}{path}", self.base),
+            &headers,
+            body.as_ref(),
+            self.timeout,
+        )
+        .await
     }
 
     /// `POST /v1/payments/confirm`, idempotent per order.
@@ -247,6 +237,10 @@ pub struct Confirm {
     amount: i64,
 }
 
+/// The columns [`order_of`] reads.
+const ORDER_COLUMNS: &str =
+    "order_id, reservation_id, user_id, amount, coupon_id, status, step, payment_key, updated_at";
+
 /// An order row.
 #[derive(Clone, Debug)]
 pub struct Order {
@@ -276,14 +270,12 @@ fn order_of(r: &AnyRow) -> Order {
 }
 
 async fn load_order(s: &AppState, order_id: &str) -> Result<Option<Order>> {
-    let row = sqlx::query(
-        "SELECT order_id, reservation_id, user_id, amount, coupon_id, status, step, payment_key, updated_at \
-         FROM payments WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(&s.db.pool)
-    .await
-    .context("loading an order")?;
+    let row =
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ORDER_COLUMNS} FROM payments WHERE order_id = $1")))
+            .bind(order_id)
+            .fetch_optional(&s.db.pool)
+            .await
+            .context("loading an order")?;
     Ok(row.as_ref().map(order_of))
 }
 
@@ -413,29 +405,14 @@ pub async fn refund_order(s: &AppState, order: Order) -> Result<(StatusCode, Val
 
 /// The paid order of a reservation, if any.
 pub async fn paid_order_of(s: &AppState, reservation_id: &str) -> Result<Option<Order>> {
-    let row = sqlx::query(
-        "SELECT order_id, reservation_id, user_id, amount, coupon_id, status, step, payment_key, updated_at \
-         FROM payments WHERE reservation_id = $1 AND status = 'paid'",
-    )
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM payments WHERE reservation_id = $1 AND status = 'paid'"
+    )))
     .bind(reservation_id)
     .fetch_optional(&s.db.pool)
     .await
     .context("loading a reservation's payment")?;
     Ok(row.as_ref().map(order_of))
-}
-
-fn error_parts(e: ApiError) -> (StatusCode, Value) {
-    let (status, code, message) = match e {
-        ApiError::Invalid { field, message } => {
-            (StatusCode::BAD_REQUEST, "invalid_input", format!("{field}: {message}"))
-        }
-        ApiError::Client { status, code, message } => (status, code, message),
-        ApiError::Internal { context, source } => {
-            tracing::error!(%context, error = %source, "internal error");
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned())
-        }
-    };
-    (status, json!({"error": {"code": code, "message": message}}))
 }
 
 /// Runs `work` once per `Idempotency-Key` (per user and scope): a repeat with the same body
@@ -451,7 +428,7 @@ async fn idempotent(
 ) -> Response {
     let reply = |(status, v): (StatusCode, Value)| (status, Json(v)).into_response();
     let Some(key) = headers.get("idempotency-key") else {
-        return reply(work.await.unwrap_or_else(error_parts));
+        return reply(work.await.unwrap_or_else(ApiError::parts));
     };
     let key = match key.to_str() {
         Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => k.to_owned(),
@@ -480,7 +457,7 @@ async fn idempotent(
             return Err::<(), _>(e).context("recording an idempotency key").unwrap_err().into_response();
         }
     }
-    let (status, v) = work.await.unwrap_or_else(error_parts);
+    let (status, v) = work.await.unwrap_or_else(ApiError::parts);
     let store = if status.is_server_error() {
         sqlx::query("DELETE FROM idempotency WHERE user_id = $1 AND scope = $2 AND idem_key = $3")
             .bind(user.id)
@@ -693,10 +670,10 @@ pub mod saga {
         .context("marking an order paid")?;
         tx.commit().await.context("committing the booking")?;
         s.metrics.payments_confirmed.inc();
-        let (_, v) = paid(&order);
-        s.notifier.publish(order.user_id, "payment.paid", v).await;
+        let answer = paid(&order);
+        s.notifier.publish(order.user_id, "payment.paid", answer.1.clone()).await;
         s.tickets.enqueue(&order.order_id).await;
-        Ok(paid(&order))
+        Ok(answer)
     }
 
     /// Undoes the steps done: refund (when asked or when the provider may have charged),
@@ -772,10 +749,10 @@ pub mod saga {
     /// One recovery round; see [`recovery_loop`].
     pub async fn recover(s: &AppState, stale: Duration) -> Result<()> {
         let cutoff = now_ms() - stale.as_millis() as i64;
-        let rows = sqlx::query(
-            "SELECT order_id, reservation_id, user_id, amount, coupon_id, status, step, payment_key, updated_at FROM payments \
-             WHERE (status = 'confirming' AND updated_at < $1) OR step = 'compensating' ORDER BY updated_at LIMIT 100",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS} FROM payments \
+             WHERE (status = 'confirming' AND updated_at < $1) OR step = 'compensating' ORDER BY updated_at LIMIT 100"
+        )))
         .bind(cutoff)
         .fetch_all(&s.db.pool)
         .await
