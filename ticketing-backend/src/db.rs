@@ -28,6 +28,8 @@ impl Dialect {
     }
 }
 
+/// One version. A migration both dialects read alike lives once under `migrations/shared/`;
+/// the others have a file per dialect.
 struct Migration {
     version: i64,
     name: &'static str,
@@ -51,8 +53,8 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 3,
         name: "booking",
-        sqlite: include_str!("../migrations/sqlite/0003_booking.sql"),
-        postgres: include_str!("../migrations/postgres/0003_booking.sql"),
+        sqlite: include_str!("../migrations/shared/0003_booking.sql"),
+        postgres: include_str!("../migrations/shared/0003_booking.sql"),
     },
     Migration {
         version: 4,
@@ -63,20 +65,20 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 5,
         name: "payments",
-        sqlite: include_str!("../migrations/sqlite/0005_payments.sql"),
-        postgres: include_str!("../migrations/postgres/0005_payments.sql"),
+        sqlite: include_str!("../migrations/shared/0005_payments.sql"),
+        postgres: include_str!("../migrations/shared/0005_payments.sql"),
     },
     Migration {
         version: 6,
         name: "tickets",
-        sqlite: include_str!("../migrations/sqlite/0006_tickets.sql"),
-        postgres: include_str!("../migrations/postgres/0006_tickets.sql"),
+        sqlite: include_str!("../migrations/shared/0006_tickets.sql"),
+        postgres: include_str!("../migrations/shared/0006_tickets.sql"),
     },
     Migration {
         version: 7,
         name: "jobs",
-        sqlite: include_str!("../migrations/sqlite/0007_jobs.sql"),
-        postgres: include_str!("../migrations/postgres/0007_jobs.sql"),
+        sqlite: include_str!("../migrations/shared/0007_jobs.sql"),
+        postgres: include_str!("../migrations/shared/0007_jobs.sql"),
     },
 ];
 
