@@ -43,6 +43,25 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<()> {
         .map_err(|_| GatewayError::client(StatusCode::FORBIDDEN, "forbidden", "wrong admin token"))
 }
 
+/// `409 prefix_taken` when one of `mine` is already another's (rooms, gates).
+fn no_shared_prefix<'a>(
+    field: &str,
+    held: &str,
+    mine: &[String],
+    others: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) -> Result<()> {
+    for (other, theirs) in others {
+        if let Some(p) = mine.iter().find(|p| theirs.contains(p)) {
+            return Err(GatewayError::client(
+                StatusCode::CONFLICT,
+                "prefix_taken",
+                format!("field `{field}`: {p} is already {held} `{other}`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn unauthorized_header(mut r: Response) -> Response {
     if r.status() == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -121,17 +140,12 @@ pub async fn put(
         let cfg = RoomConfig::from_json(&body)?;
         // Two rooms protecting the same prefix would make admission ambiguous.
         let index = app.rooms.snapshot();
-        for (other, other_cfg) in &index.rooms {
-            if other != &room
-                && let Some(p) = cfg.protect.iter().find(|p| other_cfg.protect.contains(p))
-            {
-                return Err(GatewayError::client(
-                    StatusCode::CONFLICT,
-                    "prefix_taken",
-                    format!("field `protect`: {p} is already protected by room `{other}`"),
-                ));
-            }
-        }
+        let others = index
+            .rooms
+            .iter()
+            .filter(|(id, _)| **id != room)
+            .map(|(id, c)| (id.as_str(), c.protect.as_slice()));
+        no_shared_prefix("protect", "protected by room", &cfg.protect, others)?;
         let created = app.store.put_room(&room, &cfg).await?;
         audit(
             if created { "create_room" } else { "update_room" },
@@ -286,17 +300,9 @@ pub async fn put_gate(
         let id = gate_id(&path.map_err(path_err)?.0)?;
         let cfg = GateConfig::from_json(&body)?;
         // Two gates on one prefix would split its capacity in two.
-        for (other, other_cfg) in app.gate_log.gates().await? {
-            if other != id
-                && let Some(p) = cfg.prefixes.iter().find(|p| other_cfg.prefixes.contains(p))
-            {
-                return Err(GatewayError::client(
-                    StatusCode::CONFLICT,
-                    "prefix_taken",
-                    format!("field `prefixes`: {p} is already gated by `{other}`"),
-                ));
-            }
-        }
+        let gates = app.gate_log.gates().await?;
+        let others = gates.iter().filter(|(g, _)| *g != id).map(|(g, c)| (g.as_str(), c.prefixes.as_slice()));
+        no_shared_prefix("prefixes", "gated by", &cfg.prefixes, others)?;
         let created = app.gate_log.put_gate(&id, &cfg).await?;
         gate_audit(
             if created { "create_gate" } else { "update_gate" },

@@ -233,12 +233,6 @@ impl Gates {
     pub fn get(&self, id: &GateId) -> Option<Arc<Gate>> {
         self.by_id.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
-
-    /// Every gate's config.
-    pub fn configs(&self) -> Vec<(GateId, Arc<GateConfig>)> {
-        let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
-        by_id.values().map(|g| (g.id.clone(), g.cfg())).collect()
-    }
 }
 
 /// Brings the gates in line with the log's configs: new gates get permits and a consumer,

@@ -88,7 +88,10 @@ pub async fn config_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
 }
 
 async fn refresh(app: &Arc<App>) {
-    if let Err(e) = app.rooms.refresh(&*app.store).await {
+    // The refresh reads the store every second anyway: its outcome is the store's health.
+    let reached = app.rooms.refresh(&*app.store).await;
+    app.metrics.store_up.set(i64::from(reached.is_ok()));
+    if let Err(e) = reached {
         tracing::warn!(error = %e, "room config refresh failed; keeping the last known configs");
     }
     if let Err(e) = crate::gate::refresh(app).await {
@@ -98,7 +101,6 @@ async fn refresh(app: &Arc<App>) {
 
 async fn update_gauges(app: &App) {
     let m = &app.metrics;
-    m.store_up.set(i64::from(app.store.ping().await.is_ok()));
     for room in app.rooms.snapshot().rooms.keys() {
         let label = Metrics::room(room.as_str());
         // Every series of a room exists from the start (at 0), so dashboards and alert rules

@@ -284,7 +284,7 @@ impl Holds {
                 all.into_iter().filter_map(|(k, v)| Some((k, parse(&v)?))).collect()
             }
         };
-        let now = self.now_ms(matches!(self.0, Store::Redis(_))).await?;
+        let now = self.now_ms().await?;
         Ok(entries
             .into_iter()
             .filter_map(|(seat, e)| match e {
@@ -296,9 +296,9 @@ impl Holds {
     }
 
     /// The clock holds are judged by: Redis `TIME` when shared, so instances agree.
-    async fn now_ms(&self, redis: bool) -> redis::RedisResult<i64> {
+    async fn now_ms(&self) -> redis::RedisResult<i64> {
         match &self.0 {
-            Store::Redis(c) if redis => {
+            Store::Redis(c) => {
                 let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut c.clone()).await?;
                 Ok(s * 1000 + us / 1000)
             }

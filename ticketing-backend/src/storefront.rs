@@ -48,10 +48,6 @@ fn nav(l: Lang) -> Markup {
     }
 }
 
-fn page(title: &str, body: Markup) -> Response {
-    page_in(Lang::En, title, body)
-}
-
 fn page_in(l: Lang, title: &str, body: Markup) -> Response {
     Html(
         html! {
@@ -76,7 +72,8 @@ fn page_in(l: Lang, title: &str, body: Markup) -> Response {
 }
 
 /// `GET /book/`: concerts on sale through a waiting room, with their rounds.
-pub async fn index(State(s): State<AppState>) -> Result<Response, ApiError> {
+pub async fn index(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let l = lang(&headers);
     let rows = sqlx::query(
         "SELECT c.id, c.title, c.room, sc.id, sc.starts_at FROM concerts c JOIN schedules sc ON sc.concert_id = c.id \
          WHERE c.deleted_at IS NULL AND c.room IS NOT NULL ORDER BY c.starts_on, c.id, sc.starts_at LIMIT 200",
@@ -84,13 +81,14 @@ pub async fn index(State(s): State<AppState>) -> Result<Response, ApiError> {
     .fetch_all(&s.db.pool)
     .await
     .context("listing bookable rounds")?;
-    Ok(page(
-        "Booking",
+    Ok(page_in(
+        l,
+        t(l, "Booking", "예매"),
         html! {
-            h1 { "Booking" }
-            p { "You are through the waiting room. Pick a round to see its seats; reserve with "
-                code { "POST /api/v1/reservations" } "." }
-            @if rows.is_empty() { p { "Nothing is on sale through a waiting room right now." } }
+            (nav(l))
+            h1 { (t(l, "Booking", "예매")) }
+            p { (t(l, "You are through the waiting room. Pick a round to choose seats.", "대기열을 통과했습니다. 회차를 골라 좌석을 선택하세요.")) }
+            @if rows.is_empty() { p { (t(l, "Nothing is on sale through a waiting room right now.", "지금 대기열로 판매 중인 공연이 없습니다.")) } }
             ul {
                 @for r in &rows {
                     li {
