@@ -131,12 +131,18 @@ impl Issuer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewCampaign {
-    name: String,
-    discount_kind: String,
-    discount: i64,
-    stock: i64,
-    valid_from: String,
-    valid_until: String,
+    /// Shown to buyers (1..=200 characters).
+    pub name: String,
+    /// `amount` (KRW off) or `percent`.
+    pub discount_kind: String,
+    /// KRW or percent, by `discount_kind`.
+    pub discount: i64,
+    /// Coupons to hand out.
+    pub stock: i64,
+    /// RFC 3339 start of issuance.
+    pub valid_from: String,
+    /// RFC 3339 end of issuance and use.
+    pub valid_until: String,
 }
 
 /// `POST /admin/v1/coupon-campaigns`: `201` with the campaign.
@@ -145,7 +151,12 @@ pub async fn create_campaign(
     _a: AdminUser,
     b: std::result::Result<Json<NewCampaign>, JsonRejection>,
 ) -> Result<Response> {
-    let c = body(b)?;
+    let v = add_campaign(&s, body(b)?).await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// Validates and stores a campaign (the admin API and the demo data); returns it as JSON.
+pub async fn add_campaign(s: &AppState, c: NewCampaign) -> Result<Value> {
     let name = text("name", &c.name, 200, true)?;
     let max = match c.discount_kind.as_str() {
         "amount" => crate::catalog::MAX_PRICE,
@@ -176,9 +187,35 @@ pub async fn create_campaign(
     .fetch_one(&s.db.pool)
     .await
     .context("inserting a coupon campaign")?;
-    let v = json!({"id": row.get::<i64, _>(0), "name": name, "discount_kind": c.discount_kind, "discount": c.discount,
-        "stock": c.stock, "valid_from": rfc3339(from), "valid_until": rfc3339(until)});
-    Ok((StatusCode::CREATED, Json(v)).into_response())
+    Ok(
+        json!({"id": row.get::<i64, _>(0), "name": name, "discount_kind": c.discount_kind, "discount": c.discount,
+        "stock": c.stock, "valid_from": rfc3339(from), "valid_until": rfc3339(until)}),
+    )
+}
+
+/// `GET /api/v1/coupons`: the campaigns open now (started, not ended), with what is left of
+/// their stock, soonest ending first, so buyers can find a coupon to claim.
+pub async fn open(State(s): State<AppState>) -> Result<Response> {
+    let now = now_ms();
+    let rows = sqlx::query(
+        "SELECT k.id, k.name, k.discount_kind, k.discount, k.stock, k.valid_until, \
+         (SELECT COUNT(*) FROM coupons c WHERE c.campaign_id = k.id) \
+         FROM coupon_campaigns k WHERE k.valid_from <= $1 AND k.valid_until > $1 \
+         ORDER BY k.valid_until, k.id LIMIT 50",
+    )
+    .bind(now)
+    .fetch_all(&s.db.pool)
+    .await
+    .context("listing open coupon campaigns")?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let left = (r.get::<i64, _>(4) - r.get::<i64, _>(6)).max(0);
+            json!({"campaign_id": r.get::<i64, _>(0), "name": r.get::<String, _>(1), "discount_kind": r.get::<String, _>(2),
+                "discount": r.get::<i64, _>(3), "remaining": left, "valid_until": rfc3339(r.get(5))})
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
 }
 
 /// `POST /api/v1/coupons/{campaign_id}/issue`: `201 {coupon_id}`, `409 already_issued`,

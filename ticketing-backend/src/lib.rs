@@ -201,6 +201,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/reservations/{id}", get(booking::get).delete(booking::cancel))
         .route("/admin/v1/reservations", get(booking::admin_list))
         .route("/api/v1/coupons/{campaign_id}/issue", post(coupons::issue))
+        .route("/api/v1/coupons", get(coupons::open))
         .route("/api/v1/me/coupons", get(coupons::mine))
         .route("/admin/v1/coupon-campaigns", post(coupons::create_campaign))
         .route("/api/v1/payments/prepare", post(payments::prepare))

@@ -1,6 +1,7 @@
 //! Demo data for the embedded default: on an empty catalog, a starter set so the demo is
 //! alive — venues, performers, 50 concerts with Korean and English titles over the coming
-//! months, and one hot concert (room `demo`) with 1,000 seats. Everything goes through the
+//! months, and one hot concert (room `demo`) with 1,000 seats and a
+//! first-come coupon campaign for it. Everything goes through the
 //! same validated inserts as the admin API.
 
 use serde_json::json;
@@ -123,6 +124,15 @@ pub async fn seed_if_empty(s: &AppState) -> Result<bool, ApiError> {
         add_schedule(s, hot, from(json!({"starts_at": rfc3339(hot_start + d * day), "sections": sections}))?)
             .await?;
     }
-    tracing::info!(concerts = 51, "demo data seeded");
+    // A first-come coupon for the hot on-sale, open until the show.
+    crate::coupons::add_campaign(
+        s,
+        from(json!({
+            "name": "Neon Tides opening week: 10,000 KRW off", "discount_kind": "amount", "discount": 10_000,
+            "stock": 500, "valid_from": rfc3339(now_ms() - day), "valid_until": rfc3339(hot_start)
+        }))?,
+    )
+    .await?;
+    tracing::info!(concerts = 51, campaigns = 1, "demo data seeded");
     Ok(true)
 }

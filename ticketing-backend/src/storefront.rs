@@ -144,18 +144,30 @@ pub async fn seats(
                 " " label { (t(l, "Password", "비밀번호")) " " input name="password" type="password" required minlength="8" autocomplete="current-password"; }
                 " " button { (t(l, "Sign in or up", "로그인 / 가입")) }
             }
-            p { label { (t(l, "Coupon", "쿠폰")) " " input #coupon placeholder="c…"; } " " button #pay type="button" { (t(l, "Hold and pay", "선택 좌석 결제")) } }
+            p {
+                label { (t(l, "Coupon", "쿠폰")) " " select #coupon { option value="" { (t(l, "No coupon", "쿠폰 없음")) } } }
+                " " span #offers {}
+            }
+            p { button #pay type="button" { (t(l, "Hold and pay", "선택 좌석 결제")) } }
             p #msg role="status" aria-live="polite" {}
-            div.seats role="list" aria-label="Seat map" data-schedule=(id) {
-                @for r in &seats {
-                    @let seat: i64 = r.get(0);
-                    div class={ "seat " (status(seat)) } role="listitem" data-seat=(seat)
-                        title={ (r.get::<String, _>(1)) " " (r.get::<String, _>(2)) "-" (r.get::<i64, _>(3)) " · " (r.get::<String, _>(4)) " · " (r.get::<i64, _>(5)) " KRW · " (status(seat)) } {
-                        (r.get::<String, _>(2)) (r.get::<i64, _>(3))
+            h2 { (t(l, "Notifications", "알림")) }
+            ul #events aria-live="polite" {}
+            div.seatmap data-schedule=(id) {
+                @for section in seats.chunk_by(|a, b| a.get::<String, _>(1) == b.get::<String, _>(1)) {
+                    @let name = section[0].get::<String, _>(1);
+                    h3 { (name) " · " (section[0].get::<String, _>(4)) " · " (section[0].get::<i64, _>(5)) " KRW" }
+                    div.seats role="list" aria-label={ (t(l, "Seats in section", "구역 좌석")) " " (name) } {
+                        @for r in section {
+                            @let seat: i64 = r.get(0);
+                            div class={ "seat " (status(seat)) } role="listitem" data-seat=(seat)
+                                title={ (name) " " (r.get::<String, _>(2)) "-" (r.get::<i64, _>(3)) " · " (r.get::<String, _>(4)) " · " (r.get::<i64, _>(5)) " KRW · " (status(seat)) } {
+                                (r.get::<String, _>(2)) (r.get::<i64, _>(3))
+                            }
+                        }
                     }
                 }
             }
-            script { (PreEscaped(CHECKOUT_SCRIPT)) }
+            (scripts(l, CHECKOUT_SCRIPT))
         },
     ))
 }
@@ -240,34 +252,101 @@ pub async fn concert(
     ))
 }
 
-const ME_SCRIPT: &str = r##"
-const token = localStorage.getItem('tb-token');
-const out = document.getElementById('mine');
-async function api(method, path) {
-  const r = await fetch(path, { method, headers: { authorization: 'Bearer ' + token } });
-  return r.ok ? r.json() : Promise.reject(new Error((await r.text())));
+/// The words the scripts show, in the page's language, and the notification kinds they
+/// listen for.
+fn scripts(l: Lang, script: &'static str) -> Markup {
+    let words = serde_json::json!({
+        "signed_in": t(l, "Signed in.", "로그인했습니다."),
+        "sign_in_first": t(l, "Sign in first.", "먼저 로그인하세요."),
+        "sign_in_on_booking": t(l, "Sign in on a booking page first.", "예매 페이지에서 먼저 로그인하세요."),
+        "pick_seat": t(l, "Pick a seat.", "좌석을 고르세요."),
+        "picked": t(l, "seat(s) picked", "석 선택"),
+        "held_until": t(l, "Held until", "좌석 확보, 만료:"),
+        "paid": t(l, "Paid {amount} KRW: reservation {id} is {status}.", "{amount}원 결제 완료: 예매 {id} 상태 {status}."),
+        "see_bookings": t(l, "See my bookings", "내 예매 보기"),
+        "no_coupon": t(l, "No coupon", "쿠폰 없음"),
+        "get_coupon": t(l, "Get coupon", "쿠폰 받기"),
+        "left": t(l, "left", "장 남음"),
+        "off": t(l, "off", "할인"),
+        "coupon_issued": t(l, "Coupon issued: it is selected for this order.", "쿠폰을 받았습니다. 이 주문에 적용됩니다."),
+        "reservations": t(l, "Reservations", "예매"),
+        "tickets": t(l, "Tickets", "티켓"),
+        "seat": t(l, "seat", "좌석"),
+        "cancel": t(l, "Cancel", "취소"),
+        "kinds": {
+            "reservation.held": t(l, "Seats held", "좌석 확보"),
+            "reservation.cancelled": t(l, "Reservation cancelled", "예매 취소"),
+            "payment.paid": t(l, "Payment confirmed", "결제 완료"),
+            "payment.failed": t(l, "Payment failed", "결제 실패"),
+            "payment.refunded": t(l, "Payment refunded", "환불 완료"),
+            "coupon.issued": t(l, "Coupon issued", "쿠폰 발급"),
+            "ticket.issued": t(l, "Ticket issued", "티켓 발급"),
+        },
+    });
+    html! {
+        script #words type="application/json" { (PreEscaped(words.to_string().replace('<', "\\u003c"))) }
+        script { (PreEscaped(COMMON_SCRIPT)) (PreEscaped(script)) }
+    }
 }
+
+/// What both scripts use: the words, the API call (a stale sign-in is dropped on `401`) and
+/// the live notifications of the signed-in buyer.
+const COMMON_SCRIPT: &str = r##"
+const T = JSON.parse(document.getElementById('words').textContent);
+let token = localStorage.getItem('tb-token');
+async function api(method, path, body) {
+  const r = await fetch(path, { method, headers: Object.assign({ 'content-type': 'application/json' }, token ? { authorization: 'Bearer ' + token } : {}),
+    body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await r.json().catch(() => ({}));
+  if (r.status === 401 && token) { token = null; localStorage.removeItem('tb-token'); throw new Error(T.sign_in_first); }
+  if (!r.ok) throw new Error((data.error && data.error.message) || r.status);
+  return data;
+}
+let stream = null;
+function listen(onEvent) {
+  if (stream || !token) return;
+  stream = new EventSource('/api/v1/me/notifications/stream?access_token=' + encodeURIComponent(token));
+  for (const kind of Object.keys(T.kinds)) {
+    stream.addEventListener(kind, () => {
+      const li = document.createElement('li');
+      li.dataset.kind = kind;
+      li.textContent = new Date().toLocaleTimeString() + ' ' + T.kinds[kind];
+      document.getElementById('events').prepend(li);
+      if (onEvent) onEvent(kind);
+    });
+  }
+}
+"##;
+
+const ME_SCRIPT: &str = r##"
+const out = document.getElementById('mine');
+const li = (text, button) => { const el = document.createElement('li'); el.textContent = text; if (button) el.append(' ', button); return el; };
 async function load() {
-  if (!token) { out.textContent = 'Sign in on a booking page first.'; return; }
-  const res = await api('GET', '/api/v1/me/reservations');
-  const tix = await api('GET', '/api/v1/me/tickets');
-  out.innerHTML = '<h2>Reservations</h2><ul>' + res.items.map((r) => '<li>' + r.reservation_id + ' · ' + r.status + ' · ' + r.amount + ' KRW' +
-    (r.status === 'held' || r.status === 'paid' ? ' <button data-id="' + r.reservation_id + '">Cancel</button>' : '') + '</li>').join('') + '</ul>' +
-    '<h2>Tickets</h2><ul>' + tix.items.map((x) => '<li>' + x.ticket_id + ' · seat ' + x.seat_id + '</li>').join('') + '</ul>';
+  if (!token) { out.textContent = T.sign_in_on_booking; return; }
+  try {
+    const res = await api('GET', '/api/v1/me/reservations');
+    const tix = await api('GET', '/api/v1/me/tickets');
+    const h2 = (t) => { const el = document.createElement('h2'); el.textContent = t; return el; };
+    const rl = document.createElement('ul'), tl = document.createElement('ul');
+    rl.id = 'reservations'; tl.id = 'tickets';
+    for (const r of res.items) {
+      let b = null;
+      if (r.status === 'held' || r.status === 'paid') { b = document.createElement('button'); b.dataset.id = r.reservation_id; b.textContent = T.cancel; }
+      const item = li(r.reservation_id + ' · ' + r.status + ' · ' + r.amount + ' KRW', b);
+      item.dataset.status = r.status;
+      rl.append(item);
+    }
+    for (const x of tix.items) tl.append(li(x.ticket_id + ' · ' + T.seat + ' ' + x.seat_id));
+    out.replaceChildren(h2(T.reservations), rl, h2(T.tickets), tl);
+  } catch (e) { out.textContent = e.message; }
 }
 out.addEventListener('click', async (ev) => {
   const id = ev.target.dataset && ev.target.dataset.id;
   if (!id) return;
-  await fetch('/api/v1/reservations/' + id, { method: 'DELETE', headers: { authorization: 'Bearer ' + token } });
+  try { await api('DELETE', '/api/v1/reservations/' + id); } catch (e) { out.prepend(e.message); }
   load();
 });
-if (token) {
-  const es = new EventSource('/api/v1/me/notifications/stream?access_token=' + encodeURIComponent(token));
-  es.onmessage = null;
-  for (const kind of ['reservation.held', 'reservation.cancelled', 'payment.paid', 'payment.failed', 'payment.refunded', 'coupon.issued', 'ticket.issued']) {
-    es.addEventListener(kind, () => { const li = document.createElement('li'); li.textContent = new Date().toLocaleTimeString() + ' ' + kind; document.getElementById('events').prepend(li); load(); });
-  }
-}
+listen(load);
 load();
 "##;
 
@@ -283,30 +362,53 @@ pub async fn me(headers: HeaderMap) -> Response {
             div #mine aria-live="polite" {}
             h2 { (t(l, "Notifications", "알림")) }
             ul #events aria-live="polite" {}
-            script { (PreEscaped(ME_SCRIPT)) }
+            (scripts(l, ME_SCRIPT))
         },
     )
 }
 
-/// The checkout on a seat map: sign in or up, pick seats, hold them, apply a coupon, pay.
+/// The checkout on a seat map: sign in or up, pick seats, claim or choose a coupon, hold the
+/// seats and pay; notifications arrive live below.
 const CHECKOUT_SCRIPT: &str = r##"
-const schedule = parseInt(document.querySelector('.seats').dataset.schedule, 10);
+const schedule = parseInt(document.querySelector('.seatmap').dataset.schedule, 10);
 const msg = (t) => { document.getElementById('msg').textContent = t; };
-let token = localStorage.getItem('tb-token');
 const picked = new Set();
-async function api(method, path, body) {
-  const r = await fetch(path, { method, headers: Object.assign({ 'content-type': 'application/json' }, token ? { authorization: 'Bearer ' + token } : {}),
-    body: body === undefined ? undefined : JSON.stringify(body) });
-  const data = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error((data.error && data.error.message) || r.status);
-  return data;
+async function coupons() {
+  const sel = document.getElementById('coupon'), offers = document.getElementById('offers');
+  try {
+    const open = (await api('GET', '/api/v1/coupons')).items;
+    const mine = token ? (await api('GET', '/api/v1/me/coupons')).items : [];
+    const keep = sel.value;
+    const label = (c) => (c.discount_kind === 'amount' ? c.discount + ' KRW ' : c.discount + '% ') + T.off;
+    sel.replaceChildren(new Option(T.no_coupon, ''), ...mine.filter((c) => c.status === 'issued').map((c) => new Option(label(c), c.coupon_id)));
+    sel.value = keep;
+    if (sel.selectedIndex < 0) sel.value = '';
+    const have = new Set(mine.map((c) => c.campaign_id));
+    offers.replaceChildren(...open.filter((o) => !have.has(o.campaign_id) && o.remaining > 0).map((o) => {
+      const b = document.createElement('button');
+      b.type = 'button'; b.dataset.campaign = o.campaign_id;
+      b.textContent = T.get_coupon + ': ' + o.name + ' (' + o.remaining + ' ' + T.left + ')';
+      return b;
+    }));
+  } catch (e) { msg(e.message); }
 }
-document.querySelector('.seats').addEventListener('click', (ev) => {
+document.getElementById('offers').addEventListener('click', async (ev) => {
+  const id = ev.target.dataset && ev.target.dataset.campaign;
+  if (!id) return;
+  if (!token) { msg(T.sign_in_first); return; }
+  try {
+    const c = await api('POST', '/api/v1/coupons/' + id + '/issue');
+    await coupons();
+    document.getElementById('coupon').value = c.coupon_id;
+    msg(T.coupon_issued);
+  } catch (e) { msg(e.message); }
+});
+document.querySelector('.seatmap').addEventListener('click', (ev) => {
   const el = ev.target.closest('.seat.available');
   if (!el) return;
   const id = parseInt(el.dataset.seat, 10);
   if (picked.has(id)) { picked.delete(id); el.classList.remove('picked'); } else if (picked.size < 10) { picked.add(id); el.classList.add('picked'); }
-  msg(picked.size + ' seat(s) picked');
+  msg(picked.size + ' ' + T.picked);
 });
 document.getElementById('auth').addEventListener('submit', async (ev) => {
   ev.preventDefault();
@@ -315,20 +417,27 @@ document.getElementById('auth').addEventListener('submit', async (ev) => {
     let r;
     try { r = await api('POST', '/api/v1/auth/login', body); }
     catch (_) { r = await api('POST', '/api/v1/auth/signup', Object.assign({ name: f.email.value.split('@')[0] }, body)); }
-    token = r.token; localStorage.setItem('tb-token', token); msg('Signed in.');
+    token = r.token; localStorage.setItem('tb-token', token); msg(T.signed_in);
+    listen(); coupons();
   } catch (e) { msg(e.message); }
 });
 document.getElementById('pay').addEventListener('click', async () => {
-  if (!token) { msg('Sign in first.'); return; }
-  if (picked.size === 0) { msg('Pick a seat.'); return; }
+  if (!token) { msg(T.sign_in_first); return; }
+  if (picked.size === 0) { msg(T.pick_seat); return; }
   try {
     const held = await api('POST', '/api/v1/reservations', { schedule_id: schedule, seat_ids: [...picked] });
-    msg('Held until ' + held.expires_at + '.');
-    const coupon = document.getElementById('coupon').value.trim();
+    msg(T.held_until + ' ' + held.expires_at);
+    const coupon = document.getElementById('coupon').value;
     const order = await api('POST', '/api/v1/payments/prepare', coupon ? { reservation_id: held.reservation_id, coupon_id: coupon } : { reservation_id: held.reservation_id });
     const paid = await api('POST', '/api/v1/payments/confirm', { payment_key: 'pk_web_' + Date.now(), order_id: order.order_id, amount: order.amount });
-    msg('Paid ' + order.amount + ' KRW: reservation ' + held.reservation_id + ' is ' + paid.status + '.');
-    setTimeout(() => location.reload(), 1500);
+    for (const id of picked) document.querySelector('[data-seat="' + id + '"]').className = 'seat sold';
+    picked.clear();
+    msg(T.paid.replace('{amount}', order.amount).replace('{id}', held.reservation_id).replace('{status}', paid.status));
+    const a = document.createElement('a'); a.href = '/me'; a.textContent = T.see_bookings;
+    document.getElementById('msg').append(' ', a);
+    coupons();
   } catch (e) { msg(e.message); }
 });
+listen();
+coupons();
 "##;
