@@ -21,7 +21,8 @@ async function api(method, path, body) {
   if (!r.ok) throw new Error((data && data.error && data.error.message) || r.status + ' ' + text);
   return data;
 }
-function say(msg, bad) { const el = $('#status'); el.textContent = msg; el.className = bad ? 'bad' : 'ok'; }
+// Actions report in #status; the refresh reports in #updated, so it never hides an action's result.
+function say(msg, bad, where) { const el = $(where || '#status'); el.textContent = msg; el.className = bad ? 'bad' : 'ok'; }
 function eta(room) {
   if (!room.admitted_per_minute) return room.waiting ? '—' : '0 s';
   return Math.round(room.waiting / room.admitted_per_minute * 60) + ' s';
@@ -31,27 +32,47 @@ function spark(values) {
   const pts = values.map((v, i) => (i * 4) + ',' + (30 - v / max * 28).toFixed(1)).join(' ');
   return '<svg width="240" height="32" role="img" aria-label="last ' + values.length + ' readings"><polyline fill="none" stroke="#2563eb" stroke-width="2" points="' + pts + '"/></svg>';
 }
-function row(r) {
-  const h = history[r.room] = (history[r.room] || []).concat([r.waiting]).slice(-60);
-  return '<tr><th scope="row">' + r.room + '</th><td>' + r.state + '</td><td>' + r.waiting + '</td><td>' + r.active +
-    '</td><td>' + r.admitted_per_minute + '</td><td>' + eta(r) + '</td><td>' + spark(h) + '</td><td>' +
-    '<form data-room="' + r.room + '" class="cfg"><label>batch <input name="batch_size" type="number" min="1" value="' + r.batch_size + '"></label> ' +
-    '<label>every (ms) <input name="tick_interval_ms" type="number" min="100" value="' + r.tick_interval_ms + '"></label> <button>Apply</button></form>' +
+function controls(r) {
+  return '<form data-room="' + r.room + '" class="cfg"><label>batch <input name="batch_size" type="number" min="1"></label> ' +
+    '<label>every (ms) <input name="tick_interval_ms" type="number" min="100"></label> <button>Apply</button></form>' +
     '<form data-room="' + r.room + '" class="admit"><label>admit <input name="count" type="number" min="1" value="10"></label> <button>Admit</button></form>' +
-    '<button data-room="' + r.room + '" class="toggle">' + (r.paused ? 'Resume' : 'Pause') + '</button></td></tr>';
+    '<button data-room="' + r.room + '" class="toggle"></button>';
+}
+// Rows are updated in place: the forms survive the refresh, and a value being edited (or
+// edited and not applied yet) is not overwritten.
+function showRooms(rooms) {
+  const body = $('#rooms tbody');
+  const seen = new Set(rooms.map((r) => r.room));
+  for (const tr of [...body.rows]) if (!seen.has(tr.dataset.room)) tr.remove();
+  for (const r of rooms) {
+    const h = history[r.room] = (history[r.room] || []).concat([r.waiting]).slice(-60);
+    let tr = [...body.rows].find((x) => x.dataset.room === r.room);
+    if (!tr) {
+      tr = body.insertRow();
+      tr.dataset.room = r.room;
+      tr.innerHTML = '<th scope="row"></th>' + '<td></td>'.repeat(6) + '<td>' + controls(r) + '</td>';
+      tr.cells[0].textContent = r.room;
+    }
+    [r.state, r.waiting, r.active, r.admitted_per_minute, eta(r)].forEach((v, i) => { tr.cells[i + 1].textContent = v; });
+    tr.cells[6].innerHTML = spark(h);
+    const f = tr.querySelector('form.cfg');
+    if (!f.dataset.dirty) { f.batch_size.value = r.batch_size; f.tick_interval_ms.value = r.tick_interval_ms; }
+    tr.querySelector('.toggle').textContent = r.paused ? 'Resume' : 'Pause';
+  }
+  $('#no-rooms').hidden = rooms.length > 0;
 }
 async function refresh() {
-  if (!token()) { say('Enter the admin token.', true); return; }
+  if (!token()) { say('Enter the admin token.', true, '#updated'); return; }
   try {
-    const rooms = (await api('GET', '/admin/v1/rooms')).rooms;
-    $('#rooms tbody').innerHTML = rooms.map(row).join('') || '<tr><td colspan="8">No rooms.</td></tr>';
+    showRooms((await api('GET', '/admin/v1/rooms')).rooms);
     const gates = (await api('GET', '/admin/v1/gates')).gates;
     $('#gates tbody').innerHTML = gates.map((g) => '<tr><th scope="row">' + g.gate + '</th><td>' + g.prefixes.join(', ') +
       '</td><td>' + g.inflight + ' / ' + g.max_inflight + '</td><td>' + (g.overloaded ? 'yes' : 'no') + '</td><td>' + g.logged +
       '</td><td>' + g.backlog + '</td><td>' + g.dead_letters + '</td></tr>').join('') || '<tr><td colspan="7">No gates.</td></tr>';
-    say('Updated ' + new Date().toLocaleTimeString());
-  } catch (e) { say(e.message, true); }
+    say('Updated ' + new Date().toLocaleTimeString(), false, '#updated');
+  } catch (e) { say(e.message, true, '#updated'); }
 }
+document.addEventListener('input', (ev) => { const f = ev.target.form; if (f && f.classList.contains('cfg')) f.dataset.dirty = '1'; });
 document.addEventListener('submit', async (ev) => {
   ev.preventDefault();
   const f = ev.target;
@@ -63,6 +84,7 @@ document.addEventListener('submit', async (ev) => {
       for (const k of ['state', 'room', 'waiting', 'active', 'admitted_per_minute']) delete cfg[k];
       cfg.batch_size = parseInt(f.batch_size.value, 10); cfg.tick_interval_ms = parseInt(f.tick_interval_ms.value, 10);
       await api('PUT', '/admin/v1/rooms/' + room, cfg);
+      delete f.dataset.dirty;
       say('Room ' + room + ' updated.');
     } else if (f.classList.contains('admit')) {
       const r = await api('POST', '/admin/v1/rooms/' + f.dataset.room + '/admit', { count: parseInt(f.count.value, 10) });
@@ -102,11 +124,13 @@ pub async fn page() -> Response {
                     " " button { "Use" }
                 }
                 p #status role="status" aria-live="polite" {}
+                p #updated {}
                 h2 { "Rooms" }
                 table #rooms {
                     thead { tr { th { "Room" } th { "State" } th { "Waiting" } th { "Active" } th { "Admitted/min" } th { "ETA of the last" } th { "Waiting, last 2 min" } th { "Levers" } } }
                     tbody {}
                 }
+                p #no-rooms hidden { "No rooms." }
                 h2 { "Gates (this gateway)" }
                 table #gates {
                     thead { tr { th { "Gate" } th { "Prefixes" } th { "In flight" } th { "Overloaded" } th { "Logged" } th { "Backlog" } th { "Dead letters" } } }
