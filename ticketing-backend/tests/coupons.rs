@@ -120,6 +120,15 @@ async fn rules(redis: Option<String>) {
     );
     assert_eq!(api.call("POST", &path, None, "not-a-token").await.0, StatusCode::UNAUTHORIZED);
 
+    // Buyers see the open campaigns (not the future or ended ones) with the stock left.
+    let (s, open) = api.call("GET", "/api/v1/coupons", None, "").await;
+    assert_eq!(s, StatusCode::OK, "{open}");
+    let ids: Vec<i64> =
+        open["items"].as_array().unwrap().iter().map(|i| i["campaign_id"].as_i64().unwrap()).collect();
+    assert!(ids.contains(&c) && !ids.contains(&later) && !ids.contains(&ended), "{open}");
+    let item = open["items"].as_array().unwrap().iter().find(|i| i["campaign_id"] == c).unwrap();
+    assert_eq!((item["remaining"].as_i64(), item["name"].as_str()), (Some(0), Some("Launch")), "{item}");
+
     // Campaign validation names the field; users cannot create campaigns.
     let ok = json!({"name": "X", "discount_kind": "percent", "discount": 10, "stock": 1, "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z"});
     assert_eq!(
