@@ -5,7 +5,9 @@
 //! seen): never a store connection per client. Each stream gets `position` at most once a
 //! second and only when it changed, `admitted` with its token as soon as the admission is
 //! published, and `expired` when the ticket is over; comments keep idle proxies from closing
-//! the stream. On shutdown every stream gets `event: shutdown` and ends.
+//! the stream. `admitted` and `expired` end the stream (nothing more will come, and the
+//! gateway frees the connection as the crowd goes in); `admitted` carries a long `retry` so
+//! an `EventSource` that does not close itself does not hurry back. On shutdown every stream gets `event: shutdown` and ends.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -190,6 +192,7 @@ fn to_event(m: &Msg) -> Event {
             .data(json!({"position": position, "eta_seconds": eta_seconds}).to_string()),
         Msg::Admitted { token, expires_at_ms } => Event::default()
             .event("admitted")
+            .retry(Duration::from_secs(60))
             .data(json!({"token": token, "expires_at": room::rfc3339_ms(*expires_at_ms)}).to_string()),
         Msg::Expired => Event::default().event("expired").data("{}"),
         Msg::Shutdown => Event::default().event("shutdown").retry(Duration::from_secs(2)).data("{}"),
@@ -201,17 +204,17 @@ fn stream_of(
     rx: mpsc::Receiver<Msg>,
     reg: Registration,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    let done = matches!(first, Msg::Expired);
-    stream::unfold((Some(first), rx, reg, done), |(pending, mut rx, reg, done)| async move {
-        if let Some(m) = pending {
-            let end = matches!(m, Msg::Expired | Msg::Shutdown);
-            return Some((Ok(to_event(&m)), (None, rx, reg, end)));
-        }
+    // Nothing follows these.
+    let last = |m: &Msg| matches!(m, Msg::Admitted { .. } | Msg::Expired | Msg::Shutdown);
+    stream::unfold((Some(first), rx, reg, false), move |(pending, mut rx, reg, done)| async move {
         if done {
             return None;
         }
-        let m = rx.recv().await?;
-        let end = matches!(m, Msg::Expired | Msg::Shutdown);
+        let m = match pending {
+            Some(m) => m,
+            None => rx.recv().await?,
+        };
+        let end = last(&m);
         Some((Ok(to_event(&m)), (None, rx, reg, end)))
     })
 }

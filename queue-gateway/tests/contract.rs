@@ -341,6 +341,13 @@ pub async fn sse_delivers_position_and_admission(redis: Option<String>) {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(seen.contains("event: admitted") && seen.contains("\"token\":\"ey"), "{seen}");
+    // Nothing follows `admitted`: the stream ends (the chunked body's last chunk).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !seen.ends_with("0\r\n\r\n") && tokio::time::Instant::now() < deadline {
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.ends_with("0\r\n\r\n"), "the stream did not end after admitted: {seen}");
     gw.stop().await.unwrap();
 }
 
