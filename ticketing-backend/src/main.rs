@@ -6,6 +6,9 @@
 //!   its outcome (safe beside running instances: jobs take a lease).
 //! - `ticketing-backend reindex [--url http://host:port]`: asks a running instance (default
 //!   `TB_LISTEN`) to rebuild its search index, signing in as `TB_ADMIN_EMAIL`.
+//! - `ticketing-backend seed-demo`: loads the demo catalog (the embedded default's) into the
+//!   configured database if it has no concerts yet, for a staging or load-test setup on
+//!   PostgreSQL; running instances pick it up on their next `reindex`.
 
 use std::process::ExitCode;
 
@@ -37,8 +40,9 @@ fn main() -> ExitCode {
             None => serve(cfg).await,
             Some("jobs") => job(cfg, &args[1..]).await,
             Some("reindex") => reindex(cfg, &args[1..]).await,
+            Some("seed-demo") => seed_demo(cfg).await,
             Some(other) => {
-                eprintln!("ticketing-backend: unknown command {other:?} (try: jobs, reindex)");
+                eprintln!("ticketing-backend: unknown command {other:?} (try: jobs, reindex, seed-demo)");
                 ExitCode::from(2)
             }
         }
@@ -118,6 +122,27 @@ async fn reindex(cfg: BackendConfig, args: &[String]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ticketing-backend: reindex failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn seed_demo(cfg: BackendConfig) -> ExitCode {
+    let seeded = match ticketing_backend::build(&cfg).await {
+        Ok(state) => ticketing_backend::seed::seed_if_empty(&state).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match seeded {
+        Ok(true) => {
+            println!("demo catalog loaded");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("the catalog has concerts already: nothing loaded");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ticketing-backend: seed-demo failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -291,3 +291,36 @@ async fn the_reindex_command_rebuilds_a_running_instances_index() {
     let out = run("wrong-password-000").await.unwrap();
     assert!(!out.status.success(), "a wrong password fails");
 }
+
+/// `ticketing-backend seed-demo` loads the demo catalog into an empty PostgreSQL database
+/// (the production layout's load tests start from it), once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_demo_command_loads_postgres_once() {
+    let (_db, url) = PgDb::create().await;
+    let run = || {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_ticketing-backend"))
+                .arg("seed-demo")
+                .env("TB_DATABASE_URL", url)
+                .env("TB_DATA_DIR", std::env::temp_dir().join(format!("tb-seed-{}", std::process::id())))
+                .env("RUST_LOG", "error")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "demo catalog loaded");
+    let again = run().await.unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing loaded"));
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query(sql).fetch_one(&pool).await.unwrap().get::<i64, _>(0) }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM concerts").await, 51);
+    assert_eq!(count("SELECT COUNT(*) FROM concerts WHERE room = 'demo'").await, 1);
+    assert_eq!(count("SELECT COUNT(*) FROM seats").await, 50 * 100 + 2 * 1000);
+    assert_eq!(count("SELECT COUNT(*) FROM coupon_campaigns").await, 1);
+}
