@@ -643,45 +643,94 @@ pub async fn create_schedule(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// One seat as created; seats never change after their schedule is made.
+#[derive(Debug)]
+pub struct SeatRow {
+    /// Seat id.
+    pub id: i64,
+    /// Section name.
+    pub section: String,
+    /// Row label.
+    pub row: String,
+    /// Number in the row.
+    pub number: i64,
+    /// Price grade.
+    pub grade: String,
+    /// Price in KRW.
+    pub price: i64,
+}
+
+/// Schedules' seat layouts kept per instance (bounded, entries expire after `cache::TTL`):
+/// seats never change once their schedule is made, so a spike of seat-map reads costs the
+/// database a look-up of the schedule (a deleted concert's rounds are gone at once) and the
+/// sold seats, not 1,000 rows each time.
+#[derive(Debug, Default)]
+pub struct Layouts(dashmap::DashMap<i64, (std::time::Instant, std::sync::Arc<Vec<SeatRow>>)>);
+
+impl Layouts {
+    /// The seats of a live schedule (`None`: no such schedule, or its concert is deleted).
+    pub async fn get(&self, s: &AppState, schedule: i64) -> Result<Option<std::sync::Arc<Vec<SeatRow>>>> {
+        let live = sqlx::query("SELECT 1 FROM schedules s JOIN concerts c ON c.id = s.concert_id WHERE s.id = $1 AND c.deleted_at IS NULL")
+            .bind(schedule)
+            .fetch_optional(&s.db.pool)
+            .await
+            .context("loading a schedule")?;
+        if live.is_none() {
+            return Ok(None);
+        }
+        if let Some(e) = self.0.get(&schedule)
+            && e.0.elapsed() < crate::cache::TTL
+        {
+            return Ok(Some(e.1.clone()));
+        }
+        let rows = sqlx::query(
+            "SELECT id, section, row_label, number, grade, price FROM seats WHERE schedule_id = $1 ORDER BY id",
+        )
+        .bind(schedule)
+        .fetch_all(&s.db.pool)
+        .await
+        .context("loading seats")?;
+        let seats: Vec<SeatRow> = rows
+            .iter()
+            .map(|r| SeatRow {
+                id: r.get(0),
+                section: r.get(1),
+                row: r.get(2),
+                number: r.get(3),
+                grade: r.get(4),
+                price: r.get(5),
+            })
+            .collect();
+        let seats = std::sync::Arc::new(seats);
+        if self.0.len() >= crate::cache::MAX_ENTRIES {
+            self.0.retain(|_, e| e.0.elapsed() < crate::cache::TTL);
+        }
+        if self.0.len() < crate::cache::MAX_ENTRIES {
+            self.0.insert(schedule, (std::time::Instant::now(), seats.clone()));
+        }
+        Ok(Some(seats))
+    }
+}
+
 /// `GET /api/v1/schedules/{id}/seats`
 pub async fn seats(
     State(s): State<AppState>,
     p: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let id = path_id(p, "id")?;
-    let live = sqlx::query("SELECT 1 FROM schedules s JOIN concerts c ON c.id = s.concert_id WHERE s.id = $1 AND c.deleted_at IS NULL")
-        .bind(id)
-        .fetch_optional(&s.db.pool)
-        .await
-        .context("loading a schedule")?;
-    if live.is_none() {
-        return Err(not_found("schedule"));
-    }
-    let rows = sqlx::query(
-        "SELECT id, section, row_label, number, grade, price FROM seats WHERE schedule_id = $1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&s.db.pool)
-    .await
-    .context("loading seats")?;
+    let seats = s.layouts.get(&s, id).await?.ok_or_else(|| not_found("schedule"))?;
     let taken = seat_states(&s, id).await?;
-    let items: Vec<Value> = rows
+    let items: Vec<Value> = seats
         .iter()
-        .map(|r| {
-            let seat = r.get::<i64, _>(0);
-            let status = match taken.get(&seat) {
-                Some(SeatState::Sold) => "sold",
-                Some(SeatState::Held) => "held",
-                None => "available",
-            };
+        .map(|seat| {
             json!({
-                "seat_id": seat,
-                "section": r.get::<String, _>(1),
-                "row": r.get::<String, _>(2),
-                "number": r.get::<i64, _>(3),
-                "grade": r.get::<String, _>(4),
-                "price": r.get::<i64, _>(5),
-                "status": status,
+                "seat_id": seat.id,
+                "section": seat.section,
+                "row": seat.row,
+                "number": seat.number,
+                "grade": seat.grade,
+                "price": seat.price,
+                "status": SeatState::label(taken.get(&seat.id)),
             })
         })
         .collect();
@@ -690,7 +739,7 @@ pub async fn seats(
 
 /// Seats that are not available: holds from the hold store, sales from the database (the
 /// truth for confirmed bookings, even if the hold store lost them).
-async fn seat_states(s: &AppState, schedule: i64) -> Result<std::collections::HashMap<i64, SeatState>> {
+pub async fn seat_states(s: &AppState, schedule: i64) -> Result<std::collections::HashMap<i64, SeatState>> {
     let mut states = s.holds.states(schedule).await.context("reading seat holds")?;
     let sold = sqlx::query(
         "SELECT rs.seat_id FROM reservation_seats rs JOIN reservations r ON r.id = rs.reservation_id \

@@ -35,6 +35,17 @@ pub enum SeatState {
     Sold,
 }
 
+impl SeatState {
+    /// The status a seat shows: `held`, `sold` or (no state) `available`.
+    pub fn label(state: Option<&SeatState>) -> &'static str {
+        match state {
+            Some(SeatState::Held) => "held",
+            Some(SeatState::Sold) => "sold",
+            None => "available",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Entry {
     Held { owner: String, until: i64 },

@@ -167,6 +167,7 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         cache,
         views,
         holds,
+        layouts: catalog::Layouts::default(),
         coupons,
         hold_ttl_ms: i64::from(cfg.hold_ttl_s) * 1000,
         db,

@@ -39,6 +39,8 @@ pub struct App {
     pub coupons: crate::coupons::Issuer,
     /// Seat holds.
     pub holds: crate::holds::Holds,
+    /// Seat layouts of schedules, per instance.
+    pub layouts: crate::catalog::Layouts,
     /// How long a hold lasts, ms.
     pub hold_ttl_ms: i64,
 }

@@ -118,20 +118,10 @@ pub async fn seats(
     .await
     .context("loading a round")?;
     let title = title.ok_or_else(|| not_found("schedule"))?;
-    let seats = sqlx::query(
-        "SELECT id, section, row_label, number, grade, price FROM seats WHERE schedule_id = $1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&s.db.pool)
-    .await
-    .context("loading seats")?;
-    let states = s.holds.states(id).await.context("reading holds")?;
-    let status = |seat: i64| match states.get(&seat) {
-        Some(SeatState::Sold) => "sold",
-        Some(SeatState::Held) => "held",
-        None => "available",
-    };
-    let free = seats.iter().filter(|r| status(r.get(0)) == "available").count();
+    let seats = s.layouts.get(&s, id).await?.ok_or_else(|| not_found("schedule"))?;
+    let states = crate::catalog::seat_states(&s, id).await?;
+    let status = |seat: i64| SeatState::label(states.get(&seat));
+    let free = seats.iter().filter(|r| status(r.id) == "available").count();
     Ok(page_in(
         l,
         &title,
@@ -153,15 +143,14 @@ pub async fn seats(
             h2 { (t(l, "Notifications", "알림")) }
             ul #events aria-live="polite" {}
             div.seatmap data-schedule=(id) {
-                @for section in seats.chunk_by(|a, b| a.get::<String, _>(1) == b.get::<String, _>(1)) {
-                    @let name = section[0].get::<String, _>(1);
-                    h3 { (name) " · " (section[0].get::<String, _>(4)) " · " (section[0].get::<i64, _>(5)) " KRW" }
-                    div.seats role="list" aria-label={ (t(l, "Seats in section", "구역 좌석")) " " (name) } {
-                        @for r in section {
-                            @let seat: i64 = r.get(0);
-                            div class={ "seat " (status(seat)) } role="listitem" data-seat=(seat)
-                                title={ (name) " " (r.get::<String, _>(2)) "-" (r.get::<i64, _>(3)) " · " (r.get::<String, _>(4)) " · " (r.get::<i64, _>(5)) " KRW · " (status(seat)) } {
-                                (r.get::<String, _>(2)) (r.get::<i64, _>(3))
+                @for section in seats.chunk_by(|a, b| a.section == b.section) {
+                    @let first = &section[0];
+                    h3 { (first.section) " · " (first.grade) " · " (first.price) " KRW" }
+                    div.seats role="list" aria-label={ (t(l, "Seats in section", "구역 좌석")) " " (first.section) } {
+                        @for seat in section {
+                            div class={ "seat " (status(seat.id)) } role="listitem" data-seat=(seat.id)
+                                title={ (seat.section) " " (seat.row) "-" (seat.number) " · " (seat.grade) " · " (seat.price) " KRW · " (status(seat.id)) } {
+                                (seat.row) (seat.number)
                             }
                         }
                     }
