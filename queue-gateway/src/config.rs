@@ -79,8 +79,14 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest request body, bytes (proxied bodies included).
     pub max_body_bytes: usize,
-    /// A client must send its request headers within this time, ms (408 otherwise).
+    /// A new connection must send its first request's headers within this time, ms (408
+    /// otherwise).
     pub header_read_timeout_ms: u64,
+    /// A keep-alive connection may sit idle between requests (and take to send the next
+    /// request's headers) this long, ms, then it is closed. Longer than clients' own idle
+    /// timeouts would be best; closing sooner races clients that reuse the connection as it
+    /// closes (their next POST fails).
+    pub keep_alive_idle_ms: u64,
     /// A whole request (not SSE streams) must be answered within this time, ms.
     pub request_timeout_ms: u64,
     /// Upstream answer timeout, ms (504 after it).
@@ -97,6 +103,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_body_bytes: 1024 * 1024,
             header_read_timeout_ms: 10_000,
+            keep_alive_idle_ms: 75_000,
             request_timeout_ms: 30_000,
             upstream_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
@@ -327,6 +334,7 @@ impl GatewayConfig {
         check("max_header_bytes", l.max_header_bytes as u64, 1024, 1 << 20)?;
         check("max_body_bytes", l.max_body_bytes as u64, 1024, 256 << 20)?;
         check("header_read_timeout_ms", l.header_read_timeout_ms, 100, 600_000)?;
+        check("keep_alive_idle_ms", l.keep_alive_idle_ms, 100, 600_000)?;
         check("request_timeout_ms", l.request_timeout_ms, 100, 3_600_000)?;
         check("upstream_timeout_ms", l.upstream_timeout_ms, 100, 3_600_000)?;
         check("shutdown_grace_ms", l.shutdown_grace_ms, 0, 600_000)?;

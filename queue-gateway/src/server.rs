@@ -1,6 +1,7 @@
 //! The connection layer: HTTP/1.1 and h2c (prior knowledge) on hyper, with keep-alive,
-//! header size limits, a header read timeout that answers `408`, a whole-request timeout,
-//! and graceful shutdown (stop accepting, let in-flight requests finish within the grace
+//! header size limits, a header read timeout for a new connection's first request that
+//! answers `408`, a longer idle timeout between requests on a kept-alive connection (hyper has
+//! one timer for both, so the first is ours), a whole-request timeout, and graceful shutdown (stop accepting, let in-flight requests finish within the grace
 //! period, then close what is left).
 
 use std::convert::Infallible;
@@ -88,7 +89,9 @@ async fn connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        // hyper's header timer runs whenever it waits for a request head, idle or not: it is
+        // the keep-alive idle limit; the first request's (shorter) limit is the select below.
+        .header_read_timeout(Duration::from_millis(limits.keep_alive_idle_ms))
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -99,32 +102,52 @@ async fn connection(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
+    let first_request = tokio::time::sleep(Duration::from_millis(limits.header_read_timeout_ms));
+    tokio::pin!(first_request);
+    let mut waiting_first = true;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = &mut first_request, if waiting_first => {
+                waiting_first = false;
+                // The service takes the spare handle when a request arrives.
+                let spare = spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(spare) = spare {
+                    request_timeout_answer(spare).await;
+                    return;
+                }
+            }
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.as_mut().await;
+            }
         }
     };
     if let Err(e) = result {
         let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_timeout());
         let spare = spare.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if timed_out && let Some(mut spare) = spare {
-            let body = br#"{"error":{"code":"request_timeout","message":"the request headers did not arrive in time"}}"#;
-            let head = format!(
-                "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                spare.write_all(head.as_bytes()).await?;
-                spare.write_all(body).await?;
-                spare.shutdown().await
-            })
-            .await;
+        if timed_out && let Some(spare) = spare {
+            request_timeout_answer(spare).await;
         } else {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
+}
+
+/// Answers `408` on a connection whose first request's headers did not arrive in time.
+async fn request_timeout_answer(mut spare: TcpStream) {
+    let body =
+        br#"{"error":{"code":"request_timeout","message":"the request headers did not arrive in time"}}"#;
+    let head = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        spare.write_all(head.as_bytes()).await?;
+        spare.write_all(body).await?;
+        spare.shutdown().await
+    })
+    .await;
 }
 
 /// Runs one request through the router, bounded by the request timeout (streams excepted).

@@ -47,6 +47,24 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(status_of(&text), 408, "{text}");
 
+    // That limit is for a new connection's first request: a kept-alive connection may idle
+    // past it (up to keep_alive_idle_ms) and be used again.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut first = Vec::new();
+    while !String::from_utf8_lossy(&first).contains('}') {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after one request");
+        first.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(status_of(&String::from_utf8_lossy(&first)), 200);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut second = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut second)).await.unwrap().unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&second)), 200, "{}", String::from_utf8_lossy(&second));
+
     // Oversized headers.
     let big = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(20_000));
     assert_eq!(status_of(&raw(gw.addr, big.as_bytes()).await), 431);
