@@ -6,6 +6,10 @@
 //
 //   k6 run -e BASE=http://127.0.0.1:8080 -e ADMIN=<WR_ADMIN_TOKEN> -e MODE=short k6/onsale-spike.js
 //
+// BASES=http://gw1,http://gw2 spreads the buyers over several gateways (each buyer keeps to
+// one, as behind a sticky load balancer); k6/onsale-spike-production.sh runs it that way on the
+// production layout (Redis, PostgreSQL, 2 gateways, 2 backends).
+//
 // MODE=short: 40 buyers (CI); MODE=long: USERS (default 1500) buyers (BENCHMARKS.md), spread
 // over the hot concert's rounds (2 × 1,000 seats in the demo catalog). The setup sets the room
 // to admit USERS/5 per second and signs up a handful of accounts.
@@ -13,7 +17,8 @@ import http from 'k6/http';
 import { check, sleep, fail } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
 
-const BASE = __ENV.BASE || 'http://127.0.0.1:8080';
+const BASES = (__ENV.BASES || __ENV.BASE || 'http://127.0.0.1:8080').split(',');
+const BASE = BASES[0];
 const ADMIN = __ENV.ADMIN || '';
 const LONG = (__ENV.MODE || 'short') === 'long';
 const USERS = parseInt(__ENV.USERS || (LONG ? '1500' : '40'), 10);
@@ -68,8 +73,9 @@ export function setup() {
 }
 
 export default function (data) {
+  const base = BASES[__VU % BASES.length];
   const t0 = Date.now();
-  const join = http.post(`${BASE}/api/v1/rooms/demo/tickets`, null, { tags: { name: 'join' } });
+  const join = http.post(`${base}/api/v1/rooms/demo/tickets`, null, { tags: { name: 'join' } });
   joinTime.add(Date.now() - t0);
   if (!check(join, { joined: (r) => r.status === 201 || r.status === 200 })) return;
   const ticket = join.json('ticket');
@@ -78,7 +84,7 @@ export default function (data) {
   let admitted = join.json('state') === 'admitted';
   while (!admitted && Date.now() < deadline) {
     sleep(Math.min(pollAfter, 2000) / 1000);
-    const st = http.get(`${BASE}/api/v1/rooms/demo/tickets/${ticket}`, { tags: { name: 'status' } });
+    const st = http.get(`${base}/api/v1/rooms/demo/tickets/${ticket}`, { tags: { name: 'status' } });
     if (st.status !== 200) continue;
     admitted = st.json('state') === 'admitted';
     pollAfter = st.json('poll_after_ms') || pollAfter;
@@ -92,20 +98,20 @@ export default function (data) {
   let reservation = null;
   const schedule = data.schedules[__VU % data.schedules.length];
   for (let attempt = 0; attempt < 5 && !reservation; attempt++) {
-    const seats = http.get(`${BASE}/api/v1/schedules/${schedule}/seats`, { tags: { name: 'seats' } }).json();
+    const seats = http.get(`${base}/api/v1/schedules/${schedule}/seats`, { tags: { name: 'seats' } }).json();
     const free = seats.filter((s) => s.status === 'available');
     if (free.length === 0) break;
     const seat = free[Math.floor(Math.random() * free.length)].seat_id;
     const h0 = Date.now();
-    const r = http.post(`${BASE}/api/v1/reservations`, JSON.stringify({ schedule_id: schedule, seat_ids: [seat] }), { headers: user, tags: { name: 'hold' } });
+    const r = http.post(`${base}/api/v1/reservations`, JSON.stringify({ schedule_id: schedule, seat_ids: [seat] }), { headers: user, tags: { name: 'hold' } });
     holdTime.add(Date.now() - h0);
     if (r.status === 201) reservation = r.json('reservation_id');
   }
   if (!check(reservation, { held: (r) => r !== null })) return;
   const p0 = Date.now();
-  const order = http.post(`${BASE}/api/v1/payments/prepare`, JSON.stringify({ reservation_id: reservation }), { headers: user, tags: { name: 'prepare' } });
+  const order = http.post(`${base}/api/v1/payments/prepare`, JSON.stringify({ reservation_id: reservation }), { headers: user, tags: { name: 'prepare' } });
   if (!check(order, { prepared: (r) => r.status === 200 })) return;
-  const confirm = http.post(`${BASE}/api/v1/payments/confirm`,
+  const confirm = http.post(`${base}/api/v1/payments/confirm`,
     JSON.stringify({ payment_key: `pk_spike_${__VU}_${Date.now()}`, order_id: order.json('order_id'), amount: order.json('amount') }),
     { headers: Object.assign({ 'idempotency-key': `spike-${__VU}-${reservation}` }, user), tags: { name: 'confirm' } });
   payTime.add(Date.now() - p0);
