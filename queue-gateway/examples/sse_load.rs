@@ -6,15 +6,20 @@
 //! set), makes N tickets, opens N streams, and reports the gateway's RSS growth per stream,
 //! the time for a position change (the first ticket leaves) to reach every stream, and the
 //! time for an admission of all N to reach every stream.
+//!
+//! `-- N --h2` opens the streams over h2c instead, 200 per connection (the gateway allows 256
+//! at once on one connection), as a TLS-terminating proxy or a browser on HTTP/2 would carry
+//! them: what a stream costs without a connection of its own.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const ADMIN: &str = "sse-bench-admin-token-0123456789";
 
@@ -49,6 +54,86 @@ async fn join(addr: &str) -> (String, String) {
     let ticket =
         body.split("\"ticket\":\"").nth(1).and_then(|r| r.split('"').next()).expect("ticket").to_owned();
     (ticket, cookie)
+}
+
+#[derive(Clone)]
+struct Counters {
+    opened: Arc<AtomicUsize>,
+    second_position: Arc<AtomicUsize>,
+    admitted: Arc<AtomicUsize>,
+}
+
+impl Counters {
+    /// Counts one stream's events from its text; returns whether it is over.
+    fn saw(&self, positions: &mut usize, line: &str) -> bool {
+        if line == "event: position" {
+            *positions += 1;
+            match *positions {
+                1 => self.opened.fetch_add(1, Ordering::Relaxed),
+                2 => self.second_position.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+        } else if line == "event: admitted" {
+            self.admitted.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// One stream on its own HTTP/1.1 connection; the permit (pacing connects) goes once open.
+async fn h1_stream(addr: &str, ticket: &str, cookie: &str, c: Counters, permit: OwnedSemaphorePermit) {
+    let mut permit = Some(permit);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /api/v1/rooms/sse/tickets/{ticket}/events HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let mut positions = 0;
+    while let Ok(Some(l)) = lines.next_line().await {
+        if c.saw(&mut positions, &l) {
+            break;
+        }
+        if positions == 1 {
+            permit.take();
+        }
+    }
+}
+
+/// Many streams on one h2c connection.
+async fn h2_streams(addr: &str, tickets: Vec<(String, String)>, c: Counters, permit: OwnedSemaphorePermit) {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    drop(permit);
+    for (ticket, cookie) in tickets {
+        let (mut send, c) = (send.clone(), c.clone());
+        tokio::spawn(async move {
+            let req = hyper::Request::get(format!("http://x/api/v1/rooms/sse/tickets/{ticket}/events"))
+                .header("cookie", cookie)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            send.ready().await.unwrap();
+            let mut body = send.send_request(req).await.unwrap().into_body();
+            let (mut text, mut positions) = (String::new(), 0);
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else { continue };
+                text.push_str(&String::from_utf8_lossy(&data));
+                while let Some(i) = text.find('\n') {
+                    let line: String = text.drain(..=i).collect();
+                    if c.saw(&mut positions, line.trim_end()) {
+                        return;
+                    }
+                }
+            }
+        });
+    }
 }
 
 #[tokio::main]
@@ -109,34 +194,26 @@ async fn main() {
     let admitted = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(256));
     let t = Instant::now();
-    for (ticket, cookie) in tickets[1..].iter() {
-        let (ticket, cookie) = (ticket.clone(), cookie.clone());
-        let (addr, gate) = (addr.clone(), gate.clone());
-        let (opened, second_position, admitted) = (opened.clone(), second_position.clone(), admitted.clone());
-        tokio::spawn(async move {
-            let mut permit = Some(gate.acquire_owned().await.unwrap());
-            let mut s = TcpStream::connect(&addr).await.unwrap();
-            s.write_all(format!("GET /api/v1/rooms/sse/tickets/{ticket}/events HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut lines = BufReader::new(s).lines();
-            let mut positions = 0;
-            while let Ok(Some(l)) = lines.next_line().await {
-                if l == "event: position" {
-                    positions += 1;
-                    if positions == 1 {
-                        opened.fetch_add(1, Ordering::Relaxed);
-                        // The semaphore only paces connects: release once open.
-                        permit.take();
-                    } else if positions == 2 {
-                        second_position.fetch_add(1, Ordering::Relaxed);
-                    }
-                } else if l == "event: admitted" {
-                    admitted.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-            }
-        });
+    let counters = Counters {
+        opened: opened.clone(),
+        second_position: second_position.clone(),
+        admitted: admitted.clone(),
+    };
+    if std::env::args().any(|a| a == "--h2") {
+        for chunk in tickets[1..].chunks(200) {
+            let (chunk, addr, counters) = (chunk.to_vec(), addr.clone(), counters.clone());
+            let permit = gate.clone().acquire_owned().await.unwrap();
+            tokio::spawn(async move { h2_streams(&addr, chunk, counters, permit).await });
+        }
+    } else {
+        for (ticket, cookie) in tickets[1..].iter() {
+            let (ticket, cookie) = (ticket.clone(), cookie.clone());
+            let (addr, gate, counters) = (addr.clone(), gate.clone(), counters.clone());
+            tokio::spawn(async move {
+                let permit = gate.acquire_owned().await.unwrap();
+                h1_stream(&addr, &ticket, &cookie, counters, permit).await
+            });
+        }
     }
     let streams = n - 1;
     while opened.load(Ordering::Relaxed) < streams {
