@@ -306,15 +306,26 @@ pub async fn cancel(
 
 /// `GET /api/v1/me/reservations`: the caller's reservations, newest first.
 pub async fn mine(State(s): State<AppState>, user: CurrentUser) -> Result<Response> {
+    // What was paid (after any coupon) comes from the reservation's paid order.
     let rows = sqlx::query(
-        "SELECT id, user_id, schedule_id, amount, status, expires_at, created_at FROM reservations \
-         WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT 100",
+        "SELECT r.id, r.user_id, r.schedule_id, r.amount, r.status, r.expires_at, r.created_at, \
+         (SELECT p.amount FROM payments p WHERE p.reservation_id = r.id AND p.status = 'paid' LIMIT 1) AS paid_amount \
+         FROM reservations r WHERE r.user_id = $1 ORDER BY r.created_at DESC, r.id DESC LIMIT 100",
     )
     .bind(user.id)
     .fetch_all(&s.db.pool)
     .await
     .context("listing reservations")?;
-    let items: Vec<Value> = rows.iter().map(|r| reservation_json(r, Vec::new())).collect();
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = reservation_json(r, Vec::new());
+            if let Some(paid) = r.get::<Option<i64>, _>("paid_amount") {
+                v["paid_amount"] = json!(paid);
+            }
+            v
+        })
+        .collect();
     Ok(Json(json!({ "items": items })).into_response())
 }
 

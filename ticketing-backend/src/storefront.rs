@@ -128,7 +128,7 @@ pub async fn seats(
         html! {
             (nav(l))
             h1 { (title) }
-            p { (free) " / " (seats.len()) " " (t(l, "seats available.", "석 예매 가능.")) " " a href="/book/" { (t(l, "All rounds", "모든 회차")) } }
+            p { span #free { (free) } " / " (seats.len()) " " (t(l, "seats available.", "석 예매 가능.")) " " a href="/book/" { (t(l, "All rounds", "모든 회차")) } }
             form #auth {
                 label { (t(l, "Email", "이메일")) " " input name="email" type="email" required autocomplete="email"; }
                 " " label { (t(l, "Password", "비밀번호")) " " input name="password" type="password" required minlength="8" autocomplete="current-password"; }
@@ -262,6 +262,7 @@ fn scripts(l: Lang, script: &'static str) -> Markup {
         "tickets": t(l, "Tickets", "티켓"),
         "seat": t(l, "seat", "좌석"),
         "cancel": t(l, "Cancel", "취소"),
+        "paid_word": t(l, "paid", "결제"),
         "kinds": {
             "reservation.held": t(l, "Seats held", "좌석 확보"),
             "reservation.cancelled": t(l, "Reservation cancelled", "예매 취소"),
@@ -321,7 +322,8 @@ async function load() {
     for (const r of res.items) {
       let b = null;
       if (r.status === 'held' || r.status === 'paid') { b = document.createElement('button'); b.dataset.id = r.reservation_id; b.textContent = T.cancel; }
-      const item = li(r.reservation_id + ' · ' + r.status + ' · ' + r.amount + ' KRW', b);
+      const paid = r.paid_amount !== undefined && r.paid_amount !== r.amount ? ' (' + T.paid_word + ' ' + r.paid_amount + ' KRW)' : '';
+      const item = li(r.reservation_id + ' · ' + r.status + ' · ' + r.amount + ' KRW' + paid, b);
       item.dataset.status = r.status;
       rl.append(item);
     }
@@ -421,6 +423,7 @@ document.getElementById('pay').addEventListener('click', async () => {
     const paid = await api('POST', '/api/v1/payments/confirm', { payment_key: 'pk_web_' + Date.now(), order_id: order.order_id, amount: order.amount });
     for (const id of picked) document.querySelector('[data-seat="' + id + '"]').className = 'seat sold';
     picked.clear();
+    document.getElementById('free').textContent = document.querySelectorAll('.seat.available').length;
     msg(T.paid.replace('{amount}', order.amount).replace('{id}', held.reservation_id).replace('{status}', paid.status));
     const a = document.createElement('a'); a.href = '/me'; a.textContent = T.see_bookings;
     document.getElementById('msg').append(' ', a);

@@ -277,6 +277,16 @@ async fn saga(db: String) {
     assert_eq!(sim_stats(sim).await["charges_by_order"][&order], 1, "charged once");
     assert_eq!(w.seat_status(&b, w.seats[0]).await, "sold");
     assert_eq!(w.coupon_status(&b, &coupon).await, "used");
+    // The buyer's list shows the seats' price and what was paid after the coupon.
+    let (_, mine, _) = b.call("GET", "/api/v1/me/reservations", None, &w.buyer, &[]).await;
+    let listed =
+        mine["items"].as_array().unwrap().iter().find(|i| i["reservation_id"] == reservation.as_str());
+    let listed = listed.unwrap_or_else(|| panic!("{mine}"));
+    assert_eq!(
+        (listed["amount"].as_i64(), listed["paid_amount"].as_i64()),
+        (Some(20_000), Some(amount)),
+        "{listed}"
+    );
     let (_, r, _) = b.call("GET", &format!("/api/v1/reservations/{reservation}"), None, &w.buyer, &[]).await;
     assert_eq!(r["status"], "paid");
     // Tickets follow asynchronously, one per seat, once.

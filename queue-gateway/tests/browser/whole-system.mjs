@@ -120,6 +120,7 @@ try {
   await offer.click();
   await buyer.locator('#msg', { hasText: 'Coupon issued' }).waitFor();
   assert.notEqual(await buyer.locator('#coupon').inputValue(), '', 'the new coupon is selected');
+  const freeBefore = Number(await buyer.locator('#free').textContent());
   const seats = buyer.locator('.seat.available');
   let expected = -10_000;
   for (const i of [0, 1]) {
@@ -137,6 +138,7 @@ try {
   assert.match(text, new RegExp(`Paid ${expected} KRW: reservation (\\S+) is paid`), text);
   const reservation = /reservation (\S+) is/.exec(text)[1];
   for (const s of picked) assert.equal(await buyer.locator(`[data-seat="${s}"]`).getAttribute('class'), 'seat sold');
+  assert.equal(Number(await buyer.locator('#free').textContent()), freeBefore - 2, 'the count of free seats follows');
 
   step(`buyer: reservation ${reservation} paid ${expected} KRW; its notification arrives`);
   await buyer.locator('#events li[data-kind="payment.paid"]', { hasText: 'Payment confirmed' }).waitFor({ timeout: 10_000 });
@@ -146,8 +148,8 @@ try {
   await buyer.getByRole('link', { name: 'See my bookings' }).click();
   const mine = buyer.locator('#reservations li[data-status="paid"]', { hasText: reservation });
   await mine.waitFor();
-  // The reservation's price is the seats' (the coupon comes off the payment).
-  assert.match(await mine.textContent(), new RegExp(`${expected + 10_000} KRW`));
+  // The reservation's price is the seats'; what was paid is less the coupon.
+  assert.match(await mine.textContent(), new RegExp(`${expected + 10_000} KRW \\(paid ${expected} KRW\\)`));
   await buyer.waitForFunction(() => document.querySelectorAll('#tickets li').length === 2, null, { timeout: 15_000 });
   await shot(buyer, '07-my-bookings.png');
 
