@@ -5,7 +5,8 @@
 //! runs this). It starts `target/release/queue-gateway` (memory store, or `WR_REDIS_URL` if
 //! set), makes N tickets, opens N streams, and reports the gateway's RSS growth per stream,
 //! the time for a position change (the first ticket leaves) to reach every stream, and the
-//! time for an admission of all N to reach every stream.
+//! time for an admission of the first in line to move everyone else up, and the time for an
+//! admission of all N to reach every stream.
 //!
 //! `-- N --h2` opens the streams over h2c instead, 200 per connection (the gateway allows 256
 //! at once on one connection), as a TLS-terminating proxy or a browser on HTTP/2 would carry
@@ -60,6 +61,7 @@ async fn join(addr: &str) -> (String, String) {
 struct Counters {
     opened: Arc<AtomicUsize>,
     second_position: Arc<AtomicUsize>,
+    third_position: Arc<AtomicUsize>,
     admitted: Arc<AtomicUsize>,
 }
 
@@ -71,6 +73,7 @@ impl Counters {
             match *positions {
                 1 => self.opened.fetch_add(1, Ordering::Relaxed),
                 2 => self.second_position.fetch_add(1, Ordering::Relaxed),
+                3 => self.third_position.fetch_add(1, Ordering::Relaxed),
                 _ => 0,
             };
         } else if line == "event: admitted" {
@@ -191,12 +194,14 @@ async fn main() {
     // Open every stream; each task counts position events and notes admission.
     let opened = Arc::new(AtomicUsize::new(0));
     let second_position = Arc::new(AtomicUsize::new(0));
+    let third_position = Arc::new(AtomicUsize::new(0));
     let admitted = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(256));
     let t = Instant::now();
     let counters = Counters {
         opened: opened.clone(),
         second_position: second_position.clone(),
+        third_position: third_position.clone(),
         admitted: admitted.clone(),
     };
     if std::env::args().any(|a| a == "--h2") {
@@ -242,6 +247,22 @@ async fn main() {
     println!(
         "position change reached {}/{streams} streams in {:.2} s (hub polls once a second)",
         second_position.load(Ordering::Relaxed),
+        t.elapsed().as_secs_f64()
+    );
+
+    // A tick's worth of movement: admit the first in line; everyone behind moves up (pushed
+    // right after the admission; a stream gets at most one position a second, so wait that out).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let t = Instant::now();
+    let one = "{\"count\":1}";
+    request(&addr, format!("POST /admin/v1/rooms/sse/admit HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{one}", one.len())).await;
+    while third_position.load(Ordering::Relaxed) < streams - 1 && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "admitting the first in line moved {}/{} streams up in {:.2} s",
+        third_position.load(Ordering::Relaxed),
+        streams - 1,
         t.elapsed().as_secs_f64()
     );
 

@@ -1,9 +1,9 @@
 //! Live ticket updates over SSE, fanned out in process.
 //!
-//! A gateway holds one store subscription (admissions of every room) and, once a second,
-//! one `watch` call per room for all of its open streams (which also keeps their tickets
-//! seen): never a store connection per client. Each stream gets `position` at most once a
-//! second and only when it changed, `admitted` with its token as soon as the admission is
+//! A gateway holds one store subscription (admissions of every room) and, once a second and
+//! right after each admission in a room (when positions move), one `watch` call per room for
+//! all of its open streams (which also keeps their tickets seen): never a store connection
+//! per client. Each stream gets `position` at most once a second and only when it changed, `admitted` with its token as soon as the admission is
 //! published, and `expired` when the ticket is over; comments keep idle proxies from closing
 //! the stream. `admitted` and `expired` end the stream (nothing more will come, and the
 //! gateway frees the connection as the crowd goes in); `admitted` carries a long `retry` so
@@ -45,6 +45,8 @@ struct Client {
     secret: Vec<u8>,
     tx: mpsc::Sender<Msg>,
     last_position: Option<Option<u64>>,
+    /// When the last `position` went out (the first is the stream's opening message).
+    last_sent: std::time::Instant,
     admitted: bool,
 }
 
@@ -152,6 +154,7 @@ pub async fn events(
         secret,
         tx,
         last_position: Some(st.position),
+        last_sent: std::time::Instant::now(),
         admitted: st.state == TicketState::Admitted,
     };
     app.hub
@@ -222,6 +225,7 @@ fn stream_of(
 /// Delivers admissions as they are published and positions once a second, until shutdown.
 pub async fn hub_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let mut events = app.store.subscribe();
+    let mut last_push: HashMap<RoomId, std::time::Instant> = HashMap::new();
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -229,9 +233,19 @@ pub async fn hub_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             ev = events.recv() => {
                 if let Ok(RoomEvent::Admitted { room, tickets, expires_at_ms, .. }) = ev {
                     on_admitted(&app, &room, &tickets, expires_at_ms);
+                    // Everyone behind them moved up: tell them now, not at the next poll (at
+                    // most twice a second per room, however fast the room ticks).
+                    let now = std::time::Instant::now();
+                    if last_push.get(&room).is_none_or(|t| now.duration_since(*t) >= Duration::from_millis(500)) {
+                        last_push.insert(room.clone(), now);
+                        poll_room(&app, &room).await;
+                    }
                 }
             }
-            _ = every.tick() => poll_positions(&app).await,
+            _ = every.tick() => {
+                poll_positions(&app).await;
+                last_push.retain(|_, t| t.elapsed() < Duration::from_secs(1));
+            }
             _ = shutdown.changed() => {
                 app.hub.end_all();
                 return;
@@ -263,25 +277,32 @@ fn on_admitted(app: &App, room: &RoomId, tickets: &[TicketId], until: u64) {
 
 async fn poll_positions(app: &App) {
     for room in app.hub.rooms() {
-        let clients = app.hub.clients_of(&room);
-        let tickets: Vec<TicketId> =
-            clients.iter().map(|(_, t)| *t).collect::<HashSet<_>>().into_iter().collect();
-        let mut states = HashMap::new();
-        for chunk in tickets.chunks(queue_core::store::MAX_TOUCH_BATCH) {
-            match app.store.watch(&room, chunk).await {
-                Ok(w) => states.extend(chunk.iter().copied().zip(w)),
-                Err(e) => {
-                    tracing::warn!(room = %room, error = %e, "watch failed");
-                    continue;
-                }
+        poll_room(app, &room).await;
+    }
+}
+
+async fn poll_room(app: &App, room: &RoomId) {
+    let clients = app.hub.clients_of(room);
+    if clients.is_empty() {
+        return;
+    }
+    let tickets: Vec<TicketId> =
+        clients.iter().map(|(_, t)| *t).collect::<HashSet<_>>().into_iter().collect();
+    let mut states = HashMap::new();
+    for chunk in tickets.chunks(queue_core::store::MAX_TOUCH_BATCH) {
+        match app.store.watch(room, chunk).await {
+            Ok(w) => states.extend(chunk.iter().copied().zip(w)),
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "watch failed");
+                continue;
             }
         }
-        let stats = app.store.stats(&room).await.ok();
-        let cfg = app.rooms.get(&room);
-        for (id, ticket) in clients {
-            let Some(Some(w)) = states.get(&ticket) else { continue };
-            app.hub.with_client(&room, id, |c| update(app, &room, c, w, stats.as_ref(), cfg.as_ref()));
-        }
+    }
+    let stats = app.store.stats(room).await.ok();
+    let cfg = app.rooms.get(room);
+    for (id, ticket) in clients {
+        let Some(Some(w)) = states.get(&ticket) else { continue };
+        app.hub.with_client(room, id, |c| update(app, room, c, w, stats.as_ref(), cfg.as_ref()));
     }
 }
 
@@ -295,8 +316,10 @@ fn update(
 ) {
     match w.state {
         TicketState::Waiting => {
-            if c.last_position != Some(w.position) {
+            // A change within a second of the last one waits for a later poll.
+            if c.last_position != Some(w.position) && c.last_sent.elapsed() >= Duration::from_secs(1) {
                 c.last_position = Some(w.position);
+                c.last_sent = std::time::Instant::now();
                 let eta = match (w.position, stats, cfg) {
                     (Some(p), Some(s), Some(cfg)) => {
                         queue_core::eta::estimate(p, s.admitted_per_minute, cfg, s.phase, s.now_ms)
