@@ -664,8 +664,14 @@ pub struct SeatRow {
 /// seats never change once their schedule is made, so a spike of seat-map reads costs the
 /// database a look-up of the schedule (a deleted concert's rounds are gone at once) and the
 /// sold seats, not 1,000 rows each time.
+///
+/// At most [`MAX_LAYOUTS`] are kept (a layout of 1,000 seats is ~150 KB): an on-sale reads a
+/// few rounds very often, not thousands.
 #[derive(Debug, Default)]
 pub struct Layouts(dashmap::DashMap<i64, (std::time::Instant, std::sync::Arc<Vec<SeatRow>>)>);
+
+/// Most seat layouts kept per instance.
+pub const MAX_LAYOUTS: usize = 256;
 
 impl Layouts {
     /// The seats of a live schedule (`None`: no such schedule, or its concert is deleted).
@@ -702,10 +708,10 @@ impl Layouts {
             })
             .collect();
         let seats = std::sync::Arc::new(seats);
-        if self.0.len() >= crate::cache::MAX_ENTRIES {
+        if self.0.len() >= MAX_LAYOUTS {
             self.0.retain(|_, e| e.0.elapsed() < crate::cache::TTL);
         }
-        if self.0.len() < crate::cache::MAX_ENTRIES {
+        if self.0.len() < MAX_LAYOUTS {
             self.0.insert(schedule, (std::time::Instant::now(), seats.clone()));
         }
         Ok(Some(seats))
