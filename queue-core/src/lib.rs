@@ -16,6 +16,7 @@
 //! - [`eta`]: wait estimates from the observed admission rate.
 //! - [`gate`]: the overload gate's durable log (memory, Redis Streams) and replay markers.
 //! - [`draw`]: the auditable `random_at_open` shuffle.
+//! - [`lang`]: Korean or English from `Accept-Language`, for the pages people read.
 //! - [`token`]: admission tokens (EdDSA JWT), key sets with rotation, JWKS.
 //! - [`verify`]: the backend-side verifier with a JWKS cache and a verified-token cache.
 //! - [`error`]: the crate's error type.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod eta;
 pub mod gate;
 pub mod id;
+pub mod lang;
 pub mod model;
 pub mod store;
 #[cfg(feature = "testkit")]

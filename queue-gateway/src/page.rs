@@ -17,6 +17,8 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use queue_core::{RoomConfig, RoomId, RoomPhase, TicketState, TicketStatus};
 use serde::Deserialize;
 
+use queue_core::lang::Lang;
+
 use crate::admission;
 use crate::error::GatewayError;
 use crate::proxy::{encode_component, safe_path};
@@ -34,76 +36,52 @@ pub struct PageQuery {
     p0: Option<u64>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lang {
-    Ko,
-    En,
+fn lang_of(headers: &HeaderMap) -> Lang {
+    Lang::from_accept_language(
+        headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).unwrap_or(""),
+    )
 }
 
-impl Lang {
-    fn of(headers: &HeaderMap) -> Lang {
-        let accept = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        for part in accept.split(',') {
-            let tag = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            if tag.starts_with("ko") {
-                return Lang::Ko;
-            }
-            if tag.starts_with("en") {
-                return Lang::En;
-            }
-        }
-        Lang::En
-    }
-
-    fn code(self) -> &'static str {
-        match self {
-            Lang::Ko => "ko",
-            Lang::En => "en",
-        }
-    }
-
-    fn t(self, key: &str) -> &'static str {
-        let (ko, en) = match key {
-            "title" => ("대기실", "Waiting room"),
-            "intro" => (
-                "접속자가 많아 순서대로 입장합니다. 이 페이지를 닫지 마세요.",
-                "Many people are here, so we let you in in order. Please keep this page open.",
-            ),
-            "position" => ("내 앞 대기 순번", "Your place in line"),
-            "eta" => ("예상 대기 시간", "Estimated wait"),
-            "progress" => ("진행률", "Progress"),
-            "scheduled" => (
-                "아직 열리지 않았습니다. 열리면 순서대로 입장합니다.",
-                "Not open yet. When it opens, people are let in in order.",
-            ),
-            "opens_in" => ("열리기까지", "Opens in"),
-            "paused" => (
-                "입장이 잠시 멈췄습니다. 순번은 그대로 유지됩니다.",
-                "Admission is paused for a moment. You keep your place.",
-            ),
-            "admitted" => ("입장 차례입니다. 이동합니다…", "It is your turn. Taking you there…"),
-            "expired" => {
-                ("대기가 끝났습니다. 다시 줄을 서 주세요.", "Your turn has passed. Please queue again.")
-            }
-            "requeue" => ("다시 줄 서기", "Queue again"),
-            "drawing" => ("오픈 시각에 추첨으로 순서가 정해집니다.", "The order is drawn at opening time."),
-            "minutes" => ("분", "min"),
-            "seconds" => ("초", "s"),
-            "live" => ("실시간으로 갱신됩니다.", "Updates live."),
-            _ => ("", ""),
-        };
-        match self {
-            Lang::Ko => ko,
-            Lang::En => en,
-        }
+/// The page's words in `lang`.
+fn t(lang: Lang, key: &str) -> &'static str {
+    let (ko, en) = match key {
+        "title" => ("대기실", "Waiting room"),
+        "intro" => (
+            "접속자가 많아 순서대로 입장합니다. 이 페이지를 닫지 마세요.",
+            "Many people are here, so we let you in in order. Please keep this page open.",
+        ),
+        "position" => ("내 앞 대기 순번", "Your place in line"),
+        "eta" => ("예상 대기 시간", "Estimated wait"),
+        "progress" => ("진행률", "Progress"),
+        "scheduled" => (
+            "아직 열리지 않았습니다. 열리면 순서대로 입장합니다.",
+            "Not open yet. When it opens, people are let in in order.",
+        ),
+        "opens_in" => ("열리기까지", "Opens in"),
+        "paused" => (
+            "입장이 잠시 멈췄습니다. 순번은 그대로 유지됩니다.",
+            "Admission is paused for a moment. You keep your place.",
+        ),
+        "admitted" => ("입장 차례입니다. 이동합니다…", "It is your turn. Taking you there…"),
+        "expired" => ("대기가 끝났습니다. 다시 줄을 서 주세요.", "Your turn has passed. Please queue again."),
+        "requeue" => ("다시 줄 서기", "Queue again"),
+        "drawing" => ("오픈 시각에 추첨으로 순서가 정해집니다.", "The order is drawn at opening time."),
+        "minutes" => ("분", "min"),
+        "seconds" => ("초", "s"),
+        "live" => ("실시간으로 갱신됩니다.", "Updates live."),
+        _ => ("", ""),
+    };
+    match lang {
+        Lang::Ko => ko,
+        Lang::En => en,
     }
 }
 
 fn human(lang: Lang, seconds: u64) -> String {
     if seconds >= 120 {
-        format!("{} {}", seconds.div_ceil(60), lang.t("minutes"))
+        format!("{} {}", seconds.div_ceil(60), t(lang, "minutes"))
     } else {
-        format!("{seconds} {}", lang.t("seconds"))
+        format!("{seconds} {}", t(lang, "seconds"))
     }
 }
 
@@ -132,7 +110,7 @@ pub async fn page(
 ) -> Result<Response, GatewayError> {
     let room = room_id(&path.map_err(path_err)?.0)?;
     let q = query.map(|q| q.0).unwrap_or_default();
-    let lang = Lang::of(&headers);
+    let lang = lang_of(&headers);
     let cfg = app
         .rooms
         .get(&room)
@@ -225,50 +203,50 @@ fn render(
                 @if st.state.is_live() {
                     noscript { meta http-equiv="refresh" content=(format!("{}; url={}", poll.div_ceil(1000), refresh_url)); }
                 }
-                title { (lang.t("title")) " · " (room.as_str()) }
+                title { (t(lang, "title")) " · " (room.as_str()) }
                 style { (PreEscaped(CSS)) }
             }
             body {
                 main {
-                    h1 { (lang.t("title")) }
+                    h1 { (t(lang, "title")) }
                     p.room { (room.as_str()) }
                     @match (st.state, st.phase) {
                         (TicketState::Waiting, phase) => {
-                            p { (lang.t("intro")) }
+                            p { (t(lang, "intro")) }
                             @if phase == RoomPhase::Scheduled {
-                                p #phase role="status" { (lang.t("scheduled")) }
+                                p #phase role="status" { (t(lang, "scheduled")) }
                                 @if cfg.opens_at.is_some() {
-                                    p { (lang.t("opens_in")) ": " strong #countdown data-opens=(cfg.opens_at_ms()) { (human(lang, cfg.opens_at_ms().saturating_sub(st.now_ms) / 1000)) } }
+                                    p { (t(lang, "opens_in")) ": " strong #countdown data-opens=(cfg.opens_at_ms()) { (human(lang, cfg.opens_at_ms().saturating_sub(st.now_ms) / 1000)) } }
                                 }
                             }
                             @if phase == RoomPhase::Paused {
-                                p #phase role="status" { (lang.t("paused")) }
+                                p #phase role="status" { (t(lang, "paused")) }
                             }
                             div.card {
-                                p.label #position-label { (lang.t("position")) }
+                                p.label #position-label { (t(lang, "position")) }
                                 p.big aria-live="polite" aria-labelledby="position-label" #position {
                                     @match st.position {
                                         Some(p) => (p),
                                         None => "—",
                                     }
                                 }
-                                @if st.position.is_none() { p.small { (lang.t("drawing")) } }
-                                p.label #eta-label { (lang.t("eta")) }
+                                @if st.position.is_none() { p.small { (t(lang, "drawing")) } }
+                                p.label #eta-label { (t(lang, "eta")) }
                                 p aria-live="polite" aria-labelledby="eta-label" #eta {
                                     @match eta {
                                         Some(e) => { (human(lang, e.low_seconds)) " – " (human(lang, e.high_seconds)) },
                                         None => "—",
                                     }
                                 }
-                                label for="progress" { (lang.t("progress")) }
-                                progress #progress max="100" value=(format!("{progress:.0}")) aria-label=(lang.t("progress")) { (format!("{progress:.0}%")) }
+                                label for="progress" { (t(lang, "progress")) }
+                                progress #progress max="100" value=(format!("{progress:.0}")) aria-label=(t(lang, "progress")) { (format!("{progress:.0}%")) }
                             }
-                            p.small { (lang.t("live")) }
+                            p.small { (t(lang, "live")) }
                         }
-                        (TicketState::Admitted, _) => { p role="status" { (lang.t("admitted")) } }
+                        (TicketState::Admitted, _) => { p role="status" { (t(lang, "admitted")) } }
                         _ => {
-                            p role="status" { (lang.t("expired")) }
-                            a href=(format!("/rooms/{room}")) { (lang.t("requeue")) }
+                            p role="status" { (t(lang, "expired")) }
+                            a href=(format!("/rooms/{room}")) { (t(lang, "requeue")) }
                         }
                     }
                 }
@@ -282,8 +260,8 @@ fn render(
                             "reload": refresh_url,
                             "lang": lang.code(),
                             "now_ms": st.now_ms,
-                            "min": lang.t("minutes"),
-                            "sec": lang.t("seconds"),
+                            "min": t(lang, "minutes"),
+                            "sec": t(lang, "seconds"),
                         }).to_string().replace('<', "\\u003c")))
                     }
                     script { (PreEscaped(JS)) }

@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
+use queue_core::lang::Lang;
 use serde::Deserialize;
 use sqlx::Row;
 
@@ -18,24 +19,10 @@ use crate::error::{ApiError, Context};
 use crate::holds::SeatState;
 use crate::state::AppState;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lang {
-    Ko,
-    En,
-}
-
 fn lang(headers: &HeaderMap) -> Lang {
-    let accept = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    for part in accept.split(',') {
-        let tag = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if tag.starts_with("ko") {
-            return Lang::Ko;
-        }
-        if tag.starts_with("en") {
-            return Lang::En;
-        }
-    }
-    Lang::En
+    Lang::from_accept_language(
+        headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).unwrap_or(""),
+    )
 }
 
 fn t(l: Lang, en: &'static str, ko: &'static str) -> &'static str {
@@ -52,7 +39,7 @@ fn page_in(l: Lang, title: &str, body: Markup) -> Response {
     Html(
         html! {
             (DOCTYPE)
-            html lang=(if l == Lang::Ko { "ko" } else { "en" }) {
+            html lang=(l.code()) {
                 head {
                     meta charset="utf-8";
                     meta name="viewport" content="width=device-width, initial-scale=1";
