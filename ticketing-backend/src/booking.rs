@@ -239,16 +239,19 @@ async fn load(s: &AppState, id: &str, user: &CurrentUser) -> Result<(AnyRow, Vec
     if row.get::<i64, _>("user_id") != user.id && user.role != Role::Admin {
         return Err(bad());
     }
-    let seats =
-        sqlx::query("SELECT seat_id FROM reservation_seats WHERE reservation_id = $1 ORDER BY seat_id")
-            .bind(id)
-            .fetch_all(&s.db.pool)
-            .await
-            .context("loading reserved seats")?
-            .iter()
-            .map(|r| r.get::<i64, _>(0))
-            .collect();
-    Ok((row, seats))
+    Ok((row, seat_ids(s, id).await?))
+}
+
+/// The seats of a reservation, in id order.
+pub(crate) async fn seat_ids(s: &AppState, reservation: &str) -> Result<Vec<i64>> {
+    Ok(sqlx::query("SELECT seat_id FROM reservation_seats WHERE reservation_id = $1 ORDER BY seat_id")
+        .bind(reservation)
+        .fetch_all(&s.db.pool)
+        .await
+        .context("loading reserved seats")?
+        .iter()
+        .map(|r| r.get::<i64, _>(0))
+        .collect())
 }
 
 fn reservation_id(p: std::result::Result<Path<String>, PathRejection>) -> Result<String> {

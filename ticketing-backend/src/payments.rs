@@ -569,15 +569,7 @@ pub mod saga {
             .fetch_one(&s.db.pool)
             .await
             .context("loading an order's reservation")?;
-        let seats =
-            sqlx::query("SELECT seat_id FROM reservation_seats WHERE reservation_id = $1 ORDER BY seat_id")
-                .bind(id)
-                .fetch_all(&s.db.pool)
-                .await
-                .context("loading reserved seats")?
-                .iter()
-                .map(|r| r.get::<i64, _>(0))
-                .collect();
+        let seats = crate::booking::seat_ids(s, id).await?;
         Ok(Reserved { schedule: r.get(0), status: r.get(1), expires_at: r.get(2), seats })
     }
 
