@@ -37,6 +37,12 @@ struct Migration {
     postgres: &'static str,
 }
 
+impl Migration {
+    const fn shared(version: i64, name: &'static str, sql: &'static str) -> Self {
+        Migration { version, name, sqlite: sql, postgres: sql }
+    }
+}
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -50,36 +56,16 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_catalog.sql"),
         postgres: include_str!("../migrations/postgres/0002_catalog.sql"),
     },
-    Migration {
-        version: 3,
-        name: "booking",
-        sqlite: include_str!("../migrations/shared/0003_booking.sql"),
-        postgres: include_str!("../migrations/shared/0003_booking.sql"),
-    },
+    Migration::shared(3, "booking", include_str!("../migrations/shared/0003_booking.sql")),
     Migration {
         version: 4,
         name: "coupons",
         sqlite: include_str!("../migrations/sqlite/0004_coupons.sql"),
         postgres: include_str!("../migrations/postgres/0004_coupons.sql"),
     },
-    Migration {
-        version: 5,
-        name: "payments",
-        sqlite: include_str!("../migrations/shared/0005_payments.sql"),
-        postgres: include_str!("../migrations/shared/0005_payments.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "tickets",
-        sqlite: include_str!("../migrations/shared/0006_tickets.sql"),
-        postgres: include_str!("../migrations/shared/0006_tickets.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "jobs",
-        sqlite: include_str!("../migrations/shared/0007_jobs.sql"),
-        postgres: include_str!("../migrations/shared/0007_jobs.sql"),
-    },
+    Migration::shared(5, "payments", include_str!("../migrations/shared/0005_payments.sql")),
+    Migration::shared(6, "tickets", include_str!("../migrations/shared/0006_tickets.sql")),
+    Migration::shared(7, "jobs", include_str!("../migrations/shared/0007_jobs.sql")),
 ];
 
 /// A connected, migrated database.
