@@ -14,9 +14,7 @@ use queue_core::testkit::RedisServer;
 use ticketing_backend::config::BackendConfig;
 use ticketing_backend::coupons::{Issue, Issuer};
 use ticketing_backend::holds::{HoldOutcome, Holds};
-
-const DAY: i64 = 86_400_000;
-const D: i64 = 20_000 * DAY;
+use ticketing_backend::testkit::{self, PaymentsSeed};
 
 fn pct(v: &mut [u64], p: f64) -> f64 {
     v.sort_unstable();
@@ -117,91 +115,12 @@ async fn coupons(url: &str, conc: usize) {
 async fn settlement(label: &str, url: String, n: usize) {
     let cfg = BackendConfig { database_url: Some(url), demo_data: false, ..BackendConfig::default() };
     let s = ticketing_backend::build(&cfg).await.unwrap();
-    let pool = &s.db.pool;
-    let user: i64 = sqlx::query_scalar("INSERT INTO users (email, name, password_hash, role, created_at) VALUES ('b@x', 'B', 'x', 'user', 0) RETURNING id")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let venue: i64 = sqlx::query_scalar(
-        "INSERT INTO venues (name, address, created_at) VALUES ('V', 'A', 0) RETURNING id",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    let mut schedules = Vec::new();
-    for h in 0..50 {
-        let c: i64 = sqlx::query_scalar(
-            "INSERT INTO concerts (title, artists, category, description, starts_on, ends_on, venue_id, host, created_at, updated_at) \
-             VALUES ('C', '[]', 'concert', '', 0, 1, $1, $2, 0, 0) RETURNING id",
-        )
-        .bind(venue)
-        .bind(format!("host-{}", h % 20))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        schedules.push(
-            sqlx::query_scalar::<_, i64>(
-                "INSERT INTO schedules (concert_id, starts_at, created_at) VALUES ($1, 0, 0) RETURNING id",
-            )
-            .bind(c)
-            .fetch_one(pool)
-            .await
-            .unwrap(),
-        );
-    }
     let seeding = Instant::now();
-    let mut tx = pool.begin().await.unwrap();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let rv: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                format!("(${}, ${}, ${}, ${}, 'paid', 0, 0, 0)", i * 4 + 1, i * 4 + 2, i * 4 + 3, i * 4 + 4)
-            })
-            .collect();
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO reservations (id, user_id, schedule_id, amount, status, expires_at, created_at, updated_at) VALUES {}",
-            rv.join(", ")
-        )));
-        for &i in chunk {
-            q = q
-                .bind(format!("r{i:024x}"))
-                .bind(user)
-                .bind(schedules[i % 50])
-                .bind(1_000 + (i as i64 % 150) * 1_000);
-        }
-        q.execute(&mut *tx).await.unwrap();
-        let pv: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                format!(
-                    "(${}, ${}, ${}, ${}, 'paid', 'done', 0, 0, ${}, ${})",
-                    i * 6 + 1,
-                    i * 6 + 2,
-                    i * 6 + 3,
-                    i * 6 + 4,
-                    i * 6 + 5,
-                    i * 6 + 6
-                )
-            })
-            .collect();
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO payments (order_id, reservation_id, user_id, amount, status, step, attempts, created_at, updated_at, paid_at) VALUES {}",
-            pv.join(", ")
-        )));
-        for &i in chunk {
-            let at = D + (i as i64 * 997) % DAY;
-            q = q
-                .bind(format!("o{i:024x}"))
-                .bind(format!("r{i:024x}"))
-                .bind(user)
-                .bind(1_000 + (i as i64 % 150) * 1_000)
-                .bind(at)
-                .bind(at);
-        }
-        q.execute(&mut *tx).await.unwrap();
-    }
-    tx.commit().await.unwrap();
+    let seed = PaymentsSeed { payments: n, rounds: 50, hosts: 20, on_day_percent: 100 };
+    testkit::seed_payments(&s.db.pool, seed).await.unwrap();
     let seeded = seeding.elapsed();
     let t0 = Instant::now();
-    let out = ticketing_backend::jobs::settle(&s, "bench", D).await.unwrap();
+    let out = ticketing_backend::jobs::settle(&s, "bench", testkit::SEED_DAY).await.unwrap();
     println!(
         "settlement ({label}): {n} payments of one day, 20 hosts: {:.2} s ({out:?}; seeding took {:.1} s)",
         t0.elapsed().as_secs_f64(),

@@ -24,6 +24,7 @@
 //!   behind the waiting room (`/book/`).
 //! - [`jobs`]: batch jobs (hold and coupon expiry, settlement, cleanup) with leases.
 //! - [`seed`]: demo data for the embedded default.
+//! - `testkit` (feature `testkit`): bulk rows for tests and benches.
 //! - [`metrics`], [`error`], [`state`].
 #![forbid(unsafe_code)]
 
@@ -48,6 +49,8 @@ pub mod search;
 pub mod seed;
 pub mod state;
 pub mod storefront;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod tickets;
 pub mod users;
 

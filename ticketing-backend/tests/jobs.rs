@@ -10,9 +10,10 @@ use sqlx::Row;
 use ticketing_backend::config::BackendConfig;
 use ticketing_backend::jobs::{self, Outcome};
 use ticketing_backend::state::AppState;
+use ticketing_backend::testkit::{self, PaymentsSeed};
 
-const DAY: i64 = 86_400_000;
-const D: i64 = 20_000 * DAY; // 2024-10-04 UTC
+const DAY: i64 = testkit::DAY_MS;
+const D: i64 = testkit::SEED_DAY;
 
 async fn state(url: String, tweak: impl FnOnce(&mut BackendConfig)) -> AppState {
     let mut cfg = BackendConfig { database_url: Some(url), demo_data: false, ..BackendConfig::default() };
@@ -20,94 +21,11 @@ async fn state(url: String, tweak: impl FnOnce(&mut BackendConfig)) -> AppState 
     ticketing_backend::build(&cfg).await.unwrap()
 }
 
-/// 4 hosts, a schedule each, and `n` paid payments: 70 % on day D, the rest on D + 1.
-async fn seed_payments(s: &AppState, n: usize) {
-    let pool = &s.db.pool;
-    let user: i64 = sqlx::query_scalar("INSERT INTO users (email, name, password_hash, role, created_at) VALUES ('s@x', 'S', 'x', 'user', 0) RETURNING id")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let venue: i64 = sqlx::query_scalar(
-        "INSERT INTO venues (name, address, created_at) VALUES ('V', 'A', 0) RETURNING id",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    let mut schedules = Vec::new();
-    for h in 0..4 {
-        let concert: i64 = sqlx::query_scalar(
-            "INSERT INTO concerts (title, artists, category, description, starts_on, ends_on, venue_id, host, created_at, updated_at) \
-             VALUES ('C', '[]', 'concert', '', 0, 1, $1, $2, 0, 0) RETURNING id",
-        )
-        .bind(venue)
-        .bind(format!("host-{h}"))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        let sc: i64 = sqlx::query_scalar(
-            "INSERT INTO schedules (concert_id, starts_at, created_at) VALUES ($1, 0, 0) RETURNING id",
-        )
-        .bind(concert)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        schedules.push(sc);
-    }
-    let mut tx = pool.begin().await.unwrap();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let rvals: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                format!("(${}, ${}, ${}, ${}, 'paid', 0, 0, 0)", i * 4 + 1, i * 4 + 2, i * 4 + 3, i * 4 + 4)
-            })
-            .collect();
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO reservations (id, user_id, schedule_id, amount, status, expires_at, created_at, updated_at) VALUES {}",
-            rvals.join(", ")
-        )));
-        for &i in chunk {
-            q = q.bind(format!("r{i:024x}")).bind(user).bind(schedules[i % 4]).bind(amount(i));
-        }
-        q.execute(&mut *tx).await.unwrap();
-        let pvals: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                format!(
-                    "(${}, ${}, ${}, ${}, 'paid', 'done', 0, 0, ${}, ${})",
-                    i * 6 + 1,
-                    i * 6 + 2,
-                    i * 6 + 3,
-                    i * 6 + 4,
-                    i * 6 + 5,
-                    i * 6 + 6
-                )
-            })
-            .collect();
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO payments (order_id, reservation_id, user_id, amount, status, step, attempts, created_at, updated_at, paid_at) VALUES {}",
-            pvals.join(", ")
-        )));
-        for &i in chunk {
-            let paid_at =
-                if i % 10 < 7 { D + (i as i64 * 997) % DAY } else { D + DAY + (i as i64 * 31) % DAY };
-            q = q
-                .bind(format!("o{i:024x}"))
-                .bind(format!("r{i:024x}"))
-                .bind(user)
-                .bind(amount(i))
-                .bind(paid_at)
-                .bind(paid_at);
-        }
-        q.execute(&mut *tx).await.unwrap();
-    }
-    tx.commit().await.unwrap();
-}
-
-fn amount(i: usize) -> i64 {
-    1_000 + ((i as i64 * 7_919) % 200) * 1_000
-}
-
 async fn settlement(url: String) {
     let s = state(url, |_| {}).await;
-    seed_payments(&s, 100_000).await;
+    // 4 hosts with a round each; 70 % paid on day D, the rest the day after.
+    let seed = PaymentsSeed { payments: 100_000, rounds: 4, hosts: 4, on_day_percent: 70 };
+    testkit::seed_payments(&s.db.pool, seed).await.unwrap();
     // Two instances at once: one settles, the other stands aside.
     let (a, b) = tokio::join!(
         jobs::settle(&s, "instance-a", D + 3_600_000),
@@ -161,31 +79,8 @@ async fn postgres_settlement() {
 async fn expiry_and_cleanup(url: String) {
     let s = state(url, |c| c.hold_ttl_s = 1).await;
     let pool = &s.db.pool;
-    let user: i64 = sqlx::query_scalar("INSERT INTO users (email, name, password_hash, role, created_at) VALUES ('e@x', 'E', 'x', 'user', 0) RETURNING id")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let venue: i64 = sqlx::query_scalar(
-        "INSERT INTO venues (name, address, created_at) VALUES ('V', 'A', 0) RETURNING id",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    let old: i64 = sqlx::query_scalar(
-        "INSERT INTO concerts (title, artists, category, description, starts_on, ends_on, venue_id, host, created_at, updated_at) \
-         VALUES ('Old', '[]', 'concert', '', 0, 1, $1, 'h', 0, 0) RETURNING id",
-    )
-    .bind(venue)
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    let sc: i64 = sqlx::query_scalar(
-        "INSERT INTO schedules (concert_id, starts_at, created_at) VALUES ($1, 0, 0) RETURNING id",
-    )
-    .bind(old)
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    let user = testkit::user(pool, "e@x").await.unwrap();
+    let (old, sc) = testkit::round(pool, "h", "Old").await.unwrap();
     let now = ticketing_backend::db::now_ms();
     sqlx::query("INSERT INTO reservations (id, user_id, schedule_id, amount, status, expires_at, created_at, updated_at) VALUES ('r000000000000000000000001', $1, $2, 1, 'held', $3, 0, 0)")
         .bind(user)
