@@ -54,18 +54,16 @@ enum Entry {
 
 struct Scripts {
     hold: Script,
-    release: Script,
+    drop: Script,
     sell: Script,
     sweep: Script,
-    free: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     hold: Script::new(include_str!("../../lua/seat_hold.lua")),
-    release: Script::new(include_str!("../../lua/seat_release.lua")),
+    drop: Script::new(include_str!("../../lua/seat_drop.lua")),
     sell: Script::new(include_str!("../../lua/seat_sell.lua")),
     sweep: Script::new(include_str!("../../lua/seat_sweep.lua")),
-    free: Script::new(include_str!("../../lua/seat_free.lua")),
 });
 
 fn key(schedule: i64) -> String {
@@ -194,12 +192,32 @@ impl Holds {
 
     /// Releases `owner`'s holds on `seats` (never a sale, never someone else's hold).
     pub async fn release(&self, schedule: i64, seats: &[i64], owner: &str) -> redis::RedisResult<usize> {
+        self.drop_owned(schedule, seats, owner, false).await
+    }
+
+    /// Frees `owner`'s seats, held or sold (a refund or a compensation); returns how many.
+    pub async fn free(&self, schedule: i64, seats: &[i64], owner: &str) -> redis::RedisResult<usize> {
+        self.drop_owned(schedule, seats, owner, true).await
+    }
+
+    /// Removes `owner`'s holds on `seats`, and their sales too when `sales`.
+    async fn drop_owned(
+        &self,
+        schedule: i64,
+        seats: &[i64],
+        owner: &str,
+        sales: bool,
+    ) -> redis::RedisResult<usize> {
         match &self.0 {
             Store::Memory(m) => Ok(Self::with(m, schedule, |map| {
                 let mine: Vec<i64> = seats
                     .iter()
                     .copied()
-                    .filter(|s| matches!(map.get(s), Some(Entry::Held { owner: o, .. }) if o == owner))
+                    .filter(|s| match map.get(s) {
+                        Some(Entry::Held { owner: o, .. }) => o == owner,
+                        Some(Entry::Sold { owner: o }) => sales && o == owner,
+                        None => false,
+                    })
                     .collect();
                 for s in &mine {
                     map.remove(s);
@@ -207,8 +225,8 @@ impl Holds {
                 mine.len()
             })),
             Store::Redis(c) => {
-                let mut inv = SCRIPTS.release.prepare_invoke();
-                inv.key(key(schedule)).arg(owner);
+                let mut inv = SCRIPTS.drop.prepare_invoke();
+                inv.key(key(schedule)).arg(owner).arg(if sales { "1" } else { "0" });
                 for s in seats {
                     inv.arg(*s);
                 }
@@ -254,31 +272,6 @@ impl Holds {
                     Some("sold") => Ok(()),
                     _ => Err(reply.iter().skip(1).filter_map(|v| v.parse().ok()).collect()),
                 })
-            }
-        }
-    }
-
-    /// Frees `owner`'s seats, held or sold (a refund or a compensation); returns how many.
-    pub async fn free(&self, schedule: i64, seats: &[i64], owner: &str) -> redis::RedisResult<usize> {
-        match &self.0 {
-            Store::Memory(m) => Ok(Self::with(m, schedule, |map| {
-                let mine: Vec<i64> = seats
-                    .iter()
-                    .copied()
-                    .filter(|s| matches!(map.get(s), Some(Entry::Held { owner: o, .. } | Entry::Sold { owner: o }) if o == owner))
-                    .collect();
-                for s in &mine {
-                    map.remove(s);
-                }
-                mine.len()
-            })),
-            Store::Redis(c) => {
-                let mut inv = SCRIPTS.free.prepare_invoke();
-                inv.key(key(schedule)).arg(owner);
-                for s in seats {
-                    inv.arg(*s);
-                }
-                inv.invoke_async(&mut c.clone()).await
             }
         }
     }

@@ -27,6 +27,10 @@ async fn rules(h: &Holds) {
     let states = h.states(s).await.unwrap();
     assert_eq!(states, HashMap::from([(2, SeatState::Sold), (3, SeatState::Sold), (4, SeatState::Held)]));
     assert!(h.states(2).await.unwrap().is_empty(), "schedules are separate");
+    // A refund frees the owner's sales and holds, never another's.
+    assert_eq!(h.free(s, &[2, 4], "a").await.unwrap(), 1, "b's hold on 4 stays");
+    assert_eq!(h.free(s, &[3, 4], "b").await.unwrap(), 1, "a's sale of 3 stays");
+    assert_eq!(h.states(s).await.unwrap(), HashMap::from([(3, SeatState::Sold)]));
 }
 
 async fn expiry(h: &Holds) {
