@@ -340,6 +340,12 @@ impl KeySet {
         Jwks { keys }
     }
 
+    /// Checks the time window and audience of claims this key set verified before (a cache
+    /// of verified tokens still has to ask this on every use).
+    pub fn check_live(&self, claims: &AdmissionClaims, room: &str) -> Result<(), TokenError> {
+        verify::check_window(claims, room, self.leeway_s)
+    }
+
     /// Verifies a token for `room` with the local keys (cached after the first success).
     pub fn verify(&self, token: &str, room: &str) -> Result<Arc<AdmissionClaims>, TokenError> {
         verify::verify_token(token, room, Some(&self.issuer), self.leeway_s, &self.cache, |kid| {

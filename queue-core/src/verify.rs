@@ -102,7 +102,7 @@ impl VerifiedCache {
     }
 }
 
-fn check_window(c: &AdmissionClaims, room: &str, leeway_s: u64) -> Result<(), TokenError> {
+pub(crate) fn check_window(c: &AdmissionClaims, room: &str, leeway_s: u64) -> Result<(), TokenError> {
     let now = now_s();
     if c.exp + leeway_s <= now {
         return Err(TokenError::Refused("expired"));

@@ -355,6 +355,45 @@ pub async fn watch_reports_and_touches(s: &dyn Store) {
     assert_eq!(w[2].unwrap().position, Some(1));
 }
 
+pub async fn status_many_matches_single_reads(s: &dyn Store) {
+    let r = room(s, cfg(1)).await;
+    let t = join_n(s, &r, 0, 3).await;
+    assert_eq!(ids(&next_tick(s, &r).await.admitted), vec![t[0]]);
+    s.leave(&r, t[2]).await.unwrap();
+    let forged = TicketId::new(t[1].seq(), t[1].random() ^ 1);
+    let asked = [t[0], t[1], t[2], forged, t[1]];
+    let many = s.status_many(&r, &asked).await.unwrap();
+    assert_eq!(many.len(), asked.len());
+    assert!(many[3].is_none(), "an id the room does not have");
+    for (i, got) in many.iter().enumerate().filter(|(i, _)| *i != 3) {
+        let got = got.as_ref().unwrap();
+        let one = s.status(&r, asked[i]).await.unwrap();
+        assert_eq!(got.ticket, asked[i]);
+        assert_eq!(
+            (got.state, got.position, got.admitted_until_ms, got.owner, got.joined_at_ms, got.phase),
+            (one.state, one.position, one.admitted_until_ms, one.owner, one.joined_at_ms, one.phase),
+            "ticket {i}"
+        );
+    }
+    let states: Vec<_> = many.iter().map(|m| m.as_ref().map(|m| m.state)).collect();
+    assert_eq!(
+        states,
+        [
+            Some(TicketState::Admitted),
+            Some(TicketState::Waiting),
+            Some(TicketState::Left),
+            None,
+            Some(TicketState::Waiting)
+        ]
+    );
+    assert_eq!(many[1].as_ref().unwrap().position, Some(1));
+    assert!(s.status_many(&r, &[]).await.unwrap().is_empty());
+    let missing = unique_room("missing");
+    assert!(matches!(s.status_many(&missing, &[t[0]]).await, Err(Error::UnknownRoom(_))));
+    let too_many = vec![t[0]; queue_core::store::MAX_TOUCH_BATCH + 1];
+    assert!(matches!(s.status_many(&r, &too_many).await, Err(Error::InvalidArgument { .. })));
+}
+
 macro_rules! conformance {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -419,6 +458,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn watch_reports_and_touches() {
                 super::watch_reports_and_touches(&*store().await).await
+            }
+            #[tokio::test]
+            async fn status_many_matches_single_reads() {
+                super::status_many_matches_single_reads(&*store().await).await
             }
             #[tokio::test]
             async fn positions_never_increase() {

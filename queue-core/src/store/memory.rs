@@ -574,6 +574,13 @@ impl Store for MemoryStore {
         self.with_room(room, |r, now| Ok(r.status(r.slot_of(ticket)?, now)))?
     }
 
+    async fn status_many(&self, room: &RoomId, tickets: &[TicketId]) -> Result<Vec<Option<TicketStatus>>> {
+        check_touch(tickets)?;
+        self.with_room(room, |r, now| {
+            tickets.iter().map(|&t| r.slot_of(t).ok().map(|idx| r.status(idx, now))).collect()
+        })
+    }
+
     async fn leave(&self, room: &RoomId, ticket: TicketId) -> Result<TicketState> {
         self.with_room(room, |r, _| {
             let idx = r.slot_of(ticket)?;

@@ -48,6 +48,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn join(&self, room: &RoomId, user: &UserKey) -> Result<JoinOutcome>;
     /// A ticket's state and, while waiting, its position and ETA.
     async fn status(&self, room: &RoomId, ticket: TicketId) -> Result<TicketStatus>;
+    /// The statuses of many tickets of one room in one atomic read (a gateway coalesces
+    /// concurrent polls into it), in argument order; `None` for ids the room does not have.
+    /// At most [`MAX_TOUCH_BATCH`] tickets.
+    async fn status_many(&self, room: &RoomId, tickets: &[TicketId]) -> Result<Vec<Option<TicketStatus>>>;
     /// Leaves the queue or gives up an admission; returns the state before. Leaving a ticket
     /// that is already over changes nothing.
     async fn leave(&self, room: &RoomId, ticket: TicketId) -> Result<TicketState>;

@@ -349,39 +349,72 @@ fn state_of(s: &str) -> Result<TicketState> {
 /// Decodes `status_reply` of `lua/lib.lua`.
 fn decode_status(room: &RoomId, r: &Reply) -> Result<(bool, TicketStatus)> {
     let created = r.int(2)? == 1;
-    let state = state_of(&r.str(3)?)?;
-    let pos = r.int(4)?;
-    let until = r.u64(5)?;
-    let owner = OwnerHash::parse_hex(&r.str(6)?).ok_or_else(|| Error::Protocol("bad owner".into()))?;
-    let now = r.u64(8)?;
-    let rate_pm = r.f64(9)?;
-    // Just the settings the ETA needs, as the script saw them.
-    let mut cfg = RoomConfig {
-        batch_size: r.u64(10)? as u32,
-        tick_interval_ms: r.u64(11)?,
-        paused: r.int(13)? == 1,
-        max_active: r.u64(14)? as u32,
-        session_ttl_s: r.u64(15)? as u32,
-        ..RoomConfig::default()
+    let fields = TicketFields {
+        state: state_of(&r.str(3)?)?,
+        pos: r.int(4)?,
+        until: r.u64(5)?,
+        owner: r.str(6)?,
+        joined: r.u64(7)?,
     };
-    cfg.set_opens_at_ms(r.u64(12)?);
-    let phase = RoomPhase::of(&cfg, now);
-    let position = (pos > 0).then_some(pos as u64);
-    let eta = position.and_then(|p| eta::estimate(p, rate_pm, &cfg, phase, now));
-    let admitted = matches!(state, TicketState::Admitted | TicketState::Expired);
-    let status = TicketStatus {
-        ticket: r.ticket(1)?,
-        room: room.clone(),
-        state,
-        position,
-        eta,
-        owner,
-        admitted_until_ms: admitted.then_some(until),
-        joined_at_ms: r.u64(7)?,
-        phase,
-        now_ms: now,
-    };
-    Ok((created, status))
+    let view = RoomView::decode(r, 8)?;
+    Ok((created, fields.status(room, r.ticket(1)?, &view)?))
+}
+
+/// What a status needs of its room, as the script saw it: `now, rate_pm, batch, interval,
+/// opens, paused, max_active, ttl` from reply index `at`.
+struct RoomView {
+    now: u64,
+    rate_pm: f64,
+    /// Just the settings the ETA needs.
+    cfg: RoomConfig,
+    phase: RoomPhase,
+}
+
+impl RoomView {
+    fn decode(r: &Reply, at: usize) -> Result<Self> {
+        let now = r.u64(at)?;
+        let mut cfg = RoomConfig {
+            batch_size: r.u64(at + 2)? as u32,
+            tick_interval_ms: r.u64(at + 3)?,
+            paused: r.int(at + 5)? == 1,
+            max_active: r.u64(at + 6)? as u32,
+            session_ttl_s: r.u64(at + 7)? as u32,
+            ..RoomConfig::default()
+        };
+        cfg.set_opens_at_ms(r.u64(at + 4)?);
+        let phase = RoomPhase::of(&cfg, now);
+        Ok(RoomView { now, rate_pm: r.f64(at + 1)?, cfg, phase })
+    }
+}
+
+/// One ticket's fields of a reply.
+struct TicketFields {
+    state: TicketState,
+    pos: i64,
+    until: u64,
+    owner: String,
+    joined: u64,
+}
+
+impl TicketFields {
+    fn status(self, room: &RoomId, ticket: TicketId, view: &RoomView) -> Result<TicketStatus> {
+        let owner = OwnerHash::parse_hex(&self.owner).ok_or_else(|| Error::Protocol("bad owner".into()))?;
+        let position = (self.pos > 0).then_some(self.pos as u64);
+        let eta = position.and_then(|p| eta::estimate(p, view.rate_pm, &view.cfg, view.phase, view.now));
+        let timed = matches!(self.state, TicketState::Admitted | TicketState::Expired);
+        Ok(TicketStatus {
+            ticket,
+            room: room.clone(),
+            state: self.state,
+            position,
+            eta,
+            owner,
+            admitted_until_ms: timed.then_some(self.until),
+            joined_at_ms: self.joined,
+            phase: view.phase,
+            now_ms: view.now,
+        })
+    }
 }
 
 /// `field value` pairs of a config as stored in the `cfg` hash.
@@ -478,8 +511,34 @@ impl Store for RedisStore {
     }
 
     async fn status(&self, room: &RoomId, ticket: TicketId) -> Result<TicketStatus> {
-        let r = self.run(&SCRIPTS.status, room, &[ticket.to_string()]).await?;
-        Ok(decode_status(room, &r)?.1)
+        self.status_many(room, &[ticket]).await?.pop().flatten().ok_or(Error::UnknownTicket)
+    }
+
+    async fn status_many(&self, room: &RoomId, tickets: &[TicketId]) -> Result<Vec<Option<TicketStatus>>> {
+        check_touch(tickets)?;
+        if tickets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args: Vec<String> = tickets.iter().map(ToString::to_string).collect();
+        let r = self.run(&SCRIPTS.status, room, &args).await?;
+        let view = RoomView::decode(&r, 1)?;
+        (0..tickets.len())
+            .map(|i| {
+                let base = 9 + i * 5;
+                let state = r.str(base)?;
+                if state == "unknown" {
+                    return Ok(None);
+                }
+                let fields = TicketFields {
+                    state: state_of(&state)?,
+                    pos: r.int(base + 1)?,
+                    until: r.u64(base + 2)?,
+                    owner: r.str(base + 3)?,
+                    joined: r.u64(base + 4)?,
+                };
+                fields.status(room, tickets[i], &view).map(Some)
+            })
+            .collect()
     }
 
     async fn leave(&self, room: &RoomId, ticket: TicketId) -> Result<TicketState> {
