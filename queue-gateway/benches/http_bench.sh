@@ -7,7 +7,8 @@
 # 1. Admitted forwarding: the gateway (valid admission token and ticket cookie on every
 #    request) vs nginx proxy_pass, both in front of the same upstream (nginx serving a
 #    static 200).
-# 2. Status polls with the Redis store vs nginx serving a static 200 of the same size.
+# 2. Status polls with the Redis store (2,000 tickets, each request the next one) vs nginx
+#    serving a static 200 of the same size through the same wrk script.
 # 3. Joins/s with the Redis store (every request a new anonymous ticket).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -92,20 +93,40 @@ G=$(bench -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat"); G_RPS=$(echo "
 NON2XX=$(echo "$G" | awk '/Non-2xx/ {print $4}')
 echo "forward  nginx proxy_pass: ${N_RPS} req/s p99 ${N_P99} | gateway (admitted): ${G_RPS} req/s p99 ${G_P99} | ratio $(python3 -c "print(round($G_RPS/$N_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)}"
 
-# 2. Status polls with the Redis store vs a static 200 of the same size.
+# 2. Status polls with the Redis store vs a static 200 of the same size: 2,000 waiting tickets,
+# each request the next ticket with its own cookie (a crowd polling, not one client hammering
+# one ticket); nginx gets the same script, the ticket in its query string.
 room $GWR poll
-T=$(admitted_cookies $GWR poll)
-COOKIE=$(cookie_header $GWR)
 curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$GWR/admin/v1/rooms/poll/pause" > /dev/null
-for i in $(seq 200); do curl -sf -X POST "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets" > /dev/null; done
-# A waiting ticket (position ~100) polled by its holder.
-T2=$(curl -sf -c "$WORK/jar.w" -X POST "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ticket"])')
-COOKIE2=$(awk 'NF>=7 && $6 ~ /^wr_/ {printf "%s=%s; ", $6, $7}' "$WORK/jar.w")
+for i in $(seq 100); do curl -sf -X POST "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets" > /dev/null; done
+python3 - "$GWR" 2000 "$WORK/polls.lua" <<'PY'
+import http.client, json, sys
+port, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+c = http.client.HTTPConnection("127.0.0.1", port)
+rows = []
+for _ in range(n):
+    c.request("POST", "/api/v1/rooms/poll/tickets")
+    r = c.getresponse()
+    rows.append((json.loads(r.read())["ticket"], r.getheader("set-cookie").split(";")[0]))
+with open(out, "w") as f:
+    f.write("tickets = {\n" + "".join(f'  {{"{t}", "{c}"}},\n' for t, c in rows) + "}\n")
+    f.write("""prefix = os.getenv("POLL_PREFIX")
+local i = 0
+init = function(args) i = math.random(#tickets) end
+request = function()
+  i = i % #tickets + 1
+  return wrk.format("GET", prefix .. tickets[i][1], { Cookie = tickets[i][2] })
+end
+""")
+PY
+T2=$(sed -n 2p "$WORK/polls.lua" | grep -o '[0-9a-f]\{32\}' | head -1)
+COOKIE2=$(sed -n 2p "$WORK/polls.lua" | grep -o 'wr_poll=[^"]*')
 BODY=$(curl -sf -H "cookie: $COOKIE2" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets/$T2")
 printf '%s' "$BODY" > "$WORK/www/status.json"; chmod a+r "$WORK/www/status.json"
-S=$(bench "http://127.0.0.1:$STATIC/status.json"); S_RPS=$(echo "$S" | rps); S_P99=$(echo "$S" | p99)
-P=$(bench -H "cookie: $COOKIE2" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets/$T2"); P_RPS=$(echo "$P" | rps); P_P99=$(echo "$P" | p99)
-echo "status   nginx static ${#BODY} B: ${S_RPS} req/s p99 ${S_P99} | gateway status (Redis): ${P_RPS} req/s p99 ${P_P99} | ratio $(python3 -c "print(round($P_RPS/$S_RPS,2))")"
+S=$(POLL_PREFIX="/status.json?t=" bench -s "$WORK/polls.lua" "http://127.0.0.1:$STATIC/"); S_RPS=$(echo "$S" | rps); S_P99=$(echo "$S" | p99)
+P=$(POLL_PREFIX="/api/v1/rooms/poll/tickets/" bench -s "$WORK/polls.lua" "http://127.0.0.1:$GWR/"); P_RPS=$(echo "$P" | rps); P_P99=$(echo "$P" | p99)
+NON2XX=$(echo "$P" | awk '/Non-2xx/ {print $4}')
+echo "status   nginx static ${#BODY} B: ${S_RPS} req/s p99 ${S_P99} | gateway status (Redis, 2,000 tickets): ${P_RPS} req/s p99 ${P_P99} | ratio $(python3 -c "print(round($P_RPS/$S_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)}"
 
 # 3. Joins with the Redis store.
 cat > "$WORK/join.lua" <<'LUA'

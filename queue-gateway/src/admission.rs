@@ -5,27 +5,34 @@
 //! alone cannot produce it. The admission token's `cnf` is the base64url SHA-256 of that
 //! secret, so a token copied without its cookie does not pass.
 
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
 use aws_lc_rs::hmac;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dashmap::DashMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use queue_core::token::{AdmissionClaims, KeySet, TokenError, cnf_of};
 use queue_core::{RoomId, TicketId, UserKey};
 use serde::Deserialize;
 
+const TICKET_PREFIX: &str = "wr_";
+const ADMISSION_PREFIX: &str = "wr_admission_";
+
 /// Name of a room's ticket cookie.
 pub fn ticket_cookie_name(room: &RoomId) -> String {
-    format!("wr_{room}")
+    format!("{TICKET_PREFIX}{room}")
 }
 
 /// Name of a room's admission cookie.
 pub fn admission_cookie_name(room: &RoomId) -> String {
-    format!("wr_admission_{room}")
+    format!("{ADMISSION_PREFIX}{room}")
 }
 
 /// Header that may carry the admission token instead of the cookie.
-pub const ADMISSION_HEADER: &str = "x-admission-token";
+pub const ADMISSION_HEADER: HeaderName = HeaderName::from_static("x-admission-token");
 
 /// Makes and checks ticket secrets.
 #[derive(Debug)]
@@ -49,7 +56,11 @@ impl CookieKey {
 
     /// The ticket of a valid `wr_{room}` cookie and its secret.
     pub fn ticket_from(&self, headers: &HeaderMap, room: &RoomId) -> Option<(TicketId, Vec<u8>)> {
-        let value = cookie(headers, &ticket_cookie_name(room))?;
+        let value = room_cookie(headers, TICKET_PREFIX, room)?;
+        self.ticket_from_value(value, room)
+    }
+
+    fn ticket_from_value(&self, value: &str, room: &RoomId) -> Option<(TicketId, Vec<u8>)> {
         let (ticket, secret) = value.split_once('.')?;
         let ticket = TicketId::parse(ticket).ok()?;
         let given = URL_SAFE_NO_PAD.decode(secret).ok()?;
@@ -60,13 +71,23 @@ impl CookieKey {
 
 /// The value of cookie `name`, if the request carries it (first occurrence).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    find_cookie(headers, |k| k == name)
+}
+
+/// The value of cookie `{prefix}{room}` (no name is built: this runs on every protected
+/// request).
+fn room_cookie<'a>(headers: &'a HeaderMap, prefix: &str, room: &RoomId) -> Option<&'a str> {
+    find_cookie(headers, |k| k.strip_prefix(prefix) == Some(room.as_str()))
+}
+
+fn find_cookie(headers: &HeaderMap, wanted: impl Fn(&str) -> bool) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .find(|(k, _)| wanted(k))
         .map(|(_, v)| v.trim_matches('"'))
 }
 
@@ -153,7 +174,7 @@ pub fn anonymous_owner() -> UserKey {
 
 /// The admission token offered on a protected path: the room's cookie, else the header.
 pub fn presented_token<'a>(headers: &'a HeaderMap, room: &RoomId) -> Option<&'a str> {
-    cookie(headers, &admission_cookie_name(room))
+    room_cookie(headers, ADMISSION_PREFIX, room)
         .or_else(|| headers.get(ADMISSION_HEADER).and_then(|v| v.to_str().ok()))
         .filter(|t| !t.is_empty())
 }
@@ -161,24 +182,117 @@ pub fn presented_token<'a>(headers: &'a HeaderMap, room: &RoomId) -> Option<&'a 
 /// Why a protected request was refused (the metric's `result` label).
 pub type Refusal = &'static str;
 
+/// A protected request that passed: its token (as the header passed on to the backend) and
+/// claims.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// `X-Admission-Token` for the backend.
+    pub header: HeaderValue,
+    /// The verified claims.
+    pub claims: Arc<AdmissionClaims>,
+}
+
 /// Checks a protected request: a valid token for `room` whose `cnf` and `jti` match the
-/// caller's ticket cookie.
+/// caller's ticket cookie. A pair that passed before is found in `cache` (compared in full)
+/// and only its time window is checked again.
 pub fn check_admitted(
     keys: &KeySet,
     cookies: &CookieKey,
+    cache: &AdmittedCache,
     headers: &HeaderMap,
     room: &RoomId,
-) -> Result<(String, std::sync::Arc<AdmissionClaims>), Refusal> {
+) -> Result<Admitted, Refusal> {
     let token = presented_token(headers, room).ok_or("missing")?;
-    let claims = keys.verify(token, room.as_str()).map_err(|e| match e {
-        TokenError::Refused(why) => why,
-        _ => "invalid",
-    })?;
-    let (ticket, secret) = cookies.ticket_from(headers, room).ok_or("no_ticket_cookie")?;
+    let ticket_cookie = room_cookie(headers, TICKET_PREFIX, room);
+    if let Some(cookie) = ticket_cookie
+        && let Some(hit) = cache.get(token, cookie)
+    {
+        keys.check_live(&hit.claims, room.as_str()).map_err(refusal)?;
+        return Ok(hit);
+    }
+    let claims = keys.verify(token, room.as_str()).map_err(refusal)?;
+    let cookie = ticket_cookie.ok_or("no_ticket_cookie")?;
+    let (ticket, secret) = cookies.ticket_from_value(cookie, room).ok_or("no_ticket_cookie")?;
     if claims.jti != ticket.to_string() || claims.cnf != cnf_of(&secret) {
         return Err("not_bound");
     }
-    Ok((token.to_owned(), claims))
+    let header = HeaderValue::from_str(token).map_err(|_| "malformed")?;
+    let admitted = Admitted { header, claims };
+    cache.insert(token, cookie, admitted.clone());
+    Ok(admitted)
+}
+
+/// A token refusal as a metric label.
+fn refusal(e: TokenError) -> Refusal {
+    match e {
+        TokenError::Refused(why) => match why {
+            "algorithm not allowed" => "algorithm_not_allowed",
+            "no key id" => "no_key_id",
+            "unknown key id" => "unknown_key_id",
+            "not yet valid" => "not_yet_valid",
+            "wrong audience" => "wrong_audience",
+            "wrong issuer" => "wrong_issuer",
+            "bad signature" => "bad_signature",
+            "missing claim" => "missing_claim",
+            "expired" => "expired",
+            _ => "malformed",
+        },
+        _ => "invalid",
+    }
+}
+
+/// Most (token, ticket cookie) pairs remembered.
+pub const ADMITTED_CACHE_ENTRIES: usize = 100_000;
+
+/// Admissions this gateway has checked in full: (token, ticket cookie) → result, so that an
+/// admitted browser's next requests cost no signature check, HMAC or hash of its secret.
+/// Entries hold both strings and a hit compares them in full, so a hash collision cannot
+/// admit anyone. The gateway's keys do not change while it runs, so entries only go stale by
+/// time, which every hit checks. Bounded: when full, expired entries go, then everything.
+#[derive(Debug)]
+pub struct AdmittedCache {
+    map: DashMap<u64, (Box<str>, Box<str>, Admitted)>,
+    hasher: RandomState,
+    cap: usize,
+}
+
+impl Default for AdmittedCache {
+    fn default() -> Self {
+        AdmittedCache::new(ADMITTED_CACHE_ENTRIES)
+    }
+}
+
+impl AdmittedCache {
+    /// A cache of at most `cap` pairs.
+    pub fn new(cap: usize) -> Self {
+        AdmittedCache { map: DashMap::new(), hasher: RandomState::new(), cap: cap.max(1) }
+    }
+
+    fn get(&self, token: &str, cookie: &str) -> Option<Admitted> {
+        let e = self.map.get(&self.hasher.hash_one((token, cookie)))?;
+        (&*e.0 == token && &*e.1 == cookie).then(|| e.2.clone())
+    }
+
+    fn insert(&self, token: &str, cookie: &str, admitted: Admitted) {
+        if self.map.len() >= self.cap {
+            let now = crate::room::now_ms() / 1000;
+            self.map.retain(|_, e| e.2.claims.exp > now);
+            if self.map.len() >= self.cap {
+                self.map.clear();
+            }
+        }
+        self.map.insert(self.hasher.hash_one((token, cookie)), (token.into(), cookie.into(), admitted));
+    }
+
+    /// Pairs held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 #[cfg(test)]

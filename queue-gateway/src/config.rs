@@ -95,6 +95,10 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
     /// Most concurrent SSE streams per gateway.
     pub max_sse_streams: usize,
+    /// Threads serving connections, each with its own single-threaded runtime and upstream
+    /// pool, so a request, its upstream call and the upstream connection stay on one thread
+    /// (0: one per CPU).
+    pub workers: usize,
 }
 
 impl Default for Limits {
@@ -108,6 +112,17 @@ impl Default for Limits {
             upstream_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             max_sse_streams: 100_000,
+            workers: 0,
+        }
+    }
+}
+
+impl Limits {
+    /// Connection-serving threads: `workers`, or one per CPU when it is 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
         }
     }
 }
@@ -339,6 +354,7 @@ impl GatewayConfig {
         check("upstream_timeout_ms", l.upstream_timeout_ms, 100, 3_600_000)?;
         check("shutdown_grace_ms", l.shutdown_grace_ms, 0, 600_000)?;
         check("max_sse_streams", l.max_sse_streams as u64, 1, 10_000_000)?;
+        check("workers", l.workers as u64, 0, 1024)?;
         let r = &self.replay;
         if r.claim_idle_ms < 100 || r.claim_idle_ms > 3_600_000 {
             return Err(ConfigError::new("replay.claim_idle_ms", "must be within 100..=3600000"));

@@ -344,7 +344,7 @@ pub async fn handle(
     app: &App,
     gate: Arc<Gate>,
     req: Request,
-    token: Option<String>,
+    token: Option<HeaderValue>,
 ) -> Result<Response, GatewayError> {
     let cfg = gate.cfg();
     let peer = req.extensions().get::<PeerAddr>().copied();

@@ -10,8 +10,8 @@
 //! - [`server`]: connections (HTTP/1.1, h2c), limits, timeouts, graceful shutdown.
 //! - [`admission`]: ticket cookies, user JWTs, admission-token checks on protected paths.
 //! - [`rate_limit`]: per-IP and per-user token buckets (governor).
-//! - [`room`]: join, status, leave, room state; [`sse`]: live updates; [`page`]: the
-//!   waiting page.
+//! - [`room`]: join, status, leave, room state ([`polls`] coalesces status reads); [`sse`]:
+//!   live updates; [`page`]: the waiting page.
 //! - [`gate`]: the overload gate (in-flight limits, hold, log and replay) on gated routes.
 //! - [`proxy`]: protection and the reverse proxy to the backend.
 //! - [`admin`]: the admin API; [`console`]: the ops console page at `/admin/`; [`metrics`]: Prometheus; [`rooms`]: live configs and tickers.
@@ -30,6 +30,7 @@ pub mod error;
 pub mod gate;
 pub mod metrics;
 pub mod page;
+pub mod polls;
 pub mod proxy;
 pub mod rate_limit;
 pub mod room;
@@ -39,6 +40,7 @@ pub mod sse;
 pub mod state;
 pub mod touch;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +48,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use queue_core::gate::{GateLog, GateSecret, MemoryGateLog};
@@ -54,6 +55,7 @@ use queue_core::token::{KeySet, SigningKey};
 use queue_core::{MemoryStore, RedisStore, RoomConfig, RoomId, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::{Service, ServiceExt};
 
 use crate::admission::{CookieKey, UserAuth};
 use crate::config::GatewayConfig;
@@ -81,8 +83,13 @@ pub enum StartError {
     Other(String),
 }
 
-/// Builds the shared state: store, keys, rooms from the config, upstream.
-pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Result<Arc<App>, StartError> {
+/// Builds the shared state: store, keys, rooms from the config, upstream. Background work
+/// that in-flight requests need (the poll coalescer) runs until `drained` turns true.
+pub async fn build(
+    cfg: GatewayConfig,
+    shutdown: watch::Receiver<bool>,
+    drained: watch::Receiver<bool>,
+) -> Result<Arc<App>, StartError> {
     let (store, gate_log): (Arc<dyn Store>, Arc<dyn GateLog>) = match &cfg.redis_url {
         Some(urls) => {
             let redis = RedisStore::connect(urls).await?;
@@ -144,18 +151,22 @@ pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Resul
         &upstream_url,
         Duration::from_millis(cfg.limits.upstream_timeout_ms),
         cfg.limits.max_body_bytes,
+        cfg.limits.worker_threads(),
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
+    let polls_store = store.clone();
     let app = Arc::new(App {
         users: UserAuth::new(cfg.user_jwt_secret.as_deref()),
         limiters: Arc::new(Limiters::new(&cfg.rate_limits)),
         cfg,
         store,
         keys,
+        admitted: admission::AdmittedCache::default(),
         cookies,
         rooms: RoomCache::default(),
         metrics: Metrics::new(),
         hub: Arc::new(Hub::default()),
+        polls: polls::Polls::start(polls_store, drained),
         touches: Arc::new(touch::Touches::default()),
         upstream,
         gate_log,
@@ -169,9 +180,34 @@ pub async fn build(cfg: GatewayConfig, shutdown: watch::Receiver<bool>) -> Resul
     Ok(app)
 }
 
-/// The router. Layers, outermost first: request metrics → (per route) body limit →
-/// handler; rate limits and admission checks run inside the handlers that need them, and
-/// the fallback protects and proxies.
+/// The whole gateway as one service. In order: request metrics → proxied paths (all but the
+/// gateway's own routes, and on a busy gateway nearly all requests) straight to the
+/// protection check and proxy, the rest through the router → (per route) body limit →
+/// handler. Rate limits and admission checks run inside the handlers that need them.
+pub fn service(
+    app: Arc<App>,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static> + Clone + Send + 'static
+{
+    let router = router(app.clone());
+    tower::service_fn(move |req: Request| {
+        let (app, router) = (app.clone(), router.clone());
+        async move {
+            let route = route_of(req.uri().path());
+            let started = Instant::now();
+            let resp = if route == PROXIED {
+                proxy::handle(State(app.clone()), req).await
+            } else {
+                router.oneshot(req).await.unwrap_or_else(|never| match never {})
+            };
+            let m = &app.metrics;
+            m.http_requests.get_or_create(&RouteCode { route, code: resp.status().as_u16() }).inc();
+            m.http_duration.get_or_create(&RouteLabel { route }).observe(started.elapsed().as_secs_f64());
+            Ok(resp)
+        }
+    })
+}
+
+/// The router of the gateway's own routes; anything else falls back to the proxy.
 pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/v1/rooms/{room}/tickets", post(room::join))
@@ -196,7 +232,6 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(api)
         .fallback(proxy::handle)
-        .layer(middleware::from_fn_with_state(app.clone(), record))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
 }
@@ -207,8 +242,17 @@ async fn method_not_allowed() -> Response {
 
 /// A bounded route label for metrics.
 fn route_of(path: &str) -> &'static str {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segs.as_slice() {
+    // No allocation: this runs on every request.
+    let mut segs = [""; 8];
+    let mut n = 0;
+    for seg in path.trim_start_matches('/').split('/') {
+        if n == segs.len() {
+            return "proxy";
+        }
+        segs[n] = seg;
+        n += 1;
+    }
+    match &segs[..n] {
         ["api", "v1", "rooms", _, "tickets"] => "/api/v1/rooms/{room}/tickets",
         ["api", "v1", "rooms", _, "tickets", _] => "/api/v1/rooms/{room}/tickets/{ticket}",
         ["api", "v1", "rooms", _, "tickets", _, "events"] => "/api/v1/rooms/{room}/tickets/{ticket}/events",
@@ -225,19 +269,12 @@ fn route_of(path: &str) -> &'static str {
         ["admin", ""] => "/admin/",
         ["admin", "v1", "gates"] => "/admin/v1/gates",
         ["admin", "v1", "gates", _] => "/admin/v1/gates/{gate}",
-        _ => "proxy",
+        _ => PROXIED,
     }
 }
 
-async fn record(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let route = route_of(req.uri().path());
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    let m = &app.metrics;
-    m.http_requests.get_or_create(&RouteCode { route, code: resp.status().as_u16() }).inc();
-    m.http_duration.get_or_create(&RouteLabel { route }).observe(started.elapsed().as_secs_f64());
-    resp
-}
+/// The route label of everything that is not the gateway's own.
+const PROXIED: &str = "proxy";
 
 async fn jwks(State(app): State<Arc<App>>) -> Response {
     let mut r = axum::Json(app.keys.jwks()).into_response();
@@ -286,7 +323,8 @@ pub async fn run(
     if cfg.upstream.is_none() {
         start_backend(&mut cfg, listener.local_addr()?, rx.clone()).await?;
     }
-    let app = build(cfg, rx.clone()).await?;
+    let (drained_tx, drained) = watch::channel(false);
+    let app = build(cfg, rx.clone(), drained).await?;
     let background = [
         tokio::spawn(rooms::config_loop(app.clone(), rx.clone())),
         tokio::spawn(rooms::ticker_loop(app.clone(), rx.clone())),
@@ -294,11 +332,12 @@ pub async fn run(
         tokio::spawn(touch::flush_loop(app.touches.clone(), app.store.clone(), rx.clone())),
         tokio::spawn(rate_limit::compact_loop(app.limiters.clone(), Duration::from_secs(60), rx.clone())),
     ];
-    server::serve(listener, router(app), limits, rx).await;
+    let served = server::serve(listener, service(app), limits, rx).await;
+    let _ = drained_tx.send(true);
     for task in background {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
-    Ok(())
+    Ok(served?)
 }
 
 /// All-in-one: the real backend in this process on `backend_listen`, verifying admissions
@@ -368,4 +407,41 @@ pub async fn spawn(cfg: GatewayConfig) -> Result<Running, StartError> {
         let _ = stopped.await;
     }));
     Ok(Running { addr, stop: Some(stop), task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_outside_the_routes_go_straight_to_the_proxy() {
+        // Every route of `router` (the fast path must never take one of them).
+        for path in [
+            "/api/v1/rooms/r/tickets",
+            "/api/v1/rooms/r/tickets/t",
+            "/api/v1/rooms/r/tickets/t/events",
+            "/api/v1/rooms/r",
+            "/rooms/r",
+            "/.well-known/jwks.json",
+            "/metrics",
+            "/healthz",
+            "/readyz",
+            "/admin/",
+            "/admin/v1/rooms",
+            "/admin/v1/rooms/r",
+            "/admin/v1/rooms/r/pause",
+            "/admin/v1/rooms/r/resume",
+            "/admin/v1/rooms/r/admit",
+            "/api/v1/gate/1",
+            "/admin/v1/gates",
+            "/admin/v1/gates/g",
+        ] {
+            assert_ne!(route_of(path), PROXIED, "{path}");
+        }
+        for path in
+            ["/", "/book/1", "/api/v1/concerts", "/api/v1/rooms/r/tickets/t/events/x", "/a/b/c/d/e/f/g/h/i"]
+        {
+            assert_eq!(route_of(path), PROXIED, "{path}");
+        }
+    }
 }

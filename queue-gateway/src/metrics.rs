@@ -28,7 +28,7 @@ pub struct DropLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// `ok` or the refusal reason.
-    pub result: String,
+    pub result: &'static str,
 }
 
 /// `{gate}`.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
@@ -20,43 +21,60 @@ use crate::error::{GatewayError, UpstreamFailure, error_body};
 use crate::metrics::ResultLabel;
 use crate::state::{App, PeerAddr};
 
-/// The backend: a pooled HTTP/1.1 client and its base URL.
+/// The backend: pooled HTTP/1.1 clients and its base URL.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
-    scheme_authority: (String, String),
+    /// One pool per worker thread (a pooled connection's task runs on the thread that opened
+    /// it, so sharing pools would send every request across threads), and one for the rest.
+    clients: Arc<[Client<HttpConnector, Body>]>,
+    scheme: Scheme,
+    authority: Authority,
+    /// `Host` for the backend.
+    host: HeaderValue,
     base_path: String,
     timeout: Duration,
     max_body: usize,
 }
 
 impl Upstream {
-    /// A client for `base` (`http://host:port[/prefix]`).
-    pub fn new(base: &str, timeout: Duration, max_body: usize) -> Result<Self, GatewayError> {
+    /// A client for `base` (`http://host:port[/prefix]`), with a pool for each of `workers`
+    /// serving threads.
+    pub fn new(base: &str, timeout: Duration, max_body: usize, workers: usize) -> Result<Self, GatewayError> {
         let uri: Uri = base.parse().map_err(|_| GatewayError::Internal(format!("bad upstream {base:?}")))?;
-        let authority = uri
-            .authority()
-            .map(|a| a.to_string())
-            .ok_or_else(|| GatewayError::Internal("upstream has no host".into()))?;
+        let authority =
+            uri.authority().cloned().ok_or_else(|| GatewayError::Internal("upstream has no host".into()))?;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| GatewayError::Internal(format!("bad upstream host in {base:?}")))?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let pool = || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(1024)
+                .build(connector.clone())
+        };
         Ok(Upstream {
-            client,
-            scheme_authority: (uri.scheme_str().unwrap_or("http").to_owned(), authority),
+            clients: (0..=workers).map(|_| pool()).collect(),
+            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority,
+            host,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             timeout,
             max_body,
         })
     }
 
+    /// The pool of the calling thread.
+    fn client(&self) -> &Client<HttpConnector, Body> {
+        let rest = self.clients.len() - 1;
+        let i = crate::server::current_worker().map_or(rest, |w| w % rest.max(1));
+        &self.clients[i]
+    }
+
     /// `host:port` of the backend.
     pub fn authority(&self) -> &str {
-        &self.scheme_authority.1
+        self.authority.as_str()
     }
 
     /// How long the backend gets to answer.
@@ -65,11 +83,19 @@ impl Upstream {
     }
 
     pub(crate) fn uri_for(&self, original: &Uri) -> Result<Uri, GatewayError> {
-        let pq = original.path_and_query().map_or("/", |pq| pq.as_str());
-        let (scheme, authority) = &self.scheme_authority;
-        format!("{scheme}://{authority}{}{pq}", self.base_path)
-            .parse()
-            .map_err(|_| GatewayError::bad_request("the request path cannot be forwarded"))
+        let refused = || GatewayError::bad_request("the request path cannot be forwarded");
+        let path_and_query = match (self.base_path.as_str(), original.path_and_query()) {
+            ("", Some(pq)) => pq.clone(),
+            (base, pq) => {
+                let pq = pq.map_or("/", |pq| pq.as_str());
+                PathAndQuery::try_from(format!("{base}{pq}")).map_err(|_| refused())?
+            }
+        };
+        let mut parts = axum::http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|_| refused())
     }
 }
 
@@ -79,8 +105,11 @@ pub fn safe_path(path: &str) -> bool {
     if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00", "%25"].iter().any(|e| lower.contains(e)) {
+    let encoded = path.as_bytes().windows(3).filter(|w| w[0] == b'%');
+    if encoded
+        .map(|w| [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()])
+        .any(|e| [*b"2e", *b"2f", *b"5c", *b"00", *b"25"].contains(&e))
+    {
         return false;
     }
     !path.split('/').any(|seg| seg == "." || seg == "..")
@@ -156,18 +185,12 @@ async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError>
     let protected = app.rooms.snapshot().protecting(req.uri().path()).cloned();
     let mut token = None;
     if let Some(room) = protected {
-        match admission::check_admitted(&app.keys, &app.cookies, req.headers(), &room) {
-            Ok((t, _)) => {
-                app.metrics.token_verifications.get_or_create(&ResultLabel { result: "ok".into() }).inc();
-                token = Some(t);
-            }
-            Err(reason) => {
-                app.metrics
-                    .token_verifications
-                    .get_or_create(&ResultLabel { result: reason.replace(' ', "_") })
-                    .inc();
-                return Ok(not_admitted(&room, req.uri(), req.headers()));
-            }
+        let checked = admission::check_admitted(&app.keys, &app.cookies, &app.admitted, req.headers(), &room);
+        let result = checked.as_ref().map_or_else(|reason| *reason, |_| "ok");
+        app.metrics.token_verifications.get_or_create(&ResultLabel { result }).inc();
+        match checked {
+            Ok(admitted) => token = Some(admitted.header),
+            Err(_) => return Ok(not_admitted(&room, req.uri(), req.headers())),
         }
     }
     if !replayed && let Some(gate) = app.gates.find(req.uri().path()) {
@@ -176,27 +199,32 @@ async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError>
     forward(app, req, token).await
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
     for n in HOP_BY_HOP {
         headers.remove(n);
@@ -207,7 +235,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub(crate) async fn forward(
     app: &App,
     req: Request,
-    token: Option<String>,
+    token: Option<HeaderValue>,
 ) -> Result<Response, GatewayError> {
     let peer = req.extensions().get::<PeerAddr>().copied();
     let (mut parts, body) = req.into_parts();
@@ -221,7 +249,7 @@ pub(crate) fn prepare(
     app: &App,
     parts: &mut Parts,
     peer: Option<PeerAddr>,
-    token: Option<String>,
+    token: Option<HeaderValue>,
 ) -> Result<(), GatewayError> {
     let up = &app.upstream;
     if let Some(len) =
@@ -235,23 +263,20 @@ pub(crate) fn prepare(
     let https = app.cfg.trust_forwarded && admission::is_https(&parts.headers);
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    headers.remove(ADMISSION_HEADER);
-    if let Some(t) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
-        headers.insert(ADMISSION_HEADER, t);
-    }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    match token {
+        Some(t) => headers.insert(ADMISSION_HEADER, t),
+        None => headers.remove(ADMISSION_HEADER),
+    };
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if app.cfg.trust_forwarded => format!("{prev}, {client_ip}"),
         _ => client_ip.to_string(),
     };
-    headers.insert("x-forwarded-for", HeaderValue::from_str(&forwarded_for).expect("ip is a valid header"));
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(if https { "https" } else { "http" }));
+    headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&forwarded_for).expect("ip is a valid header"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" }));
     if let Some(h) = original_host {
-        headers.insert("x-forwarded-host", h);
+        headers.insert(X_FORWARDED_HOST, h);
     }
-    headers.insert(
-        header::HOST,
-        HeaderValue::from_str(&up.scheme_authority.1).expect("authority is a valid header"),
-    );
+    headers.insert(header::HOST, up.host.clone());
     parts.uri = up.uri_for(&parts.uri)?;
     parts.version = hyper::Version::HTTP_11;
     Ok(())
@@ -267,7 +292,7 @@ pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response
     let body = Body::new(Limited::new(body, up.max_body));
     let started = Instant::now();
     let result =
-        tokio::time::timeout(up.timeout, up.client.request(hyper::Request::from_parts(parts, body))).await;
+        tokio::time::timeout(up.timeout, up.client().request(hyper::Request::from_parts(parts, body))).await;
     app.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
     let resp = match result {
         Err(_) => return Err(GatewayError::Upstream(UpstreamFailure::Timeout)),
@@ -299,7 +324,19 @@ mod tests {
         for ok in ["/", "/book/1", "/api/v1/concerts?x=1", "/a-b_c.d/e~f"] {
             assert!(safe_path(ok.split('?').next().unwrap()), "{ok}");
         }
-        for bad in ["/book/../admin", "/./x", "/a//b", "/%2e%2e/x", "/a%2Fb", "/a\\b", "/%252e", "x"] {
+        for bad in [
+            "/book/../admin",
+            "/./x",
+            "/a//b",
+            "/%2e%2e/x",
+            "/%2E%2E/x",
+            "/a%2Fb",
+            "/a%5Cb",
+            "/a\\b",
+            "/%252e",
+            "/%00",
+            "x",
+        ] {
             assert!(!safe_path(bad), "{bad}");
         }
     }

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use queue_core::{RoomConfig, RoomId, TicketId, TicketState, TicketStatus, UserKey};
+use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -150,22 +151,44 @@ pub(crate) fn admission_token(app: &App, st: &TicketStatus, h: &Holder) -> Resul
     Ok(Some((token, until)))
 }
 
-/// The JSON of a ticket, with the admission when `admission` is given.
-pub fn ticket_json(st: &TicketStatus, cfg: Option<&RoomConfig>, admission: Option<&(String, u64)>) -> Value {
-    let mut v = json!({
-        "ticket": st.ticket.to_string(),
-        "room": st.room.as_str(),
-        "state": st.state.as_str(),
-        "position": st.position,
-        "eta_seconds": st.eta.map(|e| e.seconds),
-        "eta_range": st.eta.map(|e| [e.low_seconds, e.high_seconds]),
-        "poll_after_ms": poll_after_ms(st, cfg),
-        "room_state": st.phase.as_str(),
-    });
-    if let Some((token, until)) = admission {
-        v["admission"] = json!({ "token": token, "expires_at": rfc3339_ms(*until) });
+/// The JSON of a ticket (DESIGN §4), with the admission when `admission` is given.
+#[derive(Debug, Serialize)]
+pub struct TicketBody<'a> {
+    ticket: TicketId,
+    room: &'a str,
+    state: &'static str,
+    position: Option<u64>,
+    eta_seconds: Option<u64>,
+    eta_range: Option<[u64; 2]>,
+    poll_after_ms: u64,
+    room_state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admission: Option<AdmissionBody<'a>>,
+}
+
+/// `admission` of a ticket body.
+#[derive(Debug, Serialize)]
+pub struct AdmissionBody<'a> {
+    token: &'a str,
+    expires_at: Value,
+}
+
+impl<'a> TicketBody<'a> {
+    /// The body of `st`.
+    pub fn new(st: &'a TicketStatus, cfg: Option<&RoomConfig>, admission: Option<&'a (String, u64)>) -> Self {
+        TicketBody {
+            ticket: st.ticket,
+            room: st.room.as_str(),
+            state: st.state.as_str(),
+            position: st.position,
+            eta_seconds: st.eta.map(|e| e.seconds),
+            eta_range: st.eta.map(|e| [e.low_seconds, e.high_seconds]),
+            poll_after_ms: poll_after_ms(st, cfg),
+            room_state: st.phase.as_str(),
+            admission: admission
+                .map(|(token, until)| AdmissionBody { token, expires_at: rfc3339_ms(*until) }),
+        }
     }
-    v
 }
 
 /// Adds the cookies a holder should get: the ticket cookie and, when admitted, the token.
@@ -254,7 +277,7 @@ fn respond_ticket(
     let sub = token_sub(user, st.ticket);
     let holder = Holder { secret: Some(app.cookies.secret(&st.room, st.ticket)), sub, needs_cookie: true };
     let admission = admission_token(app, &st, &holder)?;
-    let body = ticket_json(&st, cfg, admission.as_ref());
+    let body = TicketBody::new(&st, cfg, admission.as_ref());
     let resp = (code, Json(body)).into_response();
     Ok(with_cookies(resp, app, headers, &st, set_ticket, admission.as_ref()))
 }
@@ -274,7 +297,7 @@ pub async fn status(
     let (room, ticket) = ids(path)?;
     let user = known_user(&app, &headers)?;
     limit(&app, Api::Status, peer.map(|p| p.0), &headers, user.as_deref())?;
-    let st = app.store.status(&room, ticket).await?;
+    let st = app.polls.status(&room, ticket).await?;
     let holder = holder(&app, &headers, &st, user.as_deref());
     if holder.is_some() && st.state == TicketState::Waiting {
         // A holder's poll keeps the ticket seen (others' polls do not).
@@ -285,7 +308,7 @@ pub async fn status(
         None => None,
     };
     let cfg = app.rooms.get(&room);
-    let body = ticket_json(&st, cfg.as_ref(), admission.as_ref());
+    let body = TicketBody::new(&st, cfg.as_ref(), admission.as_ref());
     let resp = (StatusCode::OK, Json(body)).into_response();
     let set_ticket = holder.as_ref().is_some_and(|h| h.needs_cookie);
     Ok(with_cookies(resp, &app, &headers, &st, set_ticket, admission.as_ref()))

@@ -1,15 +1,19 @@
-//! The connection layer: HTTP/1.1 and h2c (prior knowledge) on hyper, with keep-alive,
+//! The connection layer: one accept loop handing connections to worker threads (each a
+//! single-threaded runtime), HTTP/1.1 and h2c (prior knowledge) on hyper, with keep-alive,
 //! header size limits, a header read timeout for a new connection's first request that
 //! answers `408`, a longer idle timeout between requests on a kept-alive connection (hyper has
-//! one timer for both, so the first is ours), a whole-request timeout, and graceful shutdown (stop accepting, let in-flight requests finish within the grace
-//! period, then close what is left).
+//! one timer for both, so the first is ours), a whole-request timeout, and graceful shutdown
+//! (stop accepting, let in-flight requests finish within the grace period, then close what is
+//! left).
 
+use std::cell::Cell;
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
@@ -18,27 +22,94 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::config::Limits;
 use crate::error::error_body;
 use crate::state::PeerAddr;
 
+/// What the server runs for each request (the gateway's [`crate::service`]).
+pub trait Served:
+    Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Served for S where
+    S: Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+thread_local! {
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the serving thread this code runs on (`None` off the workers: the accept
+/// loop, background loops, tests' own runtimes).
+pub fn current_worker() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
+/// One serving thread: a single-threaded runtime that owns the connections handed to it.
+struct Worker {
+    tx: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    open: Arc<AtomicUsize>,
+    done: oneshot::Receiver<()>,
+}
+
+impl Worker {
+    fn start<S: Served>(
+        index: usize,
+        svc: S,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+    ) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done) = oneshot::channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
+        std::thread::Builder::new().name(format!("wr-worker-{index}")).spawn(move || {
+            WORKER.with(|w| w.set(Some(index)));
+            runtime.block_on(worker_loop(rx, svc, limits, shutdown, counted));
+            let _ = done_tx.send(());
+        })?;
+        Ok(Worker { tx, open, done })
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` turns true, then drains.
-pub async fn serve(
+///
+/// The accept loop hands each connection to the worker thread with the fewest open
+/// connections; a worker's runtime is single-threaded, so the connection's requests, their
+/// upstream calls and the pooled upstream connections they use never hop between threads
+/// (on a busy gateway most of the cost of a multi-threaded runtime is those hops).
+pub async fn serve<S: Served>(
     listener: TcpListener,
-    router: Router,
+    svc: S,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let mut conns = JoinSet::new();
+) -> io::Result<()> {
+    let workers = (0..limits.worker_threads())
+        .map(|i| Worker::start(i, svc.clone(), limits.clone(), shutdown.clone()))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut next = 0;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    conns.spawn(connection(stream, peer, router.clone(), limits.clone(), shutdown.clone()));
+                    let Ok(std) = stream.into_std() else { continue };
+                    let w = least_loaded(&workers, next);
+                    next = (w + 1) % workers.len();
+                    workers[w].open.fetch_add(1, Ordering::Relaxed);
+                    let _ = workers[w].tx.send((std, peer));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -46,32 +117,74 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
+    let open: usize = workers.iter().map(|w| w.open.load(Ordering::Relaxed)).sum();
+    tracing::info!(open, grace_ms = limits.shutdown_grace_ms, "stopped accepting; draining");
+    for w in workers {
+        drop(w.tx);
+        let _ = w.done.await;
+    }
+    Ok(())
+}
+
+/// The worker with the fewest open connections, ties going to the first from `start`.
+fn least_loaded(workers: &[Worker], start: usize) -> usize {
+    (0..workers.len())
+        .map(|k| (start + k) % workers.len())
+        .min_by_key(|&i| workers[i].open.load(Ordering::Relaxed))
+        .unwrap_or(0)
+}
+
+async fn worker_loop<S: Served>(
+    mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    svc: S,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            handed = incoming.recv() => match handed {
+                Some((stream, peer)) => {
+                    let (svc, limits, shutdown) = (svc.clone(), limits.clone(), shutdown.clone());
+                    conns.spawn(connection(stream, peer, svc, limits, shutdown));
+                }
+                None => break,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {
+                open.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
     let grace = Duration::from_millis(limits.shutdown_grace_ms);
-    tracing::info!(open = conns.len(), grace_ms = limits.shutdown_grace_ms, "stopped accepting; draining");
-    if tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await.is_err() {
+    let drained = tokio::time::timeout(grace, async {
+        while conns.join_next().await.is_some() {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    });
+    if drained.await.is_err() {
         tracing::warn!(open = conns.len(), "grace period over; closing the remaining connections");
         conns.abort_all();
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S: Served>(
+    std: std::net::TcpStream,
     peer: SocketAddr,
-    router: Router,
+    svc: S,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = std.set_nodelay(true);
     // A second handle on the socket, to answer 408 if hyper gives up on slow headers before
     // the first request. It is dropped as soon as a request arrives, so a long-lived
     // connection (an SSE stream) holds one file descriptor, not two; an idle keep-alive
     // connection that times out later is simply closed.
-    let Ok(std) = stream.into_std() else { return };
     let spare = std.try_clone().ok().and_then(|s| TcpStream::from_std(s).ok());
     let spare = Arc::new(Mutex::new(spare));
     let Ok(stream) = TcpStream::from_std(std) else { return };
@@ -79,10 +192,10 @@ async fn connection(
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     let spare_in_svc = spare.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let router = router.clone();
+        let svc = svc.clone();
         drop(spare_in_svc.lock().unwrap_or_else(|e| e.into_inner()).take());
         req.extensions_mut().insert(PeerAddr(peer));
-        async move { Ok::<_, Infallible>(dispatch(router, req.map(Body::new), request_timeout).await) }
+        async move { Ok::<_, Infallible>(dispatch(svc, req.map(Body::new), request_timeout).await) }
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -151,9 +264,9 @@ async fn request_timeout_answer(mut spare: TcpStream) {
 }
 
 /// Runs one request through the router, bounded by the request timeout (streams excepted).
-async fn dispatch(router: Router, req: Request<Body>, timeout: Duration) -> Response {
+async fn dispatch<S: Served>(svc: S, req: Request<Body>, timeout: Duration) -> Response {
     let streaming = req.uri().path().ends_with("/events");
-    let fut = router.oneshot(req);
+    let fut = svc.oneshot(req);
     if streaming {
         return match fut.await {
             Ok(r) => r,

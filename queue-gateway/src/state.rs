@@ -25,6 +25,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     /// Admission token keys.
     pub keys: KeySet,
+    /// Admissions already checked in full.
+    pub admitted: crate::admission::AdmittedCache,
     /// Ticket cookie secrets.
     pub cookies: CookieKey,
     /// User JWTs.
@@ -37,6 +39,8 @@ pub struct App {
     pub limiters: Arc<Limiters>,
     /// SSE fan-out.
     pub hub: Arc<Hub>,
+    /// Status polls, coalesced into batched store reads.
+    pub polls: crate::polls::Polls,
     /// Batched "seen" marks.
     pub touches: Arc<crate::touch::Touches>,
     /// The backend.
