@@ -109,6 +109,59 @@ pub async fn join_status_leave(redis: Option<String>) {
     gw.stop().await.unwrap();
 }
 
+/// Polls arriving together are answered by shared store reads: each must still get its own
+/// ticket's status, an unknown ticket its 404 and another room's ticket its own room's answer.
+pub async fn concurrent_polls_get_their_own_answers(redis: Option<String>) {
+    let (gw, mut http) = gateway(redis).await;
+    let (a, b) = (unique_room("pa"), unique_room("pb"));
+    put_room(&mut http, a.as_str(), paused_room(&a)).await;
+    put_room(&mut http, b.as_str(), paused_room(&b)).await;
+    let mut holders = Vec::new();
+    for i in 0..240 {
+        let room = if i % 3 == 2 { &b } else { &a };
+        let mut h = Http::new(gw.addr);
+        let r = h.post(&format!("/api/v1/rooms/{room}/tickets")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        holders.push((
+            room.to_string(),
+            r.json()["ticket"].as_str().unwrap().to_owned(),
+            r.json()["position"].clone(),
+            h,
+        ));
+    }
+    let mut polls = tokio::task::JoinSet::new();
+    for (i, (room, ticket, position, mut h)) in (1_000_000u64..).zip(holders) {
+        polls.spawn(async move {
+            for _ in 0..3 {
+                let r = h.get(&format!("/api/v1/rooms/{room}/tickets/{ticket}")).await;
+                assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+                let j = r.json();
+                assert_eq!(
+                    (j["ticket"].as_str().unwrap(), j["room"].as_str().unwrap()),
+                    (ticket.as_str(), room.as_str())
+                );
+                assert_eq!(j["position"], position, "{ticket} in {room}");
+            }
+        });
+        let (mut stranger, room) = (Http::new(gw.addr), a.to_string());
+        // A well-formed id whose sequence number no join has reached.
+        let unknown = format!("{i:016x}{:016x}", 0xaaaa_u64);
+        polls.spawn(async move {
+            let r = stranger.get(&format!("/api/v1/rooms/{room}/tickets/{unknown}")).await;
+            assert_eq!(
+                (r.status, r.error_code()),
+                (StatusCode::NOT_FOUND, "unknown_ticket".to_owned()),
+                "{}",
+                r.text
+            );
+        });
+    }
+    while let Some(done) = polls.join_next().await {
+        done.unwrap();
+    }
+    gw.stop().await.unwrap();
+}
+
 pub async fn admission_is_bound_to_the_cookie(redis: Option<String>) {
     let (gw, mut http) = gateway(redis).await;
     let room = unique_room("bind");
@@ -417,6 +470,10 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn user_bound_tickets() {
                 super::user_bound_tickets($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_polls_get_their_own_answers() {
+                super::concurrent_polls_get_their_own_answers($redis).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn admin_api() {
