@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # The sandbox here caps open files at 20,000 per process (hard limit), so N stays below it.
 ulimit -n "$(ulimit -Hn)"
-cargo build --release -q -p queue-gateway --example sse_load
+cargo build --release -q -p queue-gateway --bins --example sse_load
 cargo run --release -q -p queue-gateway --example sse_load -- "${1:-20000}" "${@:2}"

@@ -7,7 +7,8 @@
 //! within a second.
 //!
 //! # Layout (in the order a request meets them)
-//! - [`server`]: connections (HTTP/1.1, h2c), limits, timeouts, graceful shutdown.
+//! - [`server`]: connections (HTTP/1.1, h2c), limits, timeouts, graceful shutdown;
+//!   [`h1_stream`]: event streams on their own HTTP/1.1 connections, beside hyper.
 //! - [`admission`]: ticket cookies, user JWTs, admission-token checks on protected paths.
 //! - [`rate_limit`]: per-IP and per-user token buckets (governor).
 //! - [`room`]: join, status, leave, room state ([`polls`] coalesces status reads); [`sse`]:
@@ -28,6 +29,7 @@ pub mod console;
 pub mod demo;
 pub mod error;
 pub mod gate;
+pub mod h1_stream;
 pub mod metrics;
 pub mod page;
 pub mod polls;

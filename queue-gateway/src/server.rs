@@ -24,10 +24,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::config::Limits;
 use crate::error::error_body;
+use crate::h1_stream;
 use crate::state::PeerAddr;
 
 /// What the server runs for each request (the gateway's [`crate::service`]).
@@ -173,6 +175,9 @@ async fn worker_loop<S: Served>(
     }
 }
 
+/// Serves one connection: an event stream on a new connection by [`h1_stream`], anything
+/// else by hyper. A connection task lives as long as its connection and is sized by its
+/// largest state, so hyper's (several KiB) is boxed: an event stream's task stays small.
 async fn connection<S: Served>(
     std: std::net::TcpStream,
     peer: SocketAddr,
@@ -182,13 +187,45 @@ async fn connection<S: Served>(
 ) {
     let _ = std.set_nodelay(true);
     // A second handle on the socket, to answer 408 if hyper gives up on slow headers before
-    // the first request. It is dropped as soon as a request arrives, so a long-lived
-    // connection (an SSE stream) holds one file descriptor, not two; an idle keep-alive
-    // connection that times out later is simply closed.
-    let spare = std.try_clone().ok().and_then(|s| TcpStream::from_std(s).ok());
-    let spare = Arc::new(Mutex::new(spare));
+    // the first request (see `with_hyper`).
+    let spare = std.try_clone().ok();
     let Ok(stream) = TcpStream::from_std(std) else { return };
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    // Nothing is consumed before the first request's deadline: the first bytes decide who
+    // serves the connection.
+    let first_request = Instant::now() + Duration::from_millis(limits.header_read_timeout_ms);
+    let peeked = tokio::select! {
+        p = tokio::time::timeout_at(first_request, h1_stream::is_event_stream(&stream)) => p,
+        _ = shutdown.changed() => return,
+    };
+    match peeked {
+        Err(_) => request_timeout_answer(stream).await,
+        Ok(Err(_)) => {}
+        Ok(Ok(true)) => {
+            drop(spare);
+            let max = limits.max_header_bytes;
+            h1_stream::serve(stream, peer, svc, max, first_request, request_timeout).await
+        }
+        Ok(Ok(false)) => {
+            let spare = spare.and_then(|s| TcpStream::from_std(s).ok());
+            Box::pin(with_hyper(stream, spare, peer, svc, limits, shutdown, first_request)).await
+        }
+    }
+}
 
+async fn with_hyper<S: Served>(
+    stream: TcpStream,
+    spare: Option<TcpStream>,
+    peer: SocketAddr,
+    svc: S,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    first_request: Instant,
+) {
+    // The spare handle is dropped as soon as a request arrives, so a long-lived connection
+    // (a stream on a kept-alive connection) holds one file descriptor, not two; an idle
+    // keep-alive connection that times out later is simply closed.
+    let spare = Arc::new(Mutex::new(spare));
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     let spare_in_svc = spare.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -197,7 +234,6 @@ async fn connection<S: Served>(
         req.extensions_mut().insert(PeerAddr(peer));
         async move { Ok::<_, Infallible>(dispatch(svc, req.map(Body::new), request_timeout).await) }
     });
-
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -215,7 +251,7 @@ async fn connection<S: Served>(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    let first_request = tokio::time::sleep(Duration::from_millis(limits.header_read_timeout_ms));
+    let first_request = tokio::time::sleep_until(first_request);
     tokio::pin!(first_request);
     let mut waiting_first = true;
     let result = loop {
@@ -266,7 +302,9 @@ async fn request_timeout_answer(mut spare: TcpStream) {
 /// Runs one request through the router, bounded by the request timeout (streams excepted).
 async fn dispatch<S: Served>(svc: S, req: Request<Body>, timeout: Duration) -> Response {
     let streaming = req.uri().path().ends_with("/events");
-    let fut = svc.oneshot(req);
+    // Boxed: on h2 each request is a task of its own sized by its largest state, and the
+    // router's future is large; a long stream would carry it for nothing.
+    let fut = Box::pin(svc.oneshot(req));
     if streaming {
         return match fut.await {
             Ok(r) => r,

@@ -166,3 +166,55 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert!(m.contains("waitingroom_rate_limited_total 4"), "{m}");
     gw.stop().await.unwrap();
 }
+
+/// An event stream asked for on a new connection is read and answered outside hyper: its head
+/// is held to the same limits, and every refusal is a complete response on a closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_requests_are_held_to_the_same_limits() {
+    let up = upstream().await;
+    let mut cfg = config(up, None);
+    cfg.limits.header_read_timeout_ms = 500;
+    cfg.limits.max_header_bytes = 8192;
+    let gw = queue_gateway::spawn(cfg).await.unwrap();
+    let mut http = Http::new(gw.addr);
+    put_room(&mut http, "es", json!({"paused": true})).await;
+    let ticket = http.post("/api/v1/rooms/es/tickets").await.json()["ticket"].as_str().unwrap().to_owned();
+    let before = http.get("/api/v1/rooms/es").await.json();
+    let line = format!("GET /api/v1/rooms/es/tickets/{ticket}/events HTTP/1.1\r\n");
+
+    // Slow headers: 408 after the first request's limit, then the socket closes.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("{line}host: x\r\n").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("socket held open")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&text), 408, "{text}");
+    assert!(text.contains("\"request_timeout\""), "{text}");
+
+    let cases = [
+        (format!("{line}host: x\r\nx-big: {}\r\n\r\n", "a".repeat(20_000)), 431),
+        (format!("{line}host: x\r\nno colon here\r\n\r\n"), 400),
+        (format!("{line}host: x\r\ncontent-length: 5\r\n\r\nhello"), 400),
+        (format!("{line}host: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
+        ("GET /api/v1/rooms/es/tickets/nonsense/events HTTP/1.1\r\nhost: x\r\n\r\n".to_owned(), 400),
+        ("GET /api/v1/rooms/NO/tickets/x/events HTTP/1.1\r\nhost: x\r\n\r\n".to_owned(), 400),
+        // Without the ticket's cookie: the holder alone may follow it.
+        (format!("{line}host: x\r\n\r\n"), 403),
+    ];
+    for (req, status) in cases {
+        let r = raw(gw.addr, req.as_bytes()).await;
+        assert_eq!(status_of(&r), status, "{req:.120}: {r}");
+        assert!(r.contains("connection: close") && r.contains("\"error\""), "{r}");
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        let length = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap();
+        assert_eq!(length.parse::<usize>().unwrap(), body.len(), "{r}");
+    }
+
+    // The store is unchanged and the gateway still serves.
+    assert_eq!(http.get("/api/v1/rooms/es").await.json(), before);
+    assert_eq!(http.get("/healthz").await.status, StatusCode::OK);
+    gw.stop().await.unwrap();
+}

@@ -404,6 +404,41 @@ pub async fn sse_delivers_position_and_admission(redis: Option<String>) {
     gw.stop().await.unwrap();
 }
 
+/// A stream asked for after another request on a kept-alive connection is served by hyper,
+/// not by the new-connection path: the same events either way.
+pub async fn sse_on_a_kept_alive_connection(redis: Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, mut http) = gateway(redis).await;
+    let room = unique_room("ska");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    let ticket = http.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cookie = format!("wr_{room}={}", http.cookies[&format!("wr_{room}")]);
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let path = format!("/api/v1/rooms/{room}/tickets/{ticket}");
+    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
+    while !seen.ends_with('}') {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after one request: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200") && seen.contains("\"position\":1"), "{seen}");
+    let req = format!("GET {path}/events HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    seen.clear();
+    while !seen.contains("event: position") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before the first event: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("text/event-stream") && seen.contains("\"position\":1"), "{seen}");
+    gw.stop().await.unwrap();
+}
+
 pub async fn upstream_failures(redis: Option<String>) {
     let (gw, mut http) = gateway_with(redis, |c| {
         c.limits.upstream_timeout_ms = 500;
@@ -474,6 +509,10 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_polls_get_their_own_answers() {
                 super::concurrent_polls_get_their_own_answers($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sse_on_a_kept_alive_connection() {
+                super::sse_on_a_kept_alive_connection($redis).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn admin_api() {
