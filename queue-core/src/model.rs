@@ -212,6 +212,11 @@ pub enum RoomEvent {
         /// When these admissions end (Unix ms).
         expires_at_ms: u64,
     },
+    /// A waiting ticket left: everyone behind it moved up.
+    Left {
+        /// The room.
+        room: RoomId,
+    },
     /// The room's config was written or the room deleted.
     ConfigChanged {
         /// The room.

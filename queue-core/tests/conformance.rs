@@ -285,6 +285,19 @@ pub async fn events_are_published(s: &dyn Store) {
     let (tickets, tick) = admitted.expect("no admission event");
     assert_eq!(tickets, t[..2]);
     assert!(tick.is_some());
+    // Only a waiting ticket's leave moves anyone: an admitted one's, or a second leave, does not.
+    s.leave(&r, t[0]).await.unwrap();
+    s.leave(&r, t[2]).await.unwrap();
+    s.leave(&r, t[2]).await.unwrap();
+    let mut left = 0;
+    while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        match ev {
+            RoomEvent::Left { room } if room == r => left += 1,
+            RoomEvent::Admitted { room, .. } if room == r => panic!("admitted after the tick"),
+            _ => {}
+        }
+    }
+    assert_eq!(left, 1, "one waiting ticket left");
 }
 
 pub async fn config_round_trip_and_bad_input(s: &dyn Store) {

@@ -245,7 +245,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     println!(
-        "position change reached {}/{streams} streams in {:.2} s (hub polls once a second)",
+        "position change reached {}/{streams} streams in {:.2} s (pushed on the leave)",
         second_position.load(Ordering::Relaxed),
         t.elapsed().as_secs_f64()
     );

@@ -76,7 +76,7 @@ pub async fn config_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(RoomEvent::ConfigChanged { .. }) | Err(_) => refresh(&app).await,
-                Ok(RoomEvent::Admitted { .. }) => {}
+                Ok(RoomEvent::Admitted { .. } | RoomEvent::Left { .. }) => {}
             },
             _ = every.tick() => {
                 refresh(&app).await;

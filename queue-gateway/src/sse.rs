@@ -1,9 +1,10 @@
 //! Live ticket updates over SSE, fanned out in process.
 //!
-//! A gateway holds one store subscription (admissions of every room) and, once a second and
-//! right after each admission in a room (when positions move), one `watch` call per room for
-//! all of its open streams (which also keeps their tickets seen): never a store connection
-//! per client. Each stream gets `position` at most once a second and only when it changed, `admitted` with its token as soon as the admission is
+//! A gateway holds one store subscription (admissions and leaves of every room) and, once a
+//! second and soon after each admission or leave in a room (when positions move; at most twice
+//! a second per room), one `watch` call per room for all of its open streams (which also keeps
+//! their tickets seen): never a store connection per client. Each stream gets `position` at
+//! most once a second and only when it changed, `admitted` with its token as soon as the admission is
 //! published, and `expired` when the ticket is over; comments keep idle proxies from closing
 //! the stream. `admitted` and `expired` end the stream (nothing more will come, and the
 //! gateway frees the connection as the crowd goes in); `admitted` carries a long `retry` so
@@ -222,35 +223,77 @@ fn stream_of(
     })
 }
 
-/// Delivers admissions as they are published and positions once a second, until shutdown.
+/// Delivers admissions as they are published, and positions once a second and soon after
+/// anything moves them (an admission or a leave, on any gateway), until shutdown.
 pub async fn hub_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let mut events = app.store.subscribe();
-    let mut last_push: HashMap<RoomId, std::time::Instant> = HashMap::new();
+    let mut pushes = Pushes::default();
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut soon = tokio::time::interval(PUSH_GAP / 4);
+    soon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             ev = events.recv() => {
-                if let Ok(RoomEvent::Admitted { room, tickets, expires_at_ms, .. }) = ev {
-                    on_admitted(&app, &room, &tickets, expires_at_ms);
-                    // Everyone behind them moved up: tell them now, not at the next poll (at
-                    // most twice a second per room, however fast the room ticks).
-                    let now = std::time::Instant::now();
-                    if last_push.get(&room).is_none_or(|t| now.duration_since(*t) >= Duration::from_millis(500)) {
-                        last_push.insert(room.clone(), now);
-                        poll_room(&app, &room).await;
+                let moved = match ev {
+                    Ok(RoomEvent::Admitted { room, tickets, expires_at_ms, .. }) => {
+                        on_admitted(&app, &room, &tickets, expires_at_ms);
+                        room
                     }
+                    Ok(RoomEvent::Left { room }) => room,
+                    _ => continue,
+                };
+                // Everyone behind them moved up: tell them now, not at the next poll.
+                if pushes.due(&moved) {
+                    poll_room(&app, &moved).await;
+                } else if !app.hub.clients_of(&moved).is_empty() {
+                    pushes.later.insert(moved);
+                }
+            }
+            _ = soon.tick(), if !pushes.later.is_empty() => {
+                for room in pushes.take_due() {
+                    poll_room(&app, &room).await;
                 }
             }
             _ = every.tick() => {
                 poll_positions(&app).await;
-                last_push.retain(|_, t| t.elapsed() < Duration::from_secs(1));
+                pushes.last.retain(|_, t| t.elapsed() < PUSH_GAP);
             }
             _ = shutdown.changed() => {
                 app.hub.end_all();
                 return;
             }
         }
+    }
+}
+
+/// Pushes outside the once-a-second poll are at most this often per room, however fast the
+/// room ticks or its tickets leave.
+const PUSH_GAP: Duration = Duration::from_millis(500);
+
+/// When each room's positions were last pushed, and the rooms whose push waits for the gap.
+#[derive(Default)]
+struct Pushes {
+    last: HashMap<RoomId, std::time::Instant>,
+    later: HashSet<RoomId>,
+}
+
+impl Pushes {
+    /// Whether `room` may be pushed now (and if so, counts it pushed).
+    fn due(&mut self, room: &RoomId) -> bool {
+        let now = std::time::Instant::now();
+        if self.last.get(room).is_some_and(|t| now.duration_since(*t) < PUSH_GAP) {
+            return false;
+        }
+        self.last.insert(room.clone(), now);
+        self.later.remove(room);
+        true
+    }
+
+    /// The waiting rooms whose gap is over.
+    fn take_due(&mut self) -> Vec<RoomId> {
+        let waiting: Vec<RoomId> = self.later.iter().cloned().collect();
+        waiting.into_iter().filter(|r| self.due(r)).collect()
     }
 }
 

@@ -404,6 +404,44 @@ pub async fn sse_delivers_position_and_admission(redis: Option<String>) {
     gw.stop().await.unwrap();
 }
 
+/// A leave from the queue moves everyone behind it, and their streams hear of it without a
+/// tick or an operator (the store publishes the leave; every gateway pushes positions).
+pub async fn sse_hears_of_a_leave_ahead(redis: Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, mut ahead) = gateway(redis).await;
+    let room = unique_room("sle");
+    put_room(&mut ahead, room.as_str(), paused_room(&room)).await;
+    let first = ahead.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut behind = Http::new(gw.addr);
+    let ticket = behind.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cookie = format!("wr_{room}={}", behind.cookies[&format!("wr_{room}")]);
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "GET /api/v1/rooms/{room}/tickets/{ticket}/events HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
+    let mut read_until = async |stream: &mut tokio::net::TcpStream, seen: &mut String, what: &str| {
+        while !seen.contains(what) {
+            let n = tokio::time::timeout(Duration::from_secs(4), stream.read(&mut buf)).await;
+            let n = n.unwrap_or_else(|_| panic!("no {what} in {seen}")).unwrap();
+            assert!(n > 0, "closed before {what}: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    read_until(&mut stream, &mut seen, "\"position\":2").await;
+    let left = ahead.send(Method::DELETE, &format!("/api/v1/rooms/{room}/tickets/{first}"), &[], None).await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT, "{}", left.text);
+    read_until(&mut stream, &mut seen, "\"position\":1").await;
+    gw.stop().await.unwrap();
+}
+
 /// A stream asked for after another request on a kept-alive connection is served by hyper,
 /// not by the new-connection path: the same events either way.
 pub async fn sse_on_a_kept_alive_connection(redis: Option<String>) {
@@ -513,6 +551,10 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sse_on_a_kept_alive_connection() {
                 super::sse_on_a_kept_alive_connection($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sse_hears_of_a_leave_ahead() {
+                super::sse_hears_of_a_leave_ahead($redis).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn admin_api() {

@@ -582,7 +582,7 @@ impl Store for MemoryStore {
     }
 
     async fn leave(&self, room: &RoomId, ticket: TicketId) -> Result<TicketState> {
-        self.with_room(room, |r, _| {
+        let before = self.with_room(room, |r, _| -> Result<TicketState> {
             let idx = r.slot_of(ticket)?;
             let before = r.slots[idx as usize].state;
             match before {
@@ -595,7 +595,11 @@ impl Store for MemoryStore {
             }
             r.left_total += 1;
             Ok(before)
-        })?
+        })??;
+        if before == TicketState::Waiting {
+            self.publish(RoomEvent::Left { room: room.clone() });
+        }
+        Ok(before)
     }
 
     async fn touch(&self, room: &RoomId, tickets: &[TicketId]) -> Result<()> {

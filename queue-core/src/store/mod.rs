@@ -76,7 +76,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The `random_at_open` draw record, once drawn.
     async fn draw_record(&self, room: &RoomId) -> Result<Option<DrawRecord>>;
 
-    /// Admissions and config changes of every room, as they happen.
+    /// Admissions, leaves from the queue and config changes of every room, as they happen.
     fn subscribe(&self) -> broadcast::Receiver<RoomEvent>;
     /// Fails when the store is unreachable (readiness).
     async fn ping(&self) -> Result<()>;
