@@ -19,6 +19,18 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends `bytes` and reads what comes back until the gateway closes the socket (within 5 s).
+async fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("socket held open")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn status_of(resp: &str) -> u16 {
     resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
@@ -37,14 +49,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let before = http.get("/api/v1/rooms/bad").await.json();
 
     // Slow headers: 408, not a held socket.
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .expect("socket held open")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let text = closed_after(gw.addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await;
     assert_eq!(status_of(&text), 408, "{text}");
 
     // That limit is for a new connection's first request: a kept-alive connection may idle
@@ -183,14 +188,7 @@ async fn event_stream_requests_are_held_to_the_same_limits() {
     let line = format!("GET /api/v1/rooms/es/tickets/{ticket}/events HTTP/1.1\r\n");
 
     // Slow headers: 408 after the first request's limit, then the socket closes.
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(format!("{line}host: x\r\n").as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .expect("socket held open")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let text = closed_after(gw.addr, format!("{line}host: x\r\n").as_bytes()).await;
     assert_eq!(status_of(&text), 408, "{text}");
     assert!(text.contains("\"request_timeout\""), "{text}");
 

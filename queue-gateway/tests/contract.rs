@@ -404,37 +404,40 @@ pub async fn sse_delivers_position_and_admission(redis: Option<String>) {
     gw.stop().await.unwrap();
 }
 
+/// Joins `room` as `http`: the ticket id and the `cookie` header that proves holding it.
+async fn join_as(http: &mut Http, room: &str) -> (String, String) {
+    let r = http.post(&format!("/api/v1/rooms/{room}/tickets")).await;
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    (ticket, format!("wr_{room}={}", http.cookies[&format!("wr_{room}")]))
+}
+
+/// Reads `stream` into `seen` until `seen` holds `what` (a read times out after 4 s).
+async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(what) {
+        let n = tokio::time::timeout(Duration::from_secs(4), stream.read(&mut buf)).await;
+        let n = n.unwrap_or_else(|_| panic!("no {what} in {seen}")).unwrap();
+        assert!(n > 0, "closed before {what}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
 /// A leave from the queue moves everyone behind it, and their streams hear of it without a
 /// tick or an operator (the store publishes the leave; every gateway pushes positions).
 pub async fn sse_hears_of_a_leave_ahead(redis: Option<String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let (gw, mut ahead) = gateway(redis).await;
     let room = unique_room("sle");
     put_room(&mut ahead, room.as_str(), paused_room(&room)).await;
-    let first = ahead.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut behind = Http::new(gw.addr);
-    let ticket = behind.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let cookie = format!("wr_{room}={}", behind.cookies[&format!("wr_{room}")]);
+    let (first, _) = join_as(&mut ahead, room.as_str()).await;
+    let (ticket, cookie) = join_as(&mut Http::new(gw.addr), room.as_str()).await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let req = format!(
         "GET /api/v1/rooms/{room}/tickets/{ticket}/events HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).await.unwrap();
-    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
-    let mut read_until = async |stream: &mut tokio::net::TcpStream, seen: &mut String, what: &str| {
-        while !seen.contains(what) {
-            let n = tokio::time::timeout(Duration::from_secs(4), stream.read(&mut buf)).await;
-            let n = n.unwrap_or_else(|_| panic!("no {what} in {seen}")).unwrap();
-            assert!(n > 0, "closed before {what}: {seen}");
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    };
+    let mut seen = String::new();
     read_until(&mut stream, &mut seen, "\"position\":2").await;
     let left = ahead.send(Method::DELETE, &format!("/api/v1/rooms/{room}/tickets/{first}"), &[], None).await;
     assert_eq!(left.status, StatusCode::NO_CONTENT, "{}", left.text);
@@ -445,34 +448,22 @@ pub async fn sse_hears_of_a_leave_ahead(redis: Option<String>) {
 /// A stream asked for after another request on a kept-alive connection is served by hyper,
 /// not by the new-connection path: the same events either way.
 pub async fn sse_on_a_kept_alive_connection(redis: Option<String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let (gw, mut http) = gateway(redis).await;
     let room = unique_room("ska");
     put_room(&mut http, room.as_str(), paused_room(&room)).await;
-    let ticket = http.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let cookie = format!("wr_{room}={}", http.cookies[&format!("wr_{room}")]);
+    let (ticket, cookie) = join_as(&mut http, room.as_str()).await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let path = format!("/api/v1/rooms/{room}/tickets/{ticket}");
     let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n");
     stream.write_all(req.as_bytes()).await.unwrap();
-    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
-    while !seen.ends_with('}') {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed after one request: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "}").await;
     assert!(seen.starts_with("HTTP/1.1 200") && seen.contains("\"position\":1"), "{seen}");
     let req = format!("GET {path}/events HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n");
     stream.write_all(req.as_bytes()).await.unwrap();
     seen.clear();
-    while !seen.contains("event: position") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed before the first event: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    read_until(&mut stream, &mut seen, "event: position").await;
     assert!(seen.contains("text/event-stream") && seen.contains("\"position\":1"), "{seen}");
     gw.stop().await.unwrap();
 }
