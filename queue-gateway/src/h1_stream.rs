@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::config::Limits;
 use crate::error::error_body;
 use crate::server::Served;
 use crate::state::PeerAddr;
@@ -50,8 +51,18 @@ fn is_stream_line(bytes: &[u8]) -> bool {
     let Some(target) = line.strip_prefix(b"GET ").and_then(|l| l.strip_suffix(b" HTTP/1.1")) else {
         return false;
     };
-    let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+    is_events_path(target.split(|&b| b == b'?').next().unwrap_or(target))
+}
+
+/// A ticket's event stream path (`/api/v1/rooms/{room}/tickets/{ticket}/events`): it runs
+/// as long as the ticket waits, so no request timeout applies to it.
+pub(crate) fn is_events_path(path: &[u8]) -> bool {
     path.starts_with(b"/api/v1/rooms/") && path.ends_with(b"/events")
+}
+
+/// The answer to a first request whose head did not arrive in time.
+pub(crate) fn head_timeout() -> Response {
+    error_body(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request headers did not arrive in time")
 }
 
 /// Why a request head could not be read.
@@ -68,16 +79,13 @@ pub(crate) async fn serve<S: Served>(
     mut stream: TcpStream,
     peer: SocketAddr,
     svc: S,
-    max_header_bytes: usize,
+    limits: &Limits,
     deadline: Instant,
-    request_timeout: Duration,
 ) {
-    let response = match tokio::time::timeout_at(deadline, read_head(&mut stream, max_header_bytes)).await {
-        Err(_) => error_body(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request headers did not arrive in time",
-        ),
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let head = read_head(&mut stream, limits.max_header_bytes);
+    let response = match tokio::time::timeout_at(deadline, head).await {
+        Err(_) => head_timeout(),
         Ok(Err(HeadError::Gone)) => return,
         Ok(Err(HeadError::TooLarge)) => error_body(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -164,7 +172,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request<Body>>, HeadError> {
 
 /// Writes the head, then the body as it comes (chunked unless its length is known), ending
 /// early if the client goes away or stops taking data in.
-async fn write_response(stream: &mut TcpStream, response: Response) -> std::io::Result<()> {
+pub(crate) async fn write_response(stream: &mut TcpStream, response: Response) -> std::io::Result<()> {
     let (parts, mut body) = response.into_parts();
     let length = body.size_hint().exact();
     let mut head = Vec::with_capacity(256);

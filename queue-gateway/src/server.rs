@@ -190,7 +190,6 @@ async fn connection<S: Served>(
     // the first request (see `with_hyper`).
     let spare = std.try_clone().ok();
     let Ok(stream) = TcpStream::from_std(std) else { return };
-    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     // Nothing is consumed before the first request's deadline: the first bytes decide who
     // serves the connection.
     let first_request = Instant::now() + Duration::from_millis(limits.header_read_timeout_ms);
@@ -203,8 +202,7 @@ async fn connection<S: Served>(
         Ok(Err(_)) => {}
         Ok(Ok(true)) => {
             drop(spare);
-            let max = limits.max_header_bytes;
-            h1_stream::serve(stream, peer, svc, max, first_request, request_timeout).await
+            h1_stream::serve(stream, peer, svc, &limits, first_request).await
         }
         Ok(Ok(false)) => {
             let spare = spare.and_then(|s| TcpStream::from_std(s).ok());
@@ -285,15 +283,8 @@ async fn with_hyper<S: Served>(
 
 /// Answers `408` on a connection whose first request's headers did not arrive in time.
 async fn request_timeout_answer(mut spare: TcpStream) {
-    let body =
-        br#"{"error":{"code":"request_timeout","message":"the request headers did not arrive in time"}}"#;
-    let head = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        spare.write_all(head.as_bytes()).await?;
-        spare.write_all(body).await?;
+        h1_stream::write_response(&mut spare, h1_stream::head_timeout()).await?;
         spare.shutdown().await
     })
     .await;
@@ -301,7 +292,7 @@ async fn request_timeout_answer(mut spare: TcpStream) {
 
 /// Runs one request through the router, bounded by the request timeout (streams excepted).
 async fn dispatch<S: Served>(svc: S, req: Request<Body>, timeout: Duration) -> Response {
-    let streaming = req.uri().path().ends_with("/events");
+    let streaming = h1_stream::is_events_path(req.uri().path().as_bytes());
     // Boxed: on h2 each request is a task of its own sized by its largest state, and the
     // router's future is large; a long stream would carry it for nothing.
     let fut = Box::pin(svc.oneshot(req));
@@ -315,5 +306,25 @@ async fn dispatch<S: Served>(svc: S, req: Request<Body>, timeout: Duration) -> R
         Ok(Ok(r)) => r,
         Ok(Err(never)) => match never {},
         Err(_) => error_body(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection's task is sized by the largest state of `connection`: hyper's (5,904 bytes
+    /// when it was inline) must stay boxed, so that a task holding an event stream is small.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (std, peer) = listener.accept().unwrap();
+        let svc =
+            tower::service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+        let (_tx, shutdown) = watch::channel(false);
+        let task = connection(std, peer, svc, Limits::default(), shutdown);
+        let size = std::mem::size_of_val(&task);
+        assert!(size < 2048, "a connection's task takes {size} bytes");
     }
 }
