@@ -92,6 +92,10 @@ impl Hub {
         rooms.get(room).map(|c| c.iter().map(|(id, c)| (*id, c.ticket)).collect()).unwrap_or_default()
     }
 
+    fn has_clients(&self, room: &RoomId) -> bool {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner()).contains_key(room)
+    }
+
     fn rooms(&self) -> Vec<RoomId> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
@@ -243,10 +247,14 @@ pub async fn hub_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
                     Ok(RoomEvent::Left { room }) => room,
                     _ => continue,
                 };
-                // Everyone behind them moved up: tell them now, not at the next poll.
+                // Everyone behind them moved up: tell this gateway's streams now, not at the
+                // next poll.
+                if !app.hub.has_clients(&moved) {
+                    continue;
+                }
                 if pushes.due(&moved) {
                     poll_room(&app, &moved).await;
-                } else if !app.hub.clients_of(&moved).is_empty() {
+                } else {
                     pushes.later.insert(moved);
                 }
             }
