@@ -424,7 +424,9 @@ async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, what:
 }
 
 /// A leave from the queue moves everyone behind it, and their streams hear of it without a
-/// tick or an operator (the store publishes the leave; every gateway pushes positions).
+/// tick or an operator. This holds with or without the push on the store's `left` event (the
+/// once-a-second poll delivers it too): that the store publishes it is the conformance test's,
+/// how much sooner the push is, `sse_bench.sh`'s to show.
 pub async fn sse_hears_of_a_leave_ahead(redis: Option<String>) {
     use tokio::io::AsyncWriteExt;
     let (gw, mut ahead) = gateway(redis).await;
