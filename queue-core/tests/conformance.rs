@@ -407,6 +407,55 @@ pub async fn status_many_matches_single_reads(s: &dyn Store) {
     assert!(matches!(s.status_many(&r, &too_many).await, Err(Error::InvalidArgument { .. })));
 }
 
+/// A thread with a runtime of its own (a gateway's serving thread) works through a local
+/// handle while the runtime that opened the store is blocked: the handle's connection is its
+/// own. What it reads and writes is the one store, and its writes publish as usual.
+pub async fn local_handles_share_the_store(s: Arc<dyn Store>) {
+    let mut rx = s.subscribe();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = room(&*s, cfg(1)).await;
+    let t = join_n(&*s, &r, 0, 3).await;
+    let (shared, room_id, asked) = (s.clone(), r.clone(), t.clone());
+    // `join` blocks this test's runtime, which runs the shared handle's connection.
+    let (read, joined) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let local = shared.local().await.unwrap().unwrap_or(shared);
+            let read = local.status_many(&room_id, &asked).await.unwrap();
+            let joined = local.join(&room_id, &user(99)).await.unwrap();
+            local.leave(&room_id, asked[1]).await.unwrap();
+            (read, joined)
+        })
+    })
+    .join()
+    .unwrap();
+    let positions: Vec<_> = read.iter().map(|st| st.as_ref().and_then(|st| st.position)).collect();
+    assert_eq!(positions, [Some(1), Some(2), Some(3)]);
+    assert!(joined.created);
+    let after = s.status_many(&r, &[t[0], t[1], t[2], joined.status.ticket]).await.unwrap();
+    let states: Vec<_> = after.iter().map(|st| st.as_ref().map(|st| (st.state, st.position))).collect();
+    assert_eq!(
+        states,
+        [
+            Some((TicketState::Waiting, Some(1))),
+            Some((TicketState::Left, None)),
+            Some((TicketState::Waiting, Some(2))),
+            Some((TicketState::Waiting, Some(3))),
+        ],
+        "the local handle's join and leave are the shared handle's too"
+    );
+    let heard = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if let Ok(RoomEvent::Left { room }) = rx.recv().await
+                && room == r
+            {
+                return;
+            }
+        }
+    });
+    assert!(heard.await.is_ok(), "the local handle's leave was published");
+}
+
 macro_rules! conformance {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -475,6 +524,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn status_many_matches_single_reads() {
                 super::status_many_matches_single_reads(&*store().await).await
+            }
+            #[tokio::test]
+            async fn local_handles_share_the_store() {
+                super::local_handles_share_the_store(store().await).await
             }
             #[tokio::test]
             async fn positions_never_increase() {

@@ -149,11 +149,12 @@ pub async fn build(
             format!("http://{addr}")
         }
     };
+    let workers = cfg.limits.worker_threads();
     let upstream = Upstream::new(
         &upstream_url,
         Duration::from_millis(cfg.limits.upstream_timeout_ms),
         cfg.limits.max_body_bytes,
-        cfg.limits.worker_threads(),
+        workers,
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
     let polls_store = store.clone();
@@ -168,7 +169,7 @@ pub async fn build(
         rooms: RoomCache::default(),
         metrics: Metrics::new(),
         hub: Arc::new(Hub::default()),
-        polls: polls::Polls::start(polls_store, drained),
+        polls: polls::Polls::start(polls_store, workers, drained),
         touches: Arc::new(touch::Touches::default()),
         upstream,
         gate_log,

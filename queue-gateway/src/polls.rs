@@ -3,20 +3,30 @@
 //! costs a few store calls per round trip instead of one per poll (Redis spends far more
 //! on each call than on each ticket in it). Nothing waits on a timer: a poll that finds the
 //! store idle goes out at once, alone.
+//!
+//! Each serving thread has its own coalescer, started on its runtime by its first poll, over
+//! its own store connection ([`Store::local`]): a poll, its batch and the store's reply never
+//! leave the thread that serves the request. Handing every poll to one shared coalescer and
+//! connection cost a third of the gateway's CPU in thread hops (BENCHMARKS.md).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use queue_core::{RoomId, Store, TicketId, TicketStatus};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OnceCell, Semaphore, mpsc, oneshot, watch};
 
 use crate::error::GatewayError;
 
-/// Store reads in flight at once; polls arriving meanwhile wait for the next read.
-const IN_FLIGHT: usize = 4;
+/// Store reads in flight at once per coalescer; polls arriving meanwhile wait for the next read.
+const IN_FLIGHT: usize = 2;
 /// Most polls answered by one read.
 const MAX_BATCH: usize = 1024;
 /// Most polls waiting for a read; beyond it a poll is refused (`503`) rather than queued.
 const MAX_WAITING: usize = 65_536;
+/// After a serving thread failed to open its own store connection, its polls go through the
+/// shared one for this long before it tries again.
+const LOCAL_RETRY: Duration = Duration::from_secs(5);
 
 type Answer = Result<TicketStatus, GatewayError>;
 
@@ -27,26 +37,91 @@ struct Ask {
     reply: oneshot::Sender<Answer>,
 }
 
-/// The handle handlers ask through.
-#[derive(Debug)]
-pub struct Polls {
+/// One coalescing loop's inbox.
+#[derive(Debug, Clone)]
+struct Coalescer {
     tx: mpsc::Sender<Ask>,
 }
 
-impl Polls {
-    /// A coalescer over `store`; it runs until `stop` turns true (after the server drained).
-    pub fn start(store: Arc<dyn Store>, stop: watch::Receiver<bool>) -> Self {
+impl Coalescer {
+    /// Runs a coalescer over `store` on the calling runtime until `stop` turns true.
+    fn start(store: Arc<dyn Store>, stop: watch::Receiver<bool>) -> Self {
         let (tx, rx) = mpsc::channel(MAX_WAITING);
         tokio::spawn(run(rx, store, stop));
-        Polls { tx }
+        Coalescer { tx }
     }
 
-    /// A ticket's status, read together with whatever other polls are waiting.
-    pub async fn status(&self, room: &RoomId, ticket: TicketId) -> Result<TicketStatus, GatewayError> {
+    async fn status(&self, room: &RoomId, ticket: TicketId) -> Answer {
         let (reply, answer) = oneshot::channel();
         let busy = || unavailable("too many status polls are waiting for the store; retry shortly");
         self.tx.try_send(Ask { room: room.clone(), ticket, reply }).map_err(|_| busy())?;
         answer.await.map_err(|_| busy())?
+    }
+}
+
+/// A serving thread's coalescer, once started.
+#[derive(Debug, Default)]
+struct Local {
+    coalescer: OnceCell<Coalescer>,
+    /// When opening its store connection last failed, in ms after [`Polls::born`] plus one
+    /// (0: never).
+    failed_at: AtomicU64,
+}
+
+/// The handle handlers ask through.
+#[derive(Debug)]
+pub struct Polls {
+    store: Arc<dyn Store>,
+    stop: watch::Receiver<bool>,
+    /// For polls off the serving threads (and a serving thread without a connection of its own).
+    shared: Coalescer,
+    /// One per serving thread, by [`crate::server::current_worker`].
+    local: Vec<Local>,
+    born: Instant,
+}
+
+impl Polls {
+    /// Coalescers over `store` for `workers` serving threads; they run until `stop` turns true
+    /// (after the server drained) or their thread's runtime ends.
+    pub fn start(store: Arc<dyn Store>, workers: usize, stop: watch::Receiver<bool>) -> Self {
+        let shared = Coalescer::start(store.clone(), stop.clone());
+        let local = (0..workers).map(|_| Local::default()).collect();
+        Polls { store, stop, shared, local, born: Instant::now() }
+    }
+
+    /// A ticket's status, read together with whatever other polls are waiting.
+    pub async fn status(&self, room: &RoomId, ticket: TicketId) -> Result<TicketStatus, GatewayError> {
+        self.coalescer().await.status(room, ticket).await
+    }
+
+    /// The calling thread's coalescer, started on first use.
+    async fn coalescer(&self) -> &Coalescer {
+        let Some(local) = crate::server::current_worker().and_then(|w| self.local.get(w)) else {
+            return &self.shared;
+        };
+        if let Some(c) = local.coalescer.get() {
+            return c;
+        }
+        let since_born = self.born.elapsed().as_millis() as u64;
+        let failed_at = local.failed_at.load(Ordering::Relaxed);
+        if failed_at != 0 && since_born + 1 < failed_at + LOCAL_RETRY.as_millis() as u64 {
+            return &self.shared;
+        }
+        let started = local
+            .coalescer
+            .get_or_try_init(|| async {
+                let store = self.store.local().await?.unwrap_or_else(|| self.store.clone());
+                Ok::<_, queue_core::Error>(Coalescer::start(store, self.stop.clone()))
+            })
+            .await;
+        match started {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "a serving thread could not open its own store connection; its polls use the shared one for now");
+                local.failed_at.store(self.born.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                &self.shared
+            }
+        }
     }
 }
 

@@ -575,3 +575,36 @@ macro_rules! contract {
 
 contract!(memory, None);
 contract!(redis, Some(RedisServer::shared().url()));
+
+/// A status poll is answered on the thread that serves it: each serving thread opens a Redis
+/// connection of its own with its first poll (and only one), instead of handing every poll to
+/// one shared connection on another thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_serving_thread_polls_over_its_own_connection() {
+    let redis = RedisServer::start();
+    let clients = || redis.command("CLIENT LIST").unwrap().lines().filter(|l| l.contains("addr=")).count();
+    let (gw, mut admin) = gateway_with(Some(redis.url()), |c| c.limits.workers = 3).await;
+    let room = unique_room("local");
+    put_room(&mut admin, room.as_str(), paused_room(&room)).await;
+    let before = clients();
+    // Three kept-alive connections besides the admin's: the accept loop gives each to the
+    // least loaded worker, so every worker serves one of them.
+    let mut pollers = Vec::new();
+    for expected in 1..=3 {
+        let mut http = Http::new(gw.addr);
+        let t = http.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"].clone();
+        let st = http.get(&format!("/api/v1/rooms/{room}/tickets/{}", t.as_str().unwrap())).await;
+        assert_eq!(st.json()["position"], expected, "{}", st.text);
+        pollers.push((http, t));
+    }
+    assert_eq!(clients(), before + 3, "one connection per serving thread");
+    for _ in 0..5 {
+        for (http, t) in &mut pollers {
+            let st = http.get(&format!("/api/v1/rooms/{room}/tickets/{}", t.as_str().unwrap())).await;
+            assert_eq!(st.status, StatusCode::OK, "{}", st.text);
+        }
+    }
+    assert_eq!(clients(), before + 3, "and no more with more polls");
+    drop(pollers);
+    gw.stop().await.unwrap();
+}

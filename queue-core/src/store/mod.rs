@@ -80,6 +80,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn subscribe(&self) -> broadcast::Receiver<RoomEvent>;
     /// Fails when the store is unreachable (readiness).
     async fn ping(&self) -> Result<()>;
+
+    /// A handle on the same store whose connection does its I/O on the calling runtime, for a
+    /// thread with a runtime of its own: through the shared handle, every call crosses to the
+    /// runtime that opened the connection and back. Events stay with the shared handle
+    /// (`subscribe` on a local one hears the same). `None` when the store holds no
+    /// connection (the memory store): the shared handle is as local as it gets.
+    async fn local(&self) -> Result<Option<std::sync::Arc<dyn Store>>> {
+        Ok(None)
+    }
 }
 
 pub(crate) fn check_touch(tickets: &[TicketId]) -> Result<()> {

@@ -146,8 +146,11 @@ impl Conn {
 /// The Redis-backed store.
 pub struct RedisStore {
     conn: Conn,
+    /// The URLs it connected to (a [`Store::local`] handle opens its own connection).
+    urls: Vec<String>,
     events: broadcast::Sender<RoomEvent>,
-    listener: JoinHandle<()>,
+    /// The event subscription; only the first handle runs one (`local` handles share it).
+    listener: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -162,7 +165,9 @@ impl std::fmt::Debug for RedisStore {
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
-        self.listener.abort();
+        if let Some(l) = &self.listener {
+            l.abort();
+        }
     }
 }
 
@@ -170,24 +175,13 @@ impl RedisStore {
     /// Connects to one Redis (`redis://host:port`) or, given several comma-separated URLs,
     /// to a Redis Cluster; loads every script and starts the event subscription.
     pub async fn connect(urls: &str) -> Result<Self> {
-        let urls: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
-        let first = *urls.first().ok_or_else(|| Error::Protocol("no Redis URL given".into()))?;
-        let conn = if urls.len() == 1 {
-            let client = redis::Client::open(first)?;
-            let cfg = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(Duration::from_secs(5)));
-            Conn::Single(client.get_connection_manager_with_config(cfg).await?)
-        } else {
-            let client = redis::cluster::ClusterClient::builder(urls.clone())
-                .connection_timeout(Duration::from_secs(5))
-                .response_timeout(Duration::from_secs(5))
-                .build()?;
-            Conn::Cluster(client.get_async_connection().await?)
-        };
+        let urls: Vec<String> =
+            urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        let first = urls.first().ok_or_else(|| Error::Protocol("no Redis URL given".into()))?;
+        let conn = open(&urls).await?;
         let (events, _) = broadcast::channel(4096);
-        let listener = tokio::spawn(listen(redis::Client::open(first)?, events.clone()));
-        let store = RedisStore { conn, events, listener };
+        let listener = Some(tokio::spawn(listen(redis::Client::open(first.as_str())?, events.clone())));
+        let store = RedisStore { conn, urls, events, listener };
         store.load_scripts().await?;
         Ok(store)
     }
@@ -264,6 +258,24 @@ impl RedisStore {
             total += used.unwrap_or(0);
         }
         Ok(total)
+    }
+}
+
+/// One multiplexed connection (or Cluster connection) whose I/O runs on the calling runtime.
+async fn open(urls: &[String]) -> Result<Conn> {
+    let Some(first) = urls.first() else { return Err(Error::Protocol("no Redis URL given".into())) };
+    if urls.len() == 1 {
+        let client = redis::Client::open(first.as_str())?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        Ok(Conn::Single(client.get_connection_manager_with_config(cfg).await?))
+    } else {
+        let client = redis::cluster::ClusterClient::builder(urls.to_vec())
+            .connection_timeout(Duration::from_secs(5))
+            .response_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Conn::Cluster(client.get_async_connection().await?))
     }
 }
 
@@ -663,6 +675,12 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<()> {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
+    }
+
+    async fn local(&self) -> Result<Option<Arc<dyn Store>>> {
+        let conn = open(&self.urls).await?;
+        let local = RedisStore { conn, urls: self.urls.clone(), events: self.events.clone(), listener: None };
+        Ok(Some(Arc::new(local)))
     }
 }
 
