@@ -127,7 +127,15 @@ impl FromStr for TicketId {
 
 impl fmt::Display for TicketId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        // By hand: `{:032x}` goes through the padding machinery, and ids are formatted on
+        // every status poll (JSON body, store arguments).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, b) in self.0.to_be_bytes().iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -253,6 +261,12 @@ mod tests {
         assert!(TicketId::parse(&s.to_uppercase()).is_err());
         assert!(TicketId::parse("00000000000000000000000000000001").is_err());
         assert!(TicketId::parse("zz").is_err());
+        for (seq, rand) in
+            [(0, 0), (1, 2), (u64::MAX, u64::MAX), (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210)]
+        {
+            let t = TicketId::new(seq, rand);
+            assert_eq!(t.to_string(), format!("{:032x}", t.0), "the hand-written hex matches std's");
+        }
     }
 
     #[test]

@@ -18,7 +18,15 @@ impl Touches {
     /// Notes that `ticket` was seen now.
     pub fn mark(&self, room: &RoomId, ticket: TicketId) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.entry(room.clone()).or_default().insert(ticket);
+        // Every waiting holder's poll lands here: no room id copied once its room has a set.
+        match p.get_mut(room) {
+            Some(seen) => {
+                seen.insert(ticket);
+            }
+            None => {
+                p.insert(room.clone(), HashSet::from([ticket]));
+            }
+        }
     }
 
     fn take(&self) -> HashMap<RoomId, HashSet<TicketId>> {
