@@ -7,12 +7,6 @@ use queue_gateway::config::GatewayConfig;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc rather than glibc's malloc: a busy gateway allocates and frees small buffers on
-/// every request from several threads, and glibc's malloc took 12% of its CPU under a status
-/// poll load (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
