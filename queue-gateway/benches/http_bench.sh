@@ -10,6 +10,9 @@
 # 2. Status polls with the Redis store (2,000 tickets, each request the next one) vs nginx
 #    serving a static 200 of the same size through the same wrk script.
 # 3. Joins/s with the Redis store (every request a new anonymous ticket).
+# 4. The HTTP layer alone: the gateway's /healthz vs nginx's static file.
+# GATEWAY_BIN=path runs another build of the gateway (an A/B of two builds) instead of
+# building this checkout's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-10s}
@@ -23,7 +26,10 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 UP=$(free_port); PROXY=$(free_port); STATIC=$(free_port); GW=$(free_port); GWR=$(free_port); REDIS=$(free_port)
 
-cargo build --release -q -p queue-gateway
+if [ -z "${GATEWAY_BIN:-}" ]; then
+  cargo build --release -q -p queue-gateway
+  GATEWAY_BIN=./target/release/queue-gateway
+fi
 
 mkdir -p "$WORK/www/book" "$WORK/logs"
 chmod 755 "$WORK"
@@ -58,9 +64,9 @@ status_per_ip = { per_second = 10000000, burst = 10000000 }
 CONF
 ADMIN=bench-admin-token-0123456789
 WR_LISTEN=127.0.0.1:$GW WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn \
-  ./target/release/queue-gateway > "$WORK/logs/gw.log" 2>&1 & PIDS+=($!)
+  "$GATEWAY_BIN" > "$WORK/logs/gw.log" 2>&1 & PIDS+=($!)
 WR_LISTEN=127.0.0.1:$GWR WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml \
-  WR_REDIS_URL=redis://127.0.0.1:$REDIS RUST_LOG=warn ./target/release/queue-gateway > "$WORK/logs/gwr.log" 2>&1 & PIDS+=($!)
+  WR_REDIS_URL=redis://127.0.0.1:$REDIS RUST_LOG=warn "$GATEWAY_BIN" > "$WORK/logs/gwr.log" 2>&1 & PIDS+=($!)
 for p in $UP $PROXY $STATIC $GW $GWR $REDIS; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
@@ -135,3 +141,9 @@ LUA
 J=$(bench -s "$WORK/join.lua" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets"); J_RPS=$(echo "$J" | rps); J_P99=$(echo "$J" | p99)
 WAITING=$(curl -sf "http://127.0.0.1:$GWR/api/v1/rooms/poll" | python3 -c 'import json,sys; print(json.load(sys.stdin)["waiting"])')
 echo "join     gateway (Redis): ${J_RPS} joins/s p99 ${J_P99} (room now holds ${WAITING} waiting)"
+
+# 4. The HTTP layer alone.
+printf '%s' '{"status":"ok"}' > "$WORK/www/healthz"; chmod a+r "$WORK/www/healthz"
+S=$(bench "http://127.0.0.1:$STATIC/healthz"); S_RPS=$(echo "$S" | rps)
+H=$(bench "http://127.0.0.1:$GW/healthz"); H_RPS=$(echo "$H" | rps)
+echo "healthz  nginx static: ${S_RPS} req/s | gateway /healthz: ${H_RPS} req/s | ratio $(python3 -c "print(round($H_RPS/$S_RPS,2))")"
