@@ -4,17 +4,17 @@
 //! on each call than on each ticket in it). Nothing waits on a timer: a poll that finds the
 //! store idle goes out at once, alone.
 //!
-//! Each serving thread has its own coalescer, started on its runtime by its first poll, over
-//! its own store connection ([`Store::local`]): a poll, its batch and the store's reply never
-//! leave the thread that serves the request. Handing every poll to one shared coalescer and
+//! Each serving thread has its own coalescer over its own store connection ([`Store::local`]),
+//! opened in the background on its runtime after its first poll: from then on a poll, its
+//! batch and the store's reply never leave the thread that serves the request. Handing every poll to one shared coalescer and
 //! connection cost a third of the gateway's CPU in thread hops (BENCHMARKS.md).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use queue_core::{RoomId, Store, TicketId, TicketStatus};
-use tokio::sync::{OnceCell, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::error::GatewayError;
 
@@ -59,12 +59,13 @@ impl Coalescer {
     }
 }
 
-/// A serving thread's coalescer, once started.
+/// A serving thread's coalescer, once its connection is open.
 #[derive(Debug, Default)]
 struct Local {
-    coalescer: OnceCell<Coalescer>,
-    /// When opening its store connection last failed, in ms after [`Polls::born`] plus one
-    /// (0: never).
+    coalescer: OnceLock<Coalescer>,
+    /// An attempt to open the connection is under way.
+    opening: AtomicBool,
+    /// When the last attempt failed, in ms after [`Polls::born`] plus one (0: never).
     failed_at: AtomicU64,
 }
 
@@ -73,10 +74,10 @@ struct Local {
 pub struct Polls {
     store: Arc<dyn Store>,
     stop: watch::Receiver<bool>,
-    /// For polls off the serving threads (and a serving thread without a connection of its own).
+    /// For polls off the serving threads, and a serving thread's until its own is ready.
     shared: Coalescer,
     /// One per serving thread, by [`crate::server::current_worker`].
-    local: Vec<Local>,
+    local: Vec<Arc<Local>>,
     born: Instant,
 }
 
@@ -85,43 +86,47 @@ impl Polls {
     /// (after the server drained) or their thread's runtime ends.
     pub fn start(store: Arc<dyn Store>, workers: usize, stop: watch::Receiver<bool>) -> Self {
         let shared = Coalescer::start(store.clone(), stop.clone());
-        let local = (0..workers).map(|_| Local::default()).collect();
+        let local = (0..workers).map(|_| Arc::default()).collect();
         Polls { store, stop, shared, local, born: Instant::now() }
     }
 
     /// A ticket's status, read together with whatever other polls are waiting.
     pub async fn status(&self, room: &RoomId, ticket: TicketId) -> Result<TicketStatus, GatewayError> {
-        self.coalescer().await.status(room, ticket).await
+        self.coalescer().status(room, ticket).await
     }
 
-    /// The calling thread's coalescer, started on first use.
-    async fn coalescer(&self) -> &Coalescer {
+    /// The calling thread's coalescer. No poll waits for a connection: while a serving thread's
+    /// own is being opened (or after an attempt failed, for [`LOCAL_RETRY`]), its polls go
+    /// through the shared coalescer.
+    fn coalescer(&self) -> &Coalescer {
         let Some(local) = crate::server::current_worker().and_then(|w| self.local.get(w)) else {
             return &self.shared;
         };
         if let Some(c) = local.coalescer.get() {
             return c;
         }
-        let since_born = self.born.elapsed().as_millis() as u64;
+        let now = self.born.elapsed().as_millis() as u64 + 1;
         let failed_at = local.failed_at.load(Ordering::Relaxed);
-        if failed_at != 0 && since_born + 1 < failed_at + LOCAL_RETRY.as_millis() as u64 {
-            return &self.shared;
+        let may_try = failed_at == 0 || now >= failed_at + LOCAL_RETRY.as_millis() as u64;
+        if may_try && !local.opening.swap(true, Ordering::AcqRel) {
+            // Spawned from the serving thread, so the connection and the coalescer live on its
+            // runtime.
+            let (local, store, stop, born) =
+                (local.clone(), self.store.clone(), self.stop.clone(), self.born);
+            tokio::spawn(async move {
+                match store.local().await {
+                    Ok(own) => {
+                        let _ = local.coalescer.set(Coalescer::start(own.unwrap_or(store), stop));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a serving thread could not open its own store connection; its polls use the shared one for now");
+                        local.failed_at.store(born.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                    }
+                }
+                local.opening.store(false, Ordering::Release);
+            });
         }
-        let started = local
-            .coalescer
-            .get_or_try_init(|| async {
-                let store = self.store.local().await?.unwrap_or_else(|| self.store.clone());
-                Ok::<_, queue_core::Error>(Coalescer::start(store, self.stop.clone()))
-            })
-            .await;
-        match started {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "a serving thread could not open its own store connection; its polls use the shared one for now");
-                local.failed_at.store(self.born.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
-                &self.shared
-            }
-        }
+        &self.shared
     }
 }
 

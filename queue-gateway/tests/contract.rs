@@ -577,34 +577,115 @@ contract!(memory, None);
 contract!(redis, Some(RedisServer::shared().url()));
 
 /// A status poll is answered on the thread that serves it: each serving thread opens a Redis
-/// connection of its own with its first poll (and only one), instead of handing every poll to
-/// one shared connection on another thread.
+/// connection of its own after its first poll (and only one), instead of handing every poll
+/// to one shared connection on another thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_serving_thread_polls_over_its_own_connection() {
     let redis = RedisServer::start();
     let clients = || redis.command("CLIENT LIST").unwrap().lines().filter(|l| l.contains("addr=")).count();
     let (gw, mut admin) = gateway_with(Some(redis.url()), |c| c.limits.workers = 3).await;
+    // Three connections before any other: the accept loop hands each to the least loaded
+    // worker, so each worker serves exactly one of them.
+    let mut pollers = Vec::new();
+    for _ in 0..3 {
+        pollers.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
     let room = unique_room("local");
     put_room(&mut admin, room.as_str(), paused_room(&room)).await;
     let before = clients();
-    // Three kept-alive connections besides the admin's: the accept loop gives each to the
-    // least loaded worker, so every worker serves one of them.
-    let mut pollers = Vec::new();
-    for expected in 1..=3 {
-        let mut http = Http::new(gw.addr);
-        let t = http.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"].clone();
-        let st = http.get(&format!("/api/v1/rooms/{room}/tickets/{}", t.as_str().unwrap())).await;
-        assert_eq!(st.json()["position"], expected, "{}", st.text);
-        pollers.push((http, t));
+    let mut tickets = Vec::new();
+    for _ in 0..3 {
+        let joined = Http::new(gw.addr).post(&format!("/api/v1/rooms/{room}/tickets")).await;
+        tickets.push(joined.json()["ticket"].clone());
     }
-    assert_eq!(clients(), before + 3, "one connection per serving thread");
-    for _ in 0..5 {
-        for (http, t) in &mut pollers {
-            let st = http.get(&format!("/api/v1/rooms/{room}/tickets/{}", t.as_str().unwrap())).await;
-            assert_eq!(st.status, StatusCode::OK, "{}", st.text);
+    for round in 0..5 {
+        for (i, (stream, ticket)) in pollers.iter_mut().zip(&tickets).enumerate() {
+            let path = format!("/api/v1/rooms/{room}/tickets/{}", ticket.as_str().unwrap());
+            let body = get_on(stream, &path).await;
+            assert_eq!(body["position"], i + 1, "{body}");
+        }
+        if round == 0 {
+            // Each opens in the background after its thread's first poll.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while clients() < before + 3 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(clients(), before + 3, "one connection per serving thread");
         }
     }
     assert_eq!(clients(), before + 3, "and no more with more polls");
     drop(pollers);
+    gw.stop().await.unwrap();
+}
+
+/// A `200` JSON answer to a GET on a kept-alive connection of the caller's.
+async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> serde_json::Value {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    read_until(stream, &mut seen, "\r\n\r\n").await;
+    let (head, _) = seen.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap();
+    let body_at = head.len() + 4;
+    while seen.len() < body_at + length {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(4), tokio::io::AsyncReadExt::read(stream, &mut buf));
+        let n = n.await.expect("the body came").unwrap();
+        assert!(n > 0, "closed in the body");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    serde_json::from_str(&seen[body_at..]).unwrap()
+}
+
+/// A serving thread that cannot open its own Redis connection answers its polls through the
+/// shared one without waiting for it, and opens its own once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_thread_without_its_own_connection_polls_through_the_shared_one() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let redis = RedisServer::start();
+    let (gw, mut http) = gateway_with(Some(redis.url()), |c| c.limits.workers = 1).await;
+    let room = unique_room("fallback");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    let ticket = http.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"].clone();
+    let poll = format!("/api/v1/rooms/{room}/tickets/{}", ticket.as_str().unwrap());
+    // One connection kept for commands: with `maxclients` at the count of connections, Redis
+    // refuses every new one (the gateway's shared connection is already open).
+    let mut admin = BufReader::new(std::net::TcpStream::connect(("127.0.0.1", redis.port())).unwrap());
+    let mut command = |cmd: &str| {
+        admin.get_mut().write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        admin.read_line(&mut line).unwrap();
+        if let Some(len) = line.strip_prefix('$').and_then(|l| l.trim().parse::<usize>().ok()) {
+            let mut body = vec![0u8; len + 2];
+            admin.read_exact(&mut body).unwrap();
+            line = String::from_utf8_lossy(&body).into_owned();
+        }
+        line
+    };
+    let clients = |info: String| -> usize {
+        info.lines().find_map(|l| l.strip_prefix("connected_clients:")).unwrap().trim().parse().unwrap()
+    };
+    let before = clients(command("INFO clients"));
+    assert!(command(&format!("CONFIG SET maxclients {before}")).starts_with("+OK"));
+    for _ in 0..3 {
+        // Far under the ~10 s the failing connection attempt takes with its retries.
+        let st = tokio::time::timeout(Duration::from_secs(3), http.get(&poll)).await.expect("a poll waited");
+        assert_eq!((st.status, st.json()["position"].clone()), (StatusCode::OK, json!(1)), "{}", st.text);
+    }
+    assert_eq!(clients(command("INFO clients")), before, "no connection of its own yet");
+    assert!(command("CONFIG SET maxclients 10000").starts_with("+OK"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while clients(command("INFO clients")) == before && tokio::time::Instant::now() < deadline {
+        let st = http.get(&poll).await;
+        assert_eq!(st.status, StatusCode::OK, "{}", st.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(clients(command("INFO clients")), before + 1, "its own connection, once it could");
     gw.stop().await.unwrap();
 }
