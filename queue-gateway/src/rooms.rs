@@ -6,6 +6,7 @@
 //! the store), a few times per interval with jitter, so a dying gateway loses nothing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,13 +42,19 @@ impl Index {
 /// The live room configs.
 #[derive(Debug, Default)]
 pub struct RoomCache {
-    index: RwLock<Arc<Index>>,
+    /// The snapshot and the number of the refresh that made it.
+    index: RwLock<(u64, Arc<Index>)>,
+    /// Refreshes started. Several run at once (the admin API's after a change, the config
+    /// loop's on events and every second): a refresh that started earlier read the store
+    /// earlier, so it must not replace a later one's snapshot (it would forget a room just
+    /// created until the next refresh).
+    started: AtomicU64,
 }
 
 impl RoomCache {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Index> {
-        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.index.read().unwrap_or_else(|e| e.into_inner()).1.clone()
     }
 
     /// A room's config, if it exists.
@@ -57,14 +64,23 @@ impl RoomCache {
 
     /// Reloads every room from the store.
     pub async fn refresh(&self, store: &dyn Store) -> queue_core::Result<()> {
+        let number = self.started.fetch_add(1, Ordering::AcqRel) + 1;
         let mut rooms = HashMap::new();
         for id in store.rooms().await? {
             if let Some(cfg) = store.room_config(&id).await? {
                 rooms.insert(id, cfg);
             }
         }
-        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Index::new(rooms));
+        self.install(number, rooms);
         Ok(())
+    }
+
+    /// Installs refresh `number`'s configs unless a later refresh's are already in.
+    fn install(&self, number: u64, rooms: HashMap<RoomId, RoomConfig>) {
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        if number > index.0 {
+            *index = (number, Arc::new(Index::new(rooms)));
+        }
     }
 }
 
@@ -193,5 +209,25 @@ mod tests {
         assert_eq!(idx.protecting("/book/hot/1"), Some(&b));
         assert_eq!(idx.protecting("/book/cold"), Some(&a));
         assert_eq!(idx.protecting("/api/v1/concerts"), None);
+    }
+
+    /// The admin API's refresh after a change and the config loop's run at once; the one that
+    /// read the store first finishing last must not bring back the world before the change.
+    #[tokio::test]
+    async fn an_earlier_refresh_does_not_undo_a_later_one() {
+        let store = queue_core::MemoryStore::new();
+        let cache = RoomCache::default();
+        // An earlier refresh has read the store (no rooms yet) and not installed it yet.
+        let earlier = cache.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let room = RoomId::parse("r").unwrap();
+        store.put_room(&room, &RoomConfig::default()).await.unwrap();
+        cache.refresh(&store).await.unwrap();
+        assert!(cache.get(&room).is_some());
+        cache.install(earlier, HashMap::new());
+        assert!(cache.get(&room).is_some(), "the earlier refresh's snapshot replaced the later one's");
+        cache.refresh(&store).await.unwrap();
+        store.delete_room(&room).await.unwrap();
+        cache.refresh(&store).await.unwrap();
+        assert!(cache.get(&room).is_none(), "later refreshes still apply");
     }
 }
