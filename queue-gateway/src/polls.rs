@@ -6,12 +6,13 @@
 //!
 //! Each serving thread has its own coalescer over its own store connection ([`Store::local`]),
 //! opened in the background on its runtime after its first poll: from then on a poll, its
-//! batch and the store's reply never leave the thread that serves the request. Handing every poll to one shared coalescer and
-//! connection cost a third of the gateway's CPU in thread hops (BENCHMARKS.md).
+//! batch and the store's reply never leave the thread that serves the request. Handing every
+//! poll to one shared coalescer and connection cost a third of the gateway's CPU in thread
+//! hops (BENCHMARKS.md).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use queue_core::{RoomId, Store, TicketId, TicketStatus};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -38,7 +39,7 @@ struct Ask {
 }
 
 /// One coalescing loop's inbox.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Coalescer {
     tx: mpsc::Sender<Ask>,
 }
@@ -63,10 +64,9 @@ impl Coalescer {
 #[derive(Debug, Default)]
 struct Local {
     coalescer: OnceLock<Coalescer>,
-    /// An attempt to open the connection is under way.
+    /// An attempt to open the connection is under way (or waiting out [`LOCAL_RETRY`] after
+    /// a failure).
     opening: AtomicBool,
-    /// When the last attempt failed, in ms after [`Polls::born`] plus one (0: never).
-    failed_at: AtomicU64,
 }
 
 /// The handle handlers ask through.
@@ -78,7 +78,6 @@ pub struct Polls {
     shared: Coalescer,
     /// One per serving thread, by [`crate::server::current_worker`].
     local: Vec<Arc<Local>>,
-    born: Instant,
 }
 
 impl Polls {
@@ -87,7 +86,7 @@ impl Polls {
     pub fn start(store: Arc<dyn Store>, workers: usize, stop: watch::Receiver<bool>) -> Self {
         let shared = Coalescer::start(store.clone(), stop.clone());
         let local = (0..workers).map(|_| Arc::default()).collect();
-        Polls { store, stop, shared, local, born: Instant::now() }
+        Polls { store, stop, shared, local }
     }
 
     /// A ticket's status, read together with whatever other polls are waiting.
@@ -105,14 +104,10 @@ impl Polls {
         if let Some(c) = local.coalescer.get() {
             return c;
         }
-        let now = self.born.elapsed().as_millis() as u64 + 1;
-        let failed_at = local.failed_at.load(Ordering::Relaxed);
-        let may_try = failed_at == 0 || now >= failed_at + LOCAL_RETRY.as_millis() as u64;
-        if may_try && !local.opening.swap(true, Ordering::AcqRel) {
+        if !local.opening.swap(true, Ordering::AcqRel) {
             // Spawned from the serving thread, so the connection and the coalescer live on its
             // runtime.
-            let (local, store, stop, born) =
-                (local.clone(), self.store.clone(), self.stop.clone(), self.born);
+            let (local, store, stop) = (local.clone(), self.store.clone(), self.stop.clone());
             tokio::spawn(async move {
                 match store.local().await {
                     Ok(own) => {
@@ -120,7 +115,7 @@ impl Polls {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "a serving thread could not open its own store connection; its polls use the shared one for now");
-                        local.failed_at.store(born.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                        tokio::time::sleep(LOCAL_RETRY).await;
                     }
                 }
                 local.opening.store(false, Ordering::Release);
