@@ -11,7 +11,7 @@
 //!   [`poll`]: `GET /api/v1/gate/{offset}`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -218,10 +218,8 @@ type PrefixIndex = Vec<(String, Arc<Gate>)>;
 #[derive(Debug, Default)]
 pub struct Gates {
     by_id: RwLock<HashMap<GateId, Arc<Gate>>>,
-    /// Refreshes started, and the latest applied (under `by_id`'s lock): a refresh that read
-    /// the log before another must not undo it (as for room configs, `rooms::RoomCache`).
-    started: AtomicU64,
-    applied: AtomicU64,
+    /// A refresh that read the log before another must not undo it.
+    order: crate::rooms::RefreshOrder,
     /// `(prefix, gate)`, longest prefix first.
     prefixes: RwLock<Arc<PrefixIndex>>,
 }
@@ -242,15 +240,14 @@ impl Gates {
 /// Brings the gates in line with the log's configs: new gates get permits and a consumer,
 /// changed ones their new limit, deleted ones stop.
 pub async fn refresh(app: &Arc<App>) -> queue_core::Result<()> {
-    let number = app.gates.started.fetch_add(1, Ordering::AcqRel) + 1;
+    let number = app.gates.order.begin();
     let configs = app.gate_log.gates().await?;
     let mut spawned = Vec::new();
     {
         let mut by_id = app.gates.by_id.write().unwrap_or_else(|e| e.into_inner());
-        if number <= app.gates.applied.load(Ordering::Acquire) {
+        if !app.gates.order.admit(number) {
             return Ok(());
         }
-        app.gates.applied.store(number, Ordering::Release);
         let live: std::collections::HashSet<&GateId> = configs.iter().map(|(id, _)| id).collect();
         by_id.retain(|id, g| {
             let keep = live.contains(id);

@@ -39,22 +39,44 @@ impl Index {
     }
 }
 
+/// Orders the refreshes of a cache of the store's configs. Several run at once (the admin
+/// API's after a change, the config loop's on events and every second): one that started
+/// earlier read the store earlier, so it must not replace what a later one installed (it
+/// would forget a room or gate just created until the next refresh).
+#[derive(Debug, Default)]
+pub(crate) struct RefreshOrder {
+    started: AtomicU64,
+    applied: AtomicU64,
+}
+
+impl RefreshOrder {
+    /// Numbers a refresh; taken before it reads the store.
+    pub(crate) fn begin(&self) -> u64 {
+        self.started.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether refresh `number` may install what it read (no later one has), recording it if
+    /// so. Called under the lock of what it installs.
+    pub(crate) fn admit(&self, number: u64) -> bool {
+        if number <= self.applied.load(Ordering::Acquire) {
+            return false;
+        }
+        self.applied.store(number, Ordering::Release);
+        true
+    }
+}
+
 /// The live room configs.
 #[derive(Debug, Default)]
 pub struct RoomCache {
-    /// The snapshot and the number of the refresh that made it.
-    index: RwLock<(u64, Arc<Index>)>,
-    /// Refreshes started. Several run at once (the admin API's after a change, the config
-    /// loop's on events and every second): a refresh that started earlier read the store
-    /// earlier, so it must not replace a later one's snapshot (it would forget a room just
-    /// created until the next refresh).
-    started: AtomicU64,
+    index: RwLock<Arc<Index>>,
+    order: RefreshOrder,
 }
 
 impl RoomCache {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Index> {
-        self.index.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A room's config, if it exists.
@@ -64,7 +86,7 @@ impl RoomCache {
 
     /// Reloads every room from the store.
     pub async fn refresh(&self, store: &dyn Store) -> queue_core::Result<()> {
-        let number = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let number = self.order.begin();
         let mut rooms = HashMap::new();
         for id in store.rooms().await? {
             if let Some(cfg) = store.room_config(&id).await? {
@@ -78,8 +100,8 @@ impl RoomCache {
     /// Installs refresh `number`'s configs unless a later refresh's are already in.
     fn install(&self, number: u64, rooms: HashMap<RoomId, RoomConfig>) {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        if number > index.0 {
-            *index = (number, Arc::new(Index::new(rooms)));
+        if self.order.admit(number) {
+            *index = Arc::new(Index::new(rooms));
         }
     }
 }
@@ -218,7 +240,7 @@ mod tests {
         let store = queue_core::MemoryStore::new();
         let cache = RoomCache::default();
         // An earlier refresh has read the store (no rooms yet) and not installed it yet.
-        let earlier = cache.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let earlier = cache.order.begin();
         let room = RoomId::parse("r").unwrap();
         store.put_room(&room, &RoomConfig::default()).await.unwrap();
         cache.refresh(&store).await.unwrap();
