@@ -78,20 +78,18 @@ impl RedisServer {
         panic!("redis-server on port {} did not start:\n{log}", self.port);
     }
 
-    /// Sends one inline command and returns the raw first reply line(s).
+    /// Sends one inline command on a connection of its own and returns the raw first reply
+    /// line(s).
     pub fn command(&self, cmd: &str) -> std::io::Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        self.connect()?.command(cmd)
+    }
+
+    /// A connection kept open for several commands (one that stays counted by
+    /// `connected_clients`, and still works while the server refuses new ones).
+    pub fn connect(&self) -> std::io::Result<RedisConn> {
+        let s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(format!("{cmd}\r\n").as_bytes())?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        if let Some(len) = line.strip_prefix('$').and_then(|l| l.trim().parse::<usize>().ok()) {
-            let mut body = vec![0u8; len + 2];
-            r.read_exact(&mut body)?;
-            line.push_str(&String::from_utf8_lossy(&body));
-        }
-        Ok(line)
+        Ok(RedisConn(BufReader::new(s)))
     }
 
     /// The port.
@@ -108,6 +106,34 @@ impl RedisServer {
     pub fn shared() -> &'static RedisServer {
         static SHARED: OnceLock<RedisServer> = OnceLock::new();
         SHARED.get_or_init(RedisServer::start)
+    }
+}
+
+/// A kept connection to a test server ([`RedisServer::connect`]).
+#[derive(Debug)]
+pub struct RedisConn(BufReader<TcpStream>);
+
+impl RedisConn {
+    /// Sends one inline command and returns the raw first reply line, or a bulk reply's body.
+    pub fn command(&mut self, cmd: &str) -> std::io::Result<String> {
+        self.0.get_mut().write_all(format!("{cmd}\r\n").as_bytes())?;
+        let mut line = String::new();
+        self.0.read_line(&mut line)?;
+        if let Some(len) = line.strip_prefix('$').and_then(|l| l.trim().parse::<usize>().ok()) {
+            let mut body = vec![0u8; len + 2];
+            self.0.read_exact(&mut body)?;
+            line.push_str(&String::from_utf8_lossy(&body));
+        }
+        Ok(line)
+    }
+
+    /// `connected_clients` from `INFO clients` (this connection included).
+    pub fn connected_clients(&mut self) -> std::io::Result<usize> {
+        let info = self.command("INFO clients")?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no connected_clients in {info:?}")))
     }
 }
 

@@ -582,7 +582,8 @@ contract!(redis, Some(RedisServer::shared().url()));
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_serving_thread_polls_over_its_own_connection() {
     let redis = RedisServer::start();
-    let clients = || redis.command("CLIENT LIST").unwrap().lines().filter(|l| l.contains("addr=")).count();
+    let mut counter = redis.connect().unwrap();
+    let mut clients = || counter.connected_clients().unwrap();
     let (gw, mut admin) = gateway_with(Some(redis.url()), |c| c.limits.workers = 3).await;
     // Three connections before any other: the accept loop hands each to the least loaded
     // worker, so each worker serves exactly one of them.
@@ -647,7 +648,6 @@ async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> serde_json::V
 /// shared one without waiting for it, and opens its own once it can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_thread_without_its_own_connection_polls_through_the_shared_one() {
-    use std::io::{BufRead, BufReader, Read, Write};
     let redis = RedisServer::start();
     let (gw, mut http) = gateway_with(Some(redis.url()), |c| c.limits.workers = 1).await;
     let room = unique_room("fallback");
@@ -656,36 +656,22 @@ async fn a_serving_thread_without_its_own_connection_polls_through_the_shared_on
     let poll = format!("/api/v1/rooms/{room}/tickets/{}", ticket.as_str().unwrap());
     // One connection kept for commands: with `maxclients` at the count of connections, Redis
     // refuses every new one (the gateway's shared connection is already open).
-    let mut admin = BufReader::new(std::net::TcpStream::connect(("127.0.0.1", redis.port())).unwrap());
-    let mut command = |cmd: &str| {
-        admin.get_mut().write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
-        let mut line = String::new();
-        admin.read_line(&mut line).unwrap();
-        if let Some(len) = line.strip_prefix('$').and_then(|l| l.trim().parse::<usize>().ok()) {
-            let mut body = vec![0u8; len + 2];
-            admin.read_exact(&mut body).unwrap();
-            line = String::from_utf8_lossy(&body).into_owned();
-        }
-        line
-    };
-    let clients = |info: String| -> usize {
-        info.lines().find_map(|l| l.strip_prefix("connected_clients:")).unwrap().trim().parse().unwrap()
-    };
-    let before = clients(command("INFO clients"));
-    assert!(command(&format!("CONFIG SET maxclients {before}")).starts_with("+OK"));
+    let mut admin = redis.connect().unwrap();
+    let before = admin.connected_clients().unwrap();
+    assert!(admin.command(&format!("CONFIG SET maxclients {before}")).unwrap().starts_with("+OK"));
     for _ in 0..3 {
         // Far under the ~10 s the failing connection attempt takes with its retries.
         let st = tokio::time::timeout(Duration::from_secs(3), http.get(&poll)).await.expect("a poll waited");
         assert_eq!((st.status, st.json()["position"].clone()), (StatusCode::OK, json!(1)), "{}", st.text);
     }
-    assert_eq!(clients(command("INFO clients")), before, "no connection of its own yet");
-    assert!(command("CONFIG SET maxclients 10000").starts_with("+OK"));
+    assert_eq!(admin.connected_clients().unwrap(), before, "no connection of its own yet");
+    assert!(admin.command("CONFIG SET maxclients 10000").unwrap().starts_with("+OK"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while clients(command("INFO clients")) == before && tokio::time::Instant::now() < deadline {
+    while admin.connected_clients().unwrap() == before && tokio::time::Instant::now() < deadline {
         let st = http.get(&poll).await;
         assert_eq!(st.status, StatusCode::OK, "{}", st.text);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(clients(command("INFO clients")), before + 1, "its own connection, once it could");
+    assert_eq!(admin.connected_clients().unwrap(), before + 1, "its own connection, once it could");
     gw.stop().await.unwrap();
 }
