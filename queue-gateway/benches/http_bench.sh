@@ -11,6 +11,8 @@
 #    serving a static 200 of the same size through the same wrk script.
 # 3. Joins/s with the Redis store (every request a new anonymous ticket).
 # 4. The HTTP layer alone: the gateway's /healthz vs nginx's static file.
+# Gateway lines end with the CPU (user + system, from /proc) the gateway, and for Redis-backed
+# lines Redis, spent per request during the run.
 # GATEWAY_BIN=path runs another build of the gateway (an A/B of two builds) instead of
 # building this checkout's.
 set -euo pipefail
@@ -55,7 +57,7 @@ http {
 CONF
 mkdir -p "$WORK/tmp"
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
-redis-server --port "$REDIS" --save '' --appendonly no --daemonize no --logfile "$WORK/logs/redis.log" & PIDS+=($!)
+redis-server --port "$REDIS" --save '' --appendonly no --daemonize no --logfile "$WORK/logs/redis.log" & PIDS+=($!); REDIS_PID=$!
 cat > "$WORK/gw.toml" <<CONF
 demo_room = false
 [rate_limits]
@@ -64,9 +66,9 @@ status_per_ip = { per_second = 10000000, burst = 10000000 }
 CONF
 ADMIN=bench-admin-token-0123456789
 WR_LISTEN=127.0.0.1:$GW WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn \
-  "$GATEWAY_BIN" > "$WORK/logs/gw.log" 2>&1 & PIDS+=($!)
+  "$GATEWAY_BIN" > "$WORK/logs/gw.log" 2>&1 & PIDS+=($!); GW_PID=$!
 WR_LISTEN=127.0.0.1:$GWR WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml \
-  WR_REDIS_URL=redis://127.0.0.1:$REDIS RUST_LOG=warn "$GATEWAY_BIN" > "$WORK/logs/gwr.log" 2>&1 & PIDS+=($!)
+  WR_REDIS_URL=redis://127.0.0.1:$REDIS RUST_LOG=warn "$GATEWAY_BIN" > "$WORK/logs/gwr.log" 2>&1 & PIDS+=($!); GWR_PID=$!
 for p in $UP $PROXY $STATIC $GW $GWR $REDIS; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
@@ -87,6 +89,22 @@ cookie_header() { awk 'NF>=7 && $6 ~ /^wr_/ {printf "%s=%s; ", $6, $7}' "$WORK/j
 rps() { awk '/Requests\/sec/ {print $2}'; }
 p99() { awk '/ 99%/ {print $2}'; }
 bench() { wrk -t$THREADS -c"$CONN" -d"$DUR" --latency "$@"; }
+TCK=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# measured PID... -- wrk args: runs bench, then prints "µs per request" for each PID, one
+# line each after wrk's output.
+measured() {
+  local pids=() before=() out
+  while [ "$1" != "--" ]; do pids+=("$1"); shift; done; shift
+  for p in "${pids[@]}"; do before+=("$(ticks "$p")"); done
+  out=$(bench "$@")
+  echo "$out"
+  local total; total=$(echo "$out" | awk '/requests in/ {print $1}')
+  for i in "${!pids[@]}"; do
+    echo "cpu_us_per_req $(python3 -c "print(round(($(ticks "${pids[$i]}") - ${before[$i]}) * 1e6 / $TCK / $total, 1))")"
+  done
+}
+cpu() { echo "$1" | awk '/^cpu_us_per_req/ {print $2}' | sed -n "${2:-1}p"; }
 
 echo "# $(date -u +%FT%TZ) wrk -t$THREADS -c$CONN -d$DUR on $(nproc) cores"
 
@@ -95,9 +113,9 @@ room $GW hot; admitted_cookies $GW hot > /dev/null
 COOKIE=$(cookie_header $GW)
 curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat" | grep -q booking || { echo "gateway refused the admitted request: $(curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat") cookie=$COOKIE"; cat "$WORK/jar.$GW"; exit 1; }
 N=$(bench "http://127.0.0.1:$PROXY/book/seat"); N_RPS=$(echo "$N" | rps); N_P99=$(echo "$N" | p99)
-G=$(bench -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat"); G_RPS=$(echo "$G" | rps); G_P99=$(echo "$G" | p99)
+G=$(measured "$GW_PID" -- -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat"); G_RPS=$(echo "$G" | rps); G_P99=$(echo "$G" | p99)
 NON2XX=$(echo "$G" | awk '/Non-2xx/ {print $4}')
-echo "forward  nginx proxy_pass: ${N_RPS} req/s p99 ${N_P99} | gateway (admitted): ${G_RPS} req/s p99 ${G_P99} | ratio $(python3 -c "print(round($G_RPS/$N_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)}"
+echo "forward  nginx proxy_pass: ${N_RPS} req/s p99 ${N_P99} | gateway (admitted): ${G_RPS} req/s p99 ${G_P99} | ratio $(python3 -c "print(round($G_RPS/$N_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)} | gateway CPU $(cpu "$G") µs/req"
 
 # 2. Status polls with the Redis store vs a static 200 of the same size: 2,000 waiting tickets,
 # each request the next ticket with its own cookie (a crowd polling, not one client hammering
@@ -130,20 +148,20 @@ COOKIE2=$(sed -n 2p "$WORK/polls.lua" | grep -o 'wr_poll=[^"]*')
 BODY=$(curl -sf -H "cookie: $COOKIE2" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets/$T2")
 printf '%s' "$BODY" > "$WORK/www/status.json"; chmod a+r "$WORK/www/status.json"
 S=$(POLL_PREFIX="/status.json?t=" bench -s "$WORK/polls.lua" "http://127.0.0.1:$STATIC/"); S_RPS=$(echo "$S" | rps); S_P99=$(echo "$S" | p99)
-P=$(POLL_PREFIX="/api/v1/rooms/poll/tickets/" bench -s "$WORK/polls.lua" "http://127.0.0.1:$GWR/"); P_RPS=$(echo "$P" | rps); P_P99=$(echo "$P" | p99)
+P=$(POLL_PREFIX="/api/v1/rooms/poll/tickets/" measured "$GWR_PID" "$REDIS_PID" -- -s "$WORK/polls.lua" "http://127.0.0.1:$GWR/"); P_RPS=$(echo "$P" | rps); P_P99=$(echo "$P" | p99)
 NON2XX=$(echo "$P" | awk '/Non-2xx/ {print $4}')
-echo "status   nginx static ${#BODY} B: ${S_RPS} req/s p99 ${S_P99} | gateway status (Redis, 2,000 tickets): ${P_RPS} req/s p99 ${P_P99} | ratio $(python3 -c "print(round($P_RPS/$S_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)}"
+echo "status   nginx static ${#BODY} B: ${S_RPS} req/s p99 ${S_P99} | gateway status (Redis, 2,000 tickets): ${P_RPS} req/s p99 ${P_P99} | ratio $(python3 -c "print(round($P_RPS/$S_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)} | CPU µs/req gateway $(cpu "$P") Redis $(cpu "$P" 2)"
 
 # 3. Joins with the Redis store.
 cat > "$WORK/join.lua" <<'LUA'
 wrk.method = "POST"
 LUA
-J=$(bench -s "$WORK/join.lua" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets"); J_RPS=$(echo "$J" | rps); J_P99=$(echo "$J" | p99)
+J=$(measured "$GWR_PID" "$REDIS_PID" -- -s "$WORK/join.lua" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets"); J_RPS=$(echo "$J" | rps); J_P99=$(echo "$J" | p99)
 WAITING=$(curl -sf "http://127.0.0.1:$GWR/api/v1/rooms/poll" | python3 -c 'import json,sys; print(json.load(sys.stdin)["waiting"])')
-echo "join     gateway (Redis): ${J_RPS} joins/s p99 ${J_P99} (room now holds ${WAITING} waiting)"
+echo "join     gateway (Redis): ${J_RPS} joins/s p99 ${J_P99} (room now holds ${WAITING} waiting) | CPU µs/req gateway $(cpu "$J") Redis $(cpu "$J" 2)"
 
 # 4. The HTTP layer alone.
 printf '%s' '{"status":"ok"}' > "$WORK/www/healthz"; chmod a+r "$WORK/www/healthz"
 S=$(bench "http://127.0.0.1:$STATIC/healthz"); S_RPS=$(echo "$S" | rps)
-H=$(bench "http://127.0.0.1:$GW/healthz"); H_RPS=$(echo "$H" | rps)
-echo "healthz  nginx static: ${S_RPS} req/s | gateway /healthz: ${H_RPS} req/s | ratio $(python3 -c "print(round($H_RPS/$S_RPS,2))")"
+H=$(measured "$GW_PID" -- "http://127.0.0.1:$GW/healthz"); H_RPS=$(echo "$H" | rps)
+echo "healthz  nginx static: ${S_RPS} req/s | gateway /healthz: ${H_RPS} req/s | ratio $(python3 -c "print(round($H_RPS/$S_RPS,2))") | gateway CPU $(cpu "$H") µs/req"
