@@ -2,21 +2,21 @@
 -- Returns the owner's live ticket if any (invariant 4), else a new one; applies the free pass.
 local c = load_cfg()
 if not c then return { 'no_room' } end
-local now = clock()
+local now, _, now_s = clock()
 local owner = ARGV[3]
 local existing = redis.call('HGET', K_USERS, owner)
 if existing then
   local st = ticket_status(existing, now, c)
   if st and (st[1] == 'waiting' or st[1] == 'admitted') then
-    if st[1] == 'waiting' then redis.call('ZADD', K_SEEN, 'XX', now, existing) end
-    return status_reply(existing, 0, st, now, c)
+    if st[1] == 'waiting' then redis.call('ZADD', K_SEEN, 'XX', now_s, existing) end
+    return status_reply(existing, 0, st, now_s, c)
   end
 end
 local seq = redis.call('INCR', K_SEQ)
 local t = string.format('%016x', seq) .. ARGV[4]
-redis.call('HSET', K_TIX, t, owner .. ':' .. string.format('%d', now))
+redis.call('HSET', K_TIX, t, owner .. ':' .. now_s)
 redis.call('HSET', K_USERS, owner, t)
-redis.call('HINCRBY', K_STATS, 'joined', 1)
+redis.call('HINCRBY', K_STATS, 'joined', '1')
 if c.method == 'random_at_open' and now < c.opens then
   redis.call('HSET', K_STATS, 'preq_last', seq)
 end
@@ -26,8 +26,8 @@ if phase(c, now) == 'open' and stat('free_used') < c.free and redis.call('ZCARD'
   redis.call('HSET', K_ADM, t, untl)
   record_batch(untl .. ':0:0', untl, 1)
   redis.call('HINCRBY', K_STATS, 'free_used', 1)
-  return status_reply(t, 1, { 'admitted', -1, untl, owner, now }, now, c)
+  return status_reply(t, 1, { 'admitted', -1, untl, owner, now_s }, now_s, c)
 end
 redis.call('ZADD', K_WAIT, seq, t)
-redis.call('ZADD', K_SEEN, now, t)
-return status_reply(t, 1, ticket_status(t, now, c), now, c)
+redis.call('ZADD', K_SEEN, now_s, t)
+return status_reply(t, 1, ticket_status(t, now, c), now_s, c)

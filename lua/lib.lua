@@ -30,11 +30,19 @@ local MAX_SWEEP = 50000
 local CHUNK = 1000
 local TWO52 = 4503599627370496
 
--- The store's clock: every gateway agrees on it (DESIGN invariant 5).
+-- TIME's {seconds, µs} (decimal strings) as ms, spliced from the digits. Lua turns a number
+-- into a string with printf("%.14g"), which cost more than a touch's ZADD (callgrind), so
+-- scripts hand Redis and their replies strings they already have, or plain numbers (which
+-- become integer replies).
+local function ms_string(s, us)
+  return s .. string.sub('00000' .. us, -6, -4)
+end
+
+-- The store's clock (every gateway agrees on it, DESIGN invariant 5): ms, µs, ms as a string.
 local function clock()
   local t = redis.call('TIME')
   local s, us = tonumber(t[1]), tonumber(t[2])
-  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+  return s * 1000 + math.floor(us / 1000), s * 1000000 + us, ms_string(t[1], t[2])
 end
 
 local function load_cfg()
@@ -98,16 +106,17 @@ local function chunked(list, fn)
   end
 end
 
--- Marks waiting tickets seen at `now` (XX: tickets no longer waiting are not re-added).
-local function mark_seen(tickets, now)
-  chunked(tickets, function(part)
+-- Marks tickets list[from..] seen at `now_s` (ms, a string; XX: tickets no longer waiting
+-- are not re-added).
+local function mark_seen(list, from, now_s)
+  for i = from, #list, CHUNK do
     local args = {}
-    for _, t in ipairs(part) do
-      args[#args + 1] = now
-      args[#args + 1] = t
+    for j = i, math.min(i + CHUNK - 1, #list) do
+      args[#args + 1] = now_s
+      args[#args + 1] = list[j]
     end
     redis.call('ZADD', K_SEEN, 'XX', unpack(args))
-  end)
+  end
 end
 
 local function undrawn(c, score)
@@ -123,7 +132,8 @@ end
 local function ticket_status(t, now, c)
   local info = redis.call('HGET', K_TIX, t)
   if not info then return nil end
-  local owner, joined = string.match(info, '^(%x+):(%d+)$')
+  -- "owner:joined", the owner 32 hex digits (join.lua).
+  local owner, joined = string.sub(info, 1, 32), string.sub(info, 34)
   -- Every redis.call costs a few microseconds of script overhead and status runs for every
   -- poll: a FIFO room's waiting ticket needs only its rank.
   local rank = redis.call('ZRANK', K_WAIT, t)
@@ -154,9 +164,9 @@ local function ticket_status(t, now, c)
 end
 
 -- The reply of join and status: ticket fields, then what the caller needs for the ETA.
-local function status_reply(t, created, st, now, c)
-  return { 'ok', t, created, st[1], st[2], tostring(st[3]), st[4], tostring(st[5]), tostring(now),
-    redis.call('HGET', K_STATS, 'rate_pm') or '0', c.batch, tostring(c.interval), tostring(c.opens),
+local function status_reply(t, created, st, now_s, c)
+  return { 'ok', t, created, st[1], st[2], st[3], st[4], st[5], now_s,
+    redis.call('HGET', K_STATS, 'rate_pm') or '0', c.batch, c.interval, c.opens,
     c.paused and 1 or 0, c.max_active, c.ttl }
 end
 

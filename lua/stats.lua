@@ -1,7 +1,7 @@
 -- stats: counters and gauges of the room, on the store's clock.
 local c = load_cfg()
 if not c then return { 'no_room' } end
-local now = clock()
+local now, _, now_s = clock()
 return { 'ok', phase(c, now), redis.call('ZCARD', K_WAIT), active_count(now),
-  redis.call('HGET', K_STATS, 'rate_pm') or '0', tostring(c.opens), stat('joined'), stat('admitted'),
-  stat('dropped'), stat('left'), stat('free_used'), tostring(stat('last_tick')), tostring(now) }
+  redis.call('HGET', K_STATS, 'rate_pm') or '0', c.opens, stat('joined'), stat('admitted'),
+  stat('dropped'), stat('left'), stat('free_used'), stat('last_tick'), now_s }

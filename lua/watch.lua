@@ -3,8 +3,8 @@
 -- (state 'unknown' for ids the room does not have).
 local c = load_cfg()
 if not c then return { 'no_room' } end
-local now = clock()
-local reply = { 'ok', string.format('%d', now) }
+local now, _, now_s = clock()
+local reply = { 'ok', now_s }
 local seen = {}
 for i = 3, #ARGV do
   local t = ARGV[i]
@@ -12,9 +12,9 @@ for i = 3, #ARGV do
   if not st then
     reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = 'unknown', -1, '0'
   else
-    reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = st[1], st[2], tostring(st[3])
+    reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = st[1], st[2], st[3]
     if st[1] == 'waiting' then seen[#seen + 1] = t end
   end
 end
-mark_seen(seen, now)
+mark_seen(seen, 1, now_s)
 return reply

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use queue_core::store::redis::room_keys;
+use queue_core::store::redis::{room_keys, with_prelude};
 use queue_core::testkit::{RedisCluster, RedisServer, unique_room};
 use queue_core::*;
 
@@ -97,4 +97,33 @@ async fn unreachable_redis_is_an_error_not_a_hang() {
         Err(_) => panic!("join hung without Redis"),
     }
     assert!(store.ping().await.is_err());
+}
+
+/// Scripts hand Redis the store's clock as a string spliced from `TIME`'s digits (no
+/// printf): it must be the same number of milliseconds, whatever the µs part's length.
+#[tokio::test]
+async fn the_clock_string_is_the_clock() {
+    let server = RedisServer::shared();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let room = unique_room("clock");
+    let eval = |body: &str, args: &[&str]| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(with_prelude(body)).arg(14).arg(&room_keys(&room)).arg("events").arg(room.as_str());
+        cmd.arg(args);
+        cmd
+    };
+    for (s, us) in [(1_795_991_400_u64, 0_u64), (1_795_991_400, 7), (1_795_991_400, 5_023), (1, 999_999)] {
+        let (s_text, us_text) = (s.to_string(), us.to_string());
+        let got: String = eval("return ms_string(ARGV[3], ARGV[4])", &[&s_text, &us_text])
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(got, (s * 1000 + us / 1000).to_string(), "TIME {s} s {us} µs");
+    }
+    for _ in 0..200 {
+        let (ms, ms_text): (i64, String) =
+            eval("local ms, _, s = clock() return { ms, s }", &[]).query_async(&mut con).await.unwrap();
+        assert_eq!(ms.to_string(), ms_text);
+    }
 }

@@ -60,22 +60,43 @@ impl Scripts {
     }
 }
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+/// Every room script by name, before linking (`lua/<name>.lua`).
+const SOURCES: [(&str, &str); 11] = [
+    ("watch", include_str!("../../../lua/watch.lua")),
+    ("join", include_str!("../../../lua/join.lua")),
+    ("status", include_str!("../../../lua/status.lua")),
+    ("leave", include_str!("../../../lua/leave.lua")),
+    ("touch", include_str!("../../../lua/touch.lua")),
+    ("tick", include_str!("../../../lua/tick.lua")),
+    ("admit", include_str!("../../../lua/admit.lua")),
+    ("stats", include_str!("../../../lua/stats.lua")),
+    ("put_room", include_str!("../../../lua/put_room.lua")),
+    ("set_paused", include_str!("../../../lua/set_paused.lua")),
+    ("delete_room", include_str!("../../../lua/delete_room.lua")),
+];
+
+/// Every room script as Redis gets it (prelude functions, then the operation), by name.
+pub fn script_texts() -> impl Iterator<Item = (&'static str, String)> {
+    SOURCES.iter().map(|(name, body)| (*name, with_prelude(body)))
+}
+
+fn script(name: &str) -> Script {
+    let body = SOURCES.iter().find(|(n, _)| *n == name).map(|(_, b)| b).expect("a known script");
+    Script::new(&with_prelude(body))
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    join: script(include_str!("../../../lua/join.lua")),
-    status: script(include_str!("../../../lua/status.lua")),
-    leave: script(include_str!("../../../lua/leave.lua")),
-    touch: script(include_str!("../../../lua/touch.lua")),
-    tick: script(include_str!("../../../lua/tick.lua")),
-    watch: script(include_str!("../../../lua/watch.lua")),
-    admit: script(include_str!("../../../lua/admit.lua")),
-    stats: script(include_str!("../../../lua/stats.lua")),
-    put_room: script(include_str!("../../../lua/put_room.lua")),
-    set_paused: script(include_str!("../../../lua/set_paused.lua")),
-    delete_room: script(include_str!("../../../lua/delete_room.lua")),
+    join: script("join"),
+    status: script("status"),
+    leave: script("leave"),
+    touch: script("touch"),
+    tick: script("tick"),
+    watch: script("watch"),
+    admit: script("admit"),
+    stats: script("stats"),
+    put_room: script("put_room"),
+    set_paused: script("set_paused"),
+    delete_room: script("delete_room"),
 });
 
 /// The SHA-1 of each script (what `redis-benchmark` needs to EVALSHA the same thing).
@@ -83,15 +104,10 @@ pub fn script_shas() -> Vec<(&'static str, String)> {
     SCRIPTS.all().iter().map(|(n, s)| (*n, s.get_hash().to_owned())).collect()
 }
 
-/// The full text of a script (prelude + operation), by name.
-pub fn script_source(name: &str) -> Option<String> {
-    let body = match name {
-        "join" => include_str!("../../../lua/join.lua"),
-        "status" => include_str!("../../../lua/status.lua"),
-        "tick" => include_str!("../../../lua/tick.lua"),
-        _ => return None,
-    };
-    Some(format!("{PRELUDE}\n{body}"))
+/// `body` after the shared prelude (`lua/lib.lua`), as every room script is sent to Redis;
+/// public for tests that run the prelude's functions themselves.
+pub fn with_prelude(body: &str) -> String {
+    format!("{PRELUDE}\n{body}")
 }
 
 const KEY_NAMES: [&str; 14] = [
