@@ -15,6 +15,7 @@ use crate::model::{
 };
 
 pub mod memory;
+mod prelude;
 pub mod redis;
 
 pub use self::memory::{Clock, ManualClock, MemoryStore, SystemClock};

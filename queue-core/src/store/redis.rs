@@ -1,9 +1,9 @@
 //! `RedisStore`: many gateways on one Redis or a Redis Cluster.
 //!
 //! Every room's keys share the hash tag `{room}` (`wr:{room}:waiting`, ...), so each script
-//! runs on one Cluster slot. Every change is one Lua script from `lua/` (the shared prelude
-//! `lua/lib.lua` plus the operation), called by EVALSHA with a reload on NOSCRIPT; all scripts
-//! are loaded on every node at connect so pipelines never meet NOSCRIPT. Time comes from
+//! runs on one Cluster slot. Every change is one Lua script from `lua/` (the operation after
+//! the functions of the shared prelude `lua/lib.lua` it uses), called by EVALSHA with a
+//! reload on NOSCRIPT; all scripts are loaded on every node at connect so pipelines never meet NOSCRIPT. Time comes from
 //! Redis `TIME` inside the scripts. Admissions and config changes are published on
 //! `wr:{room}:events`; one pattern subscription per store fans them out in process.
 
@@ -104,10 +104,10 @@ pub fn script_shas() -> Vec<(&'static str, String)> {
     SCRIPTS.all().iter().map(|(n, s)| (*n, s.get_hash().to_owned())).collect()
 }
 
-/// `body` after the shared prelude (`lua/lib.lua`), as every room script is sent to Redis;
-/// public for tests that run the prelude's functions themselves.
+/// `body` after the part of the shared prelude (`lua/lib.lua`) it uses, as every room script
+/// is sent to Redis; public for tests that run the prelude's functions themselves.
 pub fn with_prelude(body: &str) -> String {
-    format!("{PRELUDE}\n{body}")
+    super::prelude::link(PRELUDE, body)
 }
 
 const KEY_NAMES: [&str; 14] = [
