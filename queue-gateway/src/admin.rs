@@ -6,7 +6,7 @@ use std::sync::Arc;
 use aws_lc_rs::{constant_time, digest};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,14 @@ use crate::room::{path_err, room_id};
 use crate::state::App;
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
+
+/// An unreadable body in the contract's error shape (axum's own rejection is plain text).
+fn body_err(e: BytesRejection) -> GatewayError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return crate::proxy::too_large();
+    }
+    GatewayError::bad_request(format!("the request body could not be read: {}", e.body_text()))
+}
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<()> {
     let Some(expected) = &app.cfg.admin_token else {
@@ -133,11 +141,11 @@ pub async fn put(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     guarded(app, headers, |app| async move {
         let room = room_id(&path.map_err(path_err)?.0)?;
-        let cfg = RoomConfig::from_json(&body)?;
+        let cfg = RoomConfig::from_json(&body.map_err(body_err)?)?;
         // Two rooms protecting the same prefix would make admission ambiguous.
         let index = app.rooms.snapshot();
         let others = index
@@ -213,7 +221,7 @@ pub async fn admit(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     guarded(app, headers, |app| async move {
         let room = room_id(&path.map_err(path_err)?.0)?;
@@ -222,7 +230,7 @@ pub async fn admit(
         struct Admit {
             count: u32,
         }
-        let req: Admit = serde_json::from_slice(&body)
+        let req: Admit = serde_json::from_slice(&body.map_err(body_err)?)
             .map_err(|e| GatewayError::bad_request(format!("body must be {{\"count\": N}}: {e}")))?;
         let admitted = app.store.admit(&room, req.count).await?;
         audit("admit", &room, json!({ "requested": req.count, "admitted": admitted.len() }));
@@ -294,11 +302,11 @@ pub async fn put_gate(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     guarded(app, headers, |app| async move {
         let id = gate_id(&path.map_err(path_err)?.0)?;
-        let cfg = GateConfig::from_json(&body)?;
+        let cfg = GateConfig::from_json(&body.map_err(body_err)?)?;
         // Two gates on one prefix would split its capacity in two.
         let gates = app.gate_log.gates().await?;
         let others = gates.iter().filter(|(g, _)| *g != id).map(|(g, c)| (g.as_str(), c.prefixes.as_slice()));

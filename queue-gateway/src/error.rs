@@ -123,7 +123,15 @@ pub fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         match self {
-            GatewayError::Client { status, code, message } => error_body(status, code, &message),
+            GatewayError::Client { status, code, message } => {
+                let mut r = error_body(status, code, &message);
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    // The rest of the body is never read: the connection cannot carry another
+                    // request, and a client that pooled it would lose its next one.
+                    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
+            }
             GatewayError::RateLimited { retry_after_s } => {
                 let mut r = error_body(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -109,6 +109,9 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         )
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json()["error"]["code"], "payload_too_large", "the contract's error body: {}", r.text);
+    // The unread rest of the body ends the connection; a client must not pool it.
+    assert_eq!(r.headers.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
 
     // Malformed JSON, wrong types, unknown rooms, wrong methods.
     let auth = format!("Bearer {ADMIN}");
