@@ -3,9 +3,10 @@
 //! Every room's keys share the hash tag `{room}` (`wr:{room}:waiting`, ...), so each script
 //! runs on one Cluster slot. Every change is one Lua script from `lua/` (the operation after
 //! the functions of the shared prelude `lua/lib.lua` it uses), called by EVALSHA with a
-//! reload on NOSCRIPT; all scripts are loaded on every node at connect so pipelines never meet NOSCRIPT. Time comes from
-//! Redis `TIME` inside the scripts. Admissions and config changes are published on
-//! `wr:{room}:events`; one pattern subscription per store fans them out in process.
+//! reload on NOSCRIPT; all scripts are loaded on every node at connect so pipelines never
+//! meet NOSCRIPT. Time comes from Redis `TIME` inside the scripts. Admissions and config
+//! changes are published on `wr:{room}:events`; one pattern subscription per store fans
+//! them out in process.
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
