@@ -5,10 +5,10 @@
 //! store idle goes out at once, alone.
 //!
 //! Each serving thread has its own coalescer over its own store connection ([`Store::local`]),
-//! opened in the background on its runtime after its first poll: from then on a poll, its
+//! opened in the background on its runtime after its first request: from then on a poll, its
 //! batch and the store's reply never leave the thread that serves the request. Handing every
 //! poll to one shared coalescer and connection cost a third of the gateway's CPU in thread
-//! hops (BENCHMARKS.md).
+//! hops (BENCHMARKS.md). Joins and leaves use the same connection ([`Polls::store`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -60,10 +60,17 @@ impl Coalescer {
     }
 }
 
-/// A serving thread's coalescer, once its connection is open.
+/// A serving thread's own store handle and the coalescer over it.
+#[derive(Debug)]
+struct Own {
+    store: Arc<dyn Store>,
+    coalescer: Coalescer,
+}
+
+/// A serving thread's [`Own`], once its connection is open.
 #[derive(Debug, Default)]
 struct Local {
-    coalescer: OnceLock<Coalescer>,
+    own: OnceLock<Own>,
     /// An attempt to open the connection is under way (or waiting out [`LOCAL_RETRY`] after
     /// a failure).
     opening: AtomicBool,
@@ -94,15 +101,23 @@ impl Polls {
         self.coalescer().status(room, ticket).await
     }
 
-    /// The calling thread's coalescer. No poll waits for a connection: while a serving thread's
-    /// own is being opened (or after an attempt failed, for [`LOCAL_RETRY`]), its polls go
-    /// through the shared coalescer.
+    /// The store handle for the calling thread: its own once open, else the shared one. Joins
+    /// and leaves go through it, so they too stay on the thread that serves the request.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        self.own().map_or(&self.store, |o| &o.store)
+    }
+
     fn coalescer(&self) -> &Coalescer {
-        let Some(local) = crate::server::current_worker().and_then(|w| self.local.get(w)) else {
-            return &self.shared;
-        };
-        if let Some(c) = local.coalescer.get() {
-            return c;
+        self.own().map_or(&self.shared, |o| &o.coalescer)
+    }
+
+    /// The calling serving thread's own handle. Nothing waits for a connection: while one is
+    /// being opened (or after an attempt failed, for [`LOCAL_RETRY`]), this is `None` and the
+    /// caller uses the shared handle.
+    fn own(&self) -> Option<&Own> {
+        let local = crate::server::current_worker().and_then(|w| self.local.get(w))?;
+        if let Some(own) = local.own.get() {
+            return Some(own);
         }
         if !local.opening.swap(true, Ordering::AcqRel) {
             // Spawned from the serving thread, so the connection and the coalescer live on its
@@ -111,17 +126,19 @@ impl Polls {
             tokio::spawn(async move {
                 match store.local().await {
                     Ok(own) => {
-                        let _ = local.coalescer.set(Coalescer::start(own.unwrap_or(store), stop));
+                        let store = own.unwrap_or(store);
+                        let coalescer = Coalescer::start(store.clone(), stop);
+                        let _ = local.own.set(Own { store, coalescer });
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "a serving thread could not open its own store connection; its polls use the shared one for now");
+                        tracing::warn!(error = %e, "a serving thread could not open its own store connection; it uses the shared one for now");
                         tokio::time::sleep(LOCAL_RETRY).await;
                     }
                 }
                 local.opening.store(false, Ordering::Release);
             });
         }
-        &self.shared
+        None
     }
 }
 

@@ -112,7 +112,7 @@ pub(crate) async fn existing_ticket(
         return None;
     }
     let (ticket, _) = app.cookies.ticket_from(headers, room)?;
-    let st = app.store.status(room, ticket).await.ok().filter(|s| s.state.is_live())?;
+    let st = app.polls.status(room, ticket).await.ok().filter(|s| s.state.is_live())?;
     if st.state == TicketState::Waiting {
         app.touches.mark(room, ticket);
     }
@@ -129,7 +129,7 @@ pub(crate) async fn join_new(
         Some(sub) => admission::user_owner(sub),
         None => admission::anonymous_owner(),
     };
-    let out = app.store.join(room, &owner).await?;
+    let out = app.polls.store().join(room, &owner).await?;
     if out.created {
         app.metrics.tickets_joined.get_or_create(&Metrics::room(room.as_str())).inc();
     }
@@ -322,7 +322,8 @@ pub async fn leave(
 ) -> Result<Response> {
     let (room, ticket) = ids(path)?;
     let user = known_user(&app, &headers)?;
-    let st = app.store.status(&room, ticket).await?;
+    let store = app.polls.store();
+    let st = store.status(&room, ticket).await?;
     if holder(&app, &headers, &st, user.as_deref()).is_none() {
         return Err(GatewayError::client(
             StatusCode::FORBIDDEN,
@@ -330,7 +331,7 @@ pub async fn leave(
             "only the ticket's holder may leave with it",
         ));
     }
-    let before = app.store.leave(&room, ticket).await?;
+    let before = store.leave(&room, ticket).await?;
     if before.is_live() {
         app.metrics.dropped.get_or_create(&DropLabel { room: room.to_string(), reason: "left" }).inc();
     }

@@ -134,7 +134,7 @@ pub async fn events(
     let (room, ticket) = (room::room_id(&room)?, TicketId::parse(&ticket)?);
     let user = room::known_user(&app, &headers)?;
     room::limit(&app, crate::rate_limit::Api::Status, peer.map(|p| p.0), &headers, user.as_deref())?;
-    let st = app.store.status(&room, ticket).await?;
+    let st = app.polls.status(&room, ticket).await?;
     let Some(Holder { secret: Some(secret), sub, .. }) = room::holder(&app, &headers, &st, user.as_deref())
     else {
         return Err(GatewayError::client(

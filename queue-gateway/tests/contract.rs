@@ -644,21 +644,25 @@ async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> serde_json::V
     serde_json::from_str(&seen[body_at..]).unwrap()
 }
 
-/// A serving thread that cannot open its own Redis connection answers its polls through the
-/// shared one without waiting for it, and opens its own once it can.
+/// A serving thread that cannot open its own Redis connection answers its joins and polls
+/// through the shared one without waiting for it, and opens its own once it can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_thread_without_its_own_connection_polls_through_the_shared_one() {
     let redis = RedisServer::start();
     let (gw, mut http) = gateway_with(Some(redis.url()), |c| c.limits.workers = 1).await;
     let room = unique_room("fallback");
     put_room(&mut http, room.as_str(), paused_room(&room)).await;
-    let ticket = http.post(&format!("/api/v1/rooms/{room}/tickets")).await.json()["ticket"].clone();
-    let poll = format!("/api/v1/rooms/{room}/tickets/{}", ticket.as_str().unwrap());
     // One connection kept for commands: with `maxclients` at the count of connections, Redis
     // refuses every new one (the gateway's shared connection is already open).
     let mut admin = redis.connect().unwrap();
     let before = admin.connected_clients().unwrap();
     assert!(admin.command(&format!("CONFIG SET maxclients {before}")).unwrap().starts_with("+OK"));
+    // The thread's first store request (a join goes through its own connection too) starts
+    // the attempt that now fails.
+    let join = format!("/api/v1/rooms/{room}/tickets");
+    let joined = tokio::time::timeout(Duration::from_secs(3), http.post(&join)).await.expect("a join waited");
+    let ticket = joined.json()["ticket"].clone();
+    let poll = format!("/api/v1/rooms/{room}/tickets/{}", ticket.as_str().unwrap());
     for _ in 0..3 {
         // Far under the ~10 s the failing connection attempt takes with its retries.
         let st = tokio::time::timeout(Duration::from_secs(3), http.get(&poll)).await.expect("a poll waited");
