@@ -8,7 +8,8 @@
 #    request) vs nginx proxy_pass, both in front of the same upstream (nginx serving a
 #    static 200).
 # 2. Status polls with the Redis store (2,000 tickets, each request the next one) vs nginx
-#    serving a static 200 of the same size through the same wrk script.
+#    serving a static 200 of the same size through the same wrk script; then the same polls
+#    with the memory store.
 # 3. Joins/s with the Redis store (every request a new anonymous ticket).
 # 4. The HTTP layer alone: the gateway's /healthz vs nginx's static file.
 # Gateway lines end with the CPU (user + system, from /proc) the gateway, and for Redis-backed
@@ -74,9 +75,9 @@ for p in $UP $PROXY $STATIC $GW $GWR $REDIS; do
 done
 sleep 0.5
 
-room() { # $1 gateway port, $2 room
+room() { # $1 gateway port, $2 room, $3 protected prefix (default /book/)
   curl -sf -X PUT -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/$2" \
-    -d '{"protect":["/book/"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
+    -d '{"protect":["'"${3:-/book/}"'"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
 }
 admitted_cookies() { # $1 gateway port, $2 room → "wr_x=...; wr_admission_x=..."
   local jar="$WORK/jar.$1"
@@ -120,10 +121,11 @@ echo "forward  nginx proxy_pass: ${N_RPS} req/s p99 ${N_P99} | gateway (admitted
 # 2. Status polls with the Redis store vs a static 200 of the same size: 2,000 waiting tickets,
 # each request the next ticket with its own cookie (a crowd polling, not one client hammering
 # one ticket); nginx gets the same script, the ticket in its query string.
-room $GWR poll
-curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$GWR/admin/v1/rooms/poll/pause" > /dev/null
-for i in $(seq 100); do curl -sf -X POST "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets" > /dev/null; done
-python3 - "$GWR" 2000 "$WORK/polls.lua" <<'PY'
+poll_room() { # $1 gateway port, $2 wrk script to write: 2,000 waiting tickets with their cookies
+  room $1 poll /poll/
+  curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/poll/pause" > /dev/null
+  for i in $(seq 100); do curl -sf -X POST "http://127.0.0.1:$1/api/v1/rooms/poll/tickets" > /dev/null; done
+  python3 - "$1" 2000 "$2" <<'PY'
 import http.client, json, sys
 port, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 c = http.client.HTTPConnection("127.0.0.1", port)
@@ -143,6 +145,8 @@ request = function()
 end
 """)
 PY
+}
+poll_room $GWR "$WORK/polls.lua"
 T2=$(sed -n 2p "$WORK/polls.lua" | grep -o '[0-9a-f]\{32\}' | head -1)
 COOKIE2=$(sed -n 2p "$WORK/polls.lua" | grep -o 'wr_poll=[^"]*')
 BODY=$(curl -sf -H "cookie: $COOKIE2" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets/$T2")
@@ -151,6 +155,11 @@ S=$(POLL_PREFIX="/status.json?t=" bench -s "$WORK/polls.lua" "http://127.0.0.1:$
 P=$(POLL_PREFIX="/api/v1/rooms/poll/tickets/" measured "$GWR_PID" "$REDIS_PID" -- -s "$WORK/polls.lua" "http://127.0.0.1:$GWR/"); P_RPS=$(echo "$P" | rps); P_P99=$(echo "$P" | p99)
 NON2XX=$(echo "$P" | awk '/Non-2xx/ {print $4}')
 echo "status   nginx static ${#BODY} B: ${S_RPS} req/s p99 ${S_P99} | gateway status (Redis, 2,000 tickets): ${P_RPS} req/s p99 ${P_P99} | ratio $(python3 -c "print(round($P_RPS/$S_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)} | CPU µs/req gateway $(cpu "$P") Redis $(cpu "$P" 2)"
+# The same polls answered by the memory store: what the HTTP side of a poll costs without
+# the Redis round trip.
+poll_room $GW "$WORK/polls_mem.lua"
+M=$(POLL_PREFIX="/api/v1/rooms/poll/tickets/" measured "$GW_PID" -- -s "$WORK/polls_mem.lua" "http://127.0.0.1:$GW/"); M_RPS=$(echo "$M" | rps); M_P99=$(echo "$M" | p99)
+echo "status   gateway status (memory store, same script): ${M_RPS} req/s p99 ${M_P99} | ratio to the static file $(python3 -c "print(round($M_RPS/$S_RPS,2))") | gateway CPU $(cpu "$M") µs/req"
 
 # 3. Joins with the Redis store.
 cat > "$WORK/join.lua" <<'LUA'
