@@ -25,7 +25,7 @@ if phase(c, now) == 'open' and stat('free_used') < c.free and redis.call('ZCARD'
   local untl = string.format('%d', now + c.ttl * 1000)
   redis.call('HSET', K_ADM, t, untl)
   record_batch(untl .. ':0:0', untl, 1)
-  redis.call('HINCRBY', K_STATS, 'free_used', 1)
+  redis.call('HINCRBY', K_STATS, 'free_used', '1')
   return status_reply(t, 1, { 'admitted', -1, untl, owner, now_s }, now_s, c)
 end
 redis.call('ZADD', K_WAIT, seq, t)

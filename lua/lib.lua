@@ -97,26 +97,25 @@ local function capacity(c, now)
   return math.max(0, c.max_active - active_count(now))
 end
 
--- Applies fn(key, chunk) over a list in chunks (Lua's unpack has a stack limit).
-local function chunked(list, fn)
-  for i = 1, #list, CHUNK do
-    local part = {}
-    for j = i, math.min(i + CHUNK - 1, #list) do part[#part + 1] = list[j] end
-    fn(part)
+-- Calls fn(i, j) for each range of at most CHUNK indexes of list from `from` (default 1):
+-- Lua's unpack has a stack limit, and unpack(list, i, j) needs no copy of the range.
+local function chunked(list, fn, from)
+  for i = from or 1, #list, CHUNK do
+    fn(i, math.min(i + CHUNK - 1, #list))
   end
 end
 
 -- Marks tickets list[from..] seen at `now_s` (ms, a string; XX: tickets no longer waiting
 -- are not re-added).
 local function mark_seen(list, from, now_s)
-  for i = from, #list, CHUNK do
+  chunked(list, function(i, j)
     local args = {}
-    for j = i, math.min(i + CHUNK - 1, #list) do
+    for k = i, j do
       args[#args + 1] = now_s
-      args[#args + 1] = list[j]
+      args[#args + 1] = list[k]
     end
     redis.call('ZADD', K_SEEN, 'XX', unpack(args))
-  end
+  end, from)
 end
 
 local function undrawn(c, score)
@@ -224,16 +223,16 @@ local function admit_next(n, now, c)
   else
     member = untl .. ':0:0'
   end
-  chunked(tickets, function(part)
+  chunked(tickets, function(i, j)
     if first <= 0 then
       local args = {}
-      for _, t in ipairs(part) do
-        args[#args + 1] = t
+      for k = i, j do
+        args[#args + 1] = tickets[k]
         args[#args + 1] = untl
       end
       redis.call('HSET', K_ADM, unpack(args))
     end
-    redis.call('ZREM', K_SEEN, unpack(part))
+    redis.call('ZREM', K_SEEN, unpack(tickets, i, j))
   end)
   record_batch(member, untl, #tickets)
   return tickets, untl

@@ -13,9 +13,9 @@ local expired = sweep_expired(now)
 
 local idle = redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', now - c.idle * 1000, 'LIMIT', 0, MAX_SWEEP)
 for _, t in ipairs(idle) do redis.call('HSET', K_GONE, t, 'd') end
-chunked(idle, function(part)
-  redis.call('ZREM', K_WAIT, unpack(part))
-  redis.call('ZREM', K_SEEN, unpack(part))
+chunked(idle, function(i, j)
+  redis.call('ZREM', K_WAIT, unpack(idle, i, j))
+  redis.call('ZREM', K_SEEN, unpack(idle, i, j))
 end)
 redis.call('HINCRBY', K_STATS, 'dropped', #idle)
 

@@ -127,3 +127,38 @@ async fn the_clock_string_is_the_clock() {
         assert_eq!(ms.to_string(), ms_text);
     }
 }
+
+/// Scripts work through long lists in ranges of at most 1,000 (Lua's `unpack` limit): every
+/// index from the first asked for is covered once, across range boundaries too.
+#[tokio::test]
+async fn long_lists_are_worked_through_in_ranges() {
+    let server = RedisServer::shared();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let room = unique_room("chunks");
+    let keys = room_keys(&room);
+    let tickets: Vec<String> = (0..2_500).map(|i| format!("{i:032x}")).collect();
+    let eval = |body: &str| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(with_prelude(body)).arg(14).arg(&keys).arg("events").arg(room.as_str()).arg(&tickets);
+        cmd
+    };
+    let ranges: Vec<i64> = eval(
+        "local out = {} chunked(ARGV, function(i, j) out[#out + 1] = i out[#out + 1] = j end, 3) return out",
+    )
+    .query_async(&mut con)
+    .await
+    .unwrap();
+    assert_eq!(ranges, vec![3, 1002, 1003, 2002, 2003, 2502]);
+
+    let mut seed = redis::cmd("ZADD");
+    seed.arg(&keys[3]);
+    for t in &tickets {
+        seed.arg(0).arg(t);
+    }
+    let () = seed.query_async(&mut con).await.unwrap();
+    let () = eval("mark_seen(ARGV, 3, '123') return nil").query_async(&mut con).await.unwrap();
+    let marked: usize =
+        redis::cmd("ZCOUNT").arg(&keys[3]).arg(123).arg(123).query_async(&mut con).await.unwrap();
+    assert_eq!(marked, tickets.len(), "every ticket seen, none left at 0");
+}
