@@ -17,8 +17,8 @@ ratio column.
 Starts its own redis-server (hz 1: less timer work in the counts) under callgrind on a free port, fills a room with 2,000 waiting
 tickets through join.lua, then for each measured call zeroes the counters, sends 200 calls
 (pipelined) and dumps. `EVALSHA return {'ok'}` with the same 14 keys is the floor every
-script call pays (the reference in the same run). Needs valgrind (callgrind_control) and
-redis-server.
+script call pays (the reference in the same run). SCRIPT_COST_KEEP=1 keeps the dumps for
+callgrind_annotate. Needs valgrind (callgrind_control) and redis-server.
 """
 import glob
 import os
@@ -143,9 +143,12 @@ def measure(lua_dir):
     finally:
         vg.terminate()
         vg.wait()
-        for f in glob.glob(f"{out}/*"):
-            os.remove(f)
-        os.rmdir(out)
+        if os.environ.get("SCRIPT_COST_KEEP"):
+            print(f"callgrind dumps of {lua_dir} kept in {out} (cg.out.N: the Nth row)", file=sys.stderr)
+        else:
+            for f in glob.glob(f"{out}/*"):
+                os.remove(f)
+            os.rmdir(out)
 
 
 def main():
