@@ -99,20 +99,26 @@ async fn unreachable_redis_is_an_error_not_a_hang() {
     assert!(store.ping().await.is_err());
 }
 
+async fn connection() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(RedisServer::shared().url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// EVAL of `body` after the prelude functions it uses, with `room`'s keys and `args` after the
+/// channel and room arguments, as the store calls its scripts.
+fn prelude_eval<A: redis::ToRedisArgs>(room: &RoomId, body: &str, args: &[A]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(with_prelude(body)).arg(14).arg(&room_keys(room)).arg("events").arg(room.as_str()).arg(args);
+    cmd
+}
+
 /// Scripts hand Redis the store's clock as a string spliced from `TIME`'s digits (no
 /// printf): it must be the same number of milliseconds, whatever the µs part's length.
 #[tokio::test]
 async fn the_clock_string_is_the_clock() {
-    let server = RedisServer::shared();
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = connection().await;
     let room = unique_room("clock");
-    let eval = |body: &str, args: &[&str]| {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(with_prelude(body)).arg(14).arg(&room_keys(&room)).arg("events").arg(room.as_str());
-        cmd.arg(args);
-        cmd
-    };
+    let eval = |body: &str, args: &[&str]| prelude_eval(&room, body, args);
     for (s, us) in [(1_795_991_400_u64, 0_u64), (1_795_991_400, 7), (1_795_991_400, 5_023), (1, 999_999)] {
         let (s_text, us_text) = (s.to_string(), us.to_string());
         let got: String = eval("return ms_string(ARGV[3], ARGV[4])", &[&s_text, &us_text])
@@ -132,17 +138,11 @@ async fn the_clock_string_is_the_clock() {
 /// index from the first asked for is covered once, across range boundaries too.
 #[tokio::test]
 async fn long_lists_are_worked_through_in_ranges() {
-    let server = RedisServer::shared();
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = connection().await;
     let room = unique_room("chunks");
     let keys = room_keys(&room);
     let tickets: Vec<String> = (0..2_500).map(|i| format!("{i:032x}")).collect();
-    let eval = |body: &str| {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(with_prelude(body)).arg(14).arg(&keys).arg("events").arg(room.as_str()).arg(&tickets);
-        cmd
-    };
+    let eval = |body: &str| prelude_eval(&room, body, &tickets);
     let ranges: Vec<i64> = eval(
         "local out = {} chunked(ARGV, function(i, j) out[#out + 1] = i out[#out + 1] = j end, 3) return out",
     )
