@@ -14,7 +14,8 @@
 //! - [`room`]: join, status, leave, room state ([`polls`] coalesces status reads); [`sse`]:
 //!   live updates; [`page`]: the waiting page.
 //! - [`gate`]: the overload gate (in-flight limits, hold, log and replay) on gated routes.
-//! - [`proxy`]: protection and the reverse proxy to the backend.
+//! - [`proxy`]: protection and the reverse proxy to the backend; [`upstream`]: its
+//!   kept-alive connections.
 //! - [`admin`]: the admin API; [`console`]: the ops console page at `/admin/`; [`metrics`]: Prometheus; [`rooms`]: live configs and tickers.
 //! - [`touch`]: batched "seen" marks.
 //! - [`config`], [`error`], [`state`], [`demo`] (built-in demo upstream), [`capacity`] (a
@@ -41,6 +42,7 @@ pub mod server;
 pub mod sse;
 pub mod state;
 pub mod touch;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

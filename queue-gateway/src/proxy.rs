@@ -1,5 +1,5 @@
 //! Everything not served by the gateway itself: the protection check on rooms' prefixes,
-//! then the reverse proxy to the backend over a pooled client.
+//! then the reverse proxy to the backend over kept-alive connections ([`crate::upstream`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,27 +7,22 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::uri::{Authority, PathAndQuery};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use queue_core::RoomId;
 
 use crate::admission::{self, ADMISSION_HEADER};
 use crate::error::{GatewayError, UpstreamFailure, error_body};
 use crate::metrics::ResultLabel;
 use crate::state::{App, PeerAddr};
+use crate::upstream::{Connections, UpstreamError};
 
-/// The backend: pooled HTTP/1.1 clients and its base URL.
+/// The backend: its base URL and the connections to it.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// One pool per worker thread (a pooled connection's task runs on the thread that opened
-    /// it, so sharing pools would send every request across threads), and one for the rest.
-    clients: Arc<[Client<HttpConnector, Body>]>,
-    scheme: Scheme,
+    connections: Arc<Connections>,
     authority: Authority,
     /// `Host` for the backend.
     host: HeaderValue,
@@ -37,39 +32,29 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A client for `base` (`http://host:port[/prefix]`), with a pool for each of `workers`
-    /// serving threads.
+    /// The backend at `base` (`http://host:port[/prefix]`), with idle connections kept for
+    /// each of `workers` serving threads.
     pub fn new(base: &str, timeout: Duration, max_body: usize, workers: usize) -> Result<Self, GatewayError> {
         let uri: Uri = base.parse().map_err(|_| GatewayError::Internal(format!("bad upstream {base:?}")))?;
         let authority =
             uri.authority().cloned().ok_or_else(|| GatewayError::Internal("upstream has no host".into()))?;
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| GatewayError::Internal(format!("bad upstream host in {base:?}")))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let pool = || {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(1024)
-                .build(connector.clone())
+        if uri.scheme_str() != Some("http") {
+            return Err(GatewayError::Internal(format!("upstream {base:?} is not http://")));
+        }
+        let addr = match authority.port_u16() {
+            Some(_) => authority.as_str().to_owned(),
+            None => format!("{}:80", authority.as_str()),
         };
         Ok(Upstream {
-            clients: (0..=workers).map(|_| pool()).collect(),
-            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
+            connections: Arc::new(Connections::new(addr, workers)),
             authority,
             host,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             timeout,
             max_body,
         })
-    }
-
-    /// The pool of the calling thread.
-    fn client(&self) -> &Client<HttpConnector, Body> {
-        let rest = self.clients.len() - 1;
-        let i = crate::server::current_worker().map_or(rest, |w| w % rest.max(1));
-        &self.clients[i]
     }
 
     /// `host:port` of the backend.
@@ -82,6 +67,7 @@ impl Upstream {
         self.timeout
     }
 
+    /// The backend's request target (origin-form, `/prefix/path?query`) for a client's URI.
     pub(crate) fn uri_for(&self, original: &Uri) -> Result<Uri, GatewayError> {
         let refused = || GatewayError::bad_request("the request path cannot be forwarded");
         let path_and_query = match (self.base_path.as_str(), original.path_and_query()) {
@@ -91,11 +77,7 @@ impl Upstream {
                 PathAndQuery::try_from(format!("{base}{pq}")).map_err(|_| refused())?
             }
         };
-        let mut parts = axum::http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        Uri::from_parts(parts).map_err(|_| refused())
+        Ok(Uri::from(path_and_query))
     }
 }
 
@@ -292,7 +274,7 @@ pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response
     let body = Body::new(Limited::new(body, up.max_body));
     let started = Instant::now();
     let result =
-        tokio::time::timeout(up.timeout, up.client().request(hyper::Request::from_parts(parts, body))).await;
+        tokio::time::timeout(up.timeout, up.connections.send(hyper::Request::from_parts(parts, body))).await;
     app.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
     let resp = match result {
         Err(_) => return Err(GatewayError::Upstream(UpstreamFailure::Timeout)),
@@ -300,13 +282,18 @@ pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response
             if error_chain(&e).any(|s| s.is::<http_body_util::LengthLimitError>()) {
                 return Err(too_large());
             }
-            return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(e.to_string())));
+            return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(describe(&e))));
         }
         Ok(Ok(r)) => r,
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// An upstream failure with its causes, for the log ("connection error: broken pipe").
+fn describe(e: &UpstreamError) -> String {
+    error_chain(e).map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 fn error_chain<'a>(

@@ -679,3 +679,61 @@ async fn a_serving_thread_without_its_own_connection_polls_through_the_shared_on
     assert_eq!(admin.connected_clients().unwrap(), before + 1, "its own connection, once it could");
     gw.stop().await.unwrap();
 }
+
+/// Forwarded requests reuse the serving thread's kept-alive backend connection, and a
+/// connection the backend closed while it sat idle is replaced, not answered with a `502`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_reused_and_replaced() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // A backend that answers two requests per connection, then closes it without a word.
+    const PER_CONNECTION: usize = 2;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..PER_CONNECTION {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut buf = [0u8; 4096];
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.clear();
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = queue_gateway::spawn(config(backend, None)).await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    const REQUESTS: usize = 5;
+    for i in 0..REQUESTS {
+        client.write_all(b"GET /plain HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut seen = String::new();
+        while !seen.ends_with("\r\n\r\nok") {
+            let mut buf = [0u8; 4096];
+            let n =
+                tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "the gateway closed the connection at request {i}: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(seen.starts_with("HTTP/1.1 200"), "request {i}: {seen}");
+        // Time for the gateway to see the backend's close of a connection it holds idle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), REQUESTS.div_ceil(PER_CONNECTION));
+    gw.stop().await.unwrap();
+}
