@@ -71,24 +71,54 @@ impl CookieKey {
 
 /// The value of cookie `name`, if the request carries it (first occurrence).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    find_cookie(headers, |k| k == name)
+    let mut found = None;
+    each_cookie(headers, |k, v| {
+        found = (k == name).then_some(v);
+        found.is_some()
+    });
+    found
 }
 
 /// The value of cookie `{prefix}{room}` (no name is built: this runs on every protected
 /// request).
 fn room_cookie<'a>(headers: &'a HeaderMap, prefix: &str, room: &RoomId) -> Option<&'a str> {
-    find_cookie(headers, |k| k.strip_prefix(prefix) == Some(room.as_str()))
+    let mut found = None;
+    each_cookie(headers, |k, v| {
+        found = (k.strip_prefix(prefix) == Some(room.as_str())).then_some(v);
+        found.is_some()
+    });
+    found
 }
 
-fn find_cookie(headers: &HeaderMap, wanted: impl Fn(&str) -> bool) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| wanted(k))
-        .map(|(_, v)| v.trim_matches('"'))
+/// A room's ticket cookie and admission cookie, found in one pass (a protected request
+/// carries a token of several hundred bytes that a pass per cookie would scan twice).
+fn room_cookies<'a>(headers: &'a HeaderMap, room: &RoomId) -> (Option<&'a str>, Option<&'a str>) {
+    let (mut ticket, mut admission) = (None, None);
+    each_cookie(headers, |k, v| {
+        if k.strip_prefix(TICKET_PREFIX) == Some(room.as_str()) {
+            ticket = ticket.or(Some(v));
+        } else if k.strip_prefix(ADMISSION_PREFIX) == Some(room.as_str()) {
+            admission = admission.or(Some(v));
+        }
+        ticket.is_some() && admission.is_some()
+    });
+    (ticket, admission)
+}
+
+/// Calls `f(name, value)` for each cookie of the request, in order, until it returns true.
+/// A `Cookie` header that is not UTF-8 is skipped.
+fn each_cookie<'a>(headers: &'a HeaderMap, mut f: impl FnMut(&'a str, &'a str) -> bool) {
+    for v in headers.get_all(header::COOKIE) {
+        // Not `to_str`: its byte-by-byte check costs more than the rest of the parse.
+        let Ok(v) = std::str::from_utf8(v.as_bytes()) else { continue };
+        for pair in v.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=')
+                && f(k, v.trim_matches('"'))
+            {
+                return;
+            }
+        }
+    }
 }
 
 /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, and Secure when served over HTTPS.
@@ -174,9 +204,12 @@ pub fn anonymous_owner() -> UserKey {
 
 /// The admission token offered on a protected path: the room's cookie, else the header.
 pub fn presented_token<'a>(headers: &'a HeaderMap, room: &RoomId) -> Option<&'a str> {
-    room_cookie(headers, ADMISSION_PREFIX, room)
-        .or_else(|| headers.get(ADMISSION_HEADER).and_then(|v| v.to_str().ok()))
-        .filter(|t| !t.is_empty())
+    or_header(headers, room_cookie(headers, ADMISSION_PREFIX, room))
+}
+
+/// The admission cookie's token, else the header's.
+fn or_header<'a>(headers: &'a HeaderMap, cookie: Option<&'a str>) -> Option<&'a str> {
+    cookie.or_else(|| headers.get(ADMISSION_HEADER).and_then(|v| v.to_str().ok())).filter(|t| !t.is_empty())
 }
 
 /// Why a protected request was refused (the metric's `result` label).
@@ -202,8 +235,8 @@ pub fn check_admitted(
     headers: &HeaderMap,
     room: &RoomId,
 ) -> Result<Admitted, Refusal> {
-    let token = presented_token(headers, room).ok_or("missing")?;
-    let ticket_cookie = room_cookie(headers, TICKET_PREFIX, room);
+    let (ticket_cookie, admission_cookie) = room_cookies(headers, room);
+    let token = or_header(headers, admission_cookie).ok_or("missing")?;
     if let Some(cookie) = ticket_cookie
         && let Some(hit) = cache.get(token, cookie)
     {
@@ -241,6 +274,9 @@ fn refusal(e: TokenError) -> Refusal {
     }
 }
 
+/// Bytes of a token's end that go into its cache key: 256 bits of its Ed25519 signature.
+const TOKEN_TAIL: usize = 43;
+
 /// Most (token, ticket cookie) pairs remembered.
 pub const ADMITTED_CACHE_ENTRIES: usize = 100_000;
 
@@ -268,8 +304,17 @@ impl AdmittedCache {
         AdmittedCache { map: DashMap::new(), hasher: RandomState::new(), cap: cap.max(1) }
     }
 
+    /// The key of a pair: the hash of the cookie and of the token's end only. The end is the
+    /// signature, unique to each token, and hashing the whole token cost more than the rest
+    /// of a hit; a collision of keys costs a miss and a full check, never a wrong answer,
+    /// since a hit compares both strings in full and only verified pairs are stored.
+    fn key(&self, token: &str, cookie: &str) -> u64 {
+        let tail = &token.as_bytes()[token.len().saturating_sub(TOKEN_TAIL)..];
+        self.hasher.hash_one((tail, cookie))
+    }
+
     fn get(&self, token: &str, cookie: &str) -> Option<Admitted> {
-        let e = self.map.get(&self.hasher.hash_one((token, cookie)))?;
+        let e = self.map.get(&self.key(token, cookie))?;
         (&*e.0 == token && &*e.1 == cookie).then(|| e.2.clone())
     }
 
@@ -281,7 +326,7 @@ impl AdmittedCache {
                 self.map.clear();
             }
         }
-        self.map.insert(self.hasher.hash_one((token, cookie)), (token.into(), cookie.into(), admitted));
+        self.map.insert(self.key(token, cookie), (token.into(), cookie.into(), admitted));
     }
 
     /// Pairs held.
@@ -315,6 +360,24 @@ mod tests {
         let other_key = CookieKey::new(&[2u8; 32]);
         h.insert(header::COOKIE, format!("wr_r={}", other_key.cookie_value(&room, t)).parse().unwrap());
         assert!(key.ticket_from(&h, &room).is_none());
+    }
+
+    #[test]
+    fn a_rooms_cookies_are_found_in_one_pass() {
+        let room = RoomId::parse("r").unwrap();
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "x=1; wr_rr=other; wr_admission_rr=other".parse().unwrap());
+        assert_eq!(room_cookies(&h, &room), (None, None));
+        h.append(header::COOKIE, "wr_admission_r=\"tok\";wr_r=t.s; wr_r=later".parse().unwrap());
+        assert_eq!(room_cookies(&h, &room), (Some("t.s"), Some("tok")));
+        assert_eq!(room_cookie(&h, TICKET_PREFIX, &room), Some("t.s"));
+        assert_eq!(cookie(&h, "wr_admission_r"), Some("tok"));
+        assert_eq!(cookie(&h, "x"), Some("1"));
+        assert_eq!(cookie(&h, "y"), None);
+        let mut bad = HeaderMap::new();
+        bad.append(header::COOKIE, HeaderValue::from_bytes(b"wr_r=\xff").unwrap());
+        bad.append(header::COOKIE, "wr_r=ok".parse().unwrap());
+        assert_eq!(room_cookies(&bad, &room), (Some("ok"), None));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::uri::{Authority, PathAndQuery};
@@ -181,7 +181,9 @@ async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError>
     forward(app, req, token).await
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP_COUNT: usize = 8;
+/// Connection first: its value names more.
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -196,7 +198,15 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names finds the few present (a removal costs a hash and a probe, and
+    // most messages carry one of these at most).
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -208,8 +218,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
-    for n in HOP_BY_HOP {
-        headers.remove(n);
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
     }
 }
 
@@ -271,7 +281,8 @@ pub(crate) fn too_large() -> GatewayError {
 /// Sends a prepared request to the backend and returns its answer (hop-by-hop headers out).
 pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response, GatewayError> {
     let up = &app.upstream;
-    let body = Body::new(Limited::new(body, up.max_body));
+    // Most forwarded requests have no body: nothing to limit, nothing to box.
+    let body = if body.is_end_stream() { body } else { Body::new(Limited::new(body, up.max_body)) };
     let started = Instant::now();
     let result =
         tokio::time::timeout(up.timeout, up.connections.send(hyper::Request::from_parts(parts, body))).await;
@@ -326,6 +337,31 @@ mod tests {
         ] {
             assert!(!safe_path(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_rest_stay() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "x-private, Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("content-type", "application/json"),
+            ("x-kept", "2"),
+            ("cookie", "a=b"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "cookie", "x-kept"]);
+        let mut plain = HeaderMap::new();
+        plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 
     #[test]
