@@ -187,8 +187,9 @@ pub async fn build(
 
 /// The whole gateway as one service. In order: request metrics → proxied paths (all but the
 /// gateway's own routes, and on a busy gateway nearly all requests) straight to the
-/// protection check and proxy, the rest through the router → (per route) body limit →
-/// handler. Rate limits and admission checks run inside the handlers that need them.
+/// protection check and proxy, status polls straight to their handler, the rest through the
+/// router → (per route) body limit → handler. Rate limits and admission checks run inside
+/// the handlers that need them.
 pub fn service(
     app: Arc<App>,
 ) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static> + Clone + Send + 'static
@@ -202,7 +203,11 @@ pub fn service(
             let resp = if route == PROXIED {
                 proxy::handle(State(app.clone()), req).await
             } else {
-                router.oneshot(req).await.unwrap_or_else(|never| match never {})
+                let direct = if route == STATUS { room::status_past_router(&app, req) } else { Err(req) };
+                match direct {
+                    Ok(poll) => poll.await,
+                    Err(req) => router.oneshot(req).await.unwrap_or_else(|never| match never {}),
+                }
             };
             let m = &app.metrics;
             m.http_requests.get_or_create(&RouteCode { route, code: resp.status().as_u16() }).inc();
@@ -259,7 +264,7 @@ fn route_of(path: &str) -> &'static str {
     }
     match &segs[..n] {
         ["api", "v1", "rooms", _, "tickets"] => "/api/v1/rooms/{room}/tickets",
-        ["api", "v1", "rooms", _, "tickets", _] => "/api/v1/rooms/{room}/tickets/{ticket}",
+        ["api", "v1", "rooms", _, "tickets", _] => STATUS,
         ["api", "v1", "rooms", _, "tickets", _, "events"] => "/api/v1/rooms/{room}/tickets/{ticket}/events",
         ["api", "v1", "rooms", _] => "/api/v1/rooms/{room}",
         ["rooms", _] => "/rooms/{room}",
@@ -280,6 +285,8 @@ fn route_of(path: &str) -> &'static str {
 
 /// The route label of everything that is not the gateway's own.
 const PROXIED: &str = "proxy";
+/// The route label of status polls and leaves.
+const STATUS: &str = "/api/v1/rooms/{room}/tickets/{ticket}";
 
 async fn jwks(State(app): State<Arc<App>>) -> Response {
     let mut r = axum::Json(app.keys.jwks()).into_response();

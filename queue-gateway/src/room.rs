@@ -5,8 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use queue_core::{RoomConfig, RoomId, TicketId, TicketState, TicketStatus, UserKey};
 use serde::Serialize;
@@ -287,7 +287,8 @@ fn ids(raw: Result<Path<(String, String)>, PathRejection>) -> Result<(RoomId, Ti
     Ok((room_id(&room)?, TicketId::parse(&ticket)?))
 }
 
-/// `GET /api/v1/rooms/{room}/tickets/{ticket}`
+/// `GET /api/v1/rooms/{room}/tickets/{ticket}`, through the router (paths with
+/// percent-escapes; the rest come by [`status_past_router`]).
 pub async fn status(
     State(app): State<Arc<App>>,
     peer: Option<axum::Extension<PeerAddr>>,
@@ -295,23 +296,66 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Response> {
     let (room, ticket) = ids(path)?;
-    let user = known_user(&app, &headers)?;
-    limit(&app, Api::Status, peer.map(|p| p.0), &headers, user.as_deref())?;
+    status_of(&app, peer.map(|p| p.0), &headers, room, ticket).await
+}
+
+/// A status poll taken past the router; `Err(req)` when `req` is not one or its path needs
+/// the router's percent-decoding. Polls are the busiest route after forwarding, and the
+/// router's matching, path extraction, copied headers and per-request boxes (some 20
+/// allocations) cost more than the rest of a poll answered from memory.
+#[allow(clippy::result_large_err)] // The request goes back to be routed; boxing it costs more.
+pub fn status_past_router(
+    app: &App,
+    req: Request,
+) -> std::result::Result<impl Future<Output = Response> + Send + '_, Request> {
+    let Some(ids) = direct_status_ids(&req) else { return Err(req) };
+    let peer = req.extensions().get::<PeerAddr>().copied();
+    let (parts, _) = req.into_parts();
+    Ok(async move {
+        let answer = match ids {
+            Ok((room, ticket)) => status_of(app, peer, &parts.headers, room, ticket).await,
+            Err(e) => Err(e),
+        };
+        answer.unwrap_or_else(IntoResponse::into_response)
+    })
+}
+
+/// The ids of `GET /api/v1/rooms/{room}/tickets/{ticket}` when the path has no escapes.
+fn direct_status_ids(req: &Request) -> Option<Result<(RoomId, TicketId)>> {
+    let path = req.uri().path();
+    let (room, ticket) = path.strip_prefix("/api/v1/rooms/")?.split_once("/tickets/")?;
+    let plain = |seg: &str| !seg.is_empty() && !seg.contains(['/', '%']);
+    if req.method() != Method::GET || !plain(room) || !plain(ticket) {
+        return None;
+    }
+    Some(room_id(room).and_then(|r| Ok((r, TicketId::parse(ticket)?))))
+}
+
+async fn status_of(
+    app: &App,
+    peer: Option<PeerAddr>,
+    headers: &HeaderMap,
+    room: RoomId,
+    ticket: TicketId,
+) -> Result<Response> {
+    let user = known_user(app, headers)?;
+    limit(app, Api::Status, peer, headers, user.as_deref())?;
     let st = app.polls.status(&room, ticket).await?;
-    let holder = holder(&app, &headers, &st, user.as_deref());
+    let holder = holder(app, headers, &st, user.as_deref());
     if holder.is_some() && st.state == TicketState::Waiting {
         // A holder's poll keeps the ticket seen (others' polls do not).
         app.touches.mark(&room, ticket);
     }
     let admission = match &holder {
-        Some(h) => admission_token(&app, &st, h)?,
+        Some(h) => admission_token(app, &st, h)?,
         None => None,
     };
-    let cfg = app.rooms.get(&room);
-    let body = TicketBody::new(&st, cfg.as_ref(), admission.as_ref());
+    // The config is read in place (a copy costs allocations on every poll).
+    let rooms = app.rooms.snapshot();
+    let body = TicketBody::new(&st, rooms.rooms.get(&room), admission.as_ref());
     let resp = (StatusCode::OK, Json(body)).into_response();
     let set_ticket = holder.as_ref().is_some_and(|h| h.needs_cookie);
-    Ok(with_cookies(resp, &app, &headers, &st, set_ticket, admission.as_ref()))
+    Ok(with_cookies(resp, app, headers, &st, set_ticket, admission.as_ref()))
 }
 
 /// `DELETE /api/v1/rooms/{room}/tickets/{ticket}`
