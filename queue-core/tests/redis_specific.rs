@@ -162,3 +162,46 @@ async fn long_lists_are_worked_through_in_ranges() {
         redis::cmd("ZCOUNT").arg(&keys[3]).arg(123).arg(123).query_async(&mut con).await.unwrap();
     assert_eq!(marked, tickets.len(), "every ticket seen, none left at 0");
 }
+
+/// A status read answers waiting tickets by plain commands and the rest by the status
+/// script: both must say what the script says for each ticket, in one batch and in order.
+#[tokio::test]
+async fn plain_status_reads_agree_with_the_script() {
+    let store = RedisStore::connect(&RedisServer::shared().url()).await.unwrap();
+    let mut con = connection().await;
+    let room = unique_room("reads");
+    store.put_room(&room, &RoomConfig { batch_size: 2, ..RoomConfig::default() }).await.unwrap();
+    let mut tickets = Vec::new();
+    for i in 0..6 {
+        tickets.push(store.join(&room, &user(i)).await.unwrap().status.ticket);
+    }
+    store.tick(&room).await.unwrap();
+    store.leave(&room, tickets[4]).await.unwrap();
+    let unknown = TicketId::new(tickets[0].seq(), tickets[0].random() ^ 1);
+    let asked = [tickets[0], tickets[2], unknown, tickets[4], tickets[5], tickets[1], tickets[3]];
+    let many = store.status_many(&room, &asked).await.unwrap();
+
+    let args: Vec<String> = asked.iter().map(ToString::to_string).collect();
+    let script: Vec<redis::Value> =
+        prelude_eval(&room, include_str!("../../lua/status.lua"), &args).query_async(&mut con).await.unwrap();
+    let field = |i: usize| match &script[i] {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+        redis::Value::Int(n) => n.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let mut states = Vec::new();
+    for (i, got) in many.iter().enumerate() {
+        let base = 9 + 5 * i;
+        let (state, pos, owner, joined) = (field(base), field(base + 1), field(base + 3), field(base + 4));
+        states.push(state.clone());
+        let Some(got) = got else {
+            assert_eq!(state, "unknown", "ticket {i}");
+            continue;
+        };
+        let got_state = format!("{:?}", got.state).to_lowercase();
+        let got_pos = got.position.map_or(-1, |p| p as i64).to_string();
+        assert_eq!((got_state, got_pos), (state, pos), "ticket {i}");
+        assert_eq!((got.owner.to_string(), got.joined_at_ms.to_string()), (owner, joined), "ticket {i}");
+    }
+    assert_eq!(states, ["admitted", "waiting", "unknown", "left", "waiting", "admitted", "waiting"]);
+}

@@ -4,10 +4,12 @@
 //! runs on one Cluster slot. Every change is one Lua script from `lua/` (the operation after
 //! the functions of the shared prelude `lua/lib.lua` it uses), called by EVALSHA with a
 //! reload on NOSCRIPT; all scripts are loaded on every node at connect so pipelines never
-//! meet NOSCRIPT. Time comes from Redis `TIME` inside the scripts. Admissions and config
+//! meet NOSCRIPT. Time comes from Redis `TIME` inside the scripts. Status polls, which only
+//! read, are plain pipelined commands where they can be ([`reads`]). Admissions and config
 //! changes are published on `wr:{room}:events`; one pattern subscription per store fans
 //! them out in process.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +27,8 @@ use crate::error::{Error, Result};
 use crate::eta;
 use crate::id::{OwnerHash, RoomId, TicketId, UserKey};
 use crate::model::*;
+
+mod reads;
 
 const PRELUDE: &str = include_str!("../../../lua/lib.lua");
 
@@ -151,6 +155,14 @@ impl Conn {
         Ok(v)
     }
 
+    pub(crate) async fn pipeline(&self, p: &redis::Pipeline) -> Result<Vec<Value>> {
+        let v = match self {
+            Conn::Single(c) => p.query_async(&mut c.clone()).await?,
+            Conn::Cluster(c) => p.query_async(&mut c.clone()).await?,
+        };
+        Ok(v)
+    }
+
     pub(crate) async fn load(&self, s: &Script) -> Result<()> {
         match self {
             Conn::Single(c) => s.load_async(&mut c.clone()).await?,
@@ -236,11 +248,35 @@ impl RedisStore {
             inv.arg(a.as_str());
         }
         let reply = Reply(self.invoke(&inv).await?);
-        match reply.str(0)?.as_str() {
+        match &*reply.str(0)? {
             "no_room" => Err(Error::UnknownRoom(room.to_string())),
             "no_ticket" => Err(Error::UnknownTicket),
             _ => Ok(reply),
         }
+    }
+
+    /// Status of `tickets` (not empty) by the status script: every state, every queue method.
+    async fn status_script(&self, room: &RoomId, tickets: &[TicketId]) -> Result<Vec<Option<TicketStatus>>> {
+        let args: Vec<String> = tickets.iter().map(ToString::to_string).collect();
+        let r = self.run(&SCRIPTS.status, room, &args).await?;
+        let view = RoomView::decode(&r, 1)?;
+        (0..tickets.len())
+            .map(|i| {
+                let base = 9 + i * 5;
+                let state = r.str(base)?;
+                if state == "unknown" {
+                    return Ok(None);
+                }
+                let fields = TicketFields {
+                    state: state_of(&state)?,
+                    pos: r.int(base + 1)?,
+                    until: r.u64(base + 2)?,
+                    owner: r.str(base + 3)?,
+                    joined: r.u64(base + 4)?,
+                };
+                fields.status(room, tickets[i], &view).map(Some)
+            })
+            .collect()
     }
 
     /// Adds each admitted ticket's wait (join to now). Read after the tick script so the
@@ -333,11 +369,13 @@ impl Reply {
             .get(i)
             .ok_or_else(|| Error::Protocol(format!("script reply too short ({} < {})", self.0.len(), i + 1)))
     }
-    fn str(&self, i: usize) -> Result<String> {
+    /// A field as text, borrowed from the reply where it can be (polls read several per
+    /// ticket).
+    fn str(&self, i: usize) -> Result<Cow<'_, str>> {
         match self.get(i)? {
-            Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
-            Value::SimpleString(s) => Ok(s.clone()),
-            Value::Int(n) => Ok(n.to_string()),
+            Value::BulkString(b) => Ok(String::from_utf8_lossy(b)),
+            Value::SimpleString(s) => Ok(Cow::Borrowed(s)),
+            Value::Int(n) => Ok(Cow::Owned(n.to_string())),
             other => Err(Error::Protocol(format!("unexpected reply value {other:?}"))),
         }
     }
@@ -411,21 +449,24 @@ impl RoomView {
             ..RoomConfig::default()
         };
         cfg.set_opens_at_ms(r.u64(at + 4)?);
-        let phase = RoomPhase::of(&cfg, now);
-        Ok(RoomView { now, rate_pm: r.f64(at + 1)?, cfg, phase })
+        Ok(RoomView::new(now, r.f64(at + 1)?, cfg))
+    }
+
+    fn new(now: u64, rate_pm: f64, cfg: RoomConfig) -> Self {
+        RoomView { now, rate_pm, phase: RoomPhase::of(&cfg, now), cfg }
     }
 }
 
 /// One ticket's fields of a reply.
-struct TicketFields {
+struct TicketFields<'a> {
     state: TicketState,
     pos: i64,
     until: u64,
-    owner: String,
+    owner: Cow<'a, str>,
     joined: u64,
 }
 
-impl TicketFields {
+impl TicketFields<'_> {
     fn status(self, room: &RoomId, ticket: TicketId, view: &RoomView) -> Result<TicketStatus> {
         let owner = OwnerHash::parse_hex(&self.owner).ok_or_else(|| Error::Protocol("bad owner".into()))?;
         let position = (self.pos > 0).then_some(self.pos as u64);
@@ -548,24 +589,24 @@ impl Store for RedisStore {
         if tickets.is_empty() {
             return Ok(Vec::new());
         }
-        let args: Vec<String> = tickets.iter().map(ToString::to_string).collect();
-        let r = self.run(&SCRIPTS.status, room, &args).await?;
-        let view = RoomView::decode(&r, 1)?;
-        (0..tickets.len())
-            .map(|i| {
-                let base = 9 + i * 5;
-                let state = r.str(base)?;
-                if state == "unknown" {
-                    return Ok(None);
-                }
-                let fields = TicketFields {
-                    state: state_of(&state)?,
-                    pos: r.int(base + 1)?,
-                    until: r.u64(base + 2)?,
-                    owner: r.str(base + 3)?,
-                    joined: r.u64(base + 4)?,
-                };
-                fields.status(room, tickets[i], &view).map(Some)
+        // Plain reads first (one Redis node; a Cluster takes the script, whose keys are
+        // routed by its own hash tag); the script for what they cannot answer.
+        if !matches!(self.conn, Conn::Single(_)) {
+            return self.status_script(room, tickets).await;
+        }
+        let replies = self.conn.pipeline(&reads::pipeline(room, tickets)).await?;
+        let Some(answers) = reads::decode(room, tickets, &replies)? else {
+            return self.status_script(room, tickets).await;
+        };
+        let rest: Vec<TicketId> =
+            answers.iter().zip(tickets).filter(|(a, _)| a.is_none()).map(|(_, t)| *t).collect();
+        let mut scripted =
+            if rest.is_empty() { Vec::new() } else { self.status_script(room, &rest).await? }.into_iter();
+        answers
+            .into_iter()
+            .map(|a| match a {
+                Some(known) => Ok(known),
+                None => scripted.next().ok_or_else(|| Error::Protocol("status reply too short".into())),
             })
             .collect()
     }
@@ -620,7 +661,12 @@ impl Store for RedisStore {
         }
         let seed = r.str(7)?;
         let draw = (!seed.is_empty()).then(|| -> Result<DrawRecord> {
-            Ok(DrawRecord { seed: seed.clone(), at_us: r.u64(8)?, last_seq: r.u64(9)?, shuffled: r.u64(10)? })
+            Ok(DrawRecord {
+                seed: seed.to_string(),
+                at_us: r.u64(8)?,
+                last_seq: r.u64(9)?,
+                shuffled: r.u64(10)?,
+            })
         });
         Ok(TickOutcome {
             tick,
@@ -647,7 +693,7 @@ impl Store for RedisStore {
 
     async fn stats(&self, room: &RoomId) -> Result<RoomStats> {
         let r = self.run(&SCRIPTS.stats, room, &[]).await?;
-        let phase = match r.str(1)?.as_str() {
+        let phase = match &*r.str(1)? {
             "scheduled" => RoomPhase::Scheduled,
             "paused" => RoomPhase::Paused,
             _ => RoomPhase::Open,
