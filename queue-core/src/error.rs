@@ -5,7 +5,7 @@ use std::fmt;
 /// Everything that can go wrong in `queue-core`.
 ///
 /// The first group is the caller's fault (bad input, unknown things) and maps to a 4xx at the
-/// HTTP edge; [`Error::Store`] and [`Error::Internal`] are ours and map to a 5xx.
+/// HTTP edge; [`Error::Store`] and [`Error::Protocol`] are ours and map to a 5xx.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An identifier did not have the required shape.

@@ -5,7 +5,7 @@
 //! the functions of the shared prelude `lua/lib.lua` it uses), called by EVALSHA with a
 //! reload on NOSCRIPT; all scripts are loaded on every node at connect so pipelines never
 //! meet NOSCRIPT. Time comes from Redis `TIME` inside the scripts. Status polls, which only
-//! read, are plain pipelined commands where they can be ([`reads`]). Admissions and config
+//! read, are plain pipelined commands where they can be (`reads`). Admissions and config
 //! changes are published on `wr:{room}:events`; one pattern subscription per store fans
 //! them out in process.
 
