@@ -152,7 +152,10 @@ async fn run(mut rx: mpsc::Receiver<Ask>, store: Arc<dyn Store>, mut stop: watch
             n = rx.recv_many(&mut asks, MAX_BATCH) => if n == 0 { return },
             _ = stop.changed() => return,
         }
-        let batch = std::mem::replace(&mut asks, Vec::with_capacity(MAX_BATCH));
+        // Sized to the batch: a fresh `MAX_BATCH` buffer per read is a ~48 KiB allocation
+        // whose free makes malloc consolidate its free lists.
+        let mut batch = Vec::with_capacity(asks.len());
+        batch.append(&mut asks);
         let store = store.clone();
         tokio::spawn(async move {
             answer(&*store, batch).await;
@@ -164,8 +167,13 @@ async fn run(mut rx: mpsc::Receiver<Ask>, store: Arc<dyn Store>, mut stop: watch
 /// One `status_many` per room of the batch.
 async fn answer(store: &dyn Store, mut batch: Vec<Ask>) {
     while let Some(room) = batch.first().map(|a| a.room.clone()) {
-        let (mine, rest): (Vec<Ask>, Vec<Ask>) = batch.into_iter().partition(|a| a.room == room);
-        batch = rest;
+        let mine = if batch.iter().all(|a| a.room == room) {
+            std::mem::take(&mut batch)
+        } else {
+            let (mine, rest): (Vec<Ask>, Vec<Ask>) = batch.into_iter().partition(|a| a.room == room);
+            batch = rest;
+            mine
+        };
         let tickets: Vec<TicketId> = mine.iter().map(|a| a.ticket).collect();
         match store.status_many(&room, &tickets).await {
             Ok(statuses) => {
