@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The gateway's own instructions per request, counted by callgrind (repeatable to within a
+# few per cent whatever else the machine does, where req/s here drift by 15-20 %).
+#
+#   queue-gateway/benches/request_cost.sh [GATEWAY_BIN...]
+#
+# For each build (default: this checkout's release build), one serving thread under
+# `valgrind --tool=callgrind`: after a 3 s warm-up the counters are zeroed, wrk runs 10 s,
+# and the instructions the whole process ran are divided by the requests wrk completed.
+# Three lines per build:
+#   forward   admitted requests (token + ticket cookie) forwarded to nginx serving a static file
+#   status    status polls cycling through 2,000 waiting tickets, memory store
+#   status-r  the same polls, Redis store (the gateway's side only: Redis runs outside callgrind)
+# Needs valgrind, nginx, wrk, redis-server, curl, python3. KEEP=DIR keeps the callgrind
+# dumps there (for callgrind_annotate).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if [ $# -eq 0 ]; then
+  cargo build --release -q -p queue-gateway
+  set -- ./target/release/queue-gateway
+fi
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_port() { for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.2; done; echo "port $1 never opened" >&2; exit 1; }
+ADMIN=bench-admin-token-0123456789
+
+UP=$(free_port); REDIS=$(free_port)
+mkdir -p "$WORK/www/book" "$WORK/tmp"
+chmod 755 "$WORK"
+printf '%s' '{"ok":true,"page":"booking","seats":[1,2,3,4,5,6,7,8]}' > "$WORK/www/book/seat"
+chmod -R a+rX "$WORK/www"
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
+  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  server { listen 127.0.0.1:$UP; root $WORK/www; default_type application/json; } }
+CONF
+nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+redis-server --port "$REDIS" --save '' --appendonly no --logfile "$WORK/redis.log" & PIDS+=($!)
+wait_port "$UP"; wait_port "$REDIS"
+cat > "$WORK/gw.toml" <<CONF
+demo_room = false
+[limits]
+workers = 1
+[rate_limits]
+join_per_ip = { per_second = 10000000, burst = 10000000 }
+status_per_ip = { per_second = 10000000, burst = 10000000 }
+CONF
+
+put_room() { # port room prefix
+  curl -sf -X PUT -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/$2" \
+    -d '{"protect":["'"$3"'"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
+}
+admitted_cookie() { # port → cookie header of an admitted ticket of room "hot"
+  local jar="$WORK/jar.$1" t
+  put_room "$1" hot /book/
+  t=$(curl -sf -c "$jar" -X POST "http://127.0.0.1:$1/api/v1/rooms/hot/tickets" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ticket"])')
+  curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/hot/admit" -d '{"count":1}' > /dev/null
+  curl -sf -b "$jar" -c "$jar" "http://127.0.0.1:$1/api/v1/rooms/hot/tickets/$t" > /dev/null
+  awk 'NF>=7 && $6 ~ /^wr_/ {printf "%s=%s; ", $6, $7}' "$jar"
+}
+poll_script() { # port out.lua: 2,000 waiting tickets of room "poll", each with its cookie
+  put_room "$1" poll /poll/
+  python3 - "$1" 2000 "$2" <<'PY'
+import http.client, json, sys
+port, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+c = http.client.HTTPConnection("127.0.0.1", port)
+rows = []
+for _ in range(n):
+    c.request("POST", "/api/v1/rooms/poll/tickets")
+    r = c.getresponse()
+    rows.append((json.loads(r.read())["ticket"], r.getheader("set-cookie").split(";")[0]))
+with open(out, "w") as f:
+    f.write("tickets = {\n" + "".join(f'  {{"{t}", "{c}"}},\n' for t, c in rows) + "}\n")
+    f.write("""local i = 0
+init = function(args) i = math.random(#tickets) end
+request = function()
+  i = i % #tickets + 1
+  return wrk.format("GET", "/api/v1/rooms/poll/tickets/" .. tickets[i][1], { Cookie = tickets[i][2] })
+end
+""")
+PY
+}
+# measure NAME BIN MODE: one gateway under callgrind, one workload.
+measure() {
+  local name=$1 bin=$2 mode=$3 port out n ir vp dump
+  dump="$WORK/cg.$(echo "$name" | tr -c 'A-Za-z0-9.\n-' _).$mode"
+  port=$(free_port)
+  local env=(WR_LISTEN=127.0.0.1:$port WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn)
+  [ "$mode" = status-r ] && env+=(WR_REDIS_URL=redis://127.0.0.1:$REDIS)
+  env "${env[@]}" valgrind --tool=callgrind --callgrind-out-file="$dump" "$bin" > "$WORK/gw.log" 2>&1 &
+  vp=$!
+  wait_port "$port"
+  local args=()
+  if [ "$mode" = forward ]; then
+    args=(-c8 -H "cookie: $(admitted_cookie "$port")" "http://127.0.0.1:$port/book/seat")
+  else
+    [ "$mode" = status-r ] && redis-cli -p "$REDIS" flushall > /dev/null
+    poll_script "$port" "$WORK/polls.lua"
+    args=(-c16 -s "$WORK/polls.lua" "http://127.0.0.1:$port/")
+  fi
+  wrk -t1 -d3s "${args[@]}" > /dev/null
+  callgrind_control -z "$vp" > /dev/null 2>&1
+  out=$(wrk -t1 -d10s "${args[@]}")
+  callgrind_control -d "$vp" > /dev/null 2>&1
+  kill "$vp"; wait "$vp" 2>/dev/null || true
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  # The -d dump is part 1; the one written at exit covers only the time since.
+  ir=$(callgrind_annotate "$dump.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
+  printf '%-9s %-40s %7d instructions/request (%d requests%s)\n' "$mode" "$name" $((ir / n)) "$n" \
+    "$(echo "$out" | awk '/Non-2xx/ {print ", non-2xx: " $4}')"
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$dump.1" "$KEEP/$(basename "$dump").out"; fi
+  rm -f "$dump"*
+}
+
+echo "# $(date -u +%FT%TZ) callgrind, one serving thread"
+for bin in "$@"; do
+  name=$(basename "$(dirname "$bin")")/$(basename "$bin")
+  for mode in forward status status-r; do measure "$name" "$bin" "$mode"; done
+done
