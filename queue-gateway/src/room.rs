@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use queue_core::{RoomConfig, RoomId, TicketId, TicketState, TicketStatus, UserKey};
 use serde::Serialize;
@@ -278,7 +278,7 @@ fn respond_ticket(
     let holder = Holder { secret: Some(app.cookies.secret(&st.room, st.ticket)), sub, needs_cookie: true };
     let admission = admission_token(app, &st, &holder)?;
     let body = TicketBody::new(&st, cfg, admission.as_ref());
-    let resp = (code, Json(body)).into_response();
+    let resp = ticket_json(code, &body);
     Ok(with_cookies(resp, app, headers, &st, set_ticket, admission.as_ref()))
 }
 
@@ -353,9 +353,23 @@ async fn status_of(
     // The config is read in place (a copy costs allocations on every poll).
     let rooms = app.rooms.snapshot();
     let body = TicketBody::new(&st, rooms.rooms.get(&room), admission.as_ref());
-    let resp = (StatusCode::OK, Json(body)).into_response();
+    let resp = ticket_json(StatusCode::OK, &body);
     let set_ticket = holder.as_ref().is_some_and(|h| h.needs_cookie);
     Ok(with_cookies(resp, app, headers, &st, set_ticket, admission.as_ref()))
+}
+
+/// A ticket's JSON answer, written straight into a buffer that holds it (axum's `Json`
+/// starts at 128 bytes, a ticket's answer is longer, and it writes through an adapter that
+/// checks capacity at every token; this runs on every poll).
+fn ticket_json(status: StatusCode, body: &TicketBody<'_>) -> Response {
+    let mut buf = Vec::with_capacity(384);
+    if let Err(e) = serde_json::to_writer(&mut buf, body) {
+        return GatewayError::Internal(format!("ticket answer: {e}")).into_response();
+    }
+    let mut resp = Response::new(axum::body::Body::from(buf));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// `DELETE /api/v1/rooms/{room}/tickets/{ticket}`
