@@ -125,26 +125,7 @@ poll_room() { # $1 gateway port, $2 wrk script to write: 2,000 waiting tickets w
   room $1 poll /poll/
   curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/poll/pause" > /dev/null
   for i in $(seq 100); do curl -sf -X POST "http://127.0.0.1:$1/api/v1/rooms/poll/tickets" > /dev/null; done
-  python3 - "$1" 2000 "$2" <<'PY'
-import http.client, json, sys
-port, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-c = http.client.HTTPConnection("127.0.0.1", port)
-rows = []
-for _ in range(n):
-    c.request("POST", "/api/v1/rooms/poll/tickets")
-    r = c.getresponse()
-    rows.append((json.loads(r.read())["ticket"], r.getheader("set-cookie").split(";")[0]))
-with open(out, "w") as f:
-    f.write("tickets = {\n" + "".join(f'  {{"{t}", "{c}"}},\n' for t, c in rows) + "}\n")
-    f.write("""prefix = os.getenv("POLL_PREFIX")
-local i = 0
-init = function(args) i = math.random(#tickets) end
-request = function()
-  i = i % #tickets + 1
-  return wrk.format("GET", prefix .. tickets[i][1], { Cookie = tickets[i][2] })
-end
-""")
-PY
+  python3 queue-gateway/benches/poll_script.py "$1" 2000 "$2"
 }
 poll_room $GWR "$WORK/polls.lua"
 T2=$(sed -n 2p "$WORK/polls.lua" | grep -o '[0-9a-f]\{32\}' | head -1)

@@ -68,25 +68,7 @@ admitted_cookie() { # port → cookie header of an admitted ticket of room "hot"
 }
 poll_script() { # port out.lua: 2,000 waiting tickets of room "poll", each with its cookie
   put_room "$1" poll /poll/
-  python3 - "$1" 2000 "$2" <<'PY'
-import http.client, json, sys
-port, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-c = http.client.HTTPConnection("127.0.0.1", port)
-rows = []
-for _ in range(n):
-    c.request("POST", "/api/v1/rooms/poll/tickets")
-    r = c.getresponse()
-    rows.append((json.loads(r.read())["ticket"], r.getheader("set-cookie").split(";")[0]))
-with open(out, "w") as f:
-    f.write("tickets = {\n" + "".join(f'  {{"{t}", "{c}"}},\n' for t, c in rows) + "}\n")
-    f.write("""local i = 0
-init = function(args) i = math.random(#tickets) end
-request = function()
-  i = i % #tickets + 1
-  return wrk.format("GET", "/api/v1/rooms/poll/tickets/" .. tickets[i][1], { Cookie = tickets[i][2] })
-end
-""")
-PY
+  python3 queue-gateway/benches/poll_script.py "$1" 2000 "$2"
 }
 # measure NAME BIN MODE: one gateway under callgrind, one workload.
 measure() {
@@ -106,6 +88,7 @@ measure() {
     poll_script "$port" "$WORK/polls.lua"
     args=(-c16 -s "$WORK/polls.lua" "http://127.0.0.1:$port/")
   fi
+  export POLL_PREFIX=/api/v1/rooms/poll/tickets/
   wrk -t1 -d3s "${args[@]}" > /dev/null
   callgrind_control -z "$vp" > /dev/null 2>&1
   out=$(wrk -t1 -d10s "${args[@]}")
