@@ -63,7 +63,7 @@ use tower::{Service, ServiceExt};
 
 use crate::admission::{CookieKey, UserAuth};
 use crate::config::GatewayConfig;
-use crate::metrics::{Metrics, RouteCode, RouteLabel};
+use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::rate_limit::Limiters;
 use crate::rooms::RoomCache;
@@ -198,7 +198,8 @@ pub fn service(
     tower::service_fn(move |req: Request| {
         let (app, router) = (app.clone(), router.clone());
         async move {
-            let route = route_of(req.uri().path());
+            let index = route_index(req.uri().path());
+            let route = ROUTES[index];
             let started = Instant::now();
             let resp = if route == PROXIED {
                 proxy::handle(State(app.clone()), req).await
@@ -209,9 +210,7 @@ pub fn service(
                     Err(req) => router.oneshot(req).await.unwrap_or_else(|never| match never {}),
                 }
             };
-            let m = &app.metrics;
-            m.http_requests.get_or_create(&RouteCode { route, code: resp.status().as_u16() }).inc();
-            m.http_duration.get_or_create(&RouteLabel { route }).observe(started.elapsed().as_secs_f64());
+            app.metrics.request_done(index, route, resp.status().as_u16(), started.elapsed().as_secs_f64());
             Ok(resp)
         }
     })
@@ -250,36 +249,58 @@ async fn method_not_allowed() -> Response {
     error::error_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
 }
 
-/// A bounded route label for metrics.
-fn route_of(path: &str) -> &'static str {
+/// The route labels of metrics, by the index [`route_index`] gives.
+const ROUTES: [&str; 17] = [
+    PROXIED,
+    "/api/v1/rooms/{room}/tickets",
+    STATUS,
+    "/api/v1/rooms/{room}/tickets/{ticket}/events",
+    "/api/v1/rooms/{room}",
+    "/rooms/{room}",
+    "/.well-known/jwks.json",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/admin/v1/rooms",
+    "/admin/v1/rooms/{room}",
+    "/admin/v1/rooms/{room}/{action}",
+    "/api/v1/gate/{offset}",
+    "/admin/",
+    "/admin/v1/gates",
+    "/admin/v1/gates/{gate}",
+];
+const _: () = assert!(ROUTES.len() <= metrics::MAX_ROUTES);
+
+/// The route of `path`, as an index into [`ROUTES`] (0: proxied).
+fn route_index(path: &str) -> usize {
     // No allocation: this runs on every request.
     let mut segs = [""; 8];
     let mut n = 0;
     for seg in path.trim_start_matches('/').split('/') {
         if n == segs.len() {
-            return "proxy";
+            return 0;
         }
         segs[n] = seg;
         n += 1;
     }
     match &segs[..n] {
-        ["api", "v1", "rooms", _, "tickets"] => "/api/v1/rooms/{room}/tickets",
-        ["api", "v1", "rooms", _, "tickets", _] => STATUS,
-        ["api", "v1", "rooms", _, "tickets", _, "events"] => "/api/v1/rooms/{room}/tickets/{ticket}/events",
-        ["api", "v1", "rooms", _] => "/api/v1/rooms/{room}",
-        ["rooms", _] => "/rooms/{room}",
-        [".well-known", "jwks.json"] => "/.well-known/jwks.json",
-        ["metrics"] => "/metrics",
-        ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["admin", "v1", "rooms"] => "/admin/v1/rooms",
-        ["admin", "v1", "rooms", _] => "/admin/v1/rooms/{room}",
-        ["admin", "v1", "rooms", _, _] => "/admin/v1/rooms/{room}/{action}",
-        ["api", "v1", "gate", _] => "/api/v1/gate/{offset}",
-        ["admin", ""] => "/admin/",
-        ["admin", "v1", "gates"] => "/admin/v1/gates",
-        ["admin", "v1", "gates", _] => "/admin/v1/gates/{gate}",
-        _ => PROXIED,
+        ["api", "v1", "rooms", _, "tickets"] => 1,
+        ["api", "v1", "rooms", _, "tickets", _] => 2,
+        ["api", "v1", "rooms", _, "tickets", _, "events"] => 3,
+        ["api", "v1", "rooms", _] => 4,
+        ["rooms", _] => 5,
+        [".well-known", "jwks.json"] => 6,
+        ["metrics"] => 7,
+        ["healthz"] => 8,
+        ["readyz"] => 9,
+        ["admin", "v1", "rooms"] => 10,
+        ["admin", "v1", "rooms", _] => 11,
+        ["admin", "v1", "rooms", _, _] => 12,
+        ["api", "v1", "gate", _] => 13,
+        ["admin", ""] => 14,
+        ["admin", "v1", "gates"] => 15,
+        ["admin", "v1", "gates", _] => 16,
+        _ => 0,
     }
 }
 
@@ -448,12 +469,12 @@ mod tests {
             "/admin/v1/gates",
             "/admin/v1/gates/g",
         ] {
-            assert_ne!(route_of(path), PROXIED, "{path}");
+            assert_ne!(ROUTES[route_index(path)], PROXIED, "{path}");
         }
         for path in
             ["/", "/book/1", "/api/v1/concerts", "/api/v1/rooms/r/tickets/t/events/x", "/a/b/c/d/e/f/g/h/i"]
         {
-            assert_eq!(route_of(path), PROXIED, "{path}");
+            assert_eq!(ROUTES[route_index(path)], PROXIED, "{path}");
         }
     }
 }

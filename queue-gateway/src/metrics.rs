@@ -1,6 +1,8 @@
 //! Prometheus metrics, registered explicitly in one registry, named as in DESIGN §7.
 //! Labels come only from bounded sets: room ids from config, route templates, result codes.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -87,6 +89,23 @@ pub struct Metrics {
     pub gate_replayed: Family<GateLabel, Counter>,
     pub gate_dead_letters: Family<GateLabel, Counter>,
     pub store_up: Gauge,
+    /// Handles of the per-request series, by route index.
+    requests: [RouteSeries; MAX_ROUTES],
+    /// `token_verifications{result="ok"}`, counted on every admitted request.
+    token_ok: OnceLock<Counter>,
+}
+
+/// Most routes [`Metrics::request_done`] keeps handles for.
+pub const MAX_ROUTES: usize = 32;
+/// Status codes whose `{route, code}` counters are kept at hand; others are looked up.
+const COMMON_CODES: [u16; 8] = [200, 201, 204, 303, 403, 404, 429, 503];
+
+/// One route's series, looked up in their families on first use only: a `Family` lookup
+/// hashes the label set and takes a lock, and every request counted two of them.
+#[derive(Debug, Default)]
+struct RouteSeries {
+    duration: OnceLock<Histogram>,
+    codes: [OnceLock<Counter>; COMMON_CODES.len()],
 }
 
 impl Default for Metrics {
@@ -119,6 +138,8 @@ impl Metrics {
             gate_replayed: Family::default(),
             gate_dead_letters: Family::default(),
             store_up: Gauge::default(),
+            requests: std::array::from_fn(|_| RouteSeries::default()),
+            token_ok: OnceLock::new(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -176,6 +197,36 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Counts a finished request of route number `index` (below [`MAX_ROUTES`]), labelled
+    /// `route`: its status and its duration.
+    pub fn request_done(&self, index: usize, route: &'static str, code: u16, seconds: f64) {
+        let Some(series) = self.requests.get(index) else {
+            self.http_requests.get_or_create(&RouteCode { route, code }).inc();
+            self.http_duration.get_or_create(&RouteLabel { route }).observe(seconds);
+            return;
+        };
+        let count = || self.http_requests.get_or_create(&RouteCode { route, code }).clone();
+        match COMMON_CODES.iter().position(|c| *c == code) {
+            Some(i) => series.codes[i].get_or_init(count).inc(),
+            None => count().inc(),
+        };
+        series
+            .duration
+            .get_or_init(|| self.http_duration.get_or_create(&RouteLabel { route }).clone())
+            .observe(seconds);
+    }
+
+    /// Counts an admission check on a protected path by its result (`ok` or the refusal).
+    pub fn token_checked(&self, result: &'static str) {
+        if result == "ok" {
+            self.token_ok
+                .get_or_init(|| self.token_verifications.get_or_create(&ResultLabel { result }).clone())
+                .inc();
+        } else {
+            self.token_verifications.get_or_create(&ResultLabel { result }).inc();
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -187,5 +238,35 @@ impl Metrics {
 
     pub(crate) fn room(room: &str) -> RoomLabel {
         RoomLabel { room: room.to_owned() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_series_count_through_their_handles() {
+        let m = Metrics::new();
+        for _ in 0..2 {
+            m.request_done(2, "/x", 200, 0.01);
+        }
+        m.request_done(2, "/x", 418, 0.01);
+        m.request_done(MAX_ROUTES, "/y", 200, 0.5);
+        for result in ["ok", "ok", "expired"] {
+            m.token_checked(result);
+        }
+        let text = m.encode();
+        for line in [
+            r#"waitingroom_http_requests_total{route="/x",code="200"} 2"#,
+            r#"waitingroom_http_requests_total{route="/x",code="418"} 1"#,
+            r#"waitingroom_http_requests_total{route="/y",code="200"} 1"#,
+            r#"waitingroom_http_request_duration_seconds_count{route="/x"} 3"#,
+            r#"waitingroom_http_request_duration_seconds_count{route="/y"} 1"#,
+            r#"waitingroom_token_verifications_total{result="ok"} 2"#,
+            r#"waitingroom_token_verifications_total{result="expired"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
     }
 }

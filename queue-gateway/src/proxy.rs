@@ -15,7 +15,6 @@ use queue_core::RoomId;
 
 use crate::admission::{self, ADMISSION_HEADER};
 use crate::error::{GatewayError, UpstreamFailure, error_body};
-use crate::metrics::ResultLabel;
 use crate::state::{App, PeerAddr};
 use crate::upstream::{Connections, UpstreamError};
 
@@ -169,7 +168,7 @@ async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError>
     if let Some(room) = protected {
         let checked = admission::check_admitted(&app.keys, &app.cookies, &app.admitted, req.headers(), &room);
         let result = checked.as_ref().map_or_else(|reason| *reason, |_| "ok");
-        app.metrics.token_verifications.get_or_create(&ResultLabel { result }).inc();
+        app.metrics.token_checked(result);
         match checked {
             Ok(admitted) => token = Some(admitted.header),
             Err(_) => return Ok(not_admitted(&room, req.uri(), req.headers())),
