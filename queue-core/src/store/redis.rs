@@ -589,11 +589,9 @@ impl Store for RedisStore {
         if tickets.is_empty() {
             return Ok(Vec::new());
         }
-        // Plain reads first (one Redis node; a Cluster takes the script, whose keys are
-        // routed by its own hash tag); the script for what they cannot answer.
-        if !matches!(self.conn, Conn::Single(_)) {
-            return self.status_script(room, tickets).await;
-        }
+        // Plain reads first (on a Cluster the pipeline goes to the room's slot: its keyed
+        // commands share the hash tag and `TIME` routes nowhere in particular); the script
+        // for what they cannot answer.
         let replies = self.conn.pipeline(&reads::pipeline(room, tickets)).await?;
         let Some(answers) = reads::decode(room, tickets, &replies)? else {
             return self.status_script(room, tickets).await;
