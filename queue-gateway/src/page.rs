@@ -139,8 +139,11 @@ pub async fn page(
     };
     let dest = destination(&q, Some(&cfg));
     if st.state == TicketState::Admitted {
-        let sub = room::token_sub(user.as_deref(), st.ticket);
-        let holder = Holder { secret: Some(app.cookies.secret(&room, st.ticket)), sub, needs_cookie: false };
+        let holder = Holder {
+            secret: Some(app.cookies.secret(&room, st.ticket)),
+            user: user.clone(),
+            needs_cookie: false,
+        };
         if let Some((token, until)) = room::admission_token(&app, &st, &holder)? {
             let max_age = until.saturating_sub(st.now_ms) / 1000;
             set_cookies.push(admission::set_cookie(

@@ -60,8 +60,9 @@ pub fn poll_after_ms(st: &TicketStatus, cfg: Option<&RoomConfig>) -> u64 {
 pub struct Holder {
     /// The ticket secret, when the caller holds the ticket cookie (or is its bound user).
     pub secret: Option<Vec<u8>>,
-    /// The `sub` to put in a token.
-    pub sub: String,
+    /// The ticket's bound user, when the caller is that user (the `sub` of its tokens;
+    /// anonymous tickets get one derived from the ticket, made only when a token is).
+    pub user: Option<String>,
     /// True when the caller proved ownership via a user JWT but has no cookie yet.
     pub needs_cookie: bool,
 }
@@ -69,7 +70,7 @@ pub struct Holder {
 impl std::fmt::Debug for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Holder")
-            .field("sub", &self.sub)
+            .field("user", &self.user)
             .field("needs_cookie", &self.needs_cookie)
             .finish_non_exhaustive()
     }
@@ -85,13 +86,20 @@ pub(crate) fn holder(
 ) -> Option<Holder> {
     let bound_user = user.filter(|sub| admission::user_owner(sub).owner_hash() == st.owner);
     let cookie = app.cookies.ticket_from(headers, &st.room).filter(|(t, _)| *t == st.ticket);
-    let sub = token_sub(bound_user, st.ticket);
+    let user = bound_user.map(str::to_owned);
     match (cookie, bound_user) {
-        (Some((_, secret)), _) => Some(Holder { secret: Some(secret), sub, needs_cookie: false }),
+        (Some((_, secret)), _) => Some(Holder { secret: Some(secret), user, needs_cookie: false }),
         (None, Some(_)) => {
-            Some(Holder { secret: Some(app.cookies.secret(&st.room, st.ticket)), sub, needs_cookie: true })
+            Some(Holder { secret: Some(app.cookies.secret(&st.room, st.ticket)), user, needs_cookie: true })
         }
         (None, None) => None,
+    }
+}
+
+impl Holder {
+    /// The `sub` of this holder's admission tokens for `ticket`.
+    pub fn sub(&self, ticket: TicketId) -> String {
+        token_sub(self.user.as_deref(), ticket)
     }
 }
 
@@ -146,7 +154,7 @@ pub(crate) fn admission_token(app: &App, st: &TicketStatus, h: &Holder) -> Resul
     let now_s = st.now_ms / 1000;
     let token = app
         .keys
-        .sign(st.room.as_str(), &h.sub, &st.ticket.to_string(), &cnf, now_s, until / 1000)
+        .sign(st.room.as_str(), &h.sub(st.ticket), &st.ticket.to_string(), &cnf, now_s, until / 1000)
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
     Ok(Some((token, until)))
 }
@@ -274,8 +282,11 @@ fn respond_ticket(
     set_ticket: bool,
 ) -> Result<Response> {
     // The joiner holds the ticket: it may see the admission (free passes) right away.
-    let sub = token_sub(user, st.ticket);
-    let holder = Holder { secret: Some(app.cookies.secret(&st.room, st.ticket)), sub, needs_cookie: true };
+    let holder = Holder {
+        secret: Some(app.cookies.secret(&st.room, st.ticket)),
+        user: user.map(str::to_owned),
+        needs_cookie: true,
+    };
     let admission = admission_token(app, &st, &holder)?;
     let body = TicketBody::new(&st, cfg, admission.as_ref());
     let resp = ticket_json(code, &body);

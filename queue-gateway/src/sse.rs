@@ -135,7 +135,8 @@ pub async fn events(
     let user = room::known_user(&app, &headers)?;
     room::limit(&app, crate::rate_limit::Api::Status, peer.map(|p| p.0), &headers, user.as_deref())?;
     let st = app.polls.status(&room, ticket).await?;
-    let Some(Holder { secret: Some(secret), sub, .. }) = room::holder(&app, &headers, &st, user.as_deref())
+    let Some(Holder { secret: Some(secret), user: bound, .. }) =
+        room::holder(&app, &headers, &st, user.as_deref())
     else {
         return Err(GatewayError::client(
             StatusCode::FORBIDDEN,
@@ -151,11 +152,11 @@ pub async fn events(
         ));
     }
     let (tx, rx) = mpsc::channel(8);
-    let first = first_message(&app, &st, &sub, &secret);
+    let first = first_message(&app, &st, bound.as_deref(), &secret);
     let id = app.hub.next_id.fetch_add(1, Ordering::Relaxed);
     let client = Client {
         ticket,
-        holder_sub: sub,
+        holder_sub: room::token_sub(bound.as_deref(), ticket),
         secret,
         tx,
         last_position: Some(st.position),
@@ -177,13 +178,14 @@ pub async fn events(
     Ok(sse.into_response())
 }
 
-fn first_message(app: &App, st: &TicketStatus, sub: &str, secret: &[u8]) -> Msg {
+fn first_message(app: &App, st: &TicketStatus, bound: Option<&str>, secret: &[u8]) -> Msg {
     match (st.state, st.admitted_until_ms) {
         (TicketState::Waiting, _) => {
             Msg::Position { position: st.position, eta_seconds: st.eta.map(|e| e.seconds) }
         }
         (TicketState::Admitted, Some(_)) => {
-            let h = Holder { secret: Some(secret.to_vec()), sub: sub.to_owned(), needs_cookie: false };
+            let h =
+                Holder { secret: Some(secret.to_vec()), user: bound.map(str::to_owned), needs_cookie: false };
             match room::admission_token(app, st, &h) {
                 Ok(Some((token, until))) => Msg::Admitted { token, expires_at_ms: until },
                 _ => Msg::Expired,

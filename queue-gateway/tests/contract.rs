@@ -185,6 +185,11 @@ pub async fn admission_is_bound_to_the_cookie(redis: Option<String>) {
     let token = s.json()["admission"]["token"].as_str().unwrap().to_owned();
     assert!(s.json()["admission"]["expires_at"].is_string());
     assert!(http.cookies.contains_key(&format!("wr_admission_{room}")));
+    let c = claims(&token);
+    assert_eq!(
+        (c["sub"].as_str(), c["jti"].as_str()),
+        (Some(format!("anon:{ticket}").as_str()), Some(ticket.as_str()))
+    );
 
     // The holder passes; the backend gets the token.
     let r = http.get(&format!("/book/{room}/seat/1")).await;
@@ -266,6 +271,11 @@ pub async fn user_bound_tickets(redis: Option<String>) {
         )
         .await;
     assert!(s.json()["admission"]["token"].is_string(), "{}", s.text);
+    assert_eq!(
+        claims(s.json()["admission"]["token"].as_str().unwrap())["sub"],
+        "alice",
+        "a bound user's token names them"
+    );
     assert!(laptop.cookies.contains_key(&format!("wr_{room}")));
     assert_eq!(laptop.get(&format!("/book/{room}/1")).await.status, StatusCode::OK);
     // Another user may not.
@@ -396,11 +406,20 @@ pub async fn sse_delivers_position_and_admission(redis: Option<String>) {
     assert!(seen.contains("event: position") && seen.contains("\"position\":1"), "{seen}");
     http.admin(Method::POST, &format!("/admin/v1/rooms/{room}/admit"), Some(json!({"count": 1}))).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while !seen.contains("event: admitted") && tokio::time::Instant::now() < deadline {
+    // Until the whole `admitted` event is in (its blank line), which may span reads.
+    let admitted_event =
+        |seen: &str| seen.split("event: admitted").nth(1).is_some_and(|e| e.contains("\n\n"));
+    while !admitted_event(&seen) && tokio::time::Instant::now() < deadline {
         let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await.unwrap().unwrap();
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(seen.contains("event: admitted") && seen.contains("\"token\":\"ey"), "{seen}");
+    let token = seen.split("\"token\":\"").nth(1).and_then(|t| t.split('"').next()).unwrap();
+    assert_eq!(
+        claims(token)["sub"],
+        format!("anon:{ticket}"),
+        "the stream's token names the anonymous holder"
+    );
     // Nothing follows `admitted`: the stream ends (the chunked body's last chunk).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while !seen.ends_with("0\r\n\r\n") && tokio::time::Instant::now() < deadline {
@@ -412,6 +431,14 @@ pub async fn sse_delivers_position_and_admission(redis: Option<String>) {
 }
 
 /// Joins `room` as `http`: the ticket id and the `cookie` header that proves holding it.
+/// The claims of a token (read, not verified: the tests verify through the gateway).
+fn claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap())
+        .unwrap()
+}
+
 async fn join_as(http: &mut Http, room: &str) -> (String, String) {
     let r = http.post(&format!("/api/v1/rooms/{room}/tickets")).await;
     let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
