@@ -124,11 +124,16 @@ const EVENTS_PATTERN: &str = "wr:{*}:events";
 
 /// The keys of a room, in the order `lua/lib.lua` expects.
 pub fn room_keys(room: &RoomId) -> [String; 14] {
-    KEY_NAMES.map(|k| format!("wr:{{{room}}}:{k}"))
+    KEY_NAMES.map(|k| room_key(room, k))
+}
+
+/// One key of a room: `wr:{room}:{name}` (the hash tag keeps a room on one Cluster slot).
+fn room_key(room: &RoomId, name: &str) -> String {
+    format!("wr:{{{room}}}:{name}")
 }
 
 fn channel(room: &RoomId) -> String {
-    format!("wr:{{{room}}}:events")
+    room_key(room, "events")
 }
 
 /// A connection to one Redis or a Cluster (cheap to clone: both multiplex).
@@ -369,37 +374,51 @@ impl Reply {
             .get(i)
             .ok_or_else(|| Error::Protocol(format!("script reply too short ({} < {})", self.0.len(), i + 1)))
     }
-    /// A field as text, borrowed from the reply where it can be (polls read several per
-    /// ticket).
     fn str(&self, i: usize) -> Result<Cow<'_, str>> {
-        match self.get(i)? {
-            Value::BulkString(b) => Ok(String::from_utf8_lossy(b)),
-            Value::SimpleString(s) => Ok(Cow::Borrowed(s)),
-            Value::Int(n) => Ok(Cow::Owned(n.to_string())),
-            other => Err(Error::Protocol(format!("unexpected reply value {other:?}"))),
-        }
+        text_of(self.get(i)?)
     }
     fn int(&self, i: usize) -> Result<i64> {
-        match self.get(i)? {
-            Value::Int(n) => Ok(*n),
-            _ => {
-                let s = self.str(i)?;
-                s.parse::<i64>()
-                    .or_else(|_| s.parse::<f64>().map(|f| f as i64))
-                    .map_err(|_| Error::Protocol(format!("not a number: {s:?}")))
-            }
-        }
+        int_of(self.get(i)?)
     }
     fn u64(&self, i: usize) -> Result<u64> {
-        Ok(self.int(i)?.max(0) as u64)
+        u64_of(self.get(i)?)
     }
     fn f64(&self, i: usize) -> Result<f64> {
-        let s = self.str(i)?;
-        s.parse().map_err(|_| Error::Protocol(format!("not a number: {s:?}")))
+        f64_of(self.get(i)?)
     }
     fn ticket(&self, i: usize) -> Result<TicketId> {
         TicketId::parse(&self.str(i)?).map_err(|_| Error::Protocol("bad ticket id in reply".into()))
     }
+}
+
+/// A reply value as text, borrowed from the reply where it can be (polls read several per
+/// ticket).
+fn text_of(v: &Value) -> Result<Cow<'_, str>> {
+    match v {
+        Value::BulkString(b) => Ok(String::from_utf8_lossy(b)),
+        Value::SimpleString(s) => Ok(Cow::Borrowed(s)),
+        Value::Int(n) => Ok(Cow::Owned(n.to_string())),
+        other => Err(Error::Protocol(format!("unexpected reply value {other:?}"))),
+    }
+}
+
+fn int_of(v: &Value) -> Result<i64> {
+    if let Value::Int(n) = v {
+        return Ok(*n);
+    }
+    let s = text_of(v)?;
+    s.parse::<i64>()
+        .or_else(|_| s.parse::<f64>().map(|f| f as i64))
+        .map_err(|_| Error::Protocol(format!("not a number: {s:?}")))
+}
+
+fn u64_of(v: &Value) -> Result<u64> {
+    Ok(int_of(v)?.max(0) as u64)
+}
+
+fn f64_of(v: &Value) -> Result<f64> {
+    let s = text_of(v)?;
+    s.parse().map_err(|_| Error::Protocol(format!("not a number: {s:?}")))
 }
 
 fn state_of(s: &str) -> Result<TicketState> {
@@ -596,15 +615,21 @@ impl Store for RedisStore {
         let Some(answers) = reads::decode(room, tickets, &replies)? else {
             return self.status_script(room, tickets).await;
         };
-        let rest: Vec<TicketId> =
-            answers.iter().zip(tickets).filter(|(a, _)| a.is_none()).map(|(_, t)| *t).collect();
+        let rest: Vec<TicketId> = answers
+            .iter()
+            .zip(tickets)
+            .filter(|(a, _)| matches!(a, reads::Read::AskScript))
+            .map(|(_, t)| *t)
+            .collect();
         let mut scripted =
             if rest.is_empty() { Vec::new() } else { self.status_script(room, &rest).await? }.into_iter();
         answers
             .into_iter()
             .map(|a| match a {
-                Some(known) => Ok(known),
-                None => scripted.next().ok_or_else(|| Error::Protocol("status reply too short".into())),
+                reads::Read::Known(known) => Ok(known),
+                reads::Read::AskScript => {
+                    scripted.next().ok_or_else(|| Error::Protocol("status reply too short".into()))
+                }
             })
             .collect()
     }
