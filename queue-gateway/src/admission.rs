@@ -80,20 +80,20 @@ fn signed_text(room: &RoomId, ticket: TicketId) -> String {
 
 /// The value of cookie `name`, if the request carries it (first occurrence).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let mut found = None;
-    each_cookie(headers, |k, v| {
-        found = (k == name).then_some(v);
-        found.is_some()
-    });
-    found
+    find_cookie(headers, |k| k == name)
 }
 
 /// The value of cookie `{prefix}{room}` (no name is built: this runs on every protected
 /// request).
 fn room_cookie<'a>(headers: &'a HeaderMap, prefix: &str, room: &RoomId) -> Option<&'a str> {
+    find_cookie(headers, |k| k.strip_prefix(prefix) == Some(room.as_str()))
+}
+
+/// The value of the first cookie whose name is `wanted`.
+fn find_cookie(headers: &HeaderMap, wanted: impl Fn(&str) -> bool) -> Option<&str> {
     let mut found = None;
     each_cookie(headers, |k, v| {
-        found = (k.strip_prefix(prefix) == Some(room.as_str())).then_some(v);
+        found = wanted(k).then_some(v);
         found.is_some()
     });
     found
