@@ -198,19 +198,21 @@ pub fn service(
     tower::service_fn(move |req: Request| {
         let (app, router) = (app.clone(), router.clone());
         async move {
-            let index = route_index(req.uri().path());
-            let route = ROUTES[index];
             let started = Instant::now();
-            let resp = if route == PROXIED {
-                proxy::handle(State(app.clone()), req).await
-            } else {
-                let direct = if route == STATUS { room::status_past_router(&app, req) } else { Err(req) };
-                match direct {
-                    Ok(poll) => poll.await,
-                    Err(req) => router.oneshot(req).await.unwrap_or_else(|never| match never {}),
-                }
+            let (index, segs) = route(req.uri().path());
+            let poll = match index {
+                STATUS_ROUTE => room::plain_status_ids(req.method(), segs[3], segs[5]),
+                _ => None,
             };
-            app.metrics.request_done(index, route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+            let resp = if index == PROXIED_ROUTE {
+                proxy::handle(State(app.clone()), req).await
+            } else if let Some(ids) = poll {
+                room::status_past_router(&app, req, ids).await
+            } else {
+                router.oneshot(req).await.unwrap_or_else(|never| match never {})
+            };
+            let code = resp.status().as_u16();
+            app.metrics.request_done(index, ROUTES[index], code, started.elapsed().as_secs_f64());
             Ok(resp)
         }
     })
@@ -249,11 +251,11 @@ async fn method_not_allowed() -> Response {
     error::error_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
 }
 
-/// The route labels of metrics, by the index [`route_index`] gives.
+/// The route labels of metrics, by the index [`route`] gives.
 const ROUTES: [&str; 17] = [
-    PROXIED,
+    "proxy",
     "/api/v1/rooms/{room}/tickets",
-    STATUS,
+    "/api/v1/rooms/{room}/tickets/{ticket}",
     "/api/v1/rooms/{room}/tickets/{ticket}/events",
     "/api/v1/rooms/{room}",
     "/rooms/{room}",
@@ -270,22 +272,27 @@ const ROUTES: [&str; 17] = [
     "/admin/v1/gates/{gate}",
 ];
 const _: () = assert!(ROUTES.len() <= metrics::MAX_ROUTES);
+/// Everything that is not the gateway's own.
+const PROXIED_ROUTE: usize = 0;
+/// Status polls (GET) and leaves (DELETE).
+const STATUS_ROUTE: usize = 2;
 
-/// The route of `path`, as an index into [`ROUTES`] (0: proxied).
-fn route_index(path: &str) -> usize {
+/// The route of `path` as an index into [`ROUTES`], and the path's first segments (what a
+/// route's handler reads its ids from, so the path is split once).
+fn route(path: &str) -> (usize, [&str; 8]) {
     // No allocation: this runs on every request.
     let mut segs = [""; 8];
     let mut n = 0;
     for seg in path.trim_start_matches('/').split('/') {
         if n == segs.len() {
-            return 0;
+            return (PROXIED_ROUTE, segs);
         }
         segs[n] = seg;
         n += 1;
     }
-    match &segs[..n] {
+    let index = match &segs[..n] {
         ["api", "v1", "rooms", _, "tickets"] => 1,
-        ["api", "v1", "rooms", _, "tickets", _] => 2,
+        ["api", "v1", "rooms", _, "tickets", _] => STATUS_ROUTE,
         ["api", "v1", "rooms", _, "tickets", _, "events"] => 3,
         ["api", "v1", "rooms", _] => 4,
         ["rooms", _] => 5,
@@ -300,14 +307,10 @@ fn route_index(path: &str) -> usize {
         ["admin", ""] => 14,
         ["admin", "v1", "gates"] => 15,
         ["admin", "v1", "gates", _] => 16,
-        _ => 0,
-    }
+        _ => PROXIED_ROUTE,
+    };
+    (index, segs)
 }
-
-/// The route label of everything that is not the gateway's own.
-const PROXIED: &str = "proxy";
-/// The route label of status polls and leaves.
-const STATUS: &str = "/api/v1/rooms/{room}/tickets/{ticket}";
 
 async fn jwks(State(app): State<Arc<App>>) -> Response {
     let mut r = axum::Json(app.keys.jwks()).into_response();
@@ -448,33 +451,36 @@ mod tests {
 
     #[test]
     fn only_paths_outside_the_routes_go_straight_to_the_proxy() {
-        // Every route of `router` (the fast path must never take one of them).
-        for path in [
-            "/api/v1/rooms/r/tickets",
-            "/api/v1/rooms/r/tickets/t",
-            "/api/v1/rooms/r/tickets/t/events",
-            "/api/v1/rooms/r",
-            "/rooms/r",
-            "/.well-known/jwks.json",
-            "/metrics",
-            "/healthz",
-            "/readyz",
-            "/admin/",
-            "/admin/v1/rooms",
-            "/admin/v1/rooms/r",
-            "/admin/v1/rooms/r/pause",
-            "/admin/v1/rooms/r/resume",
-            "/admin/v1/rooms/r/admit",
-            "/api/v1/gate/1",
-            "/admin/v1/gates",
-            "/admin/v1/gates/g",
+        // Every route of `router` with the label its metrics carry (the fast paths must never
+        // take one of them, and the numbered table must name each as the router does).
+        for (path, label) in [
+            ("/api/v1/rooms/r/tickets", "/api/v1/rooms/{room}/tickets"),
+            ("/api/v1/rooms/r/tickets/t", "/api/v1/rooms/{room}/tickets/{ticket}"),
+            ("/api/v1/rooms/r/tickets/t/events", "/api/v1/rooms/{room}/tickets/{ticket}/events"),
+            ("/api/v1/rooms/r", "/api/v1/rooms/{room}"),
+            ("/rooms/r", "/rooms/{room}"),
+            ("/.well-known/jwks.json", "/.well-known/jwks.json"),
+            ("/metrics", "/metrics"),
+            ("/healthz", "/healthz"),
+            ("/readyz", "/readyz"),
+            ("/admin/", "/admin/"),
+            ("/admin/v1/rooms", "/admin/v1/rooms"),
+            ("/admin/v1/rooms/r", "/admin/v1/rooms/{room}"),
+            ("/admin/v1/rooms/r/pause", "/admin/v1/rooms/{room}/{action}"),
+            ("/admin/v1/rooms/r/resume", "/admin/v1/rooms/{room}/{action}"),
+            ("/admin/v1/rooms/r/admit", "/admin/v1/rooms/{room}/{action}"),
+            ("/api/v1/gate/1", "/api/v1/gate/{offset}"),
+            ("/admin/v1/gates", "/admin/v1/gates"),
+            ("/admin/v1/gates/g", "/admin/v1/gates/{gate}"),
         ] {
-            assert_ne!(ROUTES[route_index(path)], PROXIED, "{path}");
+            assert_eq!(ROUTES[route(path).0], label, "{path}");
         }
+        let (index, segs) = route("/api/v1/rooms/r/tickets/t");
+        assert_eq!((index, segs[3], segs[5]), (STATUS_ROUTE, "r", "t"), "the ids a poll is read from");
         for path in
             ["/", "/book/1", "/api/v1/concerts", "/api/v1/rooms/r/tickets/t/events/x", "/a/b/c/d/e/f/g/h/i"]
         {
-            assert_eq!(ROUTES[route_index(path)], PROXIED, "{path}");
+            assert_eq!(route(path).0, PROXIED_ROUTE, "{path}");
         }
     }
 }

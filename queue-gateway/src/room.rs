@@ -310,36 +310,29 @@ pub async fn status(
     status_of(&app, peer.map(|p| p.0), &headers, room, ticket).await
 }
 
-/// A status poll taken past the router; `Err(req)` when `req` is not one or its path needs
-/// the router's percent-decoding. Polls are the busiest route after forwarding, and the
-/// router's matching, path extraction, copied headers and per-request boxes (some 20
-/// allocations) cost more than the rest of a poll answered from memory.
-#[allow(clippy::result_large_err)] // The request goes back to be routed; boxing it costs more.
-pub fn status_past_router(
-    app: &App,
-    req: Request,
-) -> std::result::Result<impl Future<Output = Response> + Send + '_, Request> {
-    let Some(ids) = direct_status_ids(&req) else { return Err(req) };
-    let peer = req.extensions().get::<PeerAddr>().copied();
-    let (parts, _) = req.into_parts();
-    Ok(async move {
-        let answer = match ids {
-            Ok((room, ticket)) => status_of(app, peer, &parts.headers, room, ticket).await,
-            Err(e) => Err(e),
-        };
-        answer.unwrap_or_else(IntoResponse::into_response)
-    })
-}
-
-/// The ids of `GET /api/v1/rooms/{room}/tickets/{ticket}` when the path has no escapes.
-fn direct_status_ids(req: &Request) -> Option<Result<(RoomId, TicketId)>> {
-    let path = req.uri().path();
-    let (room, ticket) = path.strip_prefix("/api/v1/rooms/")?.split_once("/tickets/")?;
-    let plain = |seg: &str| !seg.is_empty() && !seg.contains(['/', '%']);
-    if req.method() != Method::GET || !plain(room) || !plain(ticket) {
+/// The ids of a status poll that need not go through the router: a GET whose room and
+/// ticket segments are plain (a percent-escape goes through the router, which decodes it).
+/// `None`: route it.
+pub fn plain_status_ids(method: &Method, room: &str, ticket: &str) -> Option<Result<(RoomId, TicketId)>> {
+    let plain = |seg: &str| !seg.is_empty() && !seg.contains('%');
+    if method != Method::GET || !plain(room) || !plain(ticket) {
         return None;
     }
     Some(room_id(room).and_then(|r| Ok((r, TicketId::parse(ticket)?))))
+}
+
+/// A status poll taken past the router, with the ids [`plain_status_ids`] read. Polls are
+/// the busiest route after forwarding, and the router's matching, path extraction, copied
+/// headers and per-request boxes (some 20 allocations) cost more than the rest of a poll
+/// answered from memory.
+pub async fn status_past_router(app: &App, req: Request, ids: Result<(RoomId, TicketId)>) -> Response {
+    let peer = req.extensions().get::<PeerAddr>().copied();
+    let (parts, _) = req.into_parts();
+    let answer = match ids {
+        Ok((room, ticket)) => status_of(app, peer, &parts.headers, room, ticket).await,
+        Err(e) => Err(e),
+    };
+    answer.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn status_of(
