@@ -430,7 +430,6 @@ pub async fn sse_delivers_position_and_admission(redis: Option<String>) {
     gw.stop().await.unwrap();
 }
 
-/// Joins `room` as `http`: the ticket id and the `cookie` header that proves holding it.
 /// The claims of a token (read, not verified: the tests verify through the gateway).
 fn claims(token: &str) -> serde_json::Value {
     use base64::Engine;
@@ -439,6 +438,7 @@ fn claims(token: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// Joins `room` as `http`: the ticket id and the `cookie` header that proves holding it.
 async fn join_as(http: &mut Http, room: &str) -> (String, String) {
     let r = http.post(&format!("/api/v1/rooms/{room}/tickets")).await;
     let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
