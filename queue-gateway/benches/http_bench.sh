@@ -57,7 +57,7 @@ http {
 }
 CONF
 mkdir -p "$WORK/tmp"
-nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!); NGINX_PID=$!
 redis-server --port "$REDIS" --save '' --appendonly no --daemonize no --logfile "$WORK/logs/redis.log" & PIDS+=($!); REDIS_PID=$!
 cat > "$WORK/gw.toml" <<CONF
 demo_room = false
@@ -91,9 +91,11 @@ rps() { awk '/Requests\/sec/ {print $2}'; }
 p99() { awk '/ 99%/ {print $2}'; }
 bench() { wrk -t$THREADS -c"$CONN" -d"$DUR" --latency "$@"; }
 TCK=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# measured PID... -- wrk args: runs bench, then prints "µs per request" for each PID, one
-# line each after wrk's output.
+# ticks PIDS: user and system clock ticks of the processes in PIDS (comma-separated), summed.
+ticks() { for p in ${1//,/ }; do cat "/proc/$p/stat"; done | awk '{u += $14; s += $15} END {print u, s}'; }
+# measured PIDS... -- wrk args: runs bench, then prints a line "cpu_us_per_req TOTAL USER
+# SYSTEM" for each PIDS (a process, or comma-separated processes counted together) after
+# wrk's output.
 measured() {
   local pids=() before=() out
   while [ "$1" != "--" ]; do pids+=("$1"); shift; done; shift
@@ -102,10 +104,15 @@ measured() {
   echo "$out"
   local total; total=$(echo "$out" | awk '/requests in/ {print $1}')
   for i in "${!pids[@]}"; do
-    echo "cpu_us_per_req $(python3 -c "print(round(($(ticks "${pids[$i]}") - ${before[$i]}) * 1e6 / $TCK / $total, 1))")"
+    echo "cpu_us_per_req $(python3 -c "
+u0, s0 = map(int, '${before[$i]}'.split()); u1, s1 = map(int, '$(ticks "${pids[$i]}")'.split())
+f = 1e6 / $TCK / $total
+print(round((u1 - u0 + s1 - s0) * f, 1), round((u1 - u0) * f, 1), round((s1 - s0) * f, 1))")"
   done
 }
+# cpu OUTPUT [N]: the Nth measured process's CPU µs per request; cpu_split: "user U, system S".
 cpu() { echo "$1" | awk '/^cpu_us_per_req/ {print $2}' | sed -n "${2:-1}p"; }
+cpu_split() { echo "$1" | awk '/^cpu_us_per_req/ {print "user " $3 ", system " $4}' | sed -n "${2:-1}p"; }
 
 echo "# $(date -u +%FT%TZ) wrk -t$THREADS -c$CONN -d$DUR on $(nproc) cores"
 
@@ -113,10 +120,13 @@ echo "# $(date -u +%FT%TZ) wrk -t$THREADS -c$CONN -d$DUR on $(nproc) cores"
 room $GW hot; admitted_cookies $GW hot > /dev/null
 COOKIE=$(cookie_header $GW)
 curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat" | grep -q booking || { echo "gateway refused the admitted request: $(curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat") cookie=$COOKIE"; cat "$WORK/jar.$GW"; exit 1; }
-N=$(bench "http://127.0.0.1:$PROXY/book/seat"); N_RPS=$(echo "$N" | rps); N_P99=$(echo "$N" | p99)
+# nginx's workers serve the proxy and the upstream file alike: their CPU is both hops'.
+NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | paste -sd,)
+N=$(measured "$NGINX_WORKERS" -- "http://127.0.0.1:$PROXY/book/seat"); N_RPS=$(echo "$N" | rps); N_P99=$(echo "$N" | p99)
 G=$(measured "$GW_PID" -- -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat"); G_RPS=$(echo "$G" | rps); G_P99=$(echo "$G" | p99)
 NON2XX=$(echo "$G" | awk '/Non-2xx/ {print $4}')
 echo "forward  nginx proxy_pass: ${N_RPS} req/s p99 ${N_P99} | gateway (admitted): ${G_RPS} req/s p99 ${G_P99} | ratio $(python3 -c "print(round($G_RPS/$N_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)} | gateway CPU $(cpu "$G") µs/req"
+echo "forward  CPU µs/req: nginx workers (proxy + file server) $(cpu "$N") ($(cpu_split "$N")) | gateway $(cpu "$G") ($(cpu_split "$G"))"
 
 # 2. Status polls with the Redis store vs a static 200 of the same size: 2,000 waiting tickets,
 # each request the next ticket with its own cookie (a crowd polling, not one client hammering
