@@ -8,7 +8,8 @@
 //! What the reads answer is what the script would: a waiting ticket's position is its rank
 //! in `waiting`, and a ticket's info never changes after its join. What they cannot answer goes to the status script:
 //! tickets no longer waiting (admitted, expired, left, dropped) and every ticket of a
-//! `random_at_open` room, whose undrawn tickets have no position yet.
+//! scheduled `random_at_open` room before its draw, whose pre-queue has no position yet
+//! (after the draw its ranks are positions, as in a FIFO room).
 
 use redis::Value;
 
@@ -28,8 +29,9 @@ const VIEW_FIELDS: [&str; 7] = [
     "opens_at_ms",
     "paused",
 ];
-/// Replies before the ranks: config fields, `TIME`, the admission rate, the tickets' infos.
-const HEAD: usize = 4;
+/// Replies before the ranks: config fields, `TIME`, the admission rate, the tickets' infos,
+/// whether the room's draw was made.
+const HEAD: usize = 5;
 
 /// The reads for `tickets`: every ticket's info in one `HMGET`, then a `ZRANK` each.
 pub(super) fn pipeline(room: &RoomId, tickets: &[TicketId]) -> redis::Pipeline {
@@ -41,6 +43,7 @@ pub(super) fn pipeline(room: &RoomId, tickets: &[TicketId]) -> redis::Pipeline {
     p.add_command(command(&["TIME"], &[]));
     p.add_command(command(&["HGET", &room_key(room, "stats"), "rate_pm"], &[]));
     p.add_command(command(&["HMGET", &room_key(room, "tickets")], &ids));
+    p.add_command(command(&["EXISTS", &room_key(room, "draw")], &[]));
     for id in ids {
         p.add_command(command(&["ZRANK", &waiting, id], &[]));
     }
@@ -67,7 +70,7 @@ pub(super) enum Read {
 }
 
 /// Each ticket's answer from the reads' replies, or `None` for all of them when the room
-/// needs the script (its queue is drawn at open, or its config lacks a field).
+/// needs the script (its queue is yet to be drawn, or its config lacks a field).
 pub(super) fn decode(room: &RoomId, tickets: &[TicketId], replies: &[Value]) -> Result<Option<Vec<Read>>> {
     if replies.len() != HEAD + tickets.len() {
         return Err(Error::Protocol(format!(
@@ -85,7 +88,11 @@ pub(super) fn decode(room: &RoomId, tickets: &[TicketId], replies: &[Value]) -> 
     if matches!(cfg[0], Value::Nil) {
         return Err(Error::UnknownRoom(room.to_string()));
     }
-    if cfg.iter().any(|v| matches!(v, Value::Nil)) || text_of(&cfg[4])? == "random_at_open" {
+    if cfg.iter().any(|v| matches!(v, Value::Nil)) {
+        return Ok(None);
+    }
+    // `undrawn` in lua/lib.lua: a random_at_open room with a schedule and no draw yet.
+    if text_of(&cfg[4])? == "random_at_open" && u64_of(&cfg[5])? > 0 && int_of(&replies[4])? == 0 {
         return Ok(None);
     }
     let view = view(cfg, &replies[1], &replies[2])?;
