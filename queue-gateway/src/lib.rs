@@ -8,14 +8,17 @@
 //!
 //! # Layout (in the order a request meets them)
 //! - [`server`]: connections (HTTP/1.1, h2c), limits, timeouts, graceful shutdown;
-//!   [`h1_stream`]: event streams on their own HTTP/1.1 connections, beside hyper.
+//!   [`h1`]: HTTP/1.1 requests of the common shape read and answered by the gateway's own
+//!   loop (hyper takes a connection at its first request of any other shape);
+//!   [`h1_stream`]: event streams on their own HTTP/1.1 connections.
 //! - [`admission`]: ticket cookies, user JWTs, admission-token checks on protected paths.
 //! - [`rate_limit`]: per-IP and per-user token buckets (governor).
 //! - [`room`]: join, status, leave, room state ([`polls`] coalesces status reads); [`sse`]:
 //!   live updates; [`page`]: the waiting page.
 //! - [`gate`]: the overload gate (in-flight limits, hold, log and replay) on gated routes.
-//! - [`proxy`]: protection and the reverse proxy to the backend; [`upstream`]: its
-//!   kept-alive connections.
+//! - [`proxy`]: protection and the reverse proxy to the backend; [`relay`]: admitted
+//!   requests forwarded byte for byte from [`h1`]; [`upstream`]: kept-alive backend
+//!   connections.
 //! - [`admin`]: the admin API; [`console`]: the ops console page at `/admin/`; [`metrics`]: Prometheus; [`rooms`]: live configs and tickers.
 //! - [`touch`]: batched "seen" marks.
 //! - [`config`], [`error`], [`state`], [`demo`] (built-in demo upstream), [`capacity`] (a
@@ -30,12 +33,14 @@ pub mod console;
 pub mod demo;
 pub mod error;
 pub mod gate;
+pub mod h1;
 pub mod h1_stream;
 pub mod metrics;
 pub mod page;
 pub mod polls;
 pub mod proxy;
 pub mod rate_limit;
+pub mod relay;
 pub mod room;
 pub mod rooms;
 pub mod server;
@@ -273,13 +278,13 @@ const ROUTES: [&str; 17] = [
 ];
 const _: () = assert!(ROUTES.len() <= metrics::MAX_ROUTES);
 /// Everything that is not the gateway's own.
-const PROXIED_ROUTE: usize = 0;
+pub(crate) const PROXIED_ROUTE: usize = 0;
 /// Status polls (GET) and leaves (DELETE).
 const STATUS_ROUTE: usize = 2;
 
 /// The route of `path` as an index into [`ROUTES`], and the path's first segments (what a
 /// route's handler reads its ids from, so the path is split once).
-fn route(path: &str) -> (usize, [&str; 8]) {
+pub(crate) fn route(path: &str) -> (usize, [&str; 8]) {
     // No allocation: this runs on every request.
     let mut segs = [""; 8];
     let mut n = 0;
@@ -368,7 +373,7 @@ pub async fn run(
         tokio::spawn(touch::flush_loop(app.touches.clone(), app.store.clone(), rx.clone())),
         tokio::spawn(rate_limit::compact_loop(app.limiters.clone(), Duration::from_secs(60), rx.clone())),
     ];
-    let served = server::serve(listener, service(app), limits, rx).await;
+    let served = server::serve(listener, service(app.clone()), Some(app), limits, rx).await;
     let _ = drained_tx.send(true);
     for task in background {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;

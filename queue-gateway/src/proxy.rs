@@ -66,6 +66,20 @@ impl Upstream {
         self.timeout
     }
 
+    pub(crate) fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// `Host` for the backend.
+    pub(crate) fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Largest request body passed on.
+    pub(crate) fn max_body(&self) -> usize {
+        self.max_body
+    }
+
     /// The backend's request target (origin-form, `/prefix/path?query`) for a client's URI.
     pub(crate) fn uri_for(&self, original: &Uri) -> Result<Uri, GatewayError> {
         let refused = || GatewayError::bad_request("the request path cannot be forwarded");
@@ -157,27 +171,49 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
 }
 
 async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError> {
-    if !safe_path(req.uri().path()) {
-        return Err(GatewayError::bad_request(
-            "the path has dot segments, empty segments or encoded separators",
-        ));
-    }
+    check_path(req.uri())?;
     let replayed = crate::gate::check_marker(app, &req)?;
-    let protected = app.rooms.snapshot().protecting(req.uri().path()).cloned();
-    let mut token = None;
-    if let Some(room) = protected {
-        let checked = admission::check_admitted(&app.keys, &app.cookies, &app.admitted, req.headers(), &room);
-        let result = checked.as_ref().map_or_else(|reason| *reason, |_| "ok");
-        app.metrics.token_checked(result);
-        match checked {
-            Ok(admitted) => token = Some(admitted.header),
-            Err(_) => return Ok(not_admitted(&room, req.uri(), req.headers())),
-        }
-    }
+    let token = match admit(app, req.uri(), req.headers()) {
+        Ok(token) => token,
+        Err(refused) => return Ok(*refused),
+    };
     if !replayed && let Some(gate) = app.gates.find(req.uri().path()) {
         return crate::gate::handle(app, gate, req, token).await;
     }
     forward(app, req, token).await
+}
+
+/// Refuses paths that could mean something else to the backend than to the prefix check.
+pub(crate) fn check_path(uri: &Uri) -> Result<(), GatewayError> {
+    if safe_path(uri.path()) {
+        return Ok(());
+    }
+    Err(GatewayError::bad_request("the path has dot segments, empty segments or encoded separators"))
+}
+
+/// The protection check: on a room's protected prefixes, a valid admission token bound to
+/// the caller's ticket cookie, passed on to the backend (`Ok(Some)`); elsewhere nothing to
+/// check (`Ok(None)`). `Err` is the answer for a caller not admitted.
+pub(crate) fn admit(app: &App, uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, Box<Response>> {
+    let snapshot = app.rooms.snapshot();
+    let Some(room) = snapshot.protecting(uri.path()) else { return Ok(None) };
+    let checked = admission::check_admitted(&app.keys, &app.cookies, &app.admitted, headers, room);
+    let result = checked.as_ref().map_or_else(|reason| *reason, |_| "ok");
+    app.metrics.token_checked(result);
+    match checked {
+        Ok(admitted) => Ok(Some(admitted.header)),
+        Err(_) => Err(Box::new(not_admitted(room, uri, headers))),
+    }
+}
+
+/// Whether [`crate::h1`] may relay `req` itself ([`crate::relay`]): a proxied path that no
+/// gate guards, without a replay marker (gated and replayed requests take the service).
+pub(crate) fn relayable(app: &App, req: &Request) -> bool {
+    let path = req.uri().path();
+    crate::route(path).0 == crate::PROXIED_ROUTE
+        && req.method() != axum::http::Method::CONNECT
+        && !req.headers().contains_key(queue_core::gate::marker::REPLAY_HEADER)
+        && app.gates.find(path).is_none()
 }
 
 const HOP_BY_HOP_COUNT: usize = 8;
@@ -192,15 +228,30 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Whether a header name (any case) is one of [`HOP_BY_HOP`]: by length first, as nearly
+/// every name is none of them.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
+}
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds the few present (a removal costs a hash and a probe, and
     // most messages carry one of these at most).
     let mut present = [false; HOP_BY_HOP_COUNT];
-    for name in headers.keys() {
+    for name in headers.keys().filter(|n| is_hop_by_hop(n.as_str().as_bytes())) {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present[i] = true;
         }
@@ -235,38 +286,50 @@ pub(crate) async fn forward(
 }
 
 /// Turns a client's request head into the backend's: size check, hop-by-hop headers out,
-/// `X-Forwarded-*` and the admission token in, the URI pointed at the upstream.
+/// `X-Forwarded-*` and the admission token in, the URI pointed at the upstream. (The relay
+/// writes the same head as bytes: [`crate::relay`]'s `request_head`, tested against this.)
 pub(crate) fn prepare(
     app: &App,
     parts: &mut Parts,
     peer: Option<PeerAddr>,
     token: Option<HeaderValue>,
 ) -> Result<(), GatewayError> {
-    let up = &app.upstream;
+    prepare_for(&app.upstream, app.cfg.trust_forwarded, parts, peer, token)
+}
+
+/// [`prepare`] for `up`, trusting the client's `X-Forwarded-*` when `trusted`.
+pub(crate) fn prepare_for(
+    up: &Upstream,
+    trusted: bool,
+    parts: &mut Parts,
+    peer: Option<PeerAddr>,
+    token: Option<HeaderValue>,
+) -> Result<(), GatewayError> {
     if let Some(len) =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > up.max_body as u64
     {
         return Err(too_large());
     }
-    let client_ip = app.client_ip(peer, &parts.headers);
     let original_host = parts.headers.get(header::HOST).cloned();
-    let https = app.cfg.trust_forwarded && admission::is_https(&parts.headers);
+    let https = trusted && admission::is_https(&parts.headers);
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     match token {
         Some(t) => headers.insert(ADMISSION_HEADER, t),
         None => headers.remove(ADMISSION_HEADER),
     };
+    let peer_ip = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
     let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if app.cfg.trust_forwarded => format!("{prev}, {client_ip}"),
-        _ => client_ip.to_string(),
+        Some(prev) if trusted => format!("{prev}, {peer_ip}"),
+        _ => peer_ip.to_string(),
     };
     headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&forwarded_for).expect("ip is a valid header"));
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" }));
-    if let Some(h) = original_host {
-        headers.insert(X_FORWARDED_HOST, h);
-    }
+    match original_host {
+        Some(h) => headers.insert(X_FORWARDED_HOST, h),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
     headers.insert(header::HOST, up.host.clone());
     parts.uri = up.uri_for(&parts.uri)?;
     parts.version = hyper::Version::HTTP_11;

@@ -1,17 +1,17 @@
 //! The connection layer: one accept loop handing connections to worker threads (each a
-//! single-threaded runtime), HTTP/1.1 and h2c (prior knowledge) on hyper, with keep-alive,
-//! header size limits, a header read timeout for a new connection's first request that
-//! answers `408`, a longer idle timeout between requests on a kept-alive connection (hyper has
-//! one timer for both, so the first is ours), a whole-request timeout, and graceful shutdown
-//! (stop accepting, let in-flight requests finish within the grace period, then close what is
-//! left).
+//! single-threaded runtime); HTTP/1.1 by [`h1`] (and [`h1_stream`]), with hyper for h2c
+//! (prior knowledge) and the HTTP/1.1 requests `h1` leaves to it; keep-alive, header size
+//! limits, a header read timeout for a new connection's first request that answers `408`, a
+//! longer idle timeout between requests on a kept-alive connection, a whole-request timeout,
+//! and graceful shutdown (stop accepting, let in-flight requests finish within the grace
+//! period, then close what is left).
 
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,7 +20,7 @@ use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -29,8 +29,8 @@ use tower::{Service, ServiceExt};
 
 use crate::config::Limits;
 use crate::error::error_body;
-use crate::h1_stream;
-use crate::state::PeerAddr;
+use crate::state::{App, PeerAddr};
+use crate::{h1, h1_stream};
 
 /// What the server runs for each request (the gateway's [`crate::service`]).
 pub trait Served:
@@ -70,6 +70,7 @@ impl Worker {
     fn start<S: Served>(
         index: usize,
         svc: S,
+        app: Option<Arc<App>>,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> io::Result<Self> {
@@ -80,7 +81,7 @@ impl Worker {
         let counted = open.clone();
         std::thread::Builder::new().name(format!("wr-worker-{index}")).spawn(move || {
             WORKER.with(|w| w.set(Some(index)));
-            runtime.block_on(worker_loop(rx, svc, limits, shutdown, counted));
+            runtime.block_on(worker_loop(rx, svc, app, limits, shutdown, counted));
             let _ = done_tx.send(());
         })?;
         Ok(Worker { tx, open, done })
@@ -96,11 +97,12 @@ impl Worker {
 pub async fn serve<S: Served>(
     listener: TcpListener,
     svc: S,
+    app: Option<Arc<App>>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let workers = (0..limits.worker_threads())
-        .map(|i| Worker::start(i, svc.clone(), limits.clone(), shutdown.clone()))
+        .map(|i| Worker::start(i, svc.clone(), app.clone(), limits.clone(), shutdown.clone()))
         .collect::<io::Result<Vec<_>>>()?;
     let mut next = 0;
     loop {
@@ -143,6 +145,7 @@ fn least_loaded(workers: &[Worker], start: usize) -> usize {
 async fn worker_loop<S: Served>(
     mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
     svc: S,
+    app: Option<Arc<App>>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
@@ -152,8 +155,8 @@ async fn worker_loop<S: Served>(
         tokio::select! {
             handed = incoming.recv() => match handed {
                 Some((stream, peer)) => {
-                    let (svc, limits, shutdown) = (svc.clone(), limits.clone(), shutdown.clone());
-                    conns.spawn(connection(stream, peer, svc, limits, shutdown));
+                    let (svc, app) = (svc.clone(), app.clone());
+                    conns.spawn(connection(stream, peer, svc, app, limits.clone(), shutdown.clone()));
                 }
                 None => break,
             },
@@ -176,19 +179,18 @@ async fn worker_loop<S: Served>(
 }
 
 /// Serves one connection: an event stream on a new connection by [`h1_stream`], anything
-/// else by hyper. A connection task lives as long as its connection and is sized by its
-/// largest state, so hyper's (several KiB) is boxed: an event stream's task stays small.
+/// else by [`h1`], which hands to hyper what it does not serve itself. A connection task
+/// lives as long as its connection and is sized by its largest state, so the others are
+/// boxed: an event stream's task stays small.
 async fn connection<S: Served>(
     std: std::net::TcpStream,
     peer: SocketAddr,
     svc: S,
+    app: Option<Arc<App>>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = std.set_nodelay(true);
-    // A second handle on the socket, to answer 408 if hyper gives up on slow headers before
-    // the first request (see `with_hyper`).
-    let spare = std.try_clone().ok();
     let Ok(stream) = TcpStream::from_std(std) else { return };
     // Nothing is consumed before the first request's deadline: the first bytes decide who
     // serves the connection.
@@ -200,35 +202,25 @@ async fn connection<S: Served>(
     match peeked {
         Err(_) => request_timeout_answer(stream).await,
         Ok(Err(_)) => {}
-        Ok(Ok(true)) => {
-            drop(spare);
-            h1_stream::serve(stream, peer, svc, &limits, first_request).await
-        }
-        Ok(Ok(false)) => {
-            let spare = spare.and_then(|s| TcpStream::from_std(s).ok());
-            Box::pin(with_hyper(stream, spare, peer, svc, limits, shutdown, first_request)).await
-        }
+        Ok(Ok(true)) => h1_stream::serve(stream, peer, svc, &limits, first_request).await,
+        Ok(Ok(false)) => Box::pin(h1::serve(stream, peer, svc, app, limits, shutdown, first_request)).await,
     }
 }
 
-async fn with_hyper<S: Served>(
-    stream: TcpStream,
-    spare: Option<TcpStream>,
+/// Serves the rest of a connection with hyper (HTTP/1.1 or h2c): `io` starts with the bytes
+/// [`h1`] read before it gave the connection up.
+pub(crate) async fn with_hyper<S: Served, I>(
+    io: I,
     peer: SocketAddr,
     svc: S,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-    first_request: Instant,
-) {
-    // The spare handle is dropped as soon as a request arrives, so a long-lived connection
-    // (a stream on a kept-alive connection) holds one file descriptor, not two; an idle
-    // keep-alive connection that times out later is simply closed.
-    let spare = Arc::new(Mutex::new(spare));
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
-    let spare_in_svc = spare.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let svc = svc.clone();
-        drop(spare_in_svc.lock().unwrap_or_else(|e| e.into_inner()).take());
         req.extensions_mut().insert(PeerAddr(peer));
         async move { Ok::<_, Infallible>(dispatch(svc, req.map(Body::new), request_timeout).await) }
     });
@@ -237,7 +229,7 @@ async fn with_hyper<S: Served>(
         .http1()
         .timer(TokioTimer::new())
         // hyper's header timer runs whenever it waits for a request head, idle or not: it is
-        // the keep-alive idle limit; the first request's (shorter) limit is the select below.
+        // the keep-alive idle limit (the first request's shorter limit was h1's).
         .header_read_timeout(Duration::from_millis(limits.keep_alive_idle_ms))
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
@@ -247,51 +239,31 @@ async fn with_hyper<S: Served>(
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let first_request = tokio::time::sleep_until(first_request);
-    tokio::pin!(first_request);
-    let mut waiting_first = true;
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = &mut first_request, if waiting_first => {
-                waiting_first = false;
-                // The service takes the spare handle when a request arrives.
-                let spare = spare.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(spare) = spare {
-                    request_timeout_answer(spare).await;
-                    return;
-                }
-            }
-            _ = shutdown.changed() => {
-                conn.as_mut().graceful_shutdown();
-                break conn.as_mut().await;
-            }
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
         }
     };
     if let Err(e) = result {
-        let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_timeout());
-        let spare = spare.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if timed_out && let Some(spare) = spare {
-            request_timeout_answer(spare).await;
-        } else {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
-        }
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
-/// Answers `408` on a connection whose first request's headers did not arrive in time.
-async fn request_timeout_answer(mut spare: TcpStream) {
+/// Answers `408` on a connection whose request head did not arrive in time, and closes it.
+pub(crate) async fn request_timeout_answer(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        h1_stream::write_response(&mut spare, h1_stream::head_timeout()).await?;
-        spare.shutdown().await
+        h1_stream::write_response(&mut stream, h1_stream::head_timeout()).await?;
+        stream.shutdown().await
     })
     .await;
 }
 
 /// Runs one request through the router, bounded by the request timeout (streams excepted).
-async fn dispatch<S: Served>(svc: S, req: Request<Body>, timeout: Duration) -> Response {
+pub(crate) async fn dispatch<S: Served>(svc: S, req: Request<Body>, timeout: Duration) -> Response {
     let streaming = h1_stream::is_events_path(req.uri().path().as_bytes());
     // Boxed: on h2 each request is a task of its own sized by its largest state, and the
     // router's future is large; a long stream would carry it for nothing.
@@ -323,7 +295,7 @@ mod tests {
         let svc =
             tower::service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
         let (_tx, shutdown) = watch::channel(false);
-        let task = connection(std, peer, svc, Limits::default(), shutdown);
+        let task = connection(std, peer, svc, None, Limits::default(), shutdown);
         let size = std::mem::size_of_val(&task);
         assert!(size < 2048, "a connection's task takes {size} bytes");
     }

@@ -38,25 +38,63 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-/// One thread's idle connections, most recently used at the back.
-#[derive(Debug, Default)]
-struct Idle(Mutex<VecDeque<(SendRequest<Body>, Instant)>>);
+/// A kept-alive backend connection: hyper's handle on one, or a plain socket the relay
+/// writes requests to itself ([`crate::relay`]).
+pub(crate) trait Pooled {
+    /// False once the backend is known to have closed it (it has been idle for `idle`).
+    fn usable(&self, idle: Duration) -> bool;
+}
 
-impl Idle {
-    fn take(&self) -> Option<SendRequest<Body>> {
+impl Pooled for SendRequest<Body> {
+    fn usable(&self, _: Duration) -> bool {
+        !self.is_closed()
+    }
+}
+
+/// A plain socket idle this long is probed before it is reused.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+impl Pooled for TcpStream {
+    /// A readable idle connection has been closed (or sent bytes nobody asked for): either
+    /// way it cannot carry a request. Probed only after a second of rest: the probe is a
+    /// system call (the last response left the socket marked readable), and a backend
+    /// closing a busy connection says so in its last response; one closed meanwhile is
+    /// caught by the relay's retry.
+    fn usable(&self, idle: Duration) -> bool {
+        if idle < PROBE_AFTER {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// One thread's idle connections, most recently used at the back.
+#[derive(Debug)]
+pub(crate) struct Idle<C>(Mutex<VecDeque<(C, Instant)>>);
+
+/// A thread's idle connections of hyper's client.
+type HyperIdle = Idle<SendRequest<Body>>;
+
+impl<C> Default for Idle<C> {
+    fn default() -> Self {
+        Idle(Mutex::default())
+    }
+}
+
+impl<C: Pooled> Idle<C> {
+    pub(crate) fn take(&self) -> Option<C> {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((conn, _)) = idle.pop_back() {
-            if !conn.is_closed() {
+        while let Some((conn, since)) = idle.pop_back() {
+            if conn.usable(since.elapsed()) {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn put(&self, conn: SendRequest<Body>) {
-        if conn.is_closed() {
-            return;
-        }
+    /// Keeps `conn`, which its last response left ready for the next request.
+    pub(crate) fn put(&self, conn: C) {
         let now = Instant::now();
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // The oldest are at the front; a busy thread's list stays short of stale entries
@@ -70,26 +108,40 @@ impl Idle {
     }
 }
 
-/// The backend's address and one idle list per serving thread (and one for other threads).
+/// The backend's address and, per serving thread (and one for other threads), one idle
+/// list of hyper's connections and one of plain sockets for the relay.
 #[derive(Debug)]
 pub struct Connections {
     /// `host:port` to connect to.
     addr: String,
-    idle: Box<[Arc<Idle>]>,
+    idle: Box<[Arc<HyperIdle>]>,
+    sockets: Box<[Idle<TcpStream>]>,
 }
 
 impl Connections {
     /// Connections to `addr` (`host:port`) for `workers` serving threads.
     pub fn new(addr: String, workers: usize) -> Self {
-        Connections { addr, idle: (0..=workers).map(|_| Arc::default()).collect() }
+        Connections {
+            addr,
+            idle: (0..=workers).map(|_| Arc::default()).collect(),
+            sockets: (0..=workers).map(|_| Idle::default()).collect(),
+        }
     }
 
-    /// The calling thread's idle list: a connection's task runs on the thread that opened it,
-    /// so a request must stay on that thread too.
-    fn idle(&self) -> &Arc<Idle> {
+    /// The calling thread's slot: a connection is registered with the runtime of the thread
+    /// that opened it (and hyper's runs as a task there), so it must stay on that thread.
+    fn slot(&self) -> usize {
         let rest = self.idle.len() - 1;
-        let i = crate::server::current_worker().map_or(rest, |w| w % rest.max(1));
-        &self.idle[i]
+        crate::server::current_worker().map_or(rest, |w| w % rest.max(1))
+    }
+
+    fn idle(&self) -> &Arc<HyperIdle> {
+        &self.idle[self.slot()]
+    }
+
+    /// The calling thread's idle plain sockets.
+    pub(crate) fn sockets(&self) -> &Idle<TcpStream> {
+        &self.sockets[self.slot()]
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection of the calling thread,
@@ -124,7 +176,8 @@ impl Connections {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+    /// A new plain connection to the backend.
+    pub(crate) async fn open(&self) -> Result<TcpStream, UpstreamError> {
         let addr = &self.addr;
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -132,6 +185,11 @@ impl Connections {
             .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
         // Small requests and responses: waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+        let stream = self.open().await?;
         let (conn, task) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(e) = task.await {
@@ -148,12 +206,14 @@ impl Connections {
 #[derive(Debug)]
 pub struct Release {
     body: Incoming,
-    conn: Option<(SendRequest<Body>, Arc<Idle>)>,
+    conn: Option<(SendRequest<Body>, Arc<HyperIdle>)>,
 }
 
 impl Release {
     fn release(&mut self) {
-        if let Some((conn, idle)) = self.conn.take() {
+        if let Some((conn, idle)) = self.conn.take()
+            && !conn.is_closed()
+        {
             idle.put(conn);
         }
     }

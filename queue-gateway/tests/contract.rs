@@ -771,3 +771,124 @@ async fn backend_connections_are_reused_and_replaced() {
     assert_eq!(accepted.load(Ordering::SeqCst), REQUESTS.div_ceil(PER_CONNECTION));
     gw.stop().await.unwrap();
 }
+
+/// Every framing a backend may answer with reaches the client intact on one kept-alive,
+/// pipelined connection: a length, a chunked body (with a trailer), an informational answer
+/// before the real one, a HEAD, a request with a body, and last a body that ends with the
+/// backend's connection (and so ends the client's). On another connection a chunked upload
+/// hands the connection to hyper midway, and the next request is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_responses_keep_their_framing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut buf = [0u8; 4096];
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+                    let mut used = end;
+                    if head.contains("transfer-encoding: chunked") {
+                        while !seen[end..].windows(5).any(|w| w == b"0\r\n\r\n") {
+                            let mut buf = [0u8; 4096];
+                            let n = conn.read(&mut buf).await.unwrap();
+                            seen.extend_from_slice(&buf[..n]);
+                        }
+                        used = end + seen[end..].windows(5).position(|w| w == b"0\r\n\r\n").unwrap() + 5;
+                    } else if let Some(len) = head.split("content-length: ").nth(1) {
+                        used = end + len.split("\r\n").next().unwrap().parse::<usize>().unwrap();
+                    }
+                    let body = String::from_utf8_lossy(&seen[end..used]).into_owned();
+                    seen.drain(..used);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let answer = match path.as_str() {
+                        "/r/length" => "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfour".to_owned(),
+                        "/r/chunked" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n".to_owned(),
+                        "/r/early" => "HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlater".to_owned(),
+                        "/r/echo" => format!("HTTP/1.1 201 Created\r\ncontent-length: {}\r\n\r\n{body}", body.len()),
+                        "/r/upload" => {
+                            let size = body.len().to_string();
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{size}", size.len())
+                        }
+                        _ => {
+                            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
+                            return;
+                        }
+                    };
+                    if conn.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = queue_gateway::spawn(config(backend, None)).await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let requests = "GET /r/length HTTP/1.1\r\nhost: x\r\n\r\n\
+        GET /r/chunked HTTP/1.1\r\nhost: x\r\n\r\n\
+        GET /r/early HTTP/1.1\r\nhost: x\r\n\r\n\
+        HEAD /r/length HTTP/1.1\r\nhost: x\r\n\r\n\
+        POST /r/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 7\r\n\r\npayload\
+        GET /r/close HTTP/1.1\r\nhost: x\r\n\r\n";
+    client.write_all(requests.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut all))
+        .await
+        .expect("the gateway closes after the close-delimited answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 6, "{text}");
+    let parts: Vec<(String, String)> = answers
+        .iter()
+        .map(|a| {
+            let (h, b) = a.split_once("\r\n\r\n").unwrap();
+            (h.to_lowercase(), b.to_owned())
+        })
+        .collect();
+    assert!(parts[0].0.starts_with("200") && parts[0].0.contains("content-length: 4"), "{text}");
+    assert_eq!(parts[0].1, "four");
+    assert!(parts[1].0.contains("transfer-encoding: chunked"), "{text}");
+    assert_eq!(parts[1].1, "5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n");
+    assert!(parts[2].0.starts_with("200") && !text.contains("103"), "{text}");
+    assert_eq!(parts[2].1, "later");
+    assert!(parts[3].0.contains("content-length: 4"), "a HEAD answer keeps its length: {text}");
+    assert_eq!(parts[3].1, "", "and has no body");
+    assert!(parts[4].0.starts_with("201"), "{text}");
+    assert_eq!(parts[4].1, "payload");
+    assert!(parts[5].0.starts_with("200") && parts[5].0.contains("connection: close"), "{text}");
+    assert_eq!(parts[5].1, "until the end");
+
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let requests = "GET /r/length HTTP/1.1\r\nhost: x\r\n\r\n\
+        POST /r/upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+        GET /r/length HTTP/1.1\r\nhost: x\r\n\r\n";
+    client.write_all(requests.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    while seen.matches("four").count() < 2 {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no answer: {seen}"))
+            .unwrap();
+        assert!(n > 0, "closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let bodies: Vec<&str> =
+        seen.split("\r\n\r\n").skip(1).map(|b| b.split("HTTP/1.1").next().unwrap()).collect();
+    // The backend answers with the size of the chunked body it read.
+    assert_eq!(bodies, ["four", "13", "four"], "the upload arrived whole: {seen}");
+    gw.stop().await.unwrap();
+}

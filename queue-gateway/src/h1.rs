@@ -1,0 +1,494 @@
+//! HTTP/1.1 connections read and answered by the gateway's own loop; hyper serves the rest.
+//!
+//! A connection's requests are parsed with httparse (hyper's own parser) into the same
+//! `Request` the service takes. Requests of the common shape (HTTP/1.1, no body or a small
+//! one that came with its head, no `Expect` or `Upgrade`) are served here: admitted traffic
+//! to the backend by [`crate::relay`], everything else by the service, its response written
+//! back here. At the first request of any other shape (chunked bodies, large bodies, HTTP/1.0,
+//! h2c's preface, an event stream on a kept-alive connection, a head hyper would refuse, a
+//! body that did not come with its head) the connection goes to hyper with the bytes read so far, for the rest of its life; so every
+//! odd case is still answered by hyper, as before this lane existed.
+//!
+//! Why: per forwarded request, hyper's server and client dispatchers, the header maps of the
+//! backend's response and the tasks between them cost several times the gateway's own work.
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use axum::http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::Limits;
+use crate::server::{Served, dispatch};
+use crate::state::{App, PeerAddr};
+
+/// Header lines a request may carry here (hyper's default limit; more go to hyper).
+const MAX_HEADERS: usize = 100;
+/// Largest request body read here; larger ones are streamed by hyper.
+const MAX_BODY: usize = 64 * 1024;
+/// Read buffer of a connection, grown for a larger head or body.
+const BUF: usize = 4096;
+
+/// What came next on a connection. (Returned once per request and matched at once: boxing
+/// the request would only add an allocation per request.)
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// A request of the lane's shape; `close` when the client asked for the connection to
+    /// close after it.
+    Request { req: Request<Body>, close: bool },
+    /// Anything else: hyper takes the connection with the bytes read so far.
+    HandOff,
+    /// The client went away.
+    Gone,
+}
+
+/// Serves `stream` until it closes, times out, is handed to hyper, or the gateway stops.
+/// `first_request` is when the first request's head must have arrived; later requests get
+/// the keep-alive idle limit. `app` enables the relay (plain services go without it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve<S: Served>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    svc: S,
+    app: Option<Arc<App>>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    first_request: Instant,
+) {
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let idle = Duration::from_millis(limits.keep_alive_idle_ms);
+    let mut buf = BytesMut::with_capacity(BUF);
+    // `X-Forwarded-For`'s last hop, formatted once per connection.
+    let peer_ip = peer.ip().to_string();
+    let mut deadline = first_request;
+    let mut first = true;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let next = tokio::select! {
+            next = read_request(&mut stream, &mut buf, limits.max_header_bytes) => Some(next),
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = shutdown.changed() => continue,
+        };
+        let (req, close) = match next {
+            // Nothing at all on a kept-alive connection is an idle client; a head begun and
+            // not finished (or a first request that never came) is a slow one.
+            None if !first && buf.is_empty() => return,
+            None => return crate::server::request_timeout_answer(stream).await,
+            Some(Next::Gone) => return,
+            Some(Next::HandOff) => {
+                let io = Rewind { pending: buf.freeze(), stream };
+                return crate::server::with_hyper(io, peer, svc, limits, shutdown).await;
+            }
+            Some(Next::Request { req, close }) => (req, close),
+        };
+        first = false;
+        let close = close || *shutdown.borrow();
+        let kept = match &app {
+            Some(app) if crate::proxy::relayable(app, &req) => {
+                relay(app, req, &peer_ip, &mut stream, close).await
+            }
+            _ => {
+                let head_only = req.method() == Method::HEAD;
+                let mut req = req;
+                req.extensions_mut().insert(PeerAddr(peer));
+                let resp = dispatch(svc.clone(), req, request_timeout).await;
+                write_response(&mut stream, resp, head_only, close).await.unwrap_or(false)
+            }
+        };
+        if !kept {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+            return;
+        }
+        deadline = Instant::now() + idle;
+        if buf.capacity() > 4 * BUF && buf.is_empty() {
+            // A large head or body does not keep its buffer for the connection's life.
+            buf = BytesMut::with_capacity(BUF);
+        }
+    }
+}
+
+/// An admitted (or unprotected) request for the backend: checked and prepared as the proxy
+/// does, then relayed. True when the connection can take the next request.
+async fn relay(app: &App, req: Request<Body>, peer_ip: &str, stream: &mut TcpStream, close: bool) -> bool {
+    let started = std::time::Instant::now();
+    let head_only = req.method() == Method::HEAD;
+    let (parts, body) = req.into_parts();
+    let body = body_bytes(body).await;
+    let resp = match crate::proxy::check_path(&parts.uri) {
+        Err(e) => e.into_response(),
+        Ok(()) => match crate::proxy::admit(app, &parts.uri, &parts.headers) {
+            Err(refused) => *refused,
+            Ok(token) => {
+                let relayed = crate::relay::forward(
+                    app,
+                    &parts,
+                    &body,
+                    peer_ip,
+                    token.as_ref(),
+                    stream,
+                    close,
+                    started,
+                );
+                match relayed.await {
+                    Ok(relayed) => return relayed == crate::relay::Relayed::KeepAlive,
+                    Err(e) => e.into_response(),
+                }
+            }
+        },
+    };
+    let code = resp.status().as_u16();
+    app.metrics.request_done(crate::PROXIED_ROUTE, "proxy", code, started.elapsed().as_secs_f64());
+    write_response(stream, resp, head_only, close).await.unwrap_or(false)
+}
+
+/// A body the lane read whole: the bytes, without polling.
+async fn body_bytes(body: Body) -> Bytes {
+    if body.is_end_stream() {
+        return Bytes::new();
+    }
+    // A `Body::from(Bytes)` gives its bytes in one frame, at once.
+    body.collect().await.map(|c| c.to_bytes()).unwrap_or_default()
+}
+
+/// Reads until `buf` holds a whole request of the lane's shape (taken out of `buf`), or
+/// shows the connection is hyper's.
+async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usize) -> Next {
+    loop {
+        if !buf.is_empty() {
+            match parse(buf, max_head) {
+                Parsed::Partial => {}
+                Parsed::HandOff => return Next::HandOff,
+                Parsed::Ready { req, used, close } => {
+                    buf.advance(used);
+                    return Next::Request { req, close };
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(BUF);
+        }
+        if stream.readable().await.is_err() {
+            return Next::Gone;
+        }
+        match stream.try_read_buf(buf) {
+            Ok(0) => return Next::Gone,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Next::Gone,
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Partial,
+    HandOff,
+    /// The request, built from the first `used` bytes (head and body).
+    Ready {
+        req: Request<Body>,
+        used: usize,
+        close: bool,
+    },
+}
+
+/// The request at the start of `buf`, if it is whole and of the lane's shape.
+fn parse(buf: &[u8], max_head: usize) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Parsed::Partial,
+        // Too large, too many headers, malformed, HTTP/2's preface: hyper answers those.
+        _ => return Parsed::HandOff,
+    };
+    if head_len > max_head || parsed.version != Some(1) {
+        return Parsed::HandOff;
+    }
+    let (Some(method), Some(target)) = (parsed.method, parsed.path) else { return Parsed::HandOff };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::HandOff };
+    if !target.starts_with('/')
+        || crate::h1_stream::is_events_path(target.split('?').next().unwrap_or("").as_bytes())
+    {
+        return Parsed::HandOff;
+    }
+    let Ok(uri) = Uri::try_from(target) else { return Parsed::HandOff };
+    let mut req = Request::new(Body::empty());
+    let mut body_len = 0usize;
+    let mut close = false;
+    for h in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else { return Parsed::HandOff };
+        let Ok(value) = HeaderValue::from_bytes(h.value) else { return Parsed::HandOff };
+        if name == CONTENT_LENGTH {
+            let digits = h.value;
+            let Some(n) = std::str::from_utf8(digits).ok().filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                return Parsed::HandOff;
+            };
+            match n.parse::<usize>() {
+                Ok(n) if n <= MAX_BODY && !req.headers().contains_key(CONTENT_LENGTH) => body_len = n,
+                _ => return Parsed::HandOff,
+            }
+        } else if name == TRANSFER_ENCODING
+            || name == axum::http::header::EXPECT
+            || name == axum::http::header::UPGRADE
+        {
+            return Parsed::HandOff;
+        } else if name == CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::HandOff;
+                }
+            }
+        }
+        req.headers_mut().append(name, value);
+    }
+    let used = head_len + body_len;
+    if buf.len() < used {
+        // A body not sent with its head: hyper streams it (and refuses a declared length
+        // over the limit before reading any of it).
+        return Parsed::HandOff;
+    }
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    if body_len > 0 {
+        *req.body_mut() = Body::from(Bytes::copy_from_slice(&buf[head_len..used]));
+    }
+    Parsed::Ready { req, used, close }
+}
+
+/// Writes a response of the service: head and body, the body with its length when known,
+/// else chunked. True when the connection can take the next request.
+pub(crate) async fn write_response(
+    stream: &mut TcpStream,
+    response: Response,
+    head_only: bool,
+    close: bool,
+) -> std::io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let close = close
+        || parts.headers.get_all(CONNECTION).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let no_body_status = parts.status.is_informational() || [204, 304].contains(&parts.status.as_u16());
+    let bodiless = head_only || no_body_status;
+    let length = body.size_hint().exact();
+    let mut out = Vec::with_capacity(256 + length.unwrap_or(0).min(64 * 1024) as usize);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    );
+    let mut dated = false;
+    let given_length = parts.headers.contains_key(CONTENT_LENGTH);
+    for (name, value) in &parts.headers {
+        if name == CONNECTION || name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && !head_only) {
+            continue;
+        }
+        dated |= name == DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !dated {
+        write_date(&mut out);
+    }
+    let chunked = !bodiless && length.is_none();
+    if !no_body_status {
+        match length {
+            // A HEAD answer says what a GET would get: the handler's own length, else the
+            // length of a body it still gave.
+            Some(n) if head_only && !given_length && n > 0 => {
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
+            _ if head_only => {}
+            Some(n) => {
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
+            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !bodiless {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                let _ = write!(out, "{:x}\r\n", data.len());
+            }
+            out.extend_from_slice(&data);
+            if chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+            if out.len() >= 64 * 1024 {
+                stream.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        if chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    stream.write_all(&out).await?;
+    Ok(!close)
+}
+
+thread_local! {
+    /// The `Date` line of the current second (formatting one costs more than a request's
+    /// other headers together).
+    static DATE_LINE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+/// Appends a `date:` header line for now.
+pub(crate) fn write_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE_LINE.with_borrow_mut(|(at, line)| {
+        if *at != secs || line.is_empty() {
+            line.clear();
+            let _ = write!(line, "date: {}\r\n", httpdate::fmt_http_date(now));
+            *at = secs;
+        }
+        out.extend_from_slice(line);
+    });
+}
+
+/// A connection handed to hyper: the bytes the lane read first, then the socket.
+struct Rewind {
+    pending: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(out.remaining());
+            out.put_slice(&self.pending[..n]);
+            self.pending.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(head: &[u8]) -> (Request<Body>, usize, bool) {
+        match parse(head, 8192) {
+            Parsed::Ready { req, used, close } => (req, used, close),
+            Parsed::Partial => panic!("partial: {}", String::from_utf8_lossy(head)),
+            Parsed::HandOff => panic!("handed off: {}", String::from_utf8_lossy(head)),
+        }
+    }
+
+    #[test]
+    fn common_requests_are_the_lanes() {
+        let (req, used, close) =
+            ready(b"GET /book/seat?x=1 HTTP/1.1\r\nhost: a\r\ncookie: a=b\r\n\r\nGET /next");
+        assert_eq!(
+            (req.method(), req.uri().path(), req.uri().query(), used, close),
+            (&Method::GET, "/book/seat", Some("x=1"), 53, false)
+        );
+        assert_eq!(req.headers()["cookie"], "a=b");
+        let (req, used, close) = ready(
+            b"POST /api/v1/rooms/r/tickets HTTP/1.1\r\ncontent-length: 2\r\nconnection: Close\r\n\r\n{}",
+        );
+        assert_eq!((req.method(), used, close), (&Method::POST, 81, true));
+        assert!(matches!(parse(b"GET /x HTTP/1.1\r\nhost: a\r\n", 8192), Parsed::Partial));
+    }
+
+    #[test]
+    fn everything_else_is_hypers() {
+        let big = format!("POST /x HTTP/1.1\r\ncontent-length: {}\r\n\r\n", MAX_BODY + 1);
+        let many = format!("GET /x HTTP/1.1\r\n{}\r\n", "a: b\r\n".repeat(MAX_HEADERS + 1));
+        let cases: [&[u8]; 13] = [
+            b"POST /x HTTP/1.1\r\ncontent-length: 5\r\n\r\nab",
+            b"GET /x HTTP/1.0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            b"POST /x HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nab",
+            b"POST /x HTTP/1.1\r\ncontent-length: +2\r\n\r\nab",
+            b"GET http://a/x HTTP/1.1\r\n\r\n",
+            b"GET /api/v1/rooms/r/tickets/t/events HTTP/1.1\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nno colon\r\n\r\n",
+            big.as_bytes(),
+            many.as_bytes(),
+        ];
+        for head in cases {
+            assert!(matches!(parse(head, 8192), Parsed::HandOff), "{}", String::from_utf8_lossy(head));
+        }
+        // A head that outgrows the limit is hyper's to refuse (431).
+        let long = format!("GET /x HTTP/1.1\r\nx: {}", "y".repeat(200));
+        assert!(matches!(parse(long.as_bytes(), 100), Parsed::HandOff));
+    }
+
+    #[test]
+    fn date_lines_are_http_dates() {
+        let mut out = Vec::new();
+        write_date(&mut out);
+        let line = String::from_utf8(out).unwrap();
+        let value = line.strip_prefix("date: ").and_then(|l| l.strip_suffix("\r\n")).unwrap();
+        assert!(httpdate::parse_http_date(value).is_ok(), "{line}");
+    }
+}

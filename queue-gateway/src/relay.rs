@@ -1,0 +1,688 @@
+//! Admitted HTTP/1.1 requests forwarded byte for byte, past hyper's client.
+//!
+//! [`crate::h1`] hands over a request it has parsed and [`crate::proxy`] has checked and
+//! prepared; its head is written to a plain kept-alive backend socket, the backend's response
+//! head is parsed with httparse and written to the client without its hop-by-hop headers, and
+//! the body is relayed as it arrives, its framing (length, chunked, or until the backend
+//! closes) followed only to know where it ends. Each step a hyper client and server take per
+//! request (a request sent to the connection's task, a header map built from the response and
+//! taken apart again by the server, a body polled frame by frame) costs more than the bytes;
+//! on a forwarding gateway those steps were most of its work.
+
+use std::time::{Duration, Instant};
+
+use axum::http::header::{CONNECTION, HOST};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method};
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::admission::ADMISSION_HEADER;
+use crate::error::{GatewayError, UpstreamFailure};
+use crate::proxy::{self, Upstream};
+use crate::state::App;
+use crate::upstream::UpstreamError;
+
+/// Response header lines read from the backend at most.
+const MAX_HEADERS: usize = 100;
+/// Largest response head taken from the backend.
+const MAX_HEAD: usize = 64 * 1024;
+/// Bytes read from the backend at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How a relayed response ended for the client's connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Relayed {
+    /// The response was written whole: the connection can take the next request.
+    KeepAlive,
+    /// The response ended with the connection (or failed half-way): close it.
+    Close,
+}
+
+/// How the backend's response body is delimited.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+/// Forwards a client's request (checked: path and admission; `token` is the one to pass on)
+/// with its whole `body`, and relays the answer to `client`. `close` asks the client's
+/// connection to close after this response. On `Err` nothing has been written to the
+/// client yet: the error is the answer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn forward(
+    app: &App,
+    parts: &Parts,
+    body: &[u8],
+    peer_ip: &str,
+    token: Option<&HeaderValue>,
+    client: &mut TcpStream,
+    close: bool,
+    started: Instant,
+) -> Result<Relayed, GatewayError> {
+    let up = &app.upstream;
+    let request = request_head(up, app.cfg.trust_forwarded, parts, peer_ip, token, body)?;
+    let asked = Instant::now();
+    let exchanged = tokio::time::timeout(up.timeout(), exchange(app, &request, &parts.method)).await;
+    app.metrics.upstream_duration.observe(asked.elapsed().as_secs_f64());
+    let (mut backend, mut buf, head) = match exchanged {
+        Err(_) => return Err(GatewayError::Upstream(UpstreamFailure::Timeout)),
+        Ok(Err(e)) => return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(e))),
+        Ok(Ok(got)) => got,
+    };
+    let head_only = parts.method == Method::HEAD;
+    let framing = match head.framing(head_only) {
+        Some(f) => f,
+        None => return Err(unreachable("the backend's response has an invalid content-length")),
+    };
+    let client_close = close || matches!(framing, Framing::UntilClose);
+    let mut out = Vec::with_capacity(head.client.len() + 96 + buf.len().min(READ_CHUNK));
+    head.write_for_client(&framing, client_close, &mut out);
+    buf.advance(head.len);
+    app.metrics.request_done(crate::PROXIED_ROUTE, "proxy", head.status, started.elapsed().as_secs_f64());
+    let ended = relay_body(app, &mut backend, buf, framing, out, client).await;
+    match ended {
+        Ok(true) if head.reusable => app.upstream.connections().sockets().put(backend),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "relayed response ended early");
+            return Ok(Relayed::Close);
+        }
+    }
+    Ok(if client_close { Relayed::Close } else { Relayed::KeepAlive })
+}
+
+fn unreachable(why: &str) -> GatewayError {
+    GatewayError::Upstream(UpstreamFailure::Unreachable(why.to_owned()))
+}
+
+/// The backend's request, head and body, written straight from the client's head: what
+/// [`proxy::prepare`] makes of it in a header map (hop-by-hop headers out, `Host`,
+/// `X-Forwarded-*` and the admission token set), without building one.
+pub(crate) fn request_head(
+    up: &Upstream,
+    trusted: bool,
+    parts: &Parts,
+    peer_ip: &str,
+    token: Option<&HeaderValue>,
+    body: &[u8],
+) -> Result<Vec<u8>, GatewayError> {
+    if body.len() > up.max_body() {
+        return Err(proxy::too_large());
+    }
+    let uri = up.uri_for(&parts.uri)?;
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let headers = &parts.headers;
+    let https = trusted && crate::admission::is_https(headers);
+    // Headers a `Connection` header names are hop-by-hop too.
+    let named: Vec<&str> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let size = 64
+        + target.len()
+        + headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>()
+        + up.host().len()
+        + peer_ip.len()
+        + token.map_or(0, HeaderValue::len)
+        + 128
+        + body.len();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let (mut prev_for, mut host) = (None, None);
+    for (name, value) in headers {
+        let n = name.as_str();
+        if proxy::is_hop_by_hop(n.as_bytes()) || named.iter().any(|c| c.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        if *name == proxy::X_FORWARDED_FOR {
+            prev_for = prev_for.or(Some(value));
+        } else if *name == HOST {
+            host = host.or(Some(value));
+        } else if *name != proxy::X_FORWARDED_PROTO
+            && *name != proxy::X_FORWARDED_HOST
+            && *name != ADMISSION_HEADER
+        {
+            line(&mut out, n, value.as_bytes());
+        }
+    }
+    line(&mut out, "host", up.host().as_bytes());
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = prev_for.filter(|_| trusted).and_then(|v| v.to_str().ok()) {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    line(&mut out, "x-forwarded-proto", if https { b"https" } else { b"http" });
+    if let Some(host) = host {
+        line(&mut out, "x-forwarded-host", host.as_bytes());
+    }
+    if let Some(token) = token {
+        line(&mut out, ADMISSION_HEADER.as_str(), token.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Methods a backend may see twice: a request lost on a connection the backend had closed is
+/// sent again on a new one only if it is one of these or was never written.
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE)
+}
+
+/// Writes the request on an idle connection of this thread (or a new one) and reads the
+/// response head.
+async fn exchange(app: &App, request: &[u8], method: &Method) -> Result<(TcpStream, BytesMut, Head), String> {
+    let conns = app.upstream.connections();
+    loop {
+        let (mut backend, reused) = match conns.sockets().take() {
+            Some(s) => (s, true),
+            None => (conns.open().await.map_err(|e: UpstreamError| e.to_string())?, false),
+        };
+        if let Err(e) = backend.write_all(request).await {
+            if reused {
+                continue;
+            }
+            return Err(format!("write to the backend: {e}"));
+        }
+        match read_head(&mut backend).await {
+            Ok((buf, head)) => return Ok((backend, buf, head)),
+            Err(HeadError::Closed) if reused && idempotent(method) => continue,
+            Err(HeadError::Closed) => return Err("the backend closed the connection".into()),
+            Err(HeadError::Io(e))
+                if reused && idempotent(method) && e.kind() == std::io::ErrorKind::ConnectionReset =>
+            {
+                continue;
+            }
+            Err(HeadError::Io(e)) => return Err(format!("read from the backend: {e}")),
+            Err(HeadError::Invalid(why)) => return Err(why.into()),
+        }
+    }
+}
+
+enum HeadError {
+    /// The backend closed the connection before a byte of the response.
+    Closed,
+    Io(std::io::Error),
+    Invalid(&'static str),
+}
+
+/// What the relay needs of a parsed response head (the bytes stay in the read buffer).
+struct Head {
+    /// Length of the head in the buffer.
+    len: usize,
+    status: u16,
+    /// `Transfer-Encoding`'s last coding is chunked (other codings: read until close).
+    transfer_encoding: Option<bool>,
+    content_length: Option<Option<u64>>,
+    /// HTTP/1.1 without `Connection: close`.
+    reusable: bool,
+    /// The client's status line and headers.
+    client: Vec<u8>,
+    /// The backend sent a `Date`.
+    dated: bool,
+}
+
+async fn read_head(backend: &mut TcpStream) -> Result<(BytesMut, Head), HeadError> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = read_some(backend, &mut buf).await.map_err(HeadError::Io)?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                HeadError::Closed
+            } else {
+                HeadError::Invalid("the backend closed mid-head")
+            });
+        }
+        // Informational answers (100 Continue, 103 Early Hints) are not passed on.
+        while let Some(head) = parse_head(&buf)? {
+            if (100..200).contains(&head.status) {
+                if head.status == 101 {
+                    return Err(HeadError::Invalid("the backend switched protocols unasked"));
+                }
+                buf.advance(head.len);
+                continue;
+            }
+            return Ok((buf, head));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(HeadError::Invalid("the backend's response head is too large"));
+        }
+    }
+}
+
+async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Parses a response head, keeping what the client will get of it: the status line and the
+/// end-to-end headers (hop-by-hop ones, and any a `Connection` header names, left out).
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(HeadError::Invalid("the backend's response head is malformed")),
+    };
+    let status = resp.code.unwrap_or(502);
+    let mut head = Head {
+        len,
+        status,
+        transfer_encoding: None,
+        content_length: None,
+        reusable: resp.version == Some(1),
+        client: Vec::with_capacity(len + 128),
+        dated: false,
+    };
+    head.client.extend_from_slice(b"HTTP/1.1 ");
+    head.client.extend_from_slice(status_digits(status).as_slice());
+    head.client.push(b' ');
+    head.client.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    head.client.extend_from_slice(b"\r\n");
+    let mut named: Vec<&[u8]> = Vec::new();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            head.content_length = match head.content_length {
+                None => Some(value),
+                Some(before) if before == value => Some(value),
+                Some(_) => Some(None),
+            };
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            head.transfer_encoding = Some(trim(last).eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            head.reusable &= !has_token(h.value, b"close");
+            named.extend(h.value.split(|&b| b == b',').map(trim));
+        }
+    }
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if proxy::is_hop_by_hop(name.as_bytes())
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            continue;
+        }
+        head.dated |= name.eq_ignore_ascii_case("date");
+        head.client.extend_from_slice(name.as_bytes());
+        head.client.extend_from_slice(b": ");
+        head.client.extend_from_slice(h.value);
+        head.client.extend_from_slice(b"\r\n");
+    }
+    Ok(Some(head))
+}
+
+/// A status code's three digits (httparse takes only three).
+fn status_digits(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token))
+}
+
+impl Head {
+    /// `None` for a `Content-Length` that is not one number.
+    fn framing(&self, head_only: bool) -> Option<Framing> {
+        if head_only || self.status == 204 || self.status == 304 {
+            return Some(Framing::None);
+        }
+        match (self.transfer_encoding, self.content_length) {
+            (Some(true), _) => Some(Framing::Chunked(Chunked::default())),
+            (Some(false), _) => Some(Framing::UntilClose),
+            (None, Some(Some(n))) => Some(Framing::Length(n)),
+            (None, Some(None)) => None,
+            (None, None) => Some(Framing::UntilClose),
+        }
+    }
+
+    /// The head as the client gets it: the kept headers, then the framing and the
+    /// connection's fate in headers of ours, and `Date` when the backend gave none.
+    fn write_for_client(&self, framing: &Framing, close: bool, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.client);
+        if !self.dated {
+            crate::h1::write_date(out);
+        }
+        if matches!(framing, Framing::Chunked(_)) {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Relays the body: `buf` holds what came with the head, `out` the client's head. `Ok(true)`
+/// when the body ended where its framing said and the backend sent nothing more.
+async fn relay_body(
+    app: &App,
+    backend: &mut TcpStream,
+    mut buf: BytesMut,
+    mut framing: Framing,
+    mut out: Vec<u8>,
+    client: &mut TcpStream,
+) -> std::io::Result<bool> {
+    let stall = app.upstream.timeout();
+    loop {
+        let (take, done) = match &mut framing {
+            Framing::None => (0, true),
+            Framing::Length(left) => {
+                let take = (*left).min(buf.len() as u64) as usize;
+                *left -= take as u64;
+                (take, *left == 0)
+            }
+            Framing::Chunked(c) => match c.feed(&buf).map_err(std::io::Error::other)? {
+                Some(end) => (end, true),
+                None => (buf.len(), false),
+            },
+            Framing::UntilClose => (buf.len(), false),
+        };
+        out.extend_from_slice(&buf[..take]);
+        buf.advance(take);
+        if !out.is_empty() {
+            write_client(client, &out).await?;
+            out.clear();
+        }
+        if done {
+            // Bytes past the response: a backend that cannot be trusted with the next one.
+            return Ok(buf.is_empty());
+        }
+        buf.clear();
+        if buf.capacity() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = match tokio::time::timeout(stall, read_some(backend, &mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the backend stalled")),
+        };
+        if n == 0 {
+            return match framing {
+                Framing::UntilClose => Ok(false),
+                _ => {
+                    Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the backend closed mid-body"))
+                }
+            };
+        }
+    }
+}
+
+/// A client that takes in nothing of a response for this long is dropped.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_STALL, client.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")),
+    }
+}
+
+/// Follows a chunked body (RFC 9112 §7.1) to find its end; the bytes pass on unchanged.
+#[derive(Debug, Default)]
+struct Chunked {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum ChunkState {
+    /// Reading a chunk size; `digits` hex digits so far.
+    #[default]
+    Size,
+    SizeDigits {
+        size: u64,
+    },
+    /// After the size: extensions, up to the line's end.
+    Extension {
+        size: u64,
+    },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// A trailer line (or the final blank line) of `len` bytes so far.
+    Trailer {
+        len: usize,
+    },
+    TrailerLf {
+        len: usize,
+    },
+}
+
+impl Chunked {
+    /// Feeds the next bytes: `Some(n)` when the body ends after the first `n` of them.
+    fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
+        use ChunkState::*;
+        const BAD: &str = "the backend's chunked body is malformed";
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            self.state = match self.state {
+                Size | SizeDigits { .. } => {
+                    let size = match self.state {
+                        SizeDigits { size } => size,
+                        _ => 0,
+                    };
+                    let digit = (b as char).to_digit(16);
+                    match (digit, self.state) {
+                        (Some(d), _) => {
+                            let size =
+                                size.checked_mul(16).and_then(|s| s.checked_add(u64::from(d))).ok_or(BAD)?;
+                            SizeDigits { size }
+                        }
+                        (None, SizeDigits { size }) => match b {
+                            b'\r' => SizeLf { size },
+                            b'\n' => after_size(size),
+                            b';' | b' ' | b'\t' => Extension { size },
+                            _ => return Err(BAD),
+                        },
+                        _ => return Err(BAD),
+                    }
+                }
+                Extension { size } => match b {
+                    b'\r' => SizeLf { size },
+                    b'\n' => after_size(size),
+                    _ => Extension { size },
+                },
+                SizeLf { size } if b == b'\n' => after_size(size),
+                SizeLf { .. } => return Err(BAD),
+                Data { left } => {
+                    let take = (left as usize).min(bytes.len() - i);
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 { DataCr } else { Data { left } };
+                    continue;
+                }
+                DataCr if b == b'\r' => DataLf,
+                DataCr | DataLf if b == b'\n' => Size,
+                DataCr | DataLf => return Err(BAD),
+                Trailer { len } => match b {
+                    b'\r' => TrailerLf { len },
+                    b'\n' if len == 0 => return Ok(Some(i + 1)),
+                    b'\n' => Trailer { len: 0 },
+                    _ => Trailer { len: len + 1 },
+                },
+                TrailerLf { len: 0 } if b == b'\n' => return Ok(Some(i + 1)),
+                TrailerLf { .. } if b == b'\n' => Trailer { len: 0 },
+                TrailerLf { .. } => return Err(BAD),
+            };
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+fn after_size(size: u64) -> ChunkState {
+    if size == 0 { ChunkState::Trailer { len: 0 } } else { ChunkState::Data { left: size } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end_of(body: &[u8], step: usize) -> Result<Option<usize>, &'static str> {
+        let mut c = Chunked::default();
+        let mut at = 0;
+        for piece in body.chunks(step) {
+            if let Some(n) = c.feed(piece)? {
+                return Ok(Some(at + n));
+            }
+            at += piece.len();
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_say_fed_whole_or_byte_by_byte() {
+        let cases: [(&[u8], usize); 4] = [
+            (b"5\r\nhello\r\n0\r\n\r\nNEXT", 15),
+            (b"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n", 34),
+            (b"1\r\nx\r\n0\r\nx-trailer: 1\r\n\r\nNEXT", 25),
+            (b"0\r\n\r\n", 5),
+        ];
+        for (body, end) in cases {
+            for step in [1, 2, 3, 7, body.len()] {
+                assert_eq!(end_of(body, step), Ok(Some(end)), "{} by {step}", String::from_utf8_lossy(body));
+            }
+        }
+        assert_eq!(end_of(b"5\r\nhel", 2), Ok(None));
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"fffffffffffffffff\r\n"] {
+            assert!(end_of(bad, 1).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// The relay's bytes say what `prepare` says in a header map, for trusted and untrusted
+    /// peers, with and without a token and a base path.
+    #[test]
+    fn relayed_heads_match_prepared_ones() {
+        use axum::http::{HeaderMap, Request};
+        let head = |extra: &str| {
+            let text = format!(
+                "GET /book/seat?x=1 HTTP/1.1\r\nHost: gw.example\r\nCookie: a=b\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Admission-Token: forged\r\nAccept: */*\r\nAccept: text/html\r\n{extra}\r\n"
+            );
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            req.parse(text.as_bytes()).unwrap();
+            let mut r = Request::builder().method(req.method.unwrap()).uri(req.path.unwrap());
+            for h in req.headers.iter() {
+                r = r.header(h.name, h.value);
+            }
+            r.body(()).unwrap().into_parts().0
+        };
+        let as_map = |bytes: &[u8]| {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            let n = match req.parse(bytes).unwrap() {
+                httparse::Status::Complete(n) => n,
+                httparse::Status::Partial => panic!("partial"),
+            };
+            let mut map = HeaderMap::new();
+            for h in req.headers.iter() {
+                map.append(
+                    axum::http::HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                    HeaderValue::from_bytes(h.value).unwrap(),
+                );
+            }
+            (req.path.unwrap().to_owned(), map, bytes[n..].to_vec())
+        };
+        let sorted = |m: &HeaderMap| {
+            let mut v: Vec<(String, Vec<u8>)> =
+                m.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+            v.sort();
+            v
+        };
+        let token = HeaderValue::from_static("tok.en.sig");
+        let peer = crate::state::PeerAddr("10.1.2.3:4567".parse().unwrap());
+        for base in ["http://127.0.0.1:9", "http://127.0.0.1:9/prefix"] {
+            let up = Upstream::new(base, Duration::from_secs(1), 1024, 1).unwrap();
+            for trusted in [false, true] {
+                for extra in [
+                    "",
+                    "X-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoofed\r\n",
+                ] {
+                    for token in [None, Some(&token)] {
+                        let mut prepared = head(extra);
+                        let relayed = request_head(&up, trusted, &prepared, "10.1.2.3", token, b"").unwrap();
+                        proxy::prepare_for(&up, trusted, &mut prepared, Some(peer), token.cloned()).unwrap();
+                        let (target, map, body) = as_map(&relayed);
+                        let case = format!("{base} trusted={trusted} extra={extra:?} token={token:?}");
+                        assert_eq!(target, prepared.uri.to_string(), "{case}");
+                        assert_eq!(sorted(&map), sorted(&prepared.headers), "{case}");
+                        assert!(body.is_empty());
+                    }
+                }
+            }
+        }
+        let up = Upstream::new("http://127.0.0.1:9", Duration::from_secs(1), 4, 1).unwrap();
+        assert!(
+            request_head(&up, false, &head(""), "1.2.3.4", None, b"12345").is_err(),
+            "over the body limit"
+        );
+    }
+
+    #[test]
+    fn response_heads_say_their_framing_and_lose_hop_by_hop_headers() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: x-private, keep-alive\r\nKeep-Alive: timeout=5\r\nX-Private: 1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\nDate: Mon, 30 Nov 2026 00:00:00 GMT\r\n\r\nbody";
+        let Ok(Some(head)) = parse_head(raw) else { panic!("parses") };
+        assert_eq!(head.len, raw.len() - 4);
+        assert!(matches!(head.framing(false), Some(Framing::Chunked(_))));
+        assert!(matches!(head.framing(true), Some(Framing::None)));
+        let mut out = Vec::new();
+        head.write_for_client(&head.framing(false).unwrap(), false, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: Mon, 30 Nov 2026 00:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let plain = b"HTTP/1.0 404 Not Found\r\ncontent-length: 3\r\n\r\n";
+        let Ok(Some(head)) = parse_head(plain) else { panic!("parses") };
+        assert!(!head.reusable);
+        assert!(matches!(head.framing(false), Some(Framing::Length(3))));
+        let twice = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n";
+        let Ok(Some(head)) = parse_head(twice) else { panic!("parses") };
+        assert!(head.framing(false).is_none());
+        let until_close = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n";
+        let Ok(Some(head)) = parse_head(until_close) else { panic!("parses") };
+        assert!(!head.reusable && matches!(head.framing(false), Some(Framing::UntilClose)));
+        assert!(matches!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-"), Ok(None)));
+        assert!(matches!(parse_head(b"HTTX/1.1 200 OK\r\n\r\n"), Err(HeadError::Invalid(_))));
+    }
+}
