@@ -34,19 +34,54 @@ pub fn admission_cookie_name(room: &RoomId) -> String {
 /// Header that may carry the admission token instead of the cookie.
 pub const ADMISSION_HEADER: HeaderName = HeaderName::from_static("x-admission-token");
 
-/// Makes and checks ticket secrets.
+/// Most ticket cookies remembered as verified.
+pub const VERIFIED_COOKIES: usize = 100_000;
+
+/// Makes and checks ticket secrets. Cookies that passed are remembered (room, cookie →
+/// ticket and secret): a waiting browser polls every few seconds, and checking its cookie's
+/// HMAC again was a fifth of a poll's work. A hit compares room and cookie in full, and
+/// only verified pairs are stored, so a hit is as good as the check; the key never changes
+/// while the gateway runs, so entries never go stale. Bounded: when full, it starts over.
 #[derive(Debug)]
-pub struct CookieKey(hmac::Key);
+pub struct CookieKey {
+    key: hmac::Key,
+    verified: DashMap<u64, Verified>,
+    hasher: RandomState,
+    cap: usize,
+}
+
+#[derive(Debug)]
+struct Verified {
+    room: RoomId,
+    cookie: Box<str>,
+    ticket: TicketId,
+    secret: Box<[u8]>,
+}
 
 impl CookieKey {
     /// A key from 32 bytes of secret material.
     pub fn new(material: &[u8]) -> Self {
-        CookieKey(hmac::Key::new(hmac::HMAC_SHA256, material))
+        CookieKey::with_capacity(material, VERIFIED_COOKIES)
+    }
+
+    /// A key remembering at most `cap` verified cookies.
+    pub fn with_capacity(material: &[u8], cap: usize) -> Self {
+        CookieKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, material),
+            verified: DashMap::new(),
+            hasher: RandomState::new(),
+            cap: cap.max(1),
+        }
     }
 
     /// The secret of `ticket` in `room`.
     pub fn secret(&self, room: &RoomId, ticket: TicketId) -> Vec<u8> {
-        hmac::sign(&self.0, signed_text(room, ticket).as_bytes()).as_ref().to_vec()
+        hmac::sign(&self.key, signed_text(room, ticket).as_bytes()).as_ref().to_vec()
+    }
+
+    /// Cookies remembered as verified.
+    pub fn remembered(&self) -> usize {
+        self.verified.len()
     }
 
     /// The cookie value for a ticket.
@@ -61,10 +96,23 @@ impl CookieKey {
     }
 
     fn ticket_from_value(&self, value: &str, room: &RoomId) -> Option<(TicketId, Vec<u8>)> {
+        let key = self.hasher.hash_one((room.as_str(), value));
+        if let Some(hit) = self.verified.get(&key)
+            && hit.room == *room
+            && &*hit.cookie == value
+        {
+            return Some((hit.ticket, hit.secret.to_vec()));
+        }
         let (ticket, secret) = value.split_once('.')?;
         let ticket = TicketId::parse(ticket).ok()?;
         let given = URL_SAFE_NO_PAD.decode(secret).ok()?;
-        hmac::verify(&self.0, signed_text(room, ticket).as_bytes(), &given).ok()?;
+        hmac::verify(&self.key, signed_text(room, ticket).as_bytes(), &given).ok()?;
+        if self.verified.len() >= self.cap {
+            self.verified.clear();
+        }
+        let entry =
+            Verified { room: room.clone(), cookie: value.into(), ticket, secret: given.as_slice().into() };
+        self.verified.insert(key, entry);
         Some((ticket, given))
     }
 }
@@ -369,6 +417,36 @@ mod tests {
         let other_key = CookieKey::new(&[2u8; 32]);
         h.insert(header::COOKIE, format!("wr_r={}", other_key.cookie_value(&room, t)).parse().unwrap());
         assert!(key.ticket_from(&h, &room).is_none());
+    }
+
+    /// Verified cookies are remembered, forged ones never are, a remembered cookie is still
+    /// refused in another room, and the memory stays bounded.
+    #[test]
+    fn verified_cookies_are_remembered_within_bounds() {
+        let key = CookieKey::with_capacity(&[1u8; 32], 3);
+        let (r, s) = (RoomId::parse("r").unwrap(), RoomId::parse("s").unwrap());
+        let cookie = |value: String| {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, format!("wr_r={value}; wr_s={value}").parse().unwrap());
+            h
+        };
+        let t = TicketId::new(5, 77);
+        let good = cookie(key.cookie_value(&r, t));
+        for _ in 0..2 {
+            let (ticket, secret) = key.ticket_from(&good, &r).unwrap();
+            assert_eq!((ticket, secret), (t, key.secret(&r, t)));
+            assert_eq!(key.remembered(), 1);
+        }
+        assert!(key.ticket_from(&good, &s).is_none(), "a cookie of room r does not open room s");
+        let forged = cookie(format!("{t}.{}", URL_SAFE_NO_PAD.encode([0u8; 32])));
+        assert!(key.ticket_from(&forged, &r).is_none());
+        assert_eq!(key.remembered(), 1, "nothing refused is remembered");
+        for seq in 1..10 {
+            let other = TicketId::new(5, 100 + seq);
+            assert!(key.ticket_from(&cookie(key.cookie_value(&r, other)), &r).is_some());
+            assert!(key.remembered() <= 3);
+        }
+        assert_eq!(key.ticket_from(&good, &r).unwrap().0, t, "still verified after starting over");
     }
 
     #[test]
