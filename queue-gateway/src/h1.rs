@@ -316,13 +316,9 @@ pub(crate) async fn write_response(
         match length {
             // A HEAD answer says what a GET would get: the handler's own length, else the
             // length of a body it still gave.
-            Some(n) if head_only && !given_length && n > 0 => {
-                let _ = write!(out, "content-length: {n}\r\n");
-            }
+            Some(n) if head_only && !given_length && n > 0 => content_length(&mut out, n),
             _ if head_only => {}
-            Some(n) => {
-                let _ = write!(out, "content-length: {n}\r\n");
-            }
+            Some(n) => content_length(&mut out, n),
             None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
     }
@@ -354,6 +350,24 @@ pub(crate) async fn write_response(
     }
     stream.write_all(&out).await?;
     Ok(!close)
+}
+
+/// Appends a `content-length:` line (without `fmt`: this runs on every response).
+fn content_length(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut left = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (left % 10) as u8;
+        left /= 10;
+        if left == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 thread_local! {
@@ -481,6 +495,15 @@ mod tests {
         // A head that outgrows the limit is hyper's to refuse (431).
         let long = format!("GET /x HTTP/1.1\r\nx: {}", "y".repeat(200));
         assert!(matches!(parse(long.as_bytes(), 100), Parsed::HandOff));
+    }
+
+    #[test]
+    fn content_lengths_are_decimal() {
+        for n in [0, 7, 10, 171, 65_536, u64::MAX] {
+            let mut out = Vec::new();
+            content_length(&mut out, n);
+            assert_eq!(out, format!("content-length: {n}\r\n").into_bytes());
+        }
     }
 
     #[test]
