@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -76,14 +76,28 @@ pub(crate) async fn serve<S: Served>(
     let peer_ip = peer.ip().to_string();
     let mut deadline = first_request;
     let mut first = true;
+    // Whether a shutdown can still be signalled (a dropped sender never will).
+    let mut watching = true;
     loop {
         if *shutdown.borrow() {
             return;
         }
+        // The wait is cut into spans no longer than a request's timeout: tokio wakes its
+        // driver (a system call) whenever a timer is set earlier than every other, so an idle
+        // limit longer than the request timeout cost one on every request.
+        let span = deadline.min(Instant::now() + request_timeout);
         let next = tokio::select! {
             next = read_request(&mut stream, &mut buf, limits.max_header_bytes) => Some(next),
-            _ = tokio::time::sleep_until(deadline) => None,
-            _ = shutdown.changed() => continue,
+            _ = tokio::time::sleep_until(span) => {
+                if span < deadline {
+                    continue;
+                }
+                None
+            }
+            changed = shutdown.changed(), if watching => {
+                watching = changed.is_ok();
+                continue;
+            }
         };
         let (req, close) = match next {
             // Nothing at all on a kept-alive connection is an idle client; a head begun and
@@ -183,14 +197,12 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usiz
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(BUF);
         }
-        if stream.readable().await.is_err() {
-            return Next::Gone;
-        }
-        match stream.try_read_buf(buf) {
-            Ok(0) => return Next::Gone,
+        // `read_buf`, not `try_read_buf`: a read that leaves room in the buffer tells tokio
+        // the socket is drained, so the next request is awaited without a read that can
+        // only say "nothing yet" (one system call per request).
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Next::Gone,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return Next::Gone,
         }
     }
 }
@@ -339,7 +351,8 @@ pub(crate) async fn write_response(
             if chunked {
                 out.extend_from_slice(b"\r\n");
             }
-            if out.len() >= 64 * 1024 {
+            // A whole body goes out with its head in one write; a stream, frame by frame.
+            if !body.is_end_stream() {
                 stream.write_all(&out).await?;
                 out.clear();
             }

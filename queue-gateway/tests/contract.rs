@@ -892,3 +892,31 @@ async fn relayed_responses_keep_their_framing() {
     assert_eq!(bodies, ["four", "13", "four"], "the upload arrived whole: {seen}");
     gw.stop().await.unwrap();
 }
+
+/// A kept-alive connection outlives the request timeout while idle (the wait is cut into
+/// spans no longer than it), takes the next request, and is closed once idle past its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_connections_wait_past_the_request_timeout_and_close_when_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut cfg = config("127.0.0.1:9".parse().unwrap(), None);
+    cfg.limits.request_timeout_ms = 300;
+    cfg.limits.keep_alive_idle_ms = 1_500;
+    let gw = queue_gateway::spawn(cfg).await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut seen = String::new();
+    for round in 0..2 {
+        client.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        read_until(&mut client, &mut seen, "\"ok\"").await;
+        assert!(seen.starts_with("HTTP/1.1 200"), "round {round}: {seen}");
+        seen.clear();
+        // Idle for more than the request timeout, less than the idle limit.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "closed without a word: {closed:?} {rest:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "not before the idle limit");
+    gw.stop().await.unwrap();
+}
