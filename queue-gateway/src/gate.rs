@@ -227,7 +227,9 @@ pub struct Gates {
 impl Gates {
     /// The gate guarding `path` (longest matching prefix).
     pub fn find(&self, path: &str) -> Option<Arc<Gate>> {
-        let list = self.prefixes.read().unwrap_or_else(|e| e.into_inner()).clone();
+        // Searched under the read lock, not on a copy of the list: every request asks, and
+        // most find nothing.
+        let list = self.prefixes.read().unwrap_or_else(|e| e.into_inner());
         list.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(_, g)| g.clone())
     }
 

@@ -15,7 +15,7 @@ use axum::http::header::{CONNECTION, HOST};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::admission::ADMISSION_HEADER;
@@ -272,10 +272,15 @@ async fn read_head(backend: &mut TcpStream) -> Result<(BytesMut, Head), HeadErro
     }
 }
 
-/// One read (`read_buf`: a short read marks the socket drained, so the next response is
-/// awaited without a system call that finds nothing).
+/// One read, as [`crate::h1`] reads: `readable`, then `try_read_buf`.
 async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    stream.read_buf(buf).await
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
 }
 
 /// Parses a response head, keeping what the client will get of it: the status line and the
