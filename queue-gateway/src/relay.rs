@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::header::{CONNECTION, HOST};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, StatusCode};
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -293,10 +293,13 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(HeadError::Invalid("the backend's response head is malformed")),
     };
-    let status = resp.code.unwrap_or(502);
+    // httparse reads any three digits; below 100 is no status.
+    let Some(status) = resp.code.and_then(|c| StatusCode::from_u16(c).ok()) else {
+        return Err(HeadError::Invalid("the backend's response status is invalid"));
+    };
     let mut head = Head {
         len,
-        status,
+        status: status.as_u16(),
         transfer_encoding: None,
         content_length: None,
         reusable: resp.version == Some(1),
@@ -304,7 +307,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         dated: false,
     };
     head.client.extend_from_slice(b"HTTP/1.1 ");
-    head.client.extend_from_slice(status_digits(status).as_slice());
+    head.client.extend_from_slice(status.as_str().as_bytes());
     head.client.push(b' ');
     head.client.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.client.extend_from_slice(b"\r\n");
@@ -319,12 +322,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
             };
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            head.transfer_encoding = Some(trim(last).eq_ignore_ascii_case(b"chunked"));
+            head.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
-            head.reusable &= !has_token(h.value, b"close");
-            named.extend(h.value.split(|&b| b == b',').map(trim));
+            named.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
         }
     }
+    head.reusable &= !named.iter().any(|t| t.eq_ignore_ascii_case(b"close"));
     for h in resp.headers.iter() {
         let name = h.name;
         if proxy::is_hop_by_hop(name.as_bytes())
@@ -333,28 +336,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
             continue;
         }
         head.dated |= name.eq_ignore_ascii_case("date");
-        head.client.extend_from_slice(name.as_bytes());
-        head.client.extend_from_slice(b": ");
-        head.client.extend_from_slice(h.value);
-        head.client.extend_from_slice(b"\r\n");
+        line(&mut head.client, name, h.value);
     }
     Ok(Some(head))
-}
-
-/// A status code's three digits (httparse takes only three).
-fn status_digits(status: u16) -> [u8; 3] {
-    let s = status.min(999);
-    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
-    &b[start..end.max(start)]
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token))
 }
 
 impl Head {
@@ -685,5 +669,6 @@ mod tests {
         assert!(!head.reusable && matches!(head.framing(false), Some(Framing::UntilClose)));
         assert!(matches!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-"), Ok(None)));
         assert!(matches!(parse_head(b"HTTX/1.1 200 OK\r\n\r\n"), Err(HeadError::Invalid(_))));
+        assert!(matches!(parse_head(b"HTTP/1.1 099 Low\r\n\r\n"), Err(HeadError::Invalid(_))));
     }
 }
