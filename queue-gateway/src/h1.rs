@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use axum::http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -47,9 +47,9 @@ const BUF: usize = 4096;
 /// the request would only add an allocation per request.)
 #[allow(clippy::large_enum_variant)]
 enum Next {
-    /// A request of the lane's shape; `close` when the client asked for the connection to
-    /// close after it.
-    Request { req: Request<Body>, close: bool },
+    /// A request of the lane's shape and its whole body; `close` when the client asked for
+    /// the connection to close after it.
+    Request { req: Request<()>, body: Bytes, close: bool },
     /// Anything else: hyper takes the connection with the bytes read so far.
     HandOff,
     /// The client went away.
@@ -99,7 +99,7 @@ pub(crate) async fn serve<S: Served>(
                 continue;
             }
         };
-        let (req, close) = match next {
+        let (req, body, close) = match next {
             // Nothing at all on a kept-alive connection is an idle client; a head begun and
             // not finished (or a first request that never came) is a slow one.
             None if !first && buf.is_empty() => return,
@@ -109,17 +109,17 @@ pub(crate) async fn serve<S: Served>(
                 let io = Rewind { pending: buf.freeze(), stream };
                 return crate::server::with_hyper(io, peer, svc, limits, shutdown).await;
             }
-            Some(Next::Request { req, close }) => (req, close),
+            Some(Next::Request { req, body, close }) => (req, body, close),
         };
         first = false;
         let close = close || *shutdown.borrow();
         let kept = match &app {
             Some(app) if crate::proxy::relayable(app, &req) => {
-                relay(app, req, &peer_ip, &mut stream, close).await
+                relay(app, req, &body, &peer_ip, &mut stream, close).await
             }
             _ => {
                 let head_only = req.method() == Method::HEAD;
-                let mut req = req;
+                let mut req = req.map(|()| if body.is_empty() { Body::empty() } else { Body::from(body) });
                 req.extensions_mut().insert(PeerAddr(peer));
                 let resp = dispatch(svc.clone(), req, request_timeout).await;
                 write_response(&mut stream, resp, head_only, close).await.unwrap_or(false)
@@ -139,26 +139,24 @@ pub(crate) async fn serve<S: Served>(
 
 /// An admitted (or unprotected) request for the backend: checked and prepared as the proxy
 /// does, then relayed. True when the connection can take the next request.
-async fn relay(app: &App, req: Request<Body>, peer_ip: &str, stream: &mut TcpStream, close: bool) -> bool {
+async fn relay(
+    app: &App,
+    req: Request<()>,
+    body: &[u8],
+    peer_ip: &str,
+    stream: &mut TcpStream,
+    close: bool,
+) -> bool {
     let started = std::time::Instant::now();
     let head_only = req.method() == Method::HEAD;
-    let (parts, body) = req.into_parts();
-    let body = body_bytes(body).await;
+    let (parts, ()) = req.into_parts();
     let resp = match crate::proxy::check_path(&parts.uri) {
         Err(e) => e.into_response(),
         Ok(()) => match crate::proxy::admit(app, &parts.uri, &parts.headers) {
             Err(refused) => *refused,
             Ok(token) => {
-                let relayed = crate::relay::forward(
-                    app,
-                    &parts,
-                    &body,
-                    peer_ip,
-                    token.as_ref(),
-                    stream,
-                    close,
-                    started,
-                );
+                let relayed =
+                    crate::relay::forward(app, &parts, body, peer_ip, token.as_ref(), stream, close, started);
                 match relayed.await {
                     Ok(relayed) => return relayed == crate::relay::Relayed::KeepAlive,
                     Err(e) => e.into_response(),
@@ -171,15 +169,6 @@ async fn relay(app: &App, req: Request<Body>, peer_ip: &str, stream: &mut TcpStr
     write_response(stream, resp, head_only, close).await.unwrap_or(false)
 }
 
-/// A body the lane read whole: the bytes, without polling.
-async fn body_bytes(body: Body) -> Bytes {
-    if body.is_end_stream() {
-        return Bytes::new();
-    }
-    // A `Body::from(Bytes)` gives its bytes in one frame, at once.
-    body.collect().await.map(|c| c.to_bytes()).unwrap_or_default()
-}
-
 /// Reads until `buf` holds a whole request of the lane's shape (taken out of `buf`), or
 /// shows the connection is hyper's.
 async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usize) -> Next {
@@ -188,9 +177,9 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usiz
             match parse(buf, max_head) {
                 Parsed::Partial => {}
                 Parsed::HandOff => return Next::HandOff,
-                Parsed::Ready { req, used, close } => {
+                Parsed::Ready { req, body, used, close } => {
                     buf.advance(used);
-                    return Next::Request { req, close };
+                    return Next::Request { req, body, close };
                 }
             }
         }
@@ -217,9 +206,10 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usiz
 enum Parsed {
     Partial,
     HandOff,
-    /// The request, built from the first `used` bytes (head and body).
+    /// The request's head and body, from the first `used` bytes.
     Ready {
-        req: Request<Body>,
+        req: Request<()>,
+        body: Bytes,
         used: usize,
         close: bool,
     },
@@ -246,7 +236,7 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
         return Parsed::HandOff;
     }
     let Ok(uri) = Uri::try_from(target) else { return Parsed::HandOff };
-    let mut req = Request::new(Body::empty());
+    let mut req = Request::new(());
     // Sized once: grown header by header, the map rehashed itself twice per request.
     *req.headers_mut() = axum::http::HeaderMap::with_capacity(parsed.headers.len());
     let mut body_len = 0usize;
@@ -289,10 +279,8 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
-    if body_len > 0 {
-        *req.body_mut() = Body::from(Bytes::copy_from_slice(&buf[head_len..used]));
-    }
-    Parsed::Ready { req, used, close }
+    let body = if body_len > 0 { Bytes::copy_from_slice(&buf[head_len..used]) } else { Bytes::new() };
+    Parsed::Ready { req, body, used, close }
 }
 
 /// Writes a response of the service: head and body, the body with its length when known,
@@ -306,46 +294,10 @@ pub(crate) async fn write_response(
     let (parts, mut body) = response.into_parts();
     let close = close
         || parts.headers.get_all(CONNECTION).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    let no_body_status = parts.status.is_informational() || [204, 304].contains(&parts.status.as_u16());
-    let bodiless = head_only || no_body_status;
     let length = body.size_hint().exact();
     let mut out = Vec::with_capacity(256 + length.unwrap_or(0).min(64 * 1024) as usize);
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        parts.status.as_u16(),
-        parts.status.canonical_reason().unwrap_or("")
-    );
-    let mut dated = false;
-    let given_length = parts.headers.contains_key(CONTENT_LENGTH);
-    for (name, value) in &parts.headers {
-        if name == CONNECTION || name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && !head_only) {
-            continue;
-        }
-        dated |= name == DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !dated {
-        write_date(&mut out);
-    }
-    let chunked = !bodiless && length.is_none();
-    if !no_body_status {
-        match length {
-            // A HEAD answer says what a GET would get: the handler's own length, else the
-            // length of a body it still gave.
-            Some(n) if head_only && !given_length && n > 0 => content_length(&mut out, n),
-            _ if head_only => {}
-            Some(n) => content_length(&mut out, n),
-            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        }
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let chunked = response_head(&parts, length, head_only, close, &mut out);
+    let bodiless = head_only || !has_body(parts.status);
     if !bodiless {
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else { continue };
@@ -371,6 +323,58 @@ pub(crate) async fn write_response(
     }
     stream.write_all(&out).await?;
     Ok(!close)
+}
+
+/// Whether a response of this status carries a body at all.
+fn has_body(status: StatusCode) -> bool {
+    !(status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED)
+}
+
+/// Appends a response head to `out`: the status line, the response's own headers (less the
+/// framing and connection headers, which are ours to say), `Date` unless it has one, the
+/// framing (`length`, else chunked), and `connection: close` when `close`. A HEAD answer keeps
+/// the length a GET would get (the handler's own header, else its body's). True when the
+/// body is to be sent chunked.
+pub(crate) fn response_head(
+    parts: &axum::http::response::Parts,
+    length: Option<u64>,
+    head_only: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut dated = false;
+    let given_length = parts.headers.contains_key(CONTENT_LENGTH);
+    for (name, value) in &parts.headers {
+        if name == CONNECTION || name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && !head_only) {
+            continue;
+        }
+        dated |= name == DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !dated {
+        write_date(out);
+    }
+    let has_body = has_body(parts.status);
+    match length {
+        _ if !has_body => {}
+        Some(n) if head_only && !given_length && n > 0 => content_length(out, n),
+        _ if head_only => {}
+        Some(n) => content_length(out, n),
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    has_body && !head_only && length.is_none()
 }
 
 /// Appends a `content-length:` line (without `fmt`: this runs on every response).
@@ -467,9 +471,9 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
 
-    fn ready(head: &[u8]) -> (Request<Body>, usize, bool) {
+    fn ready(head: &[u8]) -> (Request<()>, usize, bool) {
         match parse(head, 8192) {
-            Parsed::Ready { req, used, close } => (req, used, close),
+            Parsed::Ready { req, used, close, .. } => (req, used, close),
             Parsed::Partial => panic!("partial: {}", String::from_utf8_lossy(head)),
             Parsed::HandOff => panic!("handed off: {}", String::from_utf8_lossy(head)),
         }

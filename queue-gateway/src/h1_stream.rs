@@ -13,10 +13,10 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use axum::response::Response;
 use http_body_util::BodyExt;
@@ -174,25 +174,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request<Body>>, HeadError> {
 /// early if the client goes away or stops taking data in.
 pub(crate) async fn write_response(stream: &mut TcpStream, response: Response) -> std::io::Result<()> {
     let (parts, mut body) = response.into_parts();
-    let length = body.size_hint().exact();
     let mut head = Vec::with_capacity(256);
-    let reason = parts.status.canonical_reason().unwrap_or("");
-    write!(head, "HTTP/1.1 {} {reason}\r\n", parts.status.as_u16())?;
-    for (name, value) in &parts.headers {
-        if [&CONNECTION, &CONTENT_LENGTH, &TRANSFER_ENCODING, &DATE].contains(&name) {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    write!(head, "date: {}\r\n", httpdate::fmt_http_date(SystemTime::now()))?;
-    match length {
-        Some(n) => write!(head, "content-length: {n}\r\n")?,
-        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    head.extend_from_slice(b"connection: close\r\n\r\n");
+    let chunked = crate::h1::response_head(&parts, body.size_hint().exact(), false, true, &mut head);
     send(stream, &head).await?;
     drop(head);
     loop {
@@ -210,7 +193,7 @@ pub(crate) async fn write_response(stream: &mut TcpStream, response: Response) -
         if data.is_empty() {
             continue;
         }
-        if length.is_some() {
+        if !chunked {
             send(stream, &data).await?;
         } else {
             let mut chunk = Vec::with_capacity(data.len() + 12);
@@ -220,7 +203,7 @@ pub(crate) async fn write_response(stream: &mut TcpStream, response: Response) -
             send(stream, &chunk).await?;
         }
     }
-    if length.is_none() {
+    if chunked {
         send(stream, b"0\r\n\r\n").await?;
     }
     Ok(())
