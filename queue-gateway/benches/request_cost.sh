@@ -13,6 +13,8 @@
 #   status-r  the same polls, Redis store (the gateway's side only: Redis runs outside callgrind)
 # Needs valgrind, nginx, wrk, redis-server, curl, python3. KEEP=DIR keeps the callgrind
 # dumps there (for callgrind_annotate).
+# STRACE=1: the same runs without valgrind, counting the gateway's system calls per request
+# with `strace -c -f` instead (needs strace).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ $# -eq 0 ]; then
@@ -77,7 +79,11 @@ measure() {
   port=$(free_port)
   local env=(WR_LISTEN=127.0.0.1:$port WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn)
   [ "$mode" = status-r ] && env+=(WR_REDIS_URL=redis://127.0.0.1:$REDIS)
-  env "${env[@]}" valgrind --tool=callgrind --callgrind-out-file="$dump" "$bin" > "$WORK/gw.log" 2>&1 &
+  if [ -n "${STRACE:-}" ]; then
+    env "${env[@]}" "$bin" > "$WORK/gw.log" 2>&1 &
+  else
+    env "${env[@]}" valgrind --tool=callgrind --callgrind-out-file="$dump" "$bin" > "$WORK/gw.log" 2>&1 &
+  fi
   vp=$!
   wait_port "$port"
   local args=()
@@ -90,6 +96,19 @@ measure() {
   fi
   export POLL_PREFIX=/api/v1/rooms/poll/tickets/
   wrk -t1 -d3s "${args[@]}" > /dev/null
+  if [ -n "${STRACE:-}" ]; then
+    strace -c -f -p "$vp" -o "$dump.strace" 2> /dev/null & local sp=$!
+    sleep 0.5
+    out=$(wrk -t1 -d10s "${args[@]}")
+    kill -INT "$sp"; wait "$sp" 2>/dev/null || true
+    kill "$vp"; wait "$vp" 2>/dev/null || true
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    printf '%-9s %-40s %s (%d requests)\n' "$mode" "$name" "$(awk -v n="$n" \
+      '$NF ~ /^[a-z_0-9]+$/ && $4+0 > 0 && $4/n >= 0.005 && $NF != "total" {printf "%s %.2f  ", $NF, $4/n}' \
+      "$dump.strace")" "$n"
+    rm -f "$dump"*
+    return
+  fi
   callgrind_control -z "$vp" > /dev/null 2>&1
   out=$(wrk -t1 -d10s "${args[@]}")
   callgrind_control -d "$vp" > /dev/null 2>&1
@@ -103,7 +122,8 @@ measure() {
   rm -f "$dump"*
 }
 
-echo "# $(date -u +%FT%TZ) callgrind, one serving thread"
+tool="callgrind"; [ -n "${STRACE:-}" ] && tool="strace -c, system calls per request"
+echo "# $(date -u +%FT%TZ) $tool, one serving thread"
 for bin in "$@"; do
   name=$(basename "$(dirname "$bin")")/$(basename "$bin")
   for mode in forward status status-r; do measure "$name" "$bin" "$mode"; done
