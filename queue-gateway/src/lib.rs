@@ -285,16 +285,14 @@ const STATUS_ROUTE: usize = 2;
 /// The route of `path` as an index into [`ROUTES`], and the path's first segments (what a
 /// route's handler reads its ids from, so the path is split once).
 pub(crate) fn route(path: &str) -> (usize, [&str; 8]) {
-    // No allocation, and no `split`: this runs on every request, and a searcher per
-    // segment cost more than the match below.
+    // No allocation, and no `split`: this runs on every request (twice for the gateway's
+    // own routes). A `str` searcher per segment, a byte loop and `position` all cost 6 to 15
+    // instructions a byte (callgrind); memchr looks at a vector's worth at a time.
     let mut segs = [""; 8];
     let mut n = 0;
-    let rest = path.trim_start_matches('/');
+    let rest = &path[path.bytes().position(|b| b != b'/').unwrap_or(path.len())..];
     let mut start = 0;
-    for (i, b) in rest.bytes().chain(std::iter::once(b'/')).enumerate() {
-        if b != b'/' {
-            continue;
-        }
+    for i in memchr::memchr_iter(b'/', rest.as_bytes()).chain(std::iter::once(rest.len())) {
         if n == segs.len() {
             return (PROXIED_ROUTE, segs);
         }
