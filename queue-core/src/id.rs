@@ -123,6 +123,18 @@ impl TicketId {
     pub fn as_u128(self) -> u128 {
         self.0
     }
+
+    /// The id as its 32 lowercase hex digits (what `Display` writes), without a formatter
+    /// or an allocation: ids are written on every status poll (JSON body, store arguments).
+    pub fn to_hex(self) -> [u8; 32] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, b) in self.0.to_be_bytes().iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        out
+    }
 }
 
 impl FromStr for TicketId {
@@ -134,15 +146,8 @@ impl FromStr for TicketId {
 
 impl fmt::Display for TicketId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // By hand: `{:032x}` goes through the padding machinery, and ids are formatted on
-        // every status poll (JSON body, store arguments).
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 32];
-        for (i, b) in self.0.to_be_bytes().iter().enumerate() {
-            out[2 * i] = HEX[usize::from(b >> 4)];
-            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
-        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+        // By hand: `{:032x}` goes through the padding machinery.
+        f.write_str(std::str::from_utf8(&self.to_hex()).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -379,6 +379,13 @@ pub(crate) fn response_head(
 
 /// Appends a `content-length:` line (without `fmt`: this runs on every response).
 fn content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal, without a formatter (response heads and ticket answers).
+pub(crate) fn push_decimal(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut left = n;
@@ -390,9 +397,7 @@ fn content_length(out: &mut Vec<u8>, n: u64) {
             break;
         }
     }
-    out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(&digits[at..]);
-    out.extend_from_slice(b"\r\n");
 }
 
 thread_local! {

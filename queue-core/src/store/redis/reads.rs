@@ -36,23 +36,25 @@ const HEAD: usize = 5;
 /// The reads for `tickets`: every ticket's info in one `HMGET`, then a `ZRANK` each.
 pub(super) fn pipeline(room: &RoomId, tickets: &[TicketId]) -> redis::Pipeline {
     let waiting = room_key(room, "waiting");
-    let ids: Vec<String> = tickets.iter().map(ToString::to_string).collect();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // The ids as hex digits in place: no string per ticket.
+    let ids: Vec<[u8; 32]> = tickets.iter().map(|t| t.to_hex()).collect();
+    let ids: Vec<&[u8]> = ids.iter().map(|id| &id[..]).collect();
+    let fields: Vec<&[u8]> = VIEW_FIELDS.iter().map(|f| f.as_bytes()).collect();
     let mut p = redis::Pipeline::with_capacity(HEAD + tickets.len());
-    p.add_command(command(&["HMGET", &room_key(room, "cfg")], &VIEW_FIELDS));
-    p.add_command(command(&["TIME"], &[]));
-    p.add_command(command(&["HGET", &room_key(room, "stats"), "rate_pm"], &[]));
-    p.add_command(command(&["HMGET", &room_key(room, "tickets")], &ids));
-    p.add_command(command(&["EXISTS", &room_key(room, "draw")], &[]));
+    p.add_command(command(&[b"HMGET", room_key(room, "cfg").as_bytes()], &fields));
+    p.add_command(command(&[b"TIME"], &[]));
+    p.add_command(command(&[b"HGET", room_key(room, "stats").as_bytes(), b"rate_pm"], &[]));
+    p.add_command(command(&[b"HMGET", room_key(room, "tickets").as_bytes()], &ids));
+    p.add_command(command(&[b"EXISTS", room_key(room, "draw").as_bytes()], &[]));
     for id in ids {
-        p.add_command(command(&["ZRANK", &waiting, id], &[]));
+        p.add_command(command(&[b"ZRANK", waiting.as_bytes(), id], &[]));
     }
     p
 }
 
 /// A command sized up front: grown argument by argument, each costs a few reallocations,
 /// and a batch of polls sends one per ticket.
-fn command(head: &[&str], rest: &[&str]) -> redis::Cmd {
+fn command(head: &[&[u8]], rest: &[&[u8]]) -> redis::Cmd {
     let args = || head.iter().chain(rest);
     let mut c = redis::Cmd::with_capacity(head.len() + rest.len(), args().map(|a| a.len()).sum());
     for a in args() {
