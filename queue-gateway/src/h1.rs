@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Limits;
-use crate::server::{Served, dispatch};
+use crate::server::{Served, Slot, dispatch_in};
 use crate::state::{App, PeerAddr};
 
 /// Header lines a request may carry here (hyper's default limit; more go to hyper).
@@ -54,6 +54,8 @@ enum Next {
     HandOff,
     /// The client went away.
     Gone,
+    /// A head the lane cannot represent: answered `400` and closed.
+    Bad,
 }
 
 /// Serves `stream` until it closes, times out, is handed to hyper, or the gateway stops.
@@ -78,6 +80,7 @@ pub(crate) async fn serve<S: Served>(
     let mut first = true;
     // Whether a shutdown can still be signalled (a dropped sender never will).
     let mut watching = true;
+    let mut slot: Slot<S> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -105,6 +108,15 @@ pub(crate) async fn serve<S: Served>(
             None if !first && buf.is_empty() => return,
             None => return crate::server::request_timeout_answer(stream).await,
             Some(Next::Gone) => return,
+            Some(Next::Bad) => {
+                let bad = crate::error::error_body(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "malformed request head",
+                );
+                let _ = write_response(&mut stream, bad, false, true).await;
+                return;
+            }
             Some(Next::HandOff) => {
                 let io = Rewind { pending: buf.freeze(), stream };
                 return crate::server::with_hyper(io, peer, svc, limits, shutdown).await;
@@ -121,7 +133,7 @@ pub(crate) async fn serve<S: Served>(
                 let head_only = req.method() == Method::HEAD;
                 let mut req = req.map(|()| if body.is_empty() { Body::empty() } else { Body::from(body) });
                 req.extensions_mut().insert(PeerAddr(peer));
-                let resp = dispatch(svc.clone(), req, request_timeout).await;
+                let resp = dispatch_in(&mut slot, svc.clone(), req, request_timeout).await;
                 write_response(&mut stream, resp, head_only, close).await.unwrap_or(false)
             }
         };
@@ -177,10 +189,8 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usiz
             match parse(buf, max_head) {
                 Parsed::Partial => {}
                 Parsed::HandOff => return Next::HandOff,
-                Parsed::Ready { req, body, used, close } => {
-                    buf.advance(used);
-                    return Next::Request { req, body, close };
-                }
+                Parsed::Bad => return Next::Bad,
+                Parsed::Ready { req, body, close } => return Next::Request { req, body, close },
             }
         }
         if buf.capacity() - buf.len() < 512 {
@@ -206,17 +216,21 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usiz
 enum Parsed {
     Partial,
     HandOff,
-    /// The request's head and body, from the first `used` bytes.
+    /// The request's head and body, taken out of the buffer.
     Ready {
         req: Request<()>,
         body: Bytes,
-        used: usize,
         close: bool,
     },
+    /// A head httparse took that the `http` types refuse (they check the same bytes, so
+    /// this is not expected): answered `400`.
+    Bad,
 }
 
-/// The request at the start of `buf`, if it is whole and of the lane's shape.
-fn parse(buf: &[u8], max_head: usize) -> Parsed {
+/// The request at the start of `buf`, if it is whole and of the lane's shape; a `Ready`
+/// request's bytes are taken out of `buf`. Its path, header values and body are slices of
+/// those bytes, not copies: a copy was an allocation per header value.
+fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
@@ -235,15 +249,18 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
     {
         return Parsed::HandOff;
     }
-    let Ok(uri) = Uri::try_from(target) else { return Parsed::HandOff };
-    let mut req = Request::new(());
-    // Sized once: grown header by header, the map rehashed itself twice per request.
-    *req.headers_mut() = axum::http::HeaderMap::with_capacity(parsed.headers.len());
+    // Where each kept piece lies in `buf`, to slice it once the bytes are taken out.
+    let start = buf.as_ptr() as usize;
+    let span = |piece: &[u8]| {
+        let at = piece.as_ptr() as usize - start;
+        at..at + piece.len()
+    };
+    let target = span(target.as_bytes());
+    let mut names = Vec::with_capacity(parsed.headers.len());
     let mut body_len = 0usize;
     let mut close = false;
     for h in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else { return Parsed::HandOff };
-        let Ok(value) = HeaderValue::from_bytes(h.value) else { return Parsed::HandOff };
         if name == CONTENT_LENGTH {
             let digits = h.value;
             let Some(n) = std::str::from_utf8(digits).ok().filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
@@ -251,7 +268,7 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
                 return Parsed::HandOff;
             };
             match n.parse::<usize>() {
-                Ok(n) if n <= MAX_BODY && !req.headers().contains_key(CONTENT_LENGTH) => body_len = n,
+                Ok(n) if n <= MAX_BODY && !names.iter().any(|(n, _)| *n == CONTENT_LENGTH) => body_len = n,
                 _ => return Parsed::HandOff,
             }
         } else if name == TRANSFER_ENCODING
@@ -268,7 +285,7 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
                 }
             }
         }
-        req.headers_mut().append(name, value);
+        names.push((name, span(h.value)));
     }
     let used = head_len + body_len;
     if buf.len() < used {
@@ -276,11 +293,19 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
         // over the limit before reading any of it).
         return Parsed::HandOff;
     }
+    let bytes = buf.split_to(used).freeze();
+    let mut req = Request::new(());
+    // Sized once: grown header by header, the map rehashed itself twice per request.
+    *req.headers_mut() = axum::http::HeaderMap::with_capacity(names.len());
+    for (name, value) in names {
+        let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(value)) else { return Parsed::Bad };
+        req.headers_mut().append(name, value);
+    }
+    let Ok(uri) = Uri::from_maybe_shared(bytes.slice(target)) else { return Parsed::Bad };
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
-    let body = if body_len > 0 { Bytes::copy_from_slice(&buf[head_len..used]) } else { Bytes::new() };
-    Parsed::Ready { req, body, used, close }
+    Parsed::Ready { req, body: bytes.slice(head_len..used), close }
 }
 
 /// Writes a response of the service: head and body, the body with its length when known,
@@ -476,11 +501,28 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
 
+    /// `super::parse` on `head`, and how many bytes it took out.
+    fn parse_counted(head: &[u8], max_head: usize) -> (Parsed, usize) {
+        let mut buf = BytesMut::from(head);
+        let parsed = super::parse(&mut buf, max_head);
+        let used = head.len() - buf.len();
+        assert_eq!(&buf[..], &head[used..]);
+        if !matches!(parsed, Parsed::Ready { .. }) {
+            assert_eq!(used, 0, "only a ready request is taken out of the buffer");
+        }
+        (parsed, used)
+    }
+
+    fn parse(head: &[u8], max_head: usize) -> Parsed {
+        parse_counted(head, max_head).0
+    }
+
     fn ready(head: &[u8]) -> (Request<()>, usize, bool) {
-        match parse(head, 8192) {
-            Parsed::Ready { req, used, close, .. } => (req, used, close),
-            Parsed::Partial => panic!("partial: {}", String::from_utf8_lossy(head)),
-            Parsed::HandOff => panic!("handed off: {}", String::from_utf8_lossy(head)),
+        match parse_counted(head, 8192) {
+            (Parsed::Ready { req, close, .. }, used) => (req, used, close),
+            (Parsed::Partial, _) => panic!("partial: {}", String::from_utf8_lossy(head)),
+            (Parsed::HandOff, _) => panic!("handed off: {}", String::from_utf8_lossy(head)),
+            (Parsed::Bad, _) => panic!("bad: {}", String::from_utf8_lossy(head)),
         }
     }
 
@@ -497,6 +539,11 @@ mod tests {
             b"POST /api/v1/rooms/r/tickets HTTP/1.1\r\ncontent-length: 2\r\nconnection: Close\r\n\r\n{}",
         );
         assert_eq!((req.method(), used, close), (&Method::POST, 81, true));
+        let Parsed::Ready { body, .. } = parse(b"POST /x HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}GET", 8192)
+        else {
+            panic!("not ready")
+        };
+        assert_eq!(&body[..], b"{}", "the body, not what follows it");
         assert!(matches!(parse(b"GET /x HTTP/1.1\r\nhost: a\r\n", 8192), Parsed::Partial));
     }
 

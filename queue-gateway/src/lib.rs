@@ -209,12 +209,15 @@ pub fn service(
                 STATUS_ROUTE => room::plain_status_ids(req.method(), segs[3], segs[5]),
                 _ => None,
             };
+            // The proxy's and the router's futures are boxed: inline, they made every
+            // request's future 3.5 KiB, an allocation too large for malloc's per-thread
+            // cache (and one that consolidates its free lists) even for a status poll.
             let resp = if index == PROXIED_ROUTE {
-                proxy::handle(State(app.clone()), req).await
+                Box::pin(proxy::handle(State(app.clone()), req)).await
             } else if let Some(ids) = poll {
                 room::status_past_router(&app, req, ids).await
             } else {
-                router.oneshot(req).await.unwrap_or_else(|never| match never {})
+                Box::pin(router.oneshot(req)).await.unwrap_or_else(|never| match never {})
             };
             let code = resp.status().as_u16();
             app.metrics.request_done(index, ROUTES[index], code, started.elapsed().as_secs_f64());
