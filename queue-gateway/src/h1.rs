@@ -93,6 +93,8 @@ pub(crate) async fn serve<S: Served>(
             next = read_request(&mut stream, &mut buf, limits.max_header_bytes) => Some(next),
             _ = tokio::time::sleep_until(span) => {
                 if span < deadline {
+                    // Idle for a while: the service future's box goes until the next request.
+                    slot = None;
                     continue;
                 }
                 None
@@ -118,6 +120,8 @@ pub(crate) async fn serve<S: Served>(
                 return;
             }
             Some(Next::HandOff) => {
+                // Not kept for the rest of the connection (an event stream, say).
+                drop(slot);
                 let io = Rewind { pending: buf.freeze(), stream };
                 return crate::server::with_hyper(io, peer, svc, limits, shutdown).await;
             }

@@ -283,8 +283,9 @@ pub(crate) type Slot<S> = Option<Pin<Box<Oneshot<S, Request<Body>>>>>;
 /// [`dispatch`] for a connection that serves its requests one at a time: each request's
 /// future goes into the box the one before used. The service's future is ~1.5 KiB, more
 /// than malloc keeps per thread, and a fresh box per request cost ~700 instructions of
-/// malloc and free (callgrind, a status poll). The box lives as long as the connection,
-/// holding nothing between requests (a finished or timed-out future is dropped).
+/// malloc and free (callgrind, a status poll). The box holds nothing between requests (a
+/// finished or timed-out future is dropped); the lane frees it when the connection idles
+/// or goes to hyper.
 pub(crate) async fn dispatch_in<S: Served>(
     slot: &mut Slot<S>,
     svc: S,
