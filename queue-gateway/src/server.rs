@@ -265,15 +265,10 @@ pub(crate) async fn request_timeout_answer(mut stream: TcpStream) {
 }
 
 /// Runs one request through the router, bounded by the request timeout (streams excepted).
+/// Boxed: on h2 each request is a task of its own sized by its largest state, and the
+/// router's future is large; a long stream would carry it for nothing.
 pub(crate) async fn dispatch<S: Served>(svc: S, req: Request<Body>, timeout: Duration) -> Response {
-    let streaming = h1_stream::is_events_path(req.uri().path().as_bytes());
-    // Boxed: on h2 each request is a task of its own sized by its largest state, and the
-    // router's future is large; a long stream would carry it for nothing.
-    let fut = Box::pin(svc.oneshot(req));
-    match answer(fut, streaming, timeout).await {
-        Some(r) => r,
-        None => timed_out(),
-    }
+    dispatch_in(&mut None, svc, req, timeout).await
 }
 
 /// Where a connection that serves one request at a time keeps its requests' service
@@ -301,33 +296,16 @@ pub(crate) async fn dispatch_in<S: Served>(
         }
         None => slot.insert(Box::pin(fut)).as_mut(),
     };
-    match answer(fut, streaming, timeout).await {
-        Some(r) => r,
-        None => {
+    let answered = if streaming { Ok(fut.await) } else { tokio::time::timeout(timeout, fut).await };
+    match answered {
+        Ok(Ok(r)) => r,
+        Ok(Err(never)) => match never {},
+        Err(_) => {
             *slot = None;
-            timed_out()
+            error_body(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long")
         }
     }
 }
-
-/// The service's answer, `None` when it took longer than `timeout` (event streams take as
-/// long as they last).
-async fn answer<F>(fut: F, streaming: bool, timeout: Duration) -> Option<Response>
-where
-    F: std::future::Future<Output = Result<Response, Infallible>>,
-{
-    let answered = if streaming { Ok(fut.await) } else { tokio::time::timeout(timeout, fut).await };
-    match answered {
-        Ok(Ok(r)) => Some(r),
-        Ok(Err(never)) => match never {},
-        Err(_) => None,
-    }
-}
-
-fn timed_out() -> Response {
-    error_body(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

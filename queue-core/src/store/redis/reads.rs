@@ -20,14 +20,14 @@ use crate::id::{RoomId, TicketId};
 use crate::model::{TicketState, TicketStatus};
 
 /// The config fields the view needs, in the order [`decode`] reads them.
-const VIEW_FIELDS: [&str; 7] = [
-    "batch_size",
-    "tick_interval_ms",
-    "max_active",
-    "session_ttl_s",
-    "queue_method",
-    "opens_at_ms",
-    "paused",
+const VIEW_FIELDS: [&[u8]; 7] = [
+    b"batch_size",
+    b"tick_interval_ms",
+    b"max_active",
+    b"session_ttl_s",
+    b"queue_method",
+    b"opens_at_ms",
+    b"paused",
 ];
 /// Replies before the ranks: config fields, `TIME`, the admission rate, the tickets' infos,
 /// whether the room's draw was made.
@@ -39,9 +39,8 @@ pub(super) fn pipeline(room: &RoomId, tickets: &[TicketId]) -> redis::Pipeline {
     // The ids as hex digits in place: no string per ticket.
     let ids: Vec<[u8; 32]> = tickets.iter().map(|t| t.to_hex()).collect();
     let ids: Vec<&[u8]> = ids.iter().map(|id| &id[..]).collect();
-    let fields: Vec<&[u8]> = VIEW_FIELDS.iter().map(|f| f.as_bytes()).collect();
     let mut p = redis::Pipeline::with_capacity(HEAD + tickets.len());
-    p.add_command(command(&[b"HMGET", room_key(room, "cfg").as_bytes()], &fields));
+    p.add_command(command(&[b"HMGET", room_key(room, "cfg").as_bytes()], &VIEW_FIELDS));
     p.add_command(command(&[b"TIME"], &[]));
     p.add_command(command(&[b"HGET", room_key(room, "stats").as_bytes(), b"rate_pm"], &[]));
     p.add_command(command(&[b"HMGET", room_key(room, "tickets").as_bytes()], &ids));
