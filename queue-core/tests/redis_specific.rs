@@ -180,6 +180,12 @@ async fn plain_status_reads_agree_with_the_script() {
     let unknown = TicketId::new(tickets[0].seq(), tickets[0].random() ^ 1);
     let asked = [tickets[0], tickets[2], unknown, tickets[4], tickets[5], tickets[1], tickets[3]];
     let many = store.status_many(&room, &asked).await.unwrap();
+    // Asked again, the room's head and the tickets' infos come from the read cache.
+    let again = store.status_many(&room, &asked).await.unwrap();
+    let key = |m: &Option<TicketStatus>| {
+        m.as_ref().map(|s| (s.state, s.position, s.owner, s.joined_at_ms, s.phase))
+    };
+    assert_eq!(again.iter().map(key).collect::<Vec<_>>(), many.iter().map(key).collect::<Vec<_>>());
 
     let args: Vec<String> = asked.iter().map(ToString::to_string).collect();
     let script: Vec<redis::Value> =
@@ -204,4 +210,56 @@ async fn plain_status_reads_agree_with_the_script() {
         assert_eq!((got.owner.to_string(), got.joined_at_ms.to_string()), (owner, joined), "ticket {i}");
     }
     assert_eq!(states, ["admitted", "waiting", "unknown", "left", "waiting", "admitted", "waiting"]);
+}
+
+/// The read cache keeps a room's head (config, clock, rate) briefly and tickets' infos, never
+/// a ticket's state or rank: another gateway's admissions and leaves show at once, its config
+/// changes within 1 s (DESIGN §4), this handle's own changes at once, a room deleted
+/// elsewhere is unknown at once.
+#[tokio::test]
+async fn cached_status_reads_stay_exact() {
+    for urls in [RedisServer::shared().url(), RedisCluster::shared().urls()] {
+        let a = RedisStore::connect(&urls).await.unwrap();
+        let b = RedisStore::connect(&urls).await.unwrap();
+        let room = unique_room("cached");
+        a.put_room(&room, &RoomConfig { batch_size: 2, paused: true, ..RoomConfig::default() })
+            .await
+            .unwrap();
+        let mut t = Vec::new();
+        for i in 0..6 {
+            t.push(a.join(&room, &user(i)).await.unwrap().status.ticket);
+        }
+        let read = |s: Vec<Option<TicketStatus>>| -> Vec<(TicketState, Option<u64>)> {
+            s.into_iter().map(|s| s.map(|s| (s.state, s.position)).unwrap()).collect()
+        };
+        let waiting = |p: u64| (TicketState::Waiting, Some(p));
+        assert_eq!(read(a.status_many(&room, &t).await.unwrap()), (1..=6).map(waiting).collect::<Vec<_>>());
+        assert_eq!(a.status(&room, t[0]).await.unwrap().phase, RoomPhase::Paused);
+
+        // Another gateway admits two and a third leaves: seen by the next read.
+        b.admit(&room, 2).await.unwrap();
+        b.leave(&room, t[3]).await.unwrap();
+        let after = read(a.status_many(&room, &t).await.unwrap());
+        let admitted = (TicketState::Admitted, None);
+        let left = (TicketState::Left, None);
+        assert_eq!(after, [admitted, admitted, waiting(1), left, waiting(2), waiting(3)]);
+
+        // Another gateway's config change: within 1 s.
+        let started = std::time::Instant::now();
+        b.set_paused(&room, false).await.unwrap();
+        while a.status(&room, t[2]).await.unwrap().phase != RoomPhase::Open {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "resumed elsewhere, still paused here after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // This handle's own change: at once.
+        a.set_paused(&room, true).await.unwrap();
+        assert_eq!(a.status(&room, t[2]).await.unwrap().phase, RoomPhase::Paused);
+
+        // Deleted elsewhere: unknown at once, not answered from the cache.
+        b.delete_room(&room).await.unwrap();
+        assert!(matches!(a.status_many(&room, &t[2..]).await, Err(Error::UnknownRoom(_))));
+    }
 }

@@ -183,6 +183,8 @@ pub struct RedisStore {
     /// The URLs it connected to (a [`Store::local`] handle opens its own connection).
     urls: Vec<String>,
     events: broadcast::Sender<RoomEvent>,
+    /// What status reads keep between batches, shared with `local` handles.
+    reads: Arc<reads::ReadCache>,
     /// The event subscription; only the first handle runs one (`local` handles share it).
     listener: Option<JoinHandle<()>>,
 }
@@ -215,7 +217,7 @@ impl RedisStore {
         let conn = open(&urls).await?;
         let (events, _) = broadcast::channel(4096);
         let listener = Some(tokio::spawn(listen(redis::Client::open(first.as_str())?, events.clone())));
-        let store = RedisStore { conn, urls, events, listener };
+        let store = RedisStore { conn, urls, events, reads: Arc::default(), listener };
         store.load_scripts().await?;
         Ok(store)
     }
@@ -276,10 +278,10 @@ impl RedisStore {
                     state: state_of(&state)?,
                     pos: r.int(base + 1)?,
                     until: r.u64(base + 2)?,
-                    owner: r.str(base + 3)?,
+                    owner: owner_of(&r.str(base + 3)?)?,
                     joined: r.u64(base + 4)?,
                 };
-                fields.status(room, tickets[i], &view).map(Some)
+                Ok(Some(fields.status(room, tickets[i], &view)))
             })
             .collect()
     }
@@ -442,11 +444,11 @@ fn decode_status(room: &RoomId, r: &Reply) -> Result<(bool, TicketStatus)> {
         state: state_of(&r.str(3)?)?,
         pos: r.int(4)?,
         until: r.u64(5)?,
-        owner: r.str(6)?,
+        owner: owner_of(&r.str(6)?)?,
         joined: r.u64(7)?,
     };
     let view = RoomView::decode(r, 8)?;
-    Ok((created, fields.status(room, r.ticket(1)?, &view)?))
+    Ok((created, fields.status(room, r.ticket(1)?, &view)))
 }
 
 /// What a status needs of its room, as the script saw it: `now, rate_pm, batch, interval,
@@ -455,7 +457,7 @@ struct RoomView {
     now: u64,
     rate_pm: f64,
     /// Just the settings the ETA needs.
-    cfg: RoomConfig,
+    cfg: Arc<RoomConfig>,
     phase: RoomPhase,
 }
 
@@ -471,41 +473,44 @@ impl RoomView {
             ..RoomConfig::default()
         };
         cfg.set_opens_at_ms(r.u64(at + 4)?);
-        Ok(RoomView::new(now, r.f64(at + 1)?, cfg))
+        Ok(RoomView::new(now, r.f64(at + 1)?, Arc::new(cfg)))
     }
 
-    fn new(now: u64, rate_pm: f64, cfg: RoomConfig) -> Self {
+    fn new(now: u64, rate_pm: f64, cfg: Arc<RoomConfig>) -> Self {
         RoomView { now, rate_pm, phase: RoomPhase::of(&cfg, now), cfg }
     }
 }
 
 /// One ticket's fields of a reply.
-struct TicketFields<'a> {
+struct TicketFields {
     state: TicketState,
     pos: i64,
     until: u64,
-    owner: Cow<'a, str>,
+    owner: OwnerHash,
     joined: u64,
 }
 
-impl TicketFields<'_> {
-    fn status(self, room: &RoomId, ticket: TicketId, view: &RoomView) -> Result<TicketStatus> {
-        let owner = OwnerHash::parse_hex(&self.owner).ok_or_else(|| Error::Protocol("bad owner".into()))?;
+fn owner_of(hex: &str) -> Result<OwnerHash> {
+    OwnerHash::parse_hex(hex).ok_or_else(|| Error::Protocol("bad owner".into()))
+}
+
+impl TicketFields {
+    fn status(self, room: &RoomId, ticket: TicketId, view: &RoomView) -> TicketStatus {
         let position = (self.pos > 0).then_some(self.pos as u64);
         let eta = position.and_then(|p| eta::estimate(p, view.rate_pm, &view.cfg, view.phase, view.now));
         let timed = matches!(self.state, TicketState::Admitted | TicketState::Expired);
-        Ok(TicketStatus {
+        TicketStatus {
             ticket,
             room: room.clone(),
             state: self.state,
             position,
             eta,
-            owner,
+            owner: self.owner,
             admitted_until_ms: timed.then_some(self.until),
             joined_at_ms: self.joined,
             phase: view.phase,
             now_ms: view.now,
-        })
+        }
     }
 }
 
@@ -565,6 +570,7 @@ impl Store for RedisStore {
         // Registry first: a room listed without config is skipped; config without listing is not.
         self.query::<()>(redis::cmd("SADD").arg(ROOMS_KEY).arg(room.as_str())).await?;
         let r = self.run(&SCRIPTS.put_room, room, &config_fields(cfg)).await?;
+        self.reads.forget(room);
         Ok(r.int(1)? == 1)
     }
 
@@ -579,6 +585,7 @@ impl Store for RedisStore {
 
     async fn delete_room(&self, room: &RoomId) -> Result<bool> {
         let r = self.run(&SCRIPTS.delete_room, room, &[]).await?;
+        self.reads.forget(room);
         self.query::<()>(redis::cmd("SREM").arg(ROOMS_KEY).arg(room.as_str())).await?;
         Ok(r.int(1)? == 1)
     }
@@ -592,6 +599,7 @@ impl Store for RedisStore {
 
     async fn set_paused(&self, room: &RoomId, paused: bool) -> Result<()> {
         self.run(&SCRIPTS.set_paused, room, &[if paused { "1" } else { "0" }.to_string()]).await?;
+        self.reads.forget(room);
         Ok(())
     }
 
@@ -614,8 +622,12 @@ impl Store for RedisStore {
         // Plain reads first (on a Cluster the pipeline goes to the room's slot: its keyed
         // commands share the hash tag and `TIME` routes nowhere in particular); the script
         // for what they cannot answer.
-        let replies = self.conn.pipeline(&reads::pipeline(room, tickets)).await?;
-        let Some(answers) = reads::decode(room, tickets, &replies)? else {
+        let plan = self.reads.plan(room, tickets);
+        if plan.undrawn() {
+            return self.status_script(room, tickets).await;
+        }
+        let replies = self.conn.pipeline(&reads::pipeline(room, tickets, &plan)).await?;
+        let Some(answers) = reads::decode(&self.reads, room, tickets, plan, &replies)? else {
             return self.status_script(room, tickets).await;
         };
         let rest: Vec<TicketId> = answers
@@ -681,6 +693,8 @@ impl Store for RedisStore {
 
     async fn tick(&self, room: &RoomId) -> Result<TickOutcome> {
         let r = self.run(&SCRIPTS.tick, room, &[]).await?;
+        // A tick moves the admission rate, and may draw the queue.
+        self.reads.forget(room);
         let tick = r.u64(1)?;
         if r.str(0)? == "dup" {
             return Ok(TickOutcome { tick, ..TickOutcome::default() });
@@ -710,6 +724,7 @@ impl Store for RedisStore {
     async fn admit(&self, room: &RoomId, count: u32) -> Result<Vec<TicketId>> {
         check_admit(count)?;
         let r = self.run(&SCRIPTS.admit, room, &[count.to_string()]).await?;
+        self.reads.forget(room);
         decode_csv(&r, 2)
     }
 
@@ -768,7 +783,13 @@ impl Store for RedisStore {
 
     async fn local(&self) -> Result<Option<Arc<dyn Store>>> {
         let conn = open(&self.urls).await?;
-        let local = RedisStore { conn, urls: self.urls.clone(), events: self.events.clone(), listener: None };
+        let local = RedisStore {
+            conn,
+            urls: self.urls.clone(),
+            events: self.events.clone(),
+            reads: self.reads.clone(),
+            listener: None,
+        };
         Ok(Some(Arc::new(local)))
     }
 }

@@ -1,25 +1,37 @@
-//! Status polls by plain reads: the room's view and each ticket's info and rank, pipelined
-//! as ordinary commands, no script.
+//! Status polls by plain reads: each ticket's rank, pipelined as ordinary commands, no
+//! script; the room's head (config fields, clock, admission rate, draw) and the tickets'
+//! infos when the read cache lacks them.
 //!
 //! A poll only reads, and Redis spends far more on a script call and on each `redis.call`
 //! inside it than on the same commands sent plainly (`queue-core/benches/script_cost.py`:
 //! a status script call for one ticket costs 3.6 times the instructions of an empty script
 //! call; in `http_bench.sh`, Redis's CPU per poll fell from ~7 to ~4 µs with these reads).
 //! What the reads answer is what the script would: a waiting ticket's position is its rank
-//! in `waiting`, and a ticket's info never changes after its join. What they cannot answer goes to the status script:
-//! tickets no longer waiting (admitted, expired, left, dropped) and every ticket of a
-//! scheduled `random_at_open` room before its draw, whose pre-queue has no position yet
-//! (after the draw its ranks are positions, as in a FIFO room).
+//! in `waiting`, and a ticket's info never changes after its join. What they cannot answer
+//! goes to the status script: tickets no longer waiting (admitted, expired, left, dropped)
+//! and every ticket of a scheduled `random_at_open` room before its draw, whose pre-queue
+//! has no position yet (after the draw its ranks are positions, as in a FIFO room).
+//!
+//! The [`ReadCache`] keeps what does not need reading for every batch: a ticket's info
+//! (fixed at its join; a rank still proves the ticket waits in this room) and, for
+//! [`HEAD_TTL`], the room's head, its clock carried forward on the local monotonic clock.
+//! Without it a batch of ten polls was fifteen commands, the two `HMGET`s the dearest of
+//! them on both sides.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
 use super::{RoomView, TicketFields, f64_of, int_of, room_key, text_of, u64_of};
-use crate::config::RoomConfig;
+use crate::config::{QueueMethod, RoomConfig};
 use crate::error::{Error, Result};
-use crate::id::{RoomId, TicketId};
+use crate::id::{OwnerHash, RoomId, TicketId};
 use crate::model::{TicketState, TicketStatus};
 
-/// The config fields the view needs, in the order [`decode`] reads them.
+/// The config fields the view needs, in the order [`head`] reads them.
 const VIEW_FIELDS: [&[u8]; 7] = [
     b"batch_size",
     b"tick_interval_ms",
@@ -29,23 +41,163 @@ const VIEW_FIELDS: [&[u8]; 7] = [
     b"opens_at_ms",
     b"paused",
 ];
-/// Replies before the ranks: config fields, `TIME`, the admission rate, the tickets' infos,
-/// whether the room's draw was made.
-const HEAD: usize = 5;
+/// Replies of a head read: config fields, `TIME`, the admission rate, whether the room's
+/// draw was made.
+const HEAD: usize = 4;
+/// How long a head read serves later batches. Config changes reach every gateway within
+/// 1 s (DESIGN §4) and the admission rate moves once a tick; this handle's own writes to
+/// the room drop its head at once ([`ReadCache::forget`]).
+pub(super) const HEAD_TTL: Duration = Duration::from_millis(250);
+/// Ticket infos one cache generation holds; two generations are kept, so a ticket polled
+/// since the last turnover stays.
+const INFO_GENERATION: usize = 32_768;
 
-/// The reads for `tickets`: every ticket's info in one `HMGET`, then a `ZRANK` each.
-pub(super) fn pipeline(room: &RoomId, tickets: &[TicketId]) -> redis::Pipeline {
+/// Rooms whose heads are kept; past it the cache starts again (a gateway serves a few rooms).
+const MAX_HEADS: usize = 1024;
+
+/// What status reads keep between batches; shared by a store's handles.
+#[derive(Debug, Default)]
+pub(super) struct ReadCache(Mutex<Cached>);
+
+#[derive(Debug, Default)]
+struct Cached {
+    heads: HashMap<RoomId, Head>,
+    /// Counts [`ReadCache::forget`]s: a head read before one is not kept after it.
+    forgets: u64,
+    /// Current and previous generation.
+    infos: [HashMap<TicketId, Info, BuildHasherDefault<IdHasher>>; 2],
+}
+
+/// A room's head as read at `read_at`.
+#[derive(Debug, Clone)]
+struct Head {
+    read_at: Instant,
+    /// The store's clock at `read_at`, in ms.
+    store_ms: u64,
+    rate_pm: f64,
+    cfg: Arc<RoomConfig>,
+    /// A scheduled `random_at_open` room not yet drawn: only the script can answer.
+    undrawn: bool,
+}
+
+impl Head {
+    fn view(&self, now: Instant) -> RoomView {
+        let ms = self.store_ms + now.saturating_duration_since(self.read_at).as_millis() as u64;
+        RoomView::new(ms, self.rate_pm, self.cfg.clone())
+    }
+}
+
+/// A ticket's info: who owns it, when it joined, and (a hash of) its room.
+#[derive(Debug, Clone, Copy)]
+struct Info {
+    room: u64,
+    owner: OwnerHash,
+    joined: u64,
+}
+
+/// Ticket ids end in 64 random bits the store chose, and only ids the store answered for
+/// are kept: those bits are the hash.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+/// What one batch reads, decided from the cache.
+pub(super) struct Plan {
+    /// The room's head as cached; `None`: read it.
+    head: Option<Head>,
+    /// The cached info of each ticket; `None`: read it.
+    infos: Vec<Option<Info>>,
+    room: u64,
+    forgets: u64,
+}
+
+impl Plan {
+    /// True when the cached head says only the script can answer.
+    pub(super) fn undrawn(&self) -> bool {
+        self.head.as_ref().is_some_and(|h| h.undrawn)
+    }
+
+    fn misses(&self) -> impl Iterator<Item = usize> + '_ {
+        self.infos.iter().enumerate().filter(|(_, i)| i.is_none()).map(|(n, _)| n)
+    }
+}
+
+impl ReadCache {
+    pub(super) fn plan(&self, room: &RoomId, tickets: &[TicketId]) -> Plan {
+        let c = self.lock();
+        let head = c.heads.get(room).filter(|h| h.read_at.elapsed() < HEAD_TTL).cloned();
+        let room = room_hash(room);
+        let infos = tickets
+            .iter()
+            .map(|t| c.infos[0].get(t).or_else(|| c.infos[1].get(t)).filter(|i| i.room == room).copied())
+            .collect();
+        Plan { head, infos, room, forgets: c.forgets }
+    }
+
+    /// Drops `room`'s head: this handle changed the room.
+    pub(super) fn forget(&self, room: &RoomId) {
+        let mut c = self.lock();
+        c.heads.remove(room);
+        c.forgets += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keep(&self, room: &RoomId, head: Option<&Head>, forgets: u64, learned: &[(TicketId, Info)]) {
+        let mut c = self.lock();
+        if let Some(h) = head.filter(|_| c.forgets == forgets) {
+            if !c.heads.contains_key(room) && c.heads.len() >= MAX_HEADS {
+                c.heads.clear();
+            }
+            c.heads.insert(room.clone(), h.clone());
+        }
+        for (t, i) in learned {
+            if c.infos[0].len() >= INFO_GENERATION {
+                c.infos[1] = std::mem::take(&mut c.infos[0]);
+            }
+            c.infos[0].insert(*t, *i);
+        }
+    }
+}
+
+/// FNV-1a of the room id: tells apart two rooms' tickets that share an id.
+fn room_hash(room: &RoomId) -> u64 {
+    room.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The reads `plan` leaves: the head and the missing infos when not cached, then a `ZRANK`
+/// per ticket.
+pub(super) fn pipeline(room: &RoomId, tickets: &[TicketId], plan: &Plan) -> redis::Pipeline {
     let waiting = room_key(room, "waiting");
     // The ids as hex digits in place: no string per ticket.
     let ids: Vec<[u8; 32]> = tickets.iter().map(|t| t.to_hex()).collect();
-    let ids: Vec<&[u8]> = ids.iter().map(|id| &id[..]).collect();
-    let mut p = redis::Pipeline::with_capacity(HEAD + tickets.len());
-    p.add_command(command(&[b"HMGET", room_key(room, "cfg").as_bytes()], &VIEW_FIELDS));
-    p.add_command(command(&[b"TIME"], &[]));
-    p.add_command(command(&[b"HGET", room_key(room, "stats").as_bytes(), b"rate_pm"], &[]));
-    p.add_command(command(&[b"HMGET", room_key(room, "tickets").as_bytes()], &ids));
-    p.add_command(command(&[b"EXISTS", room_key(room, "draw").as_bytes()], &[]));
-    for id in ids {
+    let mut p = redis::Pipeline::with_capacity(HEAD + 1 + tickets.len());
+    if plan.head.is_none() {
+        p.add_command(command(&[b"HMGET", room_key(room, "cfg").as_bytes()], &VIEW_FIELDS));
+        p.add_command(command(&[b"TIME"], &[]));
+        p.add_command(command(&[b"HGET", room_key(room, "stats").as_bytes(), b"rate_pm"], &[]));
+        p.add_command(command(&[b"EXISTS", room_key(room, "draw").as_bytes()], &[]));
+    }
+    let missing: Vec<&[u8]> = plan.misses().map(|n| &ids[n][..]).collect();
+    if !missing.is_empty() {
+        p.add_command(command(&[b"HMGET", room_key(room, "tickets").as_bytes()], &missing));
+    }
+    for id in &ids {
         p.add_command(command(&[b"ZRANK", waiting.as_bytes(), id], &[]));
     }
     p
@@ -71,19 +223,55 @@ pub(super) enum Read {
 }
 
 /// Each ticket's answer from the reads' replies, or `None` for all of them when the room
-/// needs the script (its queue is yet to be drawn, or its config lacks a field).
-pub(super) fn decode(room: &RoomId, tickets: &[TicketId], replies: &[Value]) -> Result<Option<Vec<Read>>> {
-    if replies.len() != HEAD + tickets.len() {
-        return Err(Error::Protocol(format!(
-            "{} replies to {} status reads",
-            replies.len(),
-            HEAD + tickets.len()
-        )));
+/// needs the script (its queue is yet to be drawn, or its config lacks a field). What was
+/// read is kept in `cache`.
+pub(super) fn decode(
+    cache: &ReadCache,
+    room: &RoomId,
+    tickets: &[TicketId],
+    plan: Plan,
+    replies: &[Value],
+) -> Result<Option<Vec<Read>>> {
+    let missing = plan.misses().count();
+    let expected = usize::from(plan.head.is_none()) * HEAD + usize::from(missing > 0) + tickets.len();
+    if replies.len() != expected {
+        return Err(Error::Protocol(format!("{} replies to {expected} status reads", replies.len())));
     }
-    let (Value::Array(cfg), Value::Array(infos)) = (&replies[0], &replies[3]) else {
-        return Err(Error::Protocol("status reads: HMGET did not answer with arrays".into()));
+    let (head, fresh, replies) = match plan.head {
+        Some(h) => (h, false, replies),
+        None => match read_head(room, &replies[..HEAD])? {
+            Some(h) => (h, true, &replies[HEAD..]),
+            None => return Ok(None),
+        },
     };
-    if cfg.len() != VIEW_FIELDS.len() || infos.len() != tickets.len() {
+    let (read, ranks) = if missing > 0 { (Some(&replies[0]), &replies[1..]) } else { (None, replies) };
+    let mut learned = Vec::with_capacity(missing);
+    let infos = fill(plan.infos, read, plan.room, tickets, &mut learned)?;
+    cache.keep(room, fresh.then_some(&head), plan.forgets, &learned);
+    if head.undrawn {
+        return Ok(None);
+    }
+    let view = head.view(Instant::now());
+    let mut answers = Vec::with_capacity(tickets.len());
+    for ((&ticket, info), rank) in tickets.iter().zip(infos).zip(ranks) {
+        answers.push(match (info, rank) {
+            // No info: no such ticket, as far as the room is known to exist; a cached head
+            // may have outlived the room, which the script tells.
+            (None, _) if fresh => Read::Known(None),
+            (None, _) | (_, Value::Nil) => Read::AskScript,
+            (Some(info), rank) => Read::Known(Some(waiting(room, ticket, &view, info, int_of(rank)?))),
+        });
+    }
+    Ok(Some(answers))
+}
+
+/// The room's head from its four replies; `None` when the config lacks a field the view
+/// needs (the script then answers).
+fn read_head(room: &RoomId, r: &[Value]) -> Result<Option<Head>> {
+    let [Value::Array(cfg), time, rate, drawn] = r else {
+        return Err(Error::Protocol("status reads: HMGET did not answer with an array".into()));
+    };
+    if cfg.len() != VIEW_FIELDS.len() {
         return Err(Error::Protocol("short HMGET reply".into()));
     }
     if matches!(cfg[0], Value::Nil) {
@@ -92,28 +280,8 @@ pub(super) fn decode(room: &RoomId, tickets: &[TicketId], replies: &[Value]) -> 
     if cfg.iter().any(|v| matches!(v, Value::Nil)) {
         return Ok(None);
     }
-    // `undrawn` in lua/lib.lua: a random_at_open room with a schedule and no draw yet.
-    if text_of(&cfg[4])? == "random_at_open" && u64_of(&cfg[5])? > 0 && int_of(&replies[4])? == 0 {
-        return Ok(None);
-    }
-    let view = view(cfg, &replies[1], &replies[2])?;
-    let ranks = &replies[HEAD..];
-    let mut answers = Vec::with_capacity(tickets.len());
-    for ((&ticket, info), rank) in tickets.iter().zip(infos).zip(ranks) {
-        answers.push(match (info, rank) {
-            (Value::Nil, _) => Read::Known(None),
-            (_, Value::Nil) => Read::AskScript,
-            (info, rank) => Read::Known(Some(waiting(room, ticket, &view, &text_of(info)?, int_of(rank)?)?)),
-        });
-    }
-    Ok(Some(answers))
-}
-
-fn view(cfg: &[Value], time: &Value, rate: &Value) -> Result<RoomView> {
     let Value::Array(t) = time else { return Err(Error::Protocol(format!("TIME answered {time:?}"))) };
     let [secs, micros] = &t[..] else { return Err(Error::Protocol(format!("TIME answered {time:?}"))) };
-    let now = u64_of(secs)? * 1000 + u64_of(micros)? / 1000;
-    let rate_pm = if matches!(rate, Value::Nil) { 0.0 } else { f64_of(rate)? };
     let mut c = RoomConfig {
         batch_size: u64_of(&cfg[0])? as u32,
         tick_interval_ms: u64_of(&cfg[1])?,
@@ -123,18 +291,64 @@ fn view(cfg: &[Value], time: &Value, rate: &Value) -> Result<RoomView> {
         ..RoomConfig::default()
     };
     c.set_opens_at_ms(u64_of(&cfg[5])?);
-    Ok(RoomView::new(now, rate_pm, c))
+    if text_of(&cfg[4])? == "random_at_open" {
+        c.queue_method = QueueMethod::RandomAtOpen;
+    }
+    Ok(Some(Head {
+        read_at: Instant::now(),
+        store_ms: u64_of(secs)? * 1000 + u64_of(micros)? / 1000,
+        rate_pm: if matches!(rate, Value::Nil) { 0.0 } else { f64_of(rate)? },
+        // `undrawn` in lua/lib.lua: a random_at_open room with a schedule and no draw yet.
+        undrawn: c.queue_method == QueueMethod::RandomAtOpen && c.opens_at_ms() > 0 && int_of(drawn)? == 0,
+        cfg: Arc::new(c),
+    }))
 }
 
-/// A waiting ticket from its info (`owner:joined`, the owner 32 hex digits) and rank.
-fn waiting(room: &RoomId, ticket: TicketId, view: &RoomView, info: &str, rank: i64) -> Result<TicketStatus> {
-    let (owner, joined) = info.split_once(':').ok_or_else(|| Error::Protocol("bad ticket info".into()))?;
+/// Every ticket's info: the cached ones, the rest from the `HMGET` reply (noted in
+/// `learned`); `None` where the room has no such ticket.
+fn fill(
+    mut infos: Vec<Option<Info>>,
+    read: Option<&Value>,
+    room: u64,
+    tickets: &[TicketId],
+    learned: &mut Vec<(TicketId, Info)>,
+) -> Result<Vec<Option<Info>>> {
+    let Some(read) = read else { return Ok(infos) };
+    let Value::Array(read) = read else {
+        return Err(Error::Protocol("status reads: HMGET did not answer with an array".into()));
+    };
+    let mut read = read.iter();
+    for (n, slot) in infos.iter_mut().enumerate().filter(|(_, i)| i.is_none()) {
+        let v = read.next().ok_or_else(|| Error::Protocol("short HMGET reply".into()))?;
+        if matches!(v, Value::Nil) {
+            continue;
+        }
+        let info = parse_info(room, &text_of(v)?)?;
+        learned.push((tickets[n], info));
+        *slot = Some(info);
+    }
+    Ok(infos)
+}
+
+/// A ticket's info as stored: `owner:joined`, the owner 32 hex digits.
+fn parse_info(room: u64, s: &str) -> Result<Info> {
+    let bad = || Error::Protocol("bad ticket info".into());
+    let (owner, joined) = s.split_once(':').ok_or_else(bad)?;
+    Ok(Info {
+        room,
+        owner: OwnerHash::parse_hex(owner).ok_or_else(bad)?,
+        joined: joined.parse().map_err(|_| bad())?,
+    })
+}
+
+/// A waiting ticket from its info and rank.
+fn waiting(room: &RoomId, ticket: TicketId, view: &RoomView, info: Info, rank: i64) -> TicketStatus {
     let fields = TicketFields {
         state: TicketState::Waiting,
         pos: rank + 1,
         until: 0,
-        owner: owner.into(),
-        joined: joined.parse().map_err(|_| Error::Protocol("bad ticket info".into()))?,
+        owner: info.owner,
+        joined: info.joined,
     };
     fields.status(room, ticket, view)
 }
