@@ -19,7 +19,6 @@
 //! them on both sides.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,7 +64,9 @@ struct Cached {
     /// Counts [`ReadCache::forget`]s: a head read before one is not kept after it.
     forgets: u64,
     /// Current and previous generation.
-    infos: [HashMap<TicketId, Info, BuildHasherDefault<IdHasher>>; 2],
+    /// Keyed by ids the store issued (only those it answered for are kept): the fast hash
+    /// serves.
+    infos: [HashMap<TicketId, Info, foldhash::fast::RandomState>; 2],
 }
 
 /// A room's head as read at `read_at`.
@@ -93,25 +94,6 @@ struct Info {
     room: u64,
     owner: OwnerHash,
     joined: u64,
-}
-
-/// Ticket ids end in 64 random bits the store chose, and only ids the store answered for
-/// are kept: those bits are the hash.
-#[derive(Debug, Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
 }
 
 /// What one batch reads, decided from the cache.
