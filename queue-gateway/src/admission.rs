@@ -98,7 +98,7 @@ impl CookieKey {
     }
 
     fn ticket_from_value(&self, value: &str, room: &RoomId) -> Option<(TicketId, Vec<u8>)> {
-        let key = self.hasher.hash_one((room.as_str(), tail(value, COOKIE_TAIL)));
+        let key = self.hasher.hash_one((room.as_str(), tail(value.as_bytes(), COOKIE_TAIL)));
         if let Some(hit) = self.verified.get(&key)
             && hit.room == *room
             && &*hit.cookie == value
@@ -130,34 +130,41 @@ fn signed_text(room: &RoomId, ticket: TicketId) -> String {
 
 /// The value of cookie `name`, if the request carries it (first occurrence).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    find_cookie(headers, |k| k == name)
+    find_cookie(headers, |k| k == name.as_bytes())
 }
 
 /// The value of cookie `{prefix}{room}` (no name is built: this runs on every protected
 /// request).
 fn room_cookie<'a>(headers: &'a HeaderMap, prefix: &str, room: &RoomId) -> Option<&'a str> {
-    find_cookie(headers, |k| k.strip_prefix(prefix) == Some(room.as_str()))
+    find_cookie(headers, |k| is_room_cookie(k, prefix, room))
 }
 
-/// The value of the first cookie whose name is `wanted`.
-fn find_cookie(headers: &HeaderMap, wanted: impl Fn(&str) -> bool) -> Option<&str> {
+/// True when `name` is `{prefix}{room}`.
+fn is_room_cookie(name: &[u8], prefix: &str, room: &RoomId) -> bool {
+    name.strip_prefix(prefix.as_bytes()) == Some(room.as_str().as_bytes())
+}
+
+/// The value of the first cookie whose name is `wanted` and whose value is UTF-8.
+fn find_cookie(headers: &HeaderMap, wanted: impl Fn(&[u8]) -> bool) -> Option<&str> {
     let mut found = None;
     each_cookie(headers, |k, v| {
-        found = wanted(k).then_some(v);
+        found = if wanted(k) { std::str::from_utf8(v).ok() } else { None };
         found.is_some()
     });
     found
 }
 
-/// A room's ticket cookie and admission cookie, found in one pass (a protected request
-/// carries a token of several hundred bytes that a pass per cookie would scan twice).
-fn room_cookies<'a>(headers: &'a HeaderMap, room: &RoomId) -> (Option<&'a str>, Option<&'a str>) {
+/// A room's ticket cookie (the first that is UTF-8) and admission cookie (the first, as
+/// bytes: on a remembered admission it is only compared), found in one pass (a protected
+/// request carries a token of several hundred bytes that a pass per cookie would scan
+/// twice).
+fn room_cookies<'a>(headers: &'a HeaderMap, room: &RoomId) -> (Option<&'a str>, Option<&'a [u8]>) {
     let (mut ticket, mut admission) = (None, None);
     each_cookie(headers, |k, v| {
-        if k.strip_prefix(TICKET_PREFIX) == Some(room.as_str()) {
-            ticket = ticket.or(Some(v));
-        } else if k.strip_prefix(ADMISSION_PREFIX) == Some(room.as_str()) {
-            admission = admission.or(Some(v));
+        if ticket.is_none() && is_room_cookie(k, TICKET_PREFIX, room) {
+            ticket = std::str::from_utf8(v).ok();
+        } else if admission.is_none() && is_room_cookie(k, ADMISSION_PREFIX, room) {
+            admission = Some(v);
         }
         ticket.is_some() && admission.is_some()
     });
@@ -165,24 +172,31 @@ fn room_cookies<'a>(headers: &'a HeaderMap, room: &RoomId) -> (Option<&'a str>, 
 }
 
 /// Calls `f(name, value)` for each cookie of the request, in order, until it returns true.
-/// A `Cookie` header that is not UTF-8 is skipped.
-fn each_cookie<'a>(headers: &'a HeaderMap, mut f: impl FnMut(&'a str, &'a str) -> bool) {
+/// Bytes, not text: checking a header of several hundred bytes as UTF-8 cost more than the
+/// rest of the split; callers check the values they use.
+fn each_cookie<'a>(headers: &'a HeaderMap, mut f: impl FnMut(&'a [u8], &'a [u8]) -> bool) {
     for v in headers.get_all(header::COOKIE) {
-        // Not `to_str`: its byte-by-byte check costs more than the rest of the parse.
-        let Ok(v) = std::str::from_utf8(v.as_bytes()) else { continue };
+        let v = v.as_bytes();
         // memchr, not `split`: std's search goes a word at a time through the admission
         // token's ~300 bytes, four times per admitted request (callgrind: ~900 instructions).
         let mut start = 0;
-        for end in memchr::memchr_iter(b';', v.as_bytes()).chain(std::iter::once(v.len())) {
-            let pair = v[start..end].trim();
+        for end in memchr::memchr_iter(b';', v).chain(std::iter::once(v.len())) {
+            let pair = v[start..end].trim_ascii();
             start = end + 1;
-            if let Some(eq) = memchr::memchr(b'=', pair.as_bytes())
-                && f(&pair[..eq], pair[eq + 1..].trim_matches('"'))
+            if let Some(eq) = memchr::memchr(b'=', pair)
+                && f(&pair[..eq], unquoted(&pair[eq + 1..]))
             {
                 return;
             }
         }
     }
+}
+
+/// `v` without the double quotes around it (any number, as `trim_matches('"')`).
+fn unquoted(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| b != b'"').unwrap_or(v.len());
+    let end = v.iter().rposition(|&b| b != b'"').map_or(start, |e| e + 1);
+    &v[start..end]
 }
 
 /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, and Secure when served over HTTPS.
@@ -300,13 +314,17 @@ pub fn check_admitted(
     room: &RoomId,
 ) -> Result<Admitted, Refusal> {
     let (ticket_cookie, admission_cookie) = room_cookies(headers, room);
-    let token = or_header(headers, admission_cookie).ok_or("missing")?;
+    let token = admission_cookie
+        .or_else(|| headers.get(ADMISSION_HEADER).map(HeaderValue::as_bytes))
+        .filter(|t| !t.is_empty())
+        .ok_or("missing")?;
     if let Some(cookie) = ticket_cookie
         && let Some(hit) = cache.get(token, cookie)
     {
         keys.check_live(&hit.claims, room.as_str()).map_err(refusal)?;
         return Ok(hit);
     }
+    let token = std::str::from_utf8(token).map_err(|_| "malformed")?;
     let claims = keys.verify(token, room.as_str()).map_err(refusal)?;
     let cookie = ticket_cookie.ok_or("no_ticket_cookie")?;
     let (ticket, secret) = cookies.ticket_from_value(cookie, room).ok_or("no_ticket_cookie")?;
@@ -351,8 +369,8 @@ const COOKIE_TAIL: usize = 16;
 /// with SipHash, and SipHash again over the key inside the map, ~430 per request. Since no
 /// stored key can be chosen by a client, the maps use foldhash's fast hash (hashbrown's
 /// own default, seeded per process).
-fn tail(s: &str, n: usize) -> &[u8] {
-    &s.as_bytes()[s.len().saturating_sub(n)..]
+fn tail(s: &[u8], n: usize) -> &[u8] {
+    &s[s.len().saturating_sub(n)..]
 }
 
 /// Most (token, ticket cookie) pairs remembered.
@@ -383,13 +401,13 @@ impl AdmittedCache {
     }
 
     /// The key of a pair: the hash of the token's and the cookie's ends ([`tail`]).
-    fn key(&self, token: &str, cookie: &str) -> u64 {
-        self.hasher.hash_one((tail(token, TOKEN_TAIL), tail(cookie, COOKIE_TAIL)))
+    fn key(&self, token: &[u8], cookie: &str) -> u64 {
+        self.hasher.hash_one((tail(token, TOKEN_TAIL), tail(cookie.as_bytes(), COOKIE_TAIL)))
     }
 
-    fn get(&self, token: &str, cookie: &str) -> Option<Admitted> {
+    fn get(&self, token: &[u8], cookie: &str) -> Option<Admitted> {
         let e = self.map.get(&self.key(token, cookie))?;
-        (&*e.0 == token && &*e.1 == cookie).then(|| e.2.clone())
+        (e.0.as_bytes() == token && &*e.1 == cookie).then(|| e.2.clone())
     }
 
     fn insert(&self, token: &str, cookie: &str, admitted: Admitted) {
@@ -400,7 +418,7 @@ impl AdmittedCache {
                 self.map.clear();
             }
         }
-        self.map.insert(self.key(token, cookie), (token.into(), cookie.into(), admitted));
+        self.map.insert(self.key(token.as_bytes(), cookie), (token.into(), cookie.into(), admitted));
     }
 
     /// Pairs held.
@@ -448,6 +466,7 @@ mod tests {
             "",
             ";",
             "é=ü; k=v",
+            "q=\"\"x\"\"; r=\"\"; s=\"; t=\"a\"b\"",
         ];
         for stop_after in [1, 2, usize::MAX] {
             let mut h = HeaderMap::new();
@@ -463,7 +482,8 @@ mod tests {
             want.truncate(stop_after);
             let mut got = Vec::new();
             each_cookie(&h, |k, v| {
-                got.push((k.to_owned(), v.to_owned()));
+                let text = |b| String::from_utf8(Vec::from(b)).unwrap();
+                got.push((text(k), text(v)));
                 got.len() == stop_after
             });
             assert_eq!(got, want, "stopping after {stop_after}");
@@ -489,10 +509,13 @@ mod tests {
         };
         let admitted = Admitted { header: HeaderValue::from_static("t"), claims: Arc::new(claims) };
         cache.insert(&token, &cookie, admitted);
-        assert!(cache.get(&token, &cookie).is_some());
-        assert!(cache.get(&format!("head-b.{end}"), &cookie).is_none(), "another token, same end");
-        assert!(cache.get(&token, &format!("ticket-b.{end}")).is_none(), "another cookie, same end");
-        assert!(cache.get(&end, &end).is_none(), "the ends alone");
+        assert!(cache.get(token.as_bytes(), &cookie).is_some());
+        assert!(cache.get(format!("head-b.{end}").as_bytes(), &cookie).is_none(), "another token, same end");
+        assert!(
+            cache.get(token.as_bytes(), &format!("ticket-b.{end}")).is_none(),
+            "another cookie, same end"
+        );
+        assert!(cache.get(end.as_bytes(), &end).is_none(), "the ends alone");
     }
 
     /// A remembered cookie's secret under another ticket id shares the remembered key's end,
@@ -546,7 +569,7 @@ mod tests {
         h.append(header::COOKIE, "x=1; wr_rr=other; wr_admission_rr=other".parse().unwrap());
         assert_eq!(room_cookies(&h, &room), (None, None));
         h.append(header::COOKIE, "wr_admission_r=\"tok\";wr_r=t.s; wr_r=later".parse().unwrap());
-        assert_eq!(room_cookies(&h, &room), (Some("t.s"), Some("tok")));
+        assert_eq!(room_cookies(&h, &room), (Some("t.s"), Some(&b"tok"[..])));
         assert_eq!(room_cookie(&h, TICKET_PREFIX, &room), Some("t.s"));
         assert_eq!(cookie(&h, "wr_admission_r"), Some("tok"));
         assert_eq!(cookie(&h, "x"), Some("1"));

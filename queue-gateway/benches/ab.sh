@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Two gateway builds side by side, next to nginx: an A/B that this machine's drift (±20 %
+# over minutes) does not swamp.
+#
+#   queue-gateway/benches/ab.sh forward|status BUILD_A BUILD_B [ROUNDS=4] [DURATION=8s]
+#
+# Both gateways (default workers) run at once; each round runs wrk (-t2 -c50) against A,
+# then B, then nginx, so each line of a round saw the same machine within seconds. Per
+# gateway run: req/s, p99 and CPU (user + system, /proc) per request.
+# forward: admitted requests (an admitted ticket's cookies, memory store) forwarded to nginx
+#   serving a static file; nginx's line is its own proxy_pass to the same file.
+# status:  status polls cycling through 2,000 waiting tickets, each gateway on its own Redis
+#   (whose CPU per poll is printed too); nginx's line serves a static file of the answer's
+#   size through the same wrk script.
+# Needs nginx, wrk, curl, python3, and for status redis-server.
+set -euo pipefail
+[ $# -ge 3 ] && [[ $1 =~ ^(forward|status)$ ]] || { sed -n 2,16p "$0"; exit 2; }
+MODE=$1; A=$2; B=$3; ROUNDS=${4:-4}; DUR=${5:-8s}
+cd "$(dirname "$0")/../.."
+WORK=$(mktemp -d); PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+UP=$(free_port); PA=$(free_port); PB=$(free_port); PROXY=$(free_port); RA=$(free_port); RB=$(free_port)
+mkdir -p "$WORK/www/book" "$WORK/tmp"; chmod 755 "$WORK"
+printf '%s' '{"ok":true,"page":"booking","seats":[1,2,3,4,5,6,7,8]}' > "$WORK/www/book/seat"; chmod -R a+rX "$WORK/www"
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes auto; pid $WORK/nginx.pid; error_log $WORK/err.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp; uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  upstream backend { server 127.0.0.1:$UP; keepalive 256; }
+  server { listen 127.0.0.1:$UP; root $WORK/www; default_type application/json; }
+  server { listen 127.0.0.1:$PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For \$remote_addr; } } }
+CONF
+nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+cat > "$WORK/gw.toml" <<CONF
+demo_room = false
+[rate_limits]
+join_per_ip = { per_second = 10000000, burst = 10000000 }
+status_per_ip = { per_second = 10000000, burst = 10000000 }
+CONF
+ADMIN=bench-admin-token-0123456789
+REDIS_A=(); REDIS_B=(); WAIT=($UP $PA $PB $PROXY)
+if [ "$MODE" = status ]; then
+  for p in $RA $RB; do redis-server --port $p --save '' --appendonly no --logfile "$WORK/redis.$p.log" & PIDS+=($!); done
+  RPIDS=("${PIDS[@]: -2}")
+  REDIS_A=(WR_REDIS_URL=redis://127.0.0.1:$RA); REDIS_B=(WR_REDIS_URL=redis://127.0.0.1:$RB); WAIT+=($RA $RB)
+  for p in $RA $RB; do for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done; done
+fi
+env "${REDIS_A[@]}" WR_LISTEN=127.0.0.1:$PA WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn "$A" > "$WORK/a.log" 2>&1 & PIDS+=($!); GA=$!
+env "${REDIS_B[@]}" WR_LISTEN=127.0.0.1:$PB WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn "$B" > "$WORK/b.log" 2>&1 & PIDS+=($!); GB=$!
+for p in "${WAIT[@]}"; do for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done; done
+cookie() {
+  local jar="$WORK/jar.$1" t
+  curl -sf -X PUT -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/hot" -d '{"protect":["/book/"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
+  t=$(curl -sf -c "$jar" -X POST "http://127.0.0.1:$1/api/v1/rooms/hot/tickets" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ticket"])')
+  curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/hot/admit" -d '{"count":1}' > /dev/null
+  curl -sf -b "$jar" -c "$jar" "http://127.0.0.1:$1/api/v1/rooms/hot/tickets/$t" > /dev/null
+  awk 'NF>=7 && $6 ~ /^wr_/ {printf "%s=%s; ", $6, $7}' "$jar"
+}
+polls() { # port out.lua: room "poll" with 2,000 waiting tickets and a wrk script polling them
+  curl -sf -X PUT -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/poll" -d '{"protect":["/poll/"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
+  for _ in $(seq 100); do curl -sf -X POST "http://127.0.0.1:$1/api/v1/rooms/poll/tickets" > /dev/null; done
+  python3 queue-gateway/benches/poll_script.py "$1" 2000 "$2"
+}
+TCK=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
+req() { # wrk output → "req/s p99"
+  printf '%9s req/s p99 %7s' "$(echo "$1" | awk '/Requests\/sec/ {print $2}')" "$(echo "$1" | awk '/ 99%/ {print $2}')"
+}
+per_req() { python3 -c "print(round(($2-$1)*1e6/$TCK/$3, 1))"; }
+if [ "$MODE" = forward ]; then
+  CA=$(cookie $PA); CB=$(cookie $PB)
+  ARGS_A=(-H "cookie: $CA" "http://127.0.0.1:$PA/book/seat"); ARGS_B=(-H "cookie: $CB" "http://127.0.0.1:$PB/book/seat")
+  ARGS_N=("http://127.0.0.1:$PROXY/book/seat")
+else
+  polls $PA "$WORK/a.lua"; polls $PB "$WORK/b.lua"
+  T=$(sed -n 2p "$WORK/a.lua" | grep -o '[0-9a-f]\{32\}' | head -1); C=$(sed -n 2p "$WORK/a.lua" | grep -o 'wr_poll=[^"]*')
+  curl -sf -H "cookie: $C" "http://127.0.0.1:$PA/api/v1/rooms/poll/tickets/$T" > "$WORK/www/status.json"; chmod a+r "$WORK/www/status.json"
+  ARGS_A=(-s "$WORK/a.lua" "http://127.0.0.1:$PA/"); ARGS_B=(-s "$WORK/b.lua" "http://127.0.0.1:$PB/")
+  ARGS_N=(-s "$WORK/a.lua" "http://127.0.0.1:$UP/")
+fi
+run() { # name gateway-pid redis-pid|- wrk-args...
+  local name=$1 pid=$2 rpid=$3 t0 t1 r0 r1 out n extra=""
+  shift 3
+  t0=$(ticks $pid); [ "$rpid" = - ] || r0=$(ticks $rpid)
+  out=$(POLL_PREFIX=/api/v1/rooms/poll/tickets/ wrk -t2 -c50 -d$DUR --latency "$@")
+  t1=$(ticks $pid); [ "$rpid" = - ] || r1=$(ticks $rpid)
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  [ "$rpid" = - ] || extra=" redis $(per_req $r0 $r1 $n)"
+  echo "$name   $(req "$out") cpu $(per_req $t0 $t1 $n) µs/req$extra$(echo "$out" | awk '/Non-2xx/ {print " non-2xx: " $4}')"
+}
+RA_PID=-; RB_PID=-
+[ "$MODE" = status ] && { RA_PID=${RPIDS[0]}; RB_PID=${RPIDS[1]}; }
+echo "# $(date -u +%FT%TZ) ab.sh $MODE, wrk -t2 -c50 -d$DUR, A=$A B=$B"
+for r in $(seq $ROUNDS); do
+  run A $GA $RA_PID "${ARGS_A[@]}"; run B $GB $RB_PID "${ARGS_B[@]}"
+  echo "nginx $(POLL_PREFIX="/status.json?t=" req "$(POLL_PREFIX="/status.json?t=" wrk -t2 -c50 -d$DUR --latency "${ARGS_N[@]}")")"
+done
