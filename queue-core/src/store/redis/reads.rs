@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::id::{OwnerHash, RoomId, TicketId};
 use crate::model::{TicketState, TicketStatus};
 
-/// The config fields the view needs, in the order [`head`] reads them.
+/// The config fields the view needs, in the order [`read_head`] reads them.
 const VIEW_FIELDS: [&[u8]; 7] = [
     b"batch_size",
     b"tick_interval_ms",
@@ -46,7 +46,7 @@ const HEAD: usize = 4;
 /// How long a head read serves later batches. Config changes reach every gateway within
 /// 1 s (DESIGN §4) and the admission rate moves once a tick; this handle's own writes to
 /// the room drop its head at once ([`ReadCache::forget`]).
-pub(super) const HEAD_TTL: Duration = Duration::from_millis(250);
+const HEAD_TTL: Duration = Duration::from_millis(250);
 /// Ticket infos one cache generation holds; two generations are kept, so a ticket polled
 /// since the last turnover stays.
 const INFO_GENERATION: usize = 32_768;
@@ -63,9 +63,8 @@ struct Cached {
     heads: HashMap<RoomId, Head>,
     /// Counts [`ReadCache::forget`]s: a head read before one is not kept after it.
     forgets: u64,
-    /// Current and previous generation.
-    /// Keyed by ids the store issued (only those it answered for are kept): the fast hash
-    /// serves.
+    /// Current and previous generation, keyed by ids the store issued (only those it
+    /// answered for are kept), so the fast hash serves.
     infos: [HashMap<TicketId, Info, foldhash::fast::RandomState>; 2],
 }
 
