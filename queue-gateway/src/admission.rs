@@ -6,8 +6,6 @@
 //! secret, so a token copied without its cookie does not pass.
 
 use std::hash::BuildHasher;
-
-use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use aws_lc_rs::hmac;
@@ -15,6 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use queue_core::token::{AdmissionClaims, KeySet, TokenError, cnf_of};
 use queue_core::{RoomId, TicketId, UserKey};
