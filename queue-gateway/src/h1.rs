@@ -81,6 +81,11 @@ pub(crate) async fn serve<S: Served>(
     // Whether a shutdown can still be signalled (a dropped sender never will).
     let mut watching = true;
     let mut slot: Slot<S> = None;
+    // One timer for the connection's life, moved on for each wait: a timer moved later is
+    // only marked (tokio re-files it when it comes due), where a new one per request was
+    // filed into the timer wheel and taken out again every time.
+    let wait = tokio::time::sleep_until(deadline.min(Instant::now() + request_timeout));
+    tokio::pin!(wait);
     loop {
         if *shutdown.borrow() {
             return;
@@ -89,9 +94,10 @@ pub(crate) async fn serve<S: Served>(
         // driver (a system call) whenever a timer is set earlier than every other, so an idle
         // limit longer than the request timeout cost one on every request.
         let span = deadline.min(Instant::now() + request_timeout);
+        wait.as_mut().reset(span);
         let next = tokio::select! {
             next = read_request(&mut stream, &mut buf, limits.max_header_bytes) => Some(next),
-            _ = tokio::time::sleep_until(span) => {
+            _ = &mut wait => {
                 if span < deadline {
                     // Idle for a while: the service future's box goes until the next request.
                     slot = None;
