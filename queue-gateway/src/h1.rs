@@ -137,7 +137,7 @@ pub(crate) async fn serve<S: Served>(
         let close = close || *shutdown.borrow();
         let kept = match &app {
             Some(app) if crate::proxy::relayable(app, &req) => {
-                relay(app, req, &body, &peer_ip, &mut stream, close).await
+                relay(app, req, &body, &peer_ip, &mut stream, close, wait.as_mut()).await
             }
             _ => {
                 let head_only = req.method() == Method::HEAD;
@@ -160,7 +160,8 @@ pub(crate) async fn serve<S: Served>(
 }
 
 /// An admitted (or unprotected) request for the backend: checked and prepared as the proxy
-/// does, then relayed. True when the connection can take the next request.
+/// does, then relayed, bounded by the connection's `timer`. True when the connection can
+/// take the next request.
 async fn relay(
     app: &App,
     req: Request<()>,
@@ -168,6 +169,7 @@ async fn relay(
     peer_ip: &str,
     stream: &mut TcpStream,
     close: bool,
+    timer: Pin<&mut tokio::time::Sleep>,
 ) -> bool {
     let started = std::time::Instant::now();
     let head_only = req.method() == Method::HEAD;
@@ -177,8 +179,9 @@ async fn relay(
         Ok(()) => match crate::proxy::admit(app, &parts.uri, &parts.headers) {
             Err(refused) => *refused,
             Ok(token) => {
+                let client = crate::relay::Client { stream, close, peer_ip };
                 let relayed =
-                    crate::relay::forward(app, &parts, body, peer_ip, token.as_ref(), stream, close, started);
+                    crate::relay::forward(app, &parts, body, token.as_ref(), client, timer, started);
                 match relayed.await {
                     Ok(relayed) => return relayed == crate::relay::Relayed::KeepAlive,
                     Err(e) => e.into_response(),

@@ -9,6 +9,7 @@
 //! taken apart again by the server, a body polled frame by frame) costs more than the bytes;
 //! on a forwarding gateway those steps were most of its work.
 
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::http::header::{CONNECTION, HOST};
@@ -52,26 +53,40 @@ enum Framing {
 /// with its whole `body`, and relays the answer to `client`. `close` asks the client's
 /// connection to close after this response. On `Err` nothing has been written to the
 /// client yet: the error is the answer.
-#[allow(clippy::too_many_arguments)]
+/// The client side of a relayed request.
+pub(crate) struct Client<'a> {
+    pub stream: &'a mut TcpStream,
+    /// The client asked to close after this request.
+    pub close: bool,
+    /// Its address, for `X-Forwarded-For`.
+    pub peer_ip: &'a str,
+}
+
+/// Relays one request. `timer` bounds the backend's answer: the connection's own wait
+/// timer, moved on rather than a timer filed and removed per request.
 pub(crate) async fn forward(
     app: &App,
     parts: &Parts,
     body: &[u8],
-    peer_ip: &str,
     token: Option<&HeaderValue>,
-    client: &mut TcpStream,
-    close: bool,
+    Client { stream: client, close, peer_ip }: Client<'_>,
+    mut timer: Pin<&mut tokio::time::Sleep>,
     started: Instant,
 ) -> Result<Relayed, GatewayError> {
     let up = &app.upstream;
     let request = request_head(up, app.cfg.trust_forwarded, parts, peer_ip, token, body)?;
     let asked = Instant::now();
-    let exchanged = tokio::time::timeout(up.timeout(), exchange(app, &request, &parts.method)).await;
+    timer.as_mut().reset(tokio::time::Instant::from_std(asked) + up.timeout());
+    let exchanged = tokio::select! {
+        biased;
+        got = exchange(app, &request, &parts.method) => Some(got),
+        _ = timer => None,
+    };
     app.metrics.upstream_duration.observe(asked.elapsed().as_secs_f64());
     let (mut backend, mut buf, head) = match exchanged {
-        Err(_) => return Err(GatewayError::Upstream(UpstreamFailure::Timeout)),
-        Ok(Err(e)) => return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(e))),
-        Ok(Ok(got)) => got,
+        None => return Err(GatewayError::Upstream(UpstreamFailure::Timeout)),
+        Some(Err(e)) => return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(e))),
+        Some(Ok(got)) => got,
     };
     let head_only = parts.method == Method::HEAD;
     let framing = match head.framing(head_only) {
