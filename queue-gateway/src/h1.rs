@@ -135,9 +135,18 @@ pub(crate) async fn serve<S: Served>(
         };
         first = false;
         let close = close || *shutdown.borrow();
+        let (index, segs) = crate::route(req.uri().path());
+        let poll = match index {
+            crate::STATUS_ROUTE => crate::room::plain_status_ids(req.method(), segs[3], segs[5]),
+            _ => None,
+        };
         let kept = match &app {
-            Some(app) if crate::proxy::relayable(app, &req) => {
+            Some(app) if crate::proxy::relayable(app, index, &req) => {
                 relay(app, req, &body, &peer_ip, &mut stream, close, wait.as_mut()).await
+            }
+            Some(app) if let Some(ids) = poll => {
+                let answer = status(app, &req, ids, peer, request_timeout, wait.as_mut()).await;
+                write_response(&mut stream, answer, false, close).await.unwrap_or(false)
             }
             _ => {
                 let head_only = req.method() == Method::HEAD;
@@ -192,6 +201,32 @@ async fn relay(
     let code = resp.status().as_u16();
     app.metrics.request_done(crate::PROXIED_ROUTE, "proxy", code, started.elapsed().as_secs_f64());
     write_response(stream, resp, head_only, close).await.unwrap_or(false)
+}
+
+/// A status poll answered here, as the service would answer it past its router (the
+/// busiest route after forwarding: the service's layers, a second look at the route and a
+/// timer of its own were a sixth of a poll answered from memory). Bounded by the
+/// connection's `timer`, as the service bounds a request.
+async fn status(
+    app: &App,
+    req: &Request<()>,
+    ids: Result<(queue_core::RoomId, queue_core::TicketId), crate::error::GatewayError>,
+    peer: SocketAddr,
+    timeout: Duration,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) -> Response {
+    let started = std::time::Instant::now();
+    timer.as_mut().reset(Instant::now() + timeout);
+    let peer = Some(crate::state::PeerAddr(peer));
+    let resp = tokio::select! {
+        biased;
+        resp = crate::room::status_answer(app, peer, req.headers(), ids) => resp,
+        _ = timer => crate::server::timed_out(),
+    };
+    let index = crate::STATUS_ROUTE;
+    let code = resp.status().as_u16();
+    app.metrics.request_done(index, crate::ROUTES[index], code, started.elapsed().as_secs_f64());
+    resp
 }
 
 /// Reads until `buf` holds a whole request of the lane's shape (taken out of `buf`), or

@@ -260,7 +260,7 @@ async fn method_not_allowed() -> Response {
 }
 
 /// The route labels of metrics, by the index [`route`] gives.
-const ROUTES: [&str; 17] = [
+pub(crate) const ROUTES: [&str; 17] = [
     "proxy",
     "/api/v1/rooms/{room}/tickets",
     "/api/v1/rooms/{room}/tickets/{ticket}",
@@ -283,7 +283,7 @@ const _: () = assert!(ROUTES.len() <= metrics::MAX_ROUTES);
 /// Everything that is not the gateway's own.
 pub(crate) const PROXIED_ROUTE: usize = 0;
 /// Status polls (GET) and leaves (DELETE).
-const STATUS_ROUTE: usize = 2;
+pub(crate) const STATUS_ROUTE: usize = 2;
 
 /// The route of `path` as an index into [`ROUTES`], and the path's first segments (what a
 /// route's handler reads its ids from, so the path is split once).

@@ -208,9 +208,10 @@ pub(crate) fn admit(app: &App, uri: &Uri, headers: &HeaderMap) -> Result<Option<
 
 /// Whether [`crate::h1`] may relay `req` itself ([`crate::relay`]): a proxied path that no
 /// gate guards, without a replay marker (gated and replayed requests take the service).
-pub(crate) fn relayable<B>(app: &App, req: &axum::http::Request<B>) -> bool {
+/// `index`: the request's route ([`crate::route`]).
+pub(crate) fn relayable<B>(app: &App, index: usize, req: &axum::http::Request<B>) -> bool {
     let path = req.uri().path();
-    crate::route(path).0 == crate::PROXIED_ROUTE
+    index == crate::PROXIED_ROUTE
         && req.method() != axum::http::Method::CONNECT
         && !req.headers().contains_key(queue_core::gate::marker::REPLAY_HEADER)
         && app.gates.find(path).is_none()

@@ -393,8 +393,18 @@ pub fn plain_status_ids(method: &Method, room: &str, ticket: &str) -> Option<Res
 pub async fn status_past_router(app: &App, req: Request, ids: Result<(RoomId, TicketId)>) -> Response {
     let peer = req.extensions().get::<PeerAddr>().copied();
     let (parts, _) = req.into_parts();
+    status_answer(app, peer, &parts.headers, ids).await
+}
+
+/// A status poll's answer from its ids (as [`plain_status_ids`] read them) and headers.
+pub(crate) async fn status_answer(
+    app: &App,
+    peer: Option<PeerAddr>,
+    headers: &HeaderMap,
+    ids: Result<(RoomId, TicketId)>,
+) -> Response {
     let answer = match ids {
-        Ok((room, ticket)) => status_of(app, peer, &parts.headers, room, ticket).await,
+        Ok((room, ticket)) => status_of(app, peer, headers, room, ticket).await,
         Err(e) => Err(e),
     };
     answer.unwrap_or_else(IntoResponse::into_response)

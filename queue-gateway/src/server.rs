@@ -302,9 +302,14 @@ pub(crate) async fn dispatch_in<S: Served>(
         Ok(Err(never)) => match never {},
         Err(_) => {
             *slot = None;
-            error_body(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long")
+            timed_out()
         }
     }
+}
+
+/// The answer to a request that ran past the request timeout.
+pub(crate) fn timed_out() -> Response {
+    error_body(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long")
 }
 #[cfg(test)]
 mod tests {
