@@ -143,9 +143,15 @@ COOKIE2=$(sed -n 2p "$WORK/polls.lua" | grep -o 'wr_poll=[^"]*')
 BODY=$(curl -sf -H "cookie: $COOKIE2" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets/$T2")
 printf '%s' "$BODY" > "$WORK/www/status.json"; chmod a+r "$WORK/www/status.json"
 S=$(POLL_PREFIX="/status.json?t=" bench -s "$WORK/polls.lua" "http://127.0.0.1:$STATIC/"); S_RPS=$(echo "$S" | rps); S_P99=$(echo "$S" | p99)
+redis-cli -p "$REDIS" config resetstat > /dev/null
 P=$(POLL_PREFIX="/api/v1/rooms/poll/tickets/" measured "$GWR_PID" "$REDIS_PID" -- -s "$WORK/polls.lua" "http://127.0.0.1:$GWR/"); P_RPS=$(echo "$P" | rps); P_P99=$(echo "$P" | p99)
 NON2XX=$(echo "$P" | awk '/Non-2xx/ {print $4}')
 echo "status   nginx static ${#BODY} B: ${S_RPS} req/s p99 ${S_P99} | gateway status (Redis, 2,000 tickets): ${P_RPS} req/s p99 ${P_P99} | ratio $(python3 -c "print(round($P_RPS/$S_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)} | CPU µs/req gateway $(cpu "$P") Redis $(cpu "$P" 2)"
+# What Redis ran for them (resetstat just before): calls per poll, µs per call.
+echo "status   Redis commands per poll: $(redis-cli -p "$REDIS" info commandstats | python3 -c "
+import re, sys
+rows = [re.match(r'cmdstat_(\w+):calls=(\d+),usec=\d+,usec_per_call=([\d.]+)', l) for l in sys.stdin]
+print(', '.join(f'{m[1]} {int(m[2]) / $(echo "$P" | awk '/requests in/ {print $1}'):.2f} ({m[3]} µs)' for m in rows if m and m[1] != 'config'))")"
 # The same polls answered by the memory store: what the HTTP side of a poll costs without
 # the Redis round trip.
 poll_room $GW "$WORK/polls_mem.lua"

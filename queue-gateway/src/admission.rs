@@ -281,12 +281,13 @@ pub fn anonymous_owner() -> UserKey {
 
 /// The admission token offered on a protected path: the room's cookie, else the header.
 pub fn presented_token<'a>(headers: &'a HeaderMap, room: &RoomId) -> Option<&'a str> {
-    or_header(headers, room_cookie(headers, ADMISSION_PREFIX, room))
+    let cookie = room_cookie(headers, ADMISSION_PREFIX, room).map(str::as_bytes);
+    or_header(headers, cookie).and_then(|t| std::str::from_utf8(t).ok())
 }
 
-/// The admission cookie's token, else the header's.
-fn or_header<'a>(headers: &'a HeaderMap, cookie: Option<&'a str>) -> Option<&'a str> {
-    cookie.or_else(|| headers.get(ADMISSION_HEADER).and_then(|v| v.to_str().ok())).filter(|t| !t.is_empty())
+/// The admission cookie's token, else the header's (as bytes: see [`room_cookies`]).
+fn or_header<'a>(headers: &'a HeaderMap, cookie: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    cookie.or_else(|| headers.get(ADMISSION_HEADER).map(HeaderValue::as_bytes)).filter(|t| !t.is_empty())
 }
 
 /// Why a protected request was refused (the metric's `result` label).
@@ -313,10 +314,7 @@ pub fn check_admitted(
     room: &RoomId,
 ) -> Result<Admitted, Refusal> {
     let (ticket_cookie, admission_cookie) = room_cookies(headers, room);
-    let token = admission_cookie
-        .or_else(|| headers.get(ADMISSION_HEADER).map(HeaderValue::as_bytes))
-        .filter(|t| !t.is_empty())
-        .ok_or("missing")?;
+    let token = or_header(headers, admission_cookie).ok_or("missing")?;
     if let Some(cookie) = ticket_cookie
         && let Some(hit) = cache.get(token, cookie)
     {

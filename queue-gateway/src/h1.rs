@@ -136,10 +136,7 @@ pub(crate) async fn serve<S: Served>(
         first = false;
         let close = close || *shutdown.borrow();
         let (index, segs) = crate::route(req.uri().path());
-        let poll = match index {
-            crate::STATUS_ROUTE => crate::room::plain_status_ids(req.method(), segs[3], segs[5]),
-            _ => None,
-        };
+        let poll = crate::plain_poll(req.method(), index, &segs);
         let kept = match &app {
             Some(app) if crate::proxy::relayable(app, index, &req) => {
                 relay(app, req, &body, &peer_ip, &mut stream, close, wait.as_mut()).await

@@ -205,10 +205,7 @@ pub fn service(
         async move {
             let started = Instant::now();
             let (index, segs) = route(req.uri().path());
-            let poll = match index {
-                STATUS_ROUTE => room::plain_status_ids(req.method(), segs[3], segs[5]),
-                _ => None,
-            };
+            let poll = plain_poll(req.method(), index, &segs);
             // The proxy's and the router's futures are boxed: inline, they made every
             // request's future 3.5 KiB, an allocation too large for malloc's per-thread
             // cache (and one that consolidates its free lists) even for a status poll.
@@ -334,6 +331,16 @@ pub(crate) fn route(path: &str) -> (usize, [&str; 8]) {
         _ => PROXIED_ROUTE,
     };
     (index, segs)
+}
+
+/// The ids of a status poll that can skip the router ([`room::plain_status_ids`]), given
+/// its route.
+pub(crate) fn plain_poll(
+    method: &axum::http::Method,
+    index: usize,
+    segs: &[&str; 8],
+) -> Option<Result<(queue_core::RoomId, queue_core::TicketId), error::GatewayError>> {
+    (index == STATUS_ROUTE).then(|| room::plain_status_ids(method, segs[3], segs[5])).flatten()
 }
 
 /// Bit `i` set where `chunk[i]` is `/` (`chunk` at most 64 bytes), found eight bytes at a

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::{RoomView, TicketFields, f64_of, int_of, room_key, text_of, u64_of};
+use super::{RoomView, TicketFields, f64_of, hex_ids, int_of, room_key, text_of, u64_of};
 use crate::config::{QueueMethod, RoomConfig};
 use crate::error::{Error, Result};
 use crate::id::{OwnerHash, RoomId, TicketId};
@@ -140,6 +140,10 @@ impl ReadCache {
     }
 
     fn keep(&self, room: &RoomId, head: Option<&Head>, forgets: u64, learned: &[(TicketId, Info)]) {
+        if head.is_none() && learned.is_empty() {
+            // The usual batch: everything came from the cache.
+            return;
+        }
         let mut c = self.lock();
         if let Some(h) = head.filter(|_| c.forgets == forgets) {
             if !c.heads.contains_key(room) && c.heads.len() >= MAX_HEADS {
@@ -156,17 +160,18 @@ impl ReadCache {
     }
 }
 
-/// FNV-1a of the room id: tells apart two rooms' tickets that share an id.
+/// A hash of the room id (fixed for the process): tells apart two rooms' tickets that share
+/// an id.
 fn room_hash(room: &RoomId) -> u64 {
-    room.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(room.as_str())
 }
 
 /// The reads `plan` leaves: the head and the missing infos when not cached, then a `ZRANK`
 /// per ticket.
 pub(super) fn pipeline(room: &RoomId, tickets: &[TicketId], plan: &Plan) -> redis::Pipeline {
     let waiting = room_key(room, "waiting");
-    // The ids as hex digits in place: no string per ticket.
-    let ids: Vec<[u8; 32]> = tickets.iter().map(|t| t.to_hex()).collect();
+    let ids = hex_ids(tickets);
     let mut p = redis::Pipeline::with_capacity(HEAD + 1 + tickets.len());
     if plan.head.is_none() {
         p.add_command(command(&[b"HMGET", room_key(room, "cfg").as_bytes()], &VIEW_FIELDS));
