@@ -316,6 +316,7 @@ pub(crate) fn prepare_for(
     let https = trusted && admission::is_https(&parts.headers);
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    strip_own_cookies(headers);
     match token {
         Some(t) => headers.insert(ADMISSION_HEADER, t),
         None => headers.remove(ADMISSION_HEADER),
@@ -335,6 +336,23 @@ pub(crate) fn prepare_for(
     parts.uri = up.uri_for(&parts.uri)?;
     parts.version = hyper::Version::HTTP_11;
     Ok(())
+}
+
+/// The gateway's own cookies stop here ([`admission::backend_cookies`]).
+fn strip_own_cookies(headers: &mut HeaderMap) {
+    let mut kept = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        match admission::backend_cookies(v.as_bytes()) {
+            Some(std::borrow::Cow::Borrowed(_)) => kept.push(v.clone()),
+            // Pairs of a valid value joined by "; ": valid too.
+            Some(std::borrow::Cow::Owned(c)) => kept.extend(HeaderValue::from_bytes(&c).ok()),
+            None => {}
+        }
+    }
+    headers.remove(header::COOKIE);
+    for v in kept {
+        headers.append(header::COOKIE, v);
+    }
 }
 
 pub(crate) fn too_large() -> GatewayError {

@@ -12,7 +12,7 @@
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use axum::http::header::{CONNECTION, HOST};
+use axum::http::header::{CONNECTION, COOKIE, HOST};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode};
 use bytes::{Buf, BytesMut};
@@ -163,6 +163,10 @@ pub(crate) fn request_head(
             prev_for = prev_for.or(Some(value));
         } else if *name == HOST {
             host = host.or(Some(value));
+        } else if *name == COOKIE {
+            if let Some(kept) = crate::admission::backend_cookies(value.as_bytes()) {
+                line(&mut out, n, &kept);
+            }
         } else if *name != proxy::X_FORWARDED_PROTO
             && *name != proxy::X_FORWARDED_HOST
             && *name != ADMISSION_HEADER
@@ -596,7 +600,7 @@ mod tests {
         use axum::http::{HeaderMap, Request};
         let head = |extra: &str| {
             let text = format!(
-                "GET /book/seat?x=1 HTTP/1.1\r\nHost: gw.example\r\nCookie: a=b\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Admission-Token: forged\r\nAccept: */*\r\nAccept: text/html\r\n{extra}\r\n"
+                "GET /book/seat?x=1 HTTP/1.1\r\nHost: gw.example\r\nCookie: a=b; wr_demo=t.s; wr_admission_demo=tok\r\nCookie: wr_demo=t.s\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Admission-Token: forged\r\nAccept: */*\r\nAccept: text/html\r\n{extra}\r\n"
             );
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut req = httparse::Request::new(&mut headers);

@@ -191,12 +191,16 @@ pub async fn admission_is_bound_to_the_cookie(redis: Option<String>) {
         (Some(format!("anon:{ticket}").as_str()), Some(ticket.as_str()))
     );
 
-    // The holder passes; the backend gets the token.
+    // The holder passes; the backend gets the token, and the site's own cookies but not the
+    // gateway's (the ticket cookie's secret would let it fetch the token).
+    http.cookies.insert("theme".into(), "dark".into());
     let r = http.get(&format!("/book/{room}/seat/1")).await;
+    http.cookies.remove("theme");
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let echoed = r.json();
     assert_eq!(echoed["headers"]["x-admission-token"], token);
     assert!(echoed["headers"]["x-forwarded-for"].is_string());
+    assert_eq!(echoed["headers"]["cookie"], "theme=dark", "{echoed}");
 
     // The same token copied without its ticket cookie: refused (403, or 303 for browsers).
     let hdr = [("x-admission-token", token.as_str()), ("accept", "application/json")];
