@@ -7,8 +7,8 @@
 # Both gateways (default workers) run at once; each round runs wrk (-t2 -c50) against A,
 # then B, then nginx, so each line of a round saw the same machine within seconds. Per
 # gateway run: req/s, p99 and CPU (user + system, /proc) per request.
-# forward: admitted requests (an admitted ticket's cookies, memory store) forwarded to nginx
-#   serving a static file; nginx's line is its own proxy_pass to the same file.
+# forward: admitted requests (an admitted ticket's cookies, memory store) forwarded to an nginx
+#   serving a static file; nginx's line is another nginx's proxy_pass to it, same request.
 # status:  status polls cycling through 2,000 waiting tickets, each gateway on its own Redis
 #   (whose CPU per poll is printed too); nginx's line serves a static file of the answer's
 #   size through the same wrk script.
@@ -24,15 +24,21 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 UP=$(free_port); PA=$(free_port); PB=$(free_port); PROXY=$(free_port); RA=$(free_port); RB=$(free_port)
 mkdir -p "$WORK/www/book" "$WORK/tmp"; chmod 755 "$WORK"
 printf '%s' '{"ok":true,"page":"booking","seats":[1,2,3,4,5,6,7,8]}' > "$WORK/www/book/seat"; chmod -R a+rX "$WORK/www"
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes auto; pid $WORK/nginx.pid; error_log $WORK/err.log warn;
+# The upstream is an nginx of its own (as in http_bench.sh: a proxy sharing its workers with
+# the upstream often hands a request to itself); the other serves the proxy and static files.
+nginx_conf() { # NAME SERVERS
+  cat > "$WORK/$1.conf" <<CONF
+worker_processes auto; pid $WORK/$1.pid; error_log $WORK/$1.err.log warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp; uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-  upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-  server { listen 127.0.0.1:$UP; root $WORK/www; default_type application/json; }
-  server { listen 127.0.0.1:$PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For \$remote_addr; } } }
+  $2 }
 CONF
+}
+nginx_conf upstream "server { listen 127.0.0.1:$UP; root $WORK/www; default_type application/json; }"
+nginx_conf nginx "upstream backend { server 127.0.0.1:$UP; keepalive 256; }
+  server { listen 127.0.0.1:$PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For \$remote_addr; } }"
+nginx -c "$WORK/upstream.conf" -g 'daemon off;' & PIDS+=($!)
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 cat > "$WORK/gw.toml" <<CONF
 demo_room = false
@@ -73,7 +79,8 @@ per_req() { python3 -c "print(round(($2-$1)*1e6/$TCK/$3, 1))"; }
 if [ "$MODE" = forward ]; then
   CA=$(cookie $PA); CB=$(cookie $PB)
   ARGS_A=(-H "cookie: $CA" "http://127.0.0.1:$PA/book/seat"); ARGS_B=(-H "cookie: $CB" "http://127.0.0.1:$PB/book/seat")
-  ARGS_N=("http://127.0.0.1:$PROXY/book/seat")
+  # nginx gets the same request, cookies included.
+  ARGS_N=(-H "cookie: $CA" "http://127.0.0.1:$PROXY/book/seat")
 else
   polls $PA "$WORK/a.lua"; polls $PB "$WORK/b.lua"
   T=$(sed -n 2p "$WORK/a.lua" | grep -o '[0-9a-f]\{32\}' | head -1); C=$(sed -n 2p "$WORK/a.lua" | grep -o 'wr_poll=[^"]*')

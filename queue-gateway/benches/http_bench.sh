@@ -5,8 +5,8 @@
 #
 # Needs nginx, wrk, redis-server, curl (Debian: nginx-light wrk redis-server curl).
 # 1. Admitted forwarding: the gateway (valid admission token and ticket cookie on every
-#    request) vs nginx proxy_pass, both in front of the same upstream (nginx serving a
-#    static 200).
+#    request) vs nginx proxy_pass, both sent the same request (cookies included) and both in
+#    front of the same upstream: an nginx of its own serving a static 200.
 # 2. Status polls with the Redis store (2,000 tickets, each request the next one) vs nginx
 #    serving a static 200 of the same size through the same wrk script; then the same polls
 #    with the memory store.
@@ -38,25 +38,32 @@ mkdir -p "$WORK/www/book" "$WORK/logs"
 chmod 755 "$WORK"
 printf '%s' '{"ok":true,"page":"booking","seats":[1,2,3,4,5,6,7,8]}' > "$WORK/www/book/seat"
 chmod -R a+rX "$WORK/www"
-cat > "$WORK/nginx.conf" <<CONF
+# nginx_conf NAME SERVERS: an nginx config of two workers with the given server blocks.
+nginx_conf() {
+  cat > "$WORK/$1.conf" <<CONF
 worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/error.log warn;
+pid $WORK/$1.pid;
+error_log $WORK/logs/$1.error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
   uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
   keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-  server { listen 127.0.0.1:$UP; root $WORK/www; default_type application/json; }
-  server { listen 127.0.0.1:$PROXY;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$remote_addr; } }
-  server { listen 127.0.0.1:$STATIC; root $WORK/www; default_type application/json; }
+  $2
 }
 CONF
+}
+# The upstream is a server of its own, as a backend is: an nginx whose workers also served
+# the proxy would often hand a proxied request to itself, a hop no real proxy gets for free.
+nginx_conf upstream "server { listen 127.0.0.1:$UP; root $WORK/www; default_type application/json; }"
+nginx_conf nginx "upstream backend { server 127.0.0.1:$UP; keepalive 256; }
+  server { listen 127.0.0.1:$PROXY;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For \$remote_addr; } }
+  server { listen 127.0.0.1:$STATIC; root $WORK/www; default_type application/json; }"
 mkdir -p "$WORK/tmp"
+nginx -c "$WORK/upstream.conf" -g 'daemon off;' & PIDS+=($!); UPSTREAM_PID=$!
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!); NGINX_PID=$!
 redis-server --port "$REDIS" --save '' --appendonly no --daemonize no --logfile "$WORK/logs/redis.log" & PIDS+=($!); REDIS_PID=$!
 cat > "$WORK/gw.toml" <<CONF
@@ -120,13 +127,13 @@ echo "# $(date -u +%FT%TZ) wrk -t$THREADS -c$CONN -d$DUR on $(nproc) cores"
 room $GW hot; admitted_cookies $GW hot > /dev/null
 COOKIE=$(cookie_header $GW)
 curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat" | grep -q booking || { echo "gateway refused the admitted request: $(curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat") cookie=$COOKIE"; cat "$WORK/jar.$GW"; exit 1; }
-# nginx's workers serve the proxy and the upstream file alike: their CPU is both hops'.
-NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | paste -sd,)
-N=$(measured "$NGINX_WORKERS" -- "http://127.0.0.1:$PROXY/book/seat"); N_RPS=$(echo "$N" | rps); N_P99=$(echo "$N" | p99)
-G=$(measured "$GW_PID" -- -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat"); G_RPS=$(echo "$G" | rps); G_P99=$(echo "$G" | p99)
+NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | paste -sd,); UPSTREAM_WORKERS=$(pgrep -P "$UPSTREAM_PID" | paste -sd,)
+# Both get the same request, cookies included (nginx passes them on to the upstream too).
+N=$(measured "$NGINX_WORKERS" "$UPSTREAM_WORKERS" -- -H "cookie: $COOKIE" "http://127.0.0.1:$PROXY/book/seat"); N_RPS=$(echo "$N" | rps); N_P99=$(echo "$N" | p99)
+G=$(measured "$GW_PID" "$UPSTREAM_WORKERS" -- -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat"); G_RPS=$(echo "$G" | rps); G_P99=$(echo "$G" | p99)
 NON2XX=$(echo "$G" | awk '/Non-2xx/ {print $4}')
 echo "forward  nginx proxy_pass: ${N_RPS} req/s p99 ${N_P99} | gateway (admitted): ${G_RPS} req/s p99 ${G_P99} | ratio $(python3 -c "print(round($G_RPS/$N_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)} | gateway CPU $(cpu "$G") µs/req"
-echo "forward  CPU µs/req: nginx workers (proxy + file server) $(cpu "$N") ($(cpu_split "$N")) | gateway $(cpu "$G") ($(cpu_split "$G"))"
+echo "forward  CPU µs/req: nginx proxy workers $(cpu "$N") ($(cpu_split "$N")) | gateway $(cpu "$G") ($(cpu_split "$G")) | upstream behind nginx $(cpu "$N" 2), behind the gateway $(cpu "$G" 2)"
 
 # 2. Status polls with the Redis store vs a static 200 of the same size: 2,000 waiting tickets,
 # each request the next ticket with its own cookie (a crowd polling, not one client hammering
@@ -152,6 +159,9 @@ echo "status   Redis commands per poll: $(redis-cli -p "$REDIS" info commandstat
 import re, sys
 rows = [re.match(r'cmdstat_(\w+):calls=(\d+),usec=\d+,usec_per_call=([\d.]+)', l) for l in sys.stdin]
 print(', '.join(f'{m[1]} {int(m[2]) / $(echo "$P" | awk '/requests in/ {print $1}'):.2f} ({m[3]} µs)' for m in rows if m and m[1] != 'config'))")"
+# How many polls each of Redis's socket reads carried: the coalescers' batch size, which
+# Redis's per-read cost is spread over.
+echo "status   polls per Redis read: $(redis-cli -p "$REDIS" info stats | awk -F: -v n="$(echo "$P" | awk '/requests in/ {print $1}')" '/^total_reads_processed/ {printf "%.1f (%d reads)", n / $2, $2}')"
 # The same polls answered by the memory store: what the HTTP side of a poll costs without
 # the Redis round trip.
 poll_room $GW "$WORK/polls_mem.lua"
