@@ -28,10 +28,19 @@ impl RoomId {
         if s.len() > Self::MAX_LEN {
             return Err(bad("must be at most 64 characters"));
         }
-        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !s.bytes().all(Self::allowed) {
             return Err(bad("may only contain a-z, 0-9 and '-'"));
         }
         Ok(RoomId(s.into()))
+    }
+
+    /// Whether `id` would parse as a room id (without making one).
+    pub fn is_valid(id: &[u8]) -> bool {
+        (1..=Self::MAX_LEN).contains(&id.len()) && id.iter().copied().all(Self::allowed)
+    }
+
+    fn allowed(b: u8) -> bool {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
     }
 
     /// The id as text.
@@ -287,10 +296,12 @@ mod tests {
 
     #[test]
     fn room_ids() {
-        assert!(RoomId::parse("summer-2026").is_ok());
-        assert!(RoomId::parse(&"a".repeat(64)).is_ok());
+        for good in ["summer-2026", &"a".repeat(64)] {
+            assert!(RoomId::parse(good).is_ok() && RoomId::is_valid(good.as_bytes()), "{good:?} refused");
+        }
         for bad in ["", "A", "a_b", "a b", "a{b}", "é", &"a".repeat(65)] {
             assert!(RoomId::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(!RoomId::is_valid(bad.as_bytes()), "{bad:?} valid");
         }
     }
 

@@ -338,16 +338,24 @@ pub(crate) fn prepare_for(
     Ok(())
 }
 
-/// The gateway's own cookies stop here ([`admission::backend_cookies`]).
+/// The gateway's own cookies stop here ([`admission::backend_cookies`]); headers without
+/// any are left as they are.
 fn strip_own_cookies(headers: &mut HeaderMap) {
     let mut kept = Vec::new();
+    let mut changed = false;
     for v in headers.get_all(header::COOKIE) {
         match admission::backend_cookies(v.as_bytes()) {
             Some(std::borrow::Cow::Borrowed(_)) => kept.push(v.clone()),
             // Pairs of a valid value joined by "; ": valid too.
-            Some(std::borrow::Cow::Owned(c)) => kept.extend(HeaderValue::from_bytes(&c).ok()),
-            None => {}
+            Some(std::borrow::Cow::Owned(c)) => {
+                changed = true;
+                kept.extend(HeaderValue::from_bytes(&c).ok());
+            }
+            None => changed = true,
         }
+    }
+    if !changed {
+        return;
     }
     headers.remove(header::COOKIE);
     for v in kept {
