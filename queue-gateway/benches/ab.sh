@@ -20,56 +20,19 @@ cd "$(dirname "$0")/../.."
 WORK=$(mktemp -d); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+source queue-gateway/benches/common.sh
 UP=$(free_port); PA=$(free_port); PB=$(free_port); PROXY=$(free_port); RA=$(free_port); RB=$(free_port)
-mkdir -p "$WORK/www/book" "$WORK/tmp"; chmod 755 "$WORK"
-printf '%s' '{"ok":true,"page":"booking","seats":[1,2,3,4,5,6,7,8]}' > "$WORK/www/book/seat"; chmod -R a+rX "$WORK/www"
-# The upstream is an nginx of its own (as in http_bench.sh: a proxy sharing its workers with
-# the upstream often hands a request to itself); the other serves the proxy and static files.
-nginx_conf() { # NAME SERVERS
-  cat > "$WORK/$1.conf" <<CONF
-worker_processes auto; pid $WORK/$1.pid; error_log $WORK/$1.err.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp; uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-  $2 }
-CONF
-}
-nginx_conf upstream "server { listen 127.0.0.1:$UP; root $WORK/www; default_type application/json; }"
-nginx_conf nginx "upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-  server { listen 127.0.0.1:$PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For \$remote_addr; } }"
-nginx -c "$WORK/upstream.conf" -g 'daemon off;' & PIDS+=($!)
-nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
-cat > "$WORK/gw.toml" <<CONF
-demo_room = false
-[rate_limits]
-join_per_ip = { per_second = 10000000, burst = 10000000 }
-status_per_ip = { per_second = 10000000, burst = 10000000 }
-CONF
-ADMIN=bench-admin-token-0123456789
+start_nginx $UP $PROXY
 REDIS_A=(); REDIS_B=(); WAIT=($UP $PA $PB $PROXY)
 if [ "$MODE" = status ]; then
   for p in $RA $RB; do redis-server --port $p --save '' --appendonly no --logfile "$WORK/redis.$p.log" & PIDS+=($!); done
   RPIDS=("${PIDS[@]: -2}")
   REDIS_A=(WR_REDIS_URL=redis://127.0.0.1:$RA); REDIS_B=(WR_REDIS_URL=redis://127.0.0.1:$RB); WAIT+=($RA $RB)
-  for p in $RA $RB; do for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done; done
+  wait_ports $RA $RB
 fi
 env "${REDIS_A[@]}" WR_LISTEN=127.0.0.1:$PA WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn "$A" > "$WORK/a.log" 2>&1 & PIDS+=($!); GA=$!
 env "${REDIS_B[@]}" WR_LISTEN=127.0.0.1:$PB WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn "$B" > "$WORK/b.log" 2>&1 & PIDS+=($!); GB=$!
-for p in "${WAIT[@]}"; do for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done; done
-cookie() {
-  local jar="$WORK/jar.$1" t
-  curl -sf -X PUT -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/hot" -d '{"protect":["/book/"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
-  t=$(curl -sf -c "$jar" -X POST "http://127.0.0.1:$1/api/v1/rooms/hot/tickets" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ticket"])')
-  curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/hot/admit" -d '{"count":1}' > /dev/null
-  curl -sf -b "$jar" -c "$jar" "http://127.0.0.1:$1/api/v1/rooms/hot/tickets/$t" > /dev/null
-  awk 'NF>=7 && $6 ~ /^wr_/ {printf "%s=%s; ", $6, $7}' "$jar"
-}
-polls() { # port out.lua: room "poll" with 2,000 waiting tickets and a wrk script polling them
-  curl -sf -X PUT -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/poll" -d '{"protect":["/poll/"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
-  for _ in $(seq 100); do curl -sf -X POST "http://127.0.0.1:$1/api/v1/rooms/poll/tickets" > /dev/null; done
-  python3 queue-gateway/benches/poll_script.py "$1" 2000 "$2"
-}
+wait_ports "${WAIT[@]}"
 TCK=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
 req() { # wrk output → "req/s p99"
@@ -77,12 +40,12 @@ req() { # wrk output → "req/s p99"
 }
 per_req() { python3 -c "print(round(($2-$1)*1e6/$TCK/$3, 1))"; }
 if [ "$MODE" = forward ]; then
-  CA=$(cookie $PA); CB=$(cookie $PB)
+  CA=$(admitted_cookie $PA); CB=$(admitted_cookie $PB)
   ARGS_A=(-H "cookie: $CA" "http://127.0.0.1:$PA/book/seat"); ARGS_B=(-H "cookie: $CB" "http://127.0.0.1:$PB/book/seat")
   # nginx gets the same request, cookies included.
   ARGS_N=(-H "cookie: $CA" "http://127.0.0.1:$PROXY/book/seat")
 else
-  polls $PA "$WORK/a.lua"; polls $PB "$WORK/b.lua"
+  poll_room $PA "$WORK/a.lua"; poll_room $PB "$WORK/b.lua"
   T=$(sed -n 2p "$WORK/a.lua" | grep -o '[0-9a-f]\{32\}' | head -1); C=$(sed -n 2p "$WORK/a.lua" | grep -o 'wr_poll=[^"]*')
   curl -sf -H "cookie: $C" "http://127.0.0.1:$PA/api/v1/rooms/poll/tickets/$T" > "$WORK/www/status.json"; chmod a+r "$WORK/www/status.json"
   ARGS_A=(-s "$WORK/a.lua" "http://127.0.0.1:$PA/"); ARGS_B=(-s "$WORK/b.lua" "http://127.0.0.1:$PB/")

@@ -26,7 +26,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+source queue-gateway/benches/common.sh
 UP=$(free_port); PROXY=$(free_port); STATIC=$(free_port); GW=$(free_port); GWR=$(free_port); REDIS=$(free_port)
 
 if [ -z "${GATEWAY_BIN:-}" ]; then
@@ -34,99 +34,51 @@ if [ -z "${GATEWAY_BIN:-}" ]; then
   GATEWAY_BIN=./target/release/queue-gateway
 fi
 
-mkdir -p "$WORK/www/book" "$WORK/logs"
-chmod 755 "$WORK"
-printf '%s' '{"ok":true,"page":"booking","seats":[1,2,3,4,5,6,7,8]}' > "$WORK/www/book/seat"
-chmod -R a+rX "$WORK/www"
-# nginx_conf NAME SERVERS: an nginx config of two workers with the given server blocks.
-nginx_conf() {
-  cat > "$WORK/$1.conf" <<CONF
-worker_processes auto;
-pid $WORK/$1.pid;
-error_log $WORK/logs/$1.error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
-  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-  keepalive_requests 1000000;
-  $2
-}
-CONF
-}
-# The upstream is a server of its own, as a backend is: an nginx whose workers also served
-# the proxy would often hand a proxied request to itself, a hop no real proxy gets for free.
-nginx_conf upstream "server { listen 127.0.0.1:$UP; root $WORK/www; default_type application/json; }"
-nginx_conf nginx "upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-  server { listen 127.0.0.1:$PROXY;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";
-      proxy_set_header X-Forwarded-For \$remote_addr; } }
-  server { listen 127.0.0.1:$STATIC; root $WORK/www; default_type application/json; }"
-mkdir -p "$WORK/tmp"
-nginx -c "$WORK/upstream.conf" -g 'daemon off;' & PIDS+=($!); UPSTREAM_PID=$!
-nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!); NGINX_PID=$!
+mkdir -p "$WORK/logs"
+start_nginx $UP $PROXY "server { listen 127.0.0.1:$STATIC; root $WORK/www; default_type application/json; }"
 redis-server --port "$REDIS" --save '' --appendonly no --daemonize no --logfile "$WORK/logs/redis.log" & PIDS+=($!); REDIS_PID=$!
-cat > "$WORK/gw.toml" <<CONF
-demo_room = false
-[rate_limits]
-join_per_ip = { per_second = 10000000, burst = 10000000 }
-status_per_ip = { per_second = 10000000, burst = 10000000 }
-CONF
-ADMIN=bench-admin-token-0123456789
 WR_LISTEN=127.0.0.1:$GW WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn \
   "$GATEWAY_BIN" > "$WORK/logs/gw.log" 2>&1 & PIDS+=($!); GW_PID=$!
 WR_LISTEN=127.0.0.1:$GWR WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml \
   WR_REDIS_URL=redis://127.0.0.1:$REDIS RUST_LOG=warn "$GATEWAY_BIN" > "$WORK/logs/gwr.log" 2>&1 & PIDS+=($!); GWR_PID=$!
-for p in $UP $PROXY $STATIC $GW $GWR $REDIS; do
-  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $UP $PROXY $STATIC $GW $GWR $REDIS
 sleep 0.5
 
-room() { # $1 gateway port, $2 room, $3 protected prefix (default /book/)
-  curl -sf -X PUT -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/$2" \
-    -d '{"protect":["'"${3:-/book/}"'"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
-}
-admitted_cookies() { # $1 gateway port, $2 room → "wr_x=...; wr_admission_x=..."
-  local jar="$WORK/jar.$1"
-  local t; t=$(curl -sf -c "$jar" -X POST "http://127.0.0.1:$1/api/v1/rooms/$2/tickets" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ticket"])')
-  curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/$2/admit" -d '{"count":1}' > /dev/null
-  curl -sf -b "$jar" -c "$jar" "http://127.0.0.1:$1/api/v1/rooms/$2/tickets/$t" > /dev/null
-  echo "$t"
-}
-cookie_header() { awk 'NF>=7 && $6 ~ /^wr_/ {printf "%s=%s; ", $6, $7}' "$WORK/jar.$1"; }
 rps() { awk '/Requests\/sec/ {print $2}'; }
 p99() { awk '/ 99%/ {print $2}'; }
 bench() { wrk -t$THREADS -c"$CONN" -d"$DUR" --latency "$@"; }
 TCK=$(getconf CLK_TCK)
 # ticks PIDS: user and system clock ticks of the processes in PIDS (comma-separated), summed.
 ticks() { for p in ${1//,/ }; do cat "/proc/$p/stat"; done | awk '{u += $14; s += $15} END {print u, s}'; }
+# switches PIDS: context switches (voluntary and not) of all their threads, summed.
+switches() { for p in ${1//,/ }; do cat /proc/"$p"/task/*/status; done | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 # measured PIDS... -- wrk args: runs bench, then prints a line "cpu_us_per_req TOTAL USER
-# SYSTEM" for each PIDS (a process, or comma-separated processes counted together) after
-# wrk's output.
+# SYSTEM SWITCHES" for each PIDS (a process, or comma-separated processes counted together)
+# after wrk's output; SWITCHES is context switches per request.
 measured() {
   local pids=() before=() out
   while [ "$1" != "--" ]; do pids+=("$1"); shift; done; shift
-  for p in "${pids[@]}"; do before+=("$(ticks "$p")"); done
+  for p in "${pids[@]}"; do before+=("$(ticks "$p") $(switches "$p")"); done
   out=$(bench "$@")
   echo "$out"
   local total; total=$(echo "$out" | awk '/requests in/ {print $1}')
   for i in "${!pids[@]}"; do
     echo "cpu_us_per_req $(python3 -c "
-u0, s0 = map(int, '${before[$i]}'.split()); u1, s1 = map(int, '$(ticks "${pids[$i]}")'.split())
+u0, s0, c0 = map(int, '${before[$i]}'.split()); u1, s1, c1 = map(int, '$(ticks "${pids[$i]}") $(switches "${pids[$i]}")'.split())
 f = 1e6 / $TCK / $total
-print(round((u1 - u0 + s1 - s0) * f, 1), round((u1 - u0) * f, 1), round((s1 - s0) * f, 1))")"
+print(round((u1 - u0 + s1 - s0) * f, 1), round((u1 - u0) * f, 1), round((s1 - s0) * f, 1), round((c1 - c0) / $total, 2))")"
   done
 }
 # cpu OUTPUT [N]: the Nth measured process's CPU µs per request; cpu_split: "user U, system S".
 cpu() { echo "$1" | awk '/^cpu_us_per_req/ {print $2}' | sed -n "${2:-1}p"; }
 cpu_split() { echo "$1" | awk '/^cpu_us_per_req/ {print "user " $3 ", system " $4}' | sed -n "${2:-1}p"; }
+switches_per_req() { echo "$1" | awk '/^cpu_us_per_req/ {print $5}' | sed -n "${2:-1}p"; }
 
 echo "# $(date -u +%FT%TZ) wrk -t$THREADS -c$CONN -d$DUR on $(nproc) cores"
 
 # 1. Admitted forwarding.
-room $GW hot; admitted_cookies $GW hot > /dev/null
-COOKIE=$(cookie_header $GW)
-curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat" | grep -q booking || { echo "gateway refused the admitted request: $(curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat") cookie=$COOKIE"; cat "$WORK/jar.$GW"; exit 1; }
+COOKIE=$(admitted_cookie $GW)
+curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat" | grep -q booking || { echo "gateway refused the admitted request: $(curl -s -H "cookie: $COOKIE" "http://127.0.0.1:$GW/book/seat") cookie=$COOKIE"; exit 1; }
 NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | paste -sd,); UPSTREAM_WORKERS=$(pgrep -P "$UPSTREAM_PID" | paste -sd,)
 # Both get the same request, cookies included (nginx passes them on to the upstream too).
 N=$(measured "$NGINX_WORKERS" "$UPSTREAM_WORKERS" -- -H "cookie: $COOKIE" "http://127.0.0.1:$PROXY/book/seat"); N_RPS=$(echo "$N" | rps); N_P99=$(echo "$N" | p99)
@@ -134,16 +86,11 @@ G=$(measured "$GW_PID" "$UPSTREAM_WORKERS" -- -H "cookie: $COOKIE" "http://127.0
 NON2XX=$(echo "$G" | awk '/Non-2xx/ {print $4}')
 echo "forward  nginx proxy_pass: ${N_RPS} req/s p99 ${N_P99} | gateway (admitted): ${G_RPS} req/s p99 ${G_P99} | ratio $(python3 -c "print(round($G_RPS/$N_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)} | gateway CPU $(cpu "$G") µs/req"
 echo "forward  CPU µs/req: nginx proxy workers $(cpu "$N") ($(cpu_split "$N")) | gateway $(cpu "$G") ($(cpu_split "$G")) | upstream behind nginx $(cpu "$N" 2), behind the gateway $(cpu "$G" 2)"
+echo "forward  context switches per request: nginx proxy workers $(switches_per_req "$N"), gateway $(switches_per_req "$G") | upstream behind nginx $(switches_per_req "$N" 2), behind the gateway $(switches_per_req "$G" 2)"
 
 # 2. Status polls with the Redis store vs a static 200 of the same size: 2,000 waiting tickets,
 # each request the next ticket with its own cookie (a crowd polling, not one client hammering
 # one ticket); nginx gets the same script, the ticket in its query string.
-poll_room() { # $1 gateway port, $2 wrk script to write: 2,000 waiting tickets with their cookies
-  room $1 poll /poll/
-  curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/poll/pause" > /dev/null
-  for i in $(seq 100); do curl -sf -X POST "http://127.0.0.1:$1/api/v1/rooms/poll/tickets" > /dev/null; done
-  python3 queue-gateway/benches/poll_script.py "$1" 2000 "$2"
-}
 poll_room $GWR "$WORK/polls.lua"
 T2=$(sed -n 2p "$WORK/polls.lua" | grep -o '[0-9a-f]\{32\}' | head -1)
 COOKIE2=$(sed -n 2p "$WORK/polls.lua" | grep -o 'wr_poll=[^"]*')
@@ -159,8 +106,9 @@ echo "status   Redis commands per poll: $(redis-cli -p "$REDIS" info commandstat
 import re, sys
 rows = [re.match(r'cmdstat_(\w+):calls=(\d+),usec=\d+,usec_per_call=([\d.]+)', l) for l in sys.stdin]
 print(', '.join(f'{m[1]} {int(m[2]) / $(echo "$P" | awk '/requests in/ {print $1}'):.2f} ({m[3]} µs)' for m in rows if m and m[1] != 'config'))")"
-# How many polls each of Redis's socket reads carried: the coalescers' batch size, which
-# Redis's per-read cost is spread over.
+# How many polls each of Redis's socket reads carried: about the coalescers' batch size (the
+# count includes the few reads of the gateway's other connections), which Redis's per-read
+# cost is spread over.
 echo "status   polls per Redis read: $(redis-cli -p "$REDIS" info stats | awk -F: -v n="$(echo "$P" | awk '/requests in/ {print $1}')" '/^total_reads_processed/ {printf "%.1f (%d reads)", n / $2, $2}')"
 # The same polls answered by the memory store: what the HTTP side of a poll costs without
 # the Redis round trip.
