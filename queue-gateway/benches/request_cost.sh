@@ -25,9 +25,10 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+source queue-gateway/benches/common.sh
+# One serving thread, so callgrind sees every request's work on one thread.
+printf '[limits]\nworkers = 1\n' >> "$WORK/gw.toml"
 wait_port() { for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.2; done; echo "port $1 never opened" >&2; exit 1; }
-ADMIN=bench-admin-token-0123456789
 
 UP=$(free_port); REDIS=$(free_port)
 mkdir -p "$WORK/www/book" "$WORK/tmp"
@@ -47,31 +48,7 @@ CONF
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 redis-server --port "$REDIS" --save '' --appendonly no --logfile "$WORK/redis.log" & PIDS+=($!)
 wait_port "$UP"; wait_port "$REDIS"
-cat > "$WORK/gw.toml" <<CONF
-demo_room = false
-[limits]
-workers = 1
-[rate_limits]
-join_per_ip = { per_second = 10000000, burst = 10000000 }
-status_per_ip = { per_second = 10000000, burst = 10000000 }
-CONF
 
-put_room() { # port room prefix
-  curl -sf -X PUT -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/$2" \
-    -d '{"protect":["'"$3"'"],"batch_size":1000,"tick_interval_ms":100,"session_ttl_s":3600,"paused":true}' > /dev/null
-}
-admitted_cookie() { # port → cookie header of an admitted ticket of room "hot"
-  local jar="$WORK/jar.$1" t
-  put_room "$1" hot /book/
-  t=$(curl -sf -c "$jar" -X POST "http://127.0.0.1:$1/api/v1/rooms/hot/tickets" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ticket"])')
-  curl -sf -X POST -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$1/admin/v1/rooms/hot/admit" -d '{"count":1}' > /dev/null
-  curl -sf -b "$jar" -c "$jar" "http://127.0.0.1:$1/api/v1/rooms/hot/tickets/$t" > /dev/null
-  awk 'NF>=7 && $6 ~ /^wr_/ {printf "%s=%s; ", $6, $7}' "$jar"
-}
-poll_script() { # port out.lua: 2,000 waiting tickets of room "poll", each with its cookie
-  put_room "$1" poll /poll/
-  python3 queue-gateway/benches/poll_script.py "$1" 2000 "$2"
-}
 # measure NAME BIN MODE: one gateway under callgrind, one workload.
 measure() {
   local name=$1 bin=$2 mode=$3 port out n ir vp dump
@@ -91,7 +68,7 @@ measure() {
     args=(-c8 -H "cookie: $(admitted_cookie "$port")" "http://127.0.0.1:$port/book/seat")
   else
     [ "$mode" = status-r ] && redis-cli -p "$REDIS" flushall > /dev/null
-    poll_script "$port" "$WORK/polls.lua"
+    poll_room "$port" "$WORK/polls.lua"
     args=(-c16 -s "$WORK/polls.lua" "http://127.0.0.1:$port/")
   fi
   export POLL_PREFIX=/api/v1/rooms/poll/tickets/
