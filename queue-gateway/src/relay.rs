@@ -291,11 +291,11 @@ async fn read_head(backend: &mut TcpStream) -> Result<(BytesMut, Head), HeadErro
     }
 }
 
-/// One read, as [`crate::h1`] reads: `readable`, then `try_read_buf`.
+/// One read, as [`crate::h1`] reads: `readable`, then [`crate::h1::read_drained`].
 async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     loop {
         stream.readable().await?;
-        match stream.try_read_buf(buf) {
+        match crate::h1::read_drained(stream, buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             r => return r,
         }
