@@ -13,8 +13,10 @@
 #   status-r  the same polls, Redis store (the gateway's side only: Redis runs outside callgrind)
 # Needs valgrind, nginx, wrk, redis-server, curl, python3. KEEP=DIR keeps the callgrind
 # dumps there (for callgrind_annotate).
-# STRACE=1: the same runs without valgrind, counting the gateway's system calls per request
-# with `strace -c -f` instead (needs strace).
+# SYSCALLS=1: the same runs without valgrind, counting the gateway's system calls per request
+# with `perf stat` on the syscall tracepoints instead (needs perf), reads that found nothing
+# (EAGAIN) among them. Not strace: it slows the gateway so much that the next request is
+# always there when it reads, which hid one empty read per request (BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ $# -eq 0 ]; then
@@ -56,7 +58,7 @@ measure() {
   port=$(free_port)
   local env=(WR_LISTEN=127.0.0.1:$port WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn)
   [ "$mode" = status-r ] && env+=(WR_REDIS_URL=redis://127.0.0.1:$REDIS)
-  if [ -n "${STRACE:-}" ]; then
+  if [ -n "${SYSCALLS:-}" ]; then
     env "${env[@]}" "$bin" > "$WORK/gw.log" 2>&1 &
   else
     env "${env[@]}" valgrind --tool=callgrind --callgrind-out-file="$dump" "$bin" > "$WORK/gw.log" 2>&1 &
@@ -73,16 +75,21 @@ measure() {
   fi
   export POLL_PREFIX=/api/v1/rooms/poll/tickets/
   wrk -t1 -d3s "${args[@]}" > /dev/null
-  if [ -n "${STRACE:-}" ]; then
-    strace -c -f -p "$vp" -o "$dump.strace" 2> /dev/null & local sp=$!
+  if [ -n "${SYSCALLS:-}" ]; then
+    local events=()
+    for c in recvfrom sendto writev read write epoll_wait futex; do events+=(-e "syscalls:sys_enter_$c"); done
+    # The same tracepoint again, counting only the reads that came back empty (-11: EAGAIN).
+    events+=(-e syscalls:sys_exit_recvfrom --filter 'ret == -11')
+    perf stat -x, -o "$dump.perf" "${events[@]}" -p "$vp" & local sp=$!
     sleep 0.5
     out=$(wrk -t1 -d10s "${args[@]}")
     kill -INT "$sp"; wait "$sp" 2>/dev/null || true
     kill "$vp"; wait "$vp" 2>/dev/null || true
     n=$(echo "$out" | awk '/requests in/ {print $1}')
-    printf '%-9s %-40s %s (%d requests)\n' "$mode" "$name" "$(awk -v n="$n" \
-      '$NF ~ /^[a-z_0-9]+$/ && $4+0 > 0 && $4/n >= 0.005 && $NF != "total" {printf "%s %.2f  ", $NF, $4/n}' \
-      "$dump.strace")" "$n"
+    printf '%-9s %-40s %s(%d requests)\n' "$mode" "$name" "$(awk -F, -v n="$n" \
+      '$3 ~ /^syscalls:/ && $1 / n >= 0.005 {
+        c = $3; sub(/^syscalls:sys_(enter|exit)_/, "", c); if ($3 ~ /sys_exit_/) c = c " empty"
+        printf "%s %.2f  ", c, $1 / n }' "$dump.perf")" "$n"
     rm -f "$dump"*
     return
   fi
@@ -99,7 +106,7 @@ measure() {
   rm -f "$dump"*
 }
 
-tool="callgrind"; [ -n "${STRACE:-}" ] && tool="strace -c, system calls per request"
+tool="callgrind"; [ -n "${SYSCALLS:-}" ] && tool="perf stat, system calls per request"
 echo "# $(date -u +%FT%TZ) $tool, one serving thread"
 for bin in "$@"; do
   name=$(basename "$(dirname "$bin")")/$(basename "$bin")
