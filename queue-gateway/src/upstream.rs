@@ -41,29 +41,23 @@ pub enum UpstreamError {
 /// A kept-alive backend connection: hyper's handle on one, or a plain socket the relay
 /// writes requests to itself ([`crate::relay`]).
 pub(crate) trait Pooled {
-    /// False once the backend is known to have closed it (it has been idle for `idle`).
-    fn usable(&self, idle: Duration) -> bool;
+    /// False once the backend is known to have closed it.
+    fn usable(&self) -> bool;
 }
 
 impl Pooled for SendRequest<Body> {
-    fn usable(&self, _: Duration) -> bool {
+    fn usable(&self) -> bool {
         !self.is_closed()
     }
 }
 
-/// A plain socket idle this long is probed before it is reused.
-const PROBE_AFTER: Duration = Duration::from_secs(1);
-
 impl Pooled for TcpStream {
     /// A readable idle connection has been closed (or sent bytes nobody asked for): either
-    /// way it cannot carry a request. Probed only after a second of rest: the probe is a
-    /// system call (the last response left the socket marked readable), and a backend
-    /// closing a busy connection says so in its last response; one closed meanwhile is
-    /// caught by the relay's retry.
-    fn usable(&self, idle: Duration) -> bool {
-        if idle < PROBE_AFTER {
-            return true;
-        }
+    /// way it cannot carry a request. The probe asks the kernel only when the runtime has
+    /// seen the socket turn readable since its last response was read (that read left it
+    /// marked drained, [`crate::h1::read_drained`]), so on a busy connection it costs
+    /// nothing; a close the runtime has not seen yet is caught by the relay's retry.
+    fn usable(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
@@ -85,8 +79,8 @@ impl<C> Default for Idle<C> {
 impl<C: Pooled> Idle<C> {
     pub(crate) fn take(&self) -> Option<C> {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((conn, since)) = idle.pop_back() {
-            if conn.usable(since.elapsed()) {
+        while let Some((conn, _)) = idle.pop_back() {
+            if conn.usable() {
                 return Some(conn);
             }
         }
