@@ -24,7 +24,7 @@ use axum::body::Body;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
@@ -255,13 +255,14 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usiz
     }
 }
 
-/// One read of what `stream` holds into `buf`'s spare room. A read that left room
+/// One read of what `stream` holds into `buf`'s room (what `chunk_mut` offers: a
+/// `BytesMut`'s spare capacity, or less under a `limit`). A read that left room
 /// emptied the socket, so the stream stops counting as readable until the next segment
 /// arrives: otherwise the next read (a keep-alive connection's next request, which no
 /// client sends before it has our answer) would be a system call that finds nothing, one
 /// per request (`perf stat` of the status polls: 0.97 such reads per poll).
-pub(crate) fn read_drained(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let room = buf.capacity() - buf.len();
+pub(crate) fn read_drained(stream: &TcpStream, buf: &mut impl BufMut) -> std::io::Result<usize> {
+    let room = buf.chunk_mut().len();
     let n = stream.try_read_buf(buf)?;
     if n > 0 && n < room {
         // What tokio's own `poll_read` does after a short read; a segment that arrived

@@ -19,6 +19,7 @@ use axum::body::Body;
 use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use axum::response::Response;
+use bytes::{BufMut, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tokio::io::AsyncWriteExt;
@@ -112,23 +113,24 @@ pub(crate) async fn serve<S: Served>(
 }
 
 /// Reads until the head is complete; the buffer is dropped once the request is built.
+/// Read as the lane reads ([`crate::h1::read_drained`]), so the stream's first look for the
+/// client's close waits for the kernel's word rather than asking it.
 async fn read_head(stream: &mut TcpStream, max: usize) -> Result<Request<Body>, HeadError> {
-    let mut buf = Vec::with_capacity(1024.min(max));
+    let mut buf = BytesMut::with_capacity(1024.min(max));
     loop {
         if buf.len() >= max {
             return Err(HeadError::TooLarge);
         }
+        if buf.capacity() == buf.len() {
+            buf.reserve((max - buf.len()).min(4096));
+        }
         stream.readable().await.map_err(|_| HeadError::Gone)?;
-        let room = (max - buf.len()).min(4096);
-        let start = buf.len();
-        buf.resize(start + room, 0);
-        match stream.try_read(&mut buf[start..]) {
+        // Never past `max`: what a client sends beyond it is not read.
+        let room = max - buf.len();
+        match crate::h1::read_drained(stream, &mut (&mut buf).limit(room)) {
             Ok(0) => return Err(HeadError::Gone),
-            Ok(n) => buf.truncate(start + n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                buf.truncate(start);
-                continue;
-            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return Err(HeadError::Gone),
         }
         if let Some(req) = parse_head(&buf)? {

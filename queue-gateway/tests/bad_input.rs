@@ -199,6 +199,8 @@ async fn event_stream_requests_are_held_to_the_same_limits() {
 
     let cases = [
         (format!("{line}host: x\r\nx-big: {}\r\n\r\n", "a".repeat(20_000)), 431),
+        // Whole in one segment and only just over the limit: still refused, not read past it.
+        (format!("{line}host: x\r\nx-big: {}\r\n\r\n", "a".repeat(8_200)), 431),
         (format!("{line}host: x\r\nno colon here\r\n\r\n"), 400),
         (format!("{line}host: x\r\ncontent-length: 5\r\n\r\nhello"), 400),
         (format!("{line}host: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
