@@ -16,6 +16,10 @@
 # lines Redis, spent per request during the run.
 # GATEWAY_BIN=path runs another build of the gateway (an A/B of two builds) instead of
 # building this checkout's.
+# SYSCALLS=1 (needs perf) also counts, with `perf stat` on the syscall tracepoints, the
+# system calls per request of the forwarding proxies, the status polls and the joins, and
+# the reads among them (recvfrom or read) that found nothing (EAGAIN). Off by default: counting costs each
+# system call a little, and nginx makes more of them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-10s}
@@ -56,13 +60,24 @@ switches() { for p in ${1//,/ }; do cat /proc/"$p"/task/*/status; done | awk '/c
 # SYSTEM SWITCHES" for each PIDS (a process, or comma-separated processes counted together)
 # after wrk's output; SWITCHES is context switches per request.
 measured() {
-  local pids=() before=() out
+  local pids=() before=() perfs=() out
   while [ "$1" != "--" ]; do pids+=("$1"); shift; done; shift
   for p in "${pids[@]}"; do before+=("$(ticks "$p") $(switches "$p")"); done
+  if [ -n "${SYSCALLS:-}" ]; then
+    for i in "${!pids[@]}"; do
+      perf stat -x, -o "$WORK/perf.$i" -e raw_syscalls:sys_enter \
+        -e syscalls:sys_exit_recvfrom --filter 'ret == -11' -e syscalls:sys_exit_read --filter 'ret == -11' \
+        -p "${pids[$i]}" & perfs+=($!)
+    done
+    sleep 0.3
+  fi
   out=$(bench "$@")
+  for p in "${perfs[@]}"; do kill -INT "$p"; wait "$p" 2>/dev/null || true; done
   echo "$out"
   local total; total=$(echo "$out" | awk '/requests in/ {print $1}')
   for i in "${!pids[@]}"; do
+    [ -n "${SYSCALLS:-}" ] && echo "syscalls_per_req $(awk -F, -v n="$total" '
+      /raw_syscalls/ {a = $1 / n} /sys_exit_(recvfrom|read)/ {e += $1 / n} END {printf "%.2f %.2f", a, e}' "$WORK/perf.$i")"
     echo "cpu_us_per_req $(python3 -c "
 u0, s0, c0 = map(int, '${before[$i]}'.split()); u1, s1, c1 = map(int, '$(ticks "${pids[$i]}") $(switches "${pids[$i]}")'.split())
 f = 1e6 / $TCK / $total
@@ -73,6 +88,8 @@ print(round((u1 - u0 + s1 - s0) * f, 1), round((u1 - u0) * f, 1), round((s1 - s0
 cpu() { echo "$1" | awk '/^cpu_us_per_req/ {print $2}' | sed -n "${2:-1}p"; }
 cpu_split() { echo "$1" | awk '/^cpu_us_per_req/ {print "user " $3 ", system " $4}' | sed -n "${2:-1}p"; }
 switches_per_req() { echo "$1" | awk '/^cpu_us_per_req/ {print $5}' | sed -n "${2:-1}p"; }
+# syscalls OUTPUT [N]: "S (E empty reads)" per request of the Nth measured process (SYSCALLS=1).
+syscalls() { echo "$1" | awk '/^syscalls_per_req/ {print $2 " (" $3 " empty reads)"}' | sed -n "${2:-1}p"; }
 
 echo "# $(date -u +%FT%TZ) wrk -t$THREADS -c$CONN -d$DUR on $(nproc) cores"
 
@@ -87,6 +104,7 @@ NON2XX=$(echo "$G" | awk '/Non-2xx/ {print $4}')
 echo "forward  nginx proxy_pass: ${N_RPS} req/s p99 ${N_P99} | gateway (admitted): ${G_RPS} req/s p99 ${G_P99} | ratio $(python3 -c "print(round($G_RPS/$N_RPS,2))") ${NON2XX:+(non-2xx: $NON2XX)} | gateway CPU $(cpu "$G") µs/req"
 echo "forward  CPU µs/req: nginx proxy workers $(cpu "$N") ($(cpu_split "$N")) | gateway $(cpu "$G") ($(cpu_split "$G")) | upstream behind nginx $(cpu "$N" 2), behind the gateway $(cpu "$G" 2)"
 echo "forward  context switches per request: nginx proxy workers $(switches_per_req "$N"), gateway $(switches_per_req "$G") | upstream behind nginx $(switches_per_req "$N" 2), behind the gateway $(switches_per_req "$G" 2)"
+[ -n "${SYSCALLS:-}" ] && echo "forward  system calls per request: nginx proxy workers $(syscalls "$N"), gateway $(syscalls "$G")"
 
 # 2. Status polls with the Redis store vs a static 200 of the same size: 2,000 waiting tickets,
 # each request the next ticket with its own cookie (a crowd polling, not one client hammering
@@ -109,6 +127,7 @@ print(', '.join(f'{m[1]} {int(m[2]) / $(echo "$P" | awk '/requests in/ {print $1
 # How many polls each of Redis's socket reads carried: about the coalescers' batch size (the
 # count includes the few reads of the gateway's other connections), which Redis's per-read
 # cost is spread over.
+[ -n "${SYSCALLS:-}" ] && echo "status   system calls per poll: gateway $(syscalls "$P"), Redis $(syscalls "$P" 2)"
 echo "status   polls per Redis read: $(redis-cli -p "$REDIS" info stats | awk -F: -v n="$(echo "$P" | awk '/requests in/ {print $1}')" '/^total_reads_processed/ {printf "%.1f (%d reads)", n / $2, $2}')"
 # The same polls answered by the memory store: what the HTTP side of a poll costs without
 # the Redis round trip.
@@ -122,6 +141,7 @@ wrk.method = "POST"
 LUA
 J=$(measured "$GWR_PID" "$REDIS_PID" -- -s "$WORK/join.lua" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets"); J_RPS=$(echo "$J" | rps); J_P99=$(echo "$J" | p99)
 WAITING=$(curl -sf "http://127.0.0.1:$GWR/api/v1/rooms/poll" | python3 -c 'import json,sys; print(json.load(sys.stdin)["waiting"])')
+[ -n "${SYSCALLS:-}" ] && echo "join     system calls per join: gateway $(syscalls "$J"), Redis $(syscalls "$J" 2)"
 echo "join     gateway (Redis): ${J_RPS} joins/s p99 ${J_P99} (room now holds ${WAITING} waiting) | CPU µs/req gateway $(cpu "$J") Redis $(cpu "$J" 2)"
 
 # 4. The HTTP layer alone.
