@@ -4,6 +4,13 @@
 
 ADMIN=bench-admin-token-0123456789
 
+# perf stat's events for system calls per request (SYSCALLS=1 in http_bench.sh and
+# request_cost.sh): all of them, the usual ones by name, and the reads (recvfrom, read) that
+# found nothing (-11: EAGAIN), counted on the exit tracepoints.
+SYSCALL_EVENTS=(-e raw_syscalls:sys_enter)
+for c in recvfrom sendto writev read write epoll_wait futex; do SYSCALL_EVENTS+=(-e "syscalls:sys_enter_$c"); done
+SYSCALL_EVENTS+=(-e syscalls:sys_exit_recvfrom --filter 'ret == -11' -e syscalls:sys_exit_read --filter 'ret == -11')
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_ports() { for p in "$@"; do for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done; done; }
 

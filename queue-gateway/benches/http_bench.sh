@@ -65,9 +65,7 @@ measured() {
   for p in "${pids[@]}"; do before+=("$(ticks "$p") $(switches "$p")"); done
   if [ -n "${SYSCALLS:-}" ]; then
     for i in "${!pids[@]}"; do
-      perf stat -x, -o "$WORK/perf.$i" -e raw_syscalls:sys_enter \
-        -e syscalls:sys_exit_recvfrom --filter 'ret == -11' -e syscalls:sys_exit_read --filter 'ret == -11' \
-        -p "${pids[$i]}" & perfs+=($!)
+      perf stat -x, -o "$WORK/perf.$i" "${SYSCALL_EVENTS[@]}" -p "${pids[$i]}" & perfs+=($!)
     done
     sleep 0.3
   fi

@@ -76,19 +76,16 @@ measure() {
   export POLL_PREFIX=/api/v1/rooms/poll/tickets/
   wrk -t1 -d3s "${args[@]}" > /dev/null
   if [ -n "${SYSCALLS:-}" ]; then
-    local events=()
-    for c in recvfrom sendto writev read write epoll_wait futex; do events+=(-e "syscalls:sys_enter_$c"); done
-    # The same tracepoint again, counting only the reads that came back empty (-11: EAGAIN).
-    events+=(-e syscalls:sys_exit_recvfrom --filter 'ret == -11')
-    perf stat -x, -o "$dump.perf" "${events[@]}" -p "$vp" & local sp=$!
+    perf stat -x, -o "$dump.perf" "${SYSCALL_EVENTS[@]}" -p "$vp" & local sp=$!
     sleep 0.5
     out=$(wrk -t1 -d10s "${args[@]}")
     kill -INT "$sp"; wait "$sp" 2>/dev/null || true
     kill "$vp"; wait "$vp" 2>/dev/null || true
     n=$(echo "$out" | awk '/requests in/ {print $1}')
     printf '%-9s %-40s %s(%d requests)\n' "$mode" "$name" "$(awk -F, -v n="$n" \
-      '$3 ~ /^syscalls:/ && $1 / n >= 0.005 {
-        c = $3; sub(/^syscalls:sys_(enter|exit)_/, "", c); if ($3 ~ /sys_exit_/) c = c " empty"
+      '$3 ~ /syscalls:/ && $1 / n >= 0.005 {
+        c = $3; sub(/^(raw_)?syscalls:sys_(enter|exit)_?/, "", c); if ($3 ~ /sys_exit_/) c = c " empty"
+        if (c == "") c = "all"
         printf "%s %.2f  ", c, $1 / n }' "$dump.perf")" "$n"
     rm -f "$dump"*
     return
