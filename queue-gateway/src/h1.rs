@@ -241,16 +241,20 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usiz
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(BUF);
         }
-        // `try_read_buf` after `readable`, not `read_buf`: `read_buf`'s polling machinery
-        // cost ~1,000 instructions per read.
-        if stream.readable().await.is_err() {
+        if matches!(read_some(stream, buf).await, Ok(0) | Err(_)) {
             return Next::Gone;
         }
+    }
+}
+
+/// One read of at least a byte (`Ok(0)`: the peer closed): `readable`, then
+/// [`read_drained`]. Not `read_buf`: its polling machinery cost ~1,000 instructions per read.
+pub(crate) async fn read_some(stream: &TcpStream, buf: &mut impl BufMut) -> std::io::Result<usize> {
+    loop {
+        stream.readable().await?;
         match read_drained(stream, buf) {
-            Ok(0) => return Next::Gone,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return Next::Gone,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
         }
     }
 }

@@ -113,7 +113,7 @@ pub(crate) async fn serve<S: Served>(
 }
 
 /// Reads until the head is complete; the buffer is dropped once the request is built.
-/// Read as the lane reads ([`crate::h1::read_drained`]), so the stream's first look for the
+/// Read as the lane reads ([`crate::h1::read_some`]), so the stream's first look for the
 /// client's close waits for the kernel's word rather than asking it.
 async fn read_head(stream: &mut TcpStream, max: usize) -> Result<Request<Body>, HeadError> {
     let mut buf = BytesMut::with_capacity(1024.min(max));
@@ -124,14 +124,10 @@ async fn read_head(stream: &mut TcpStream, max: usize) -> Result<Request<Body>, 
         if buf.capacity() == buf.len() {
             buf.reserve((max - buf.len()).min(4096));
         }
-        stream.readable().await.map_err(|_| HeadError::Gone)?;
         // Never past `max`: what a client sends beyond it is not read.
         let room = max - buf.len();
-        match crate::h1::read_drained(stream, &mut (&mut buf).limit(room)) {
-            Ok(0) => return Err(HeadError::Gone),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return Err(HeadError::Gone),
+        if matches!(crate::h1::read_some(stream, &mut (&mut buf).limit(room)).await, Ok(0) | Err(_)) {
+            return Err(HeadError::Gone);
         }
         if let Some(req) = parse_head(&buf)? {
             return Ok(req);

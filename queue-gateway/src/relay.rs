@@ -266,7 +266,7 @@ async fn read_head(backend: &mut TcpStream) -> Result<(BytesMut, Head), HeadErro
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
-        let n = read_some(backend, &mut buf).await.map_err(HeadError::Io)?;
+        let n = crate::h1::read_some(backend, &mut buf).await.map_err(HeadError::Io)?;
         if n == 0 {
             return Err(if buf.is_empty() {
                 HeadError::Closed
@@ -287,17 +287,6 @@ async fn read_head(backend: &mut TcpStream) -> Result<(BytesMut, Head), HeadErro
         }
         if buf.len() >= MAX_HEAD {
             return Err(HeadError::Invalid("the backend's response head is too large"));
-        }
-    }
-}
-
-/// One read, as [`crate::h1`] reads: `readable`, then [`crate::h1::read_drained`].
-async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match crate::h1::read_drained(stream, buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            r => return r,
         }
     }
 }
@@ -431,7 +420,7 @@ async fn relay_body(
         if buf.capacity() < READ_CHUNK {
             buf.reserve(READ_CHUNK);
         }
-        let n = match tokio::time::timeout(stall, read_some(backend, &mut buf)).await {
+        let n = match tokio::time::timeout(stall, crate::h1::read_some(backend, &mut buf)).await {
             Ok(r) => r?,
             Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the backend stalled")),
         };
