@@ -112,7 +112,7 @@ T2=$(sed -n 2p "$WORK/polls.lua" | grep -o '[0-9a-f]\{32\}' | head -1)
 COOKIE2=$(sed -n 2p "$WORK/polls.lua" | grep -o 'wr_poll=[^"]*')
 BODY=$(curl -sf -H "cookie: $COOKIE2" "http://127.0.0.1:$GWR/api/v1/rooms/poll/tickets/$T2")
 printf '%s' "$BODY" > "$WORK/www/status.json"; chmod a+r "$WORK/www/status.json"
-S=$(POLL_PREFIX="/status.json?t=" bench -s "$WORK/polls.lua" "http://127.0.0.1:$STATIC/"); S_RPS=$(echo "$S" | rps); S_P99=$(echo "$S" | p99)
+S=$(POLL_PREFIX="/status.json?t=" measured "$NGINX_WORKERS" -- -s "$WORK/polls.lua" "http://127.0.0.1:$STATIC/"); S_RPS=$(echo "$S" | rps); S_P99=$(echo "$S" | p99)
 redis-cli -p "$REDIS" config resetstat > /dev/null
 P=$(POLL_PREFIX="/api/v1/rooms/poll/tickets/" measured "$GWR_PID" "$REDIS_PID" -- -s "$WORK/polls.lua" "http://127.0.0.1:$GWR/"); P_RPS=$(echo "$P" | rps); P_P99=$(echo "$P" | p99)
 NON2XX=$(echo "$P" | awk '/Non-2xx/ {print $4}')
@@ -125,13 +125,15 @@ print(', '.join(f'{m[1]} {int(m[2]) / $(echo "$P" | awk '/requests in/ {print $1
 # How many polls each of Redis's socket reads carried: about the coalescers' batch size (the
 # count includes the few reads of the gateway's other connections), which Redis's per-read
 # cost is spread over.
-[ -n "${SYSCALLS:-}" ] && echo "status   system calls per poll: gateway $(syscalls "$P"), Redis $(syscalls "$P" 2)"
+echo "status   CPU µs/req: nginx static $(cpu "$S") ($(cpu_split "$S")) | gateway $(cpu "$P") ($(cpu_split "$P")), Redis $(cpu "$P" 2) ($(cpu_split "$P" 2))"
+[ -n "${SYSCALLS:-}" ] && echo "status   system calls per poll: nginx static $(syscalls "$S"), gateway $(syscalls "$P"), Redis $(syscalls "$P" 2)"
 echo "status   polls per Redis read: $(redis-cli -p "$REDIS" info stats | awk -F: -v n="$(echo "$P" | awk '/requests in/ {print $1}')" '/^total_reads_processed/ {printf "%.1f (%d reads)", n / $2, $2}')"
 # The same polls answered by the memory store: what the HTTP side of a poll costs without
 # the Redis round trip.
 poll_room $GW "$WORK/polls_mem.lua"
 M=$(POLL_PREFIX="/api/v1/rooms/poll/tickets/" measured "$GW_PID" -- -s "$WORK/polls_mem.lua" "http://127.0.0.1:$GW/"); M_RPS=$(echo "$M" | rps); M_P99=$(echo "$M" | p99)
-echo "status   gateway status (memory store, same script): ${M_RPS} req/s p99 ${M_P99} | ratio to the static file $(python3 -c "print(round($M_RPS/$S_RPS,2))") | gateway CPU $(cpu "$M") µs/req"
+echo "status   gateway status (memory store, same script): ${M_RPS} req/s p99 ${M_P99} | ratio to the static file $(python3 -c "print(round($M_RPS/$S_RPS,2))") | gateway CPU $(cpu "$M") µs/req ($(cpu_split "$M"))"
+[ -n "${SYSCALLS:-}" ] && echo "status   system calls per poll, memory store: gateway $(syscalls "$M")"
 
 # 3. Joins with the Redis store.
 cat > "$WORK/join.lua" <<'LUA'
