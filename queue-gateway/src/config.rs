@@ -244,18 +244,17 @@ impl GatewayConfig {
         Self::from_toml(&text)
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text. A value of the wrong type or an unknown field is named by its path
+    /// (`limits.workers`); bad syntax has no field and says where in the file it is.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            // toml names unknown fields in the message; type errors carry a span only.
-            let field = msg
-                .split('`')
-                .nth(1)
-                .filter(|_| msg.starts_with("unknown field"))
-                .map(str::to_string)
-                .unwrap_or_else(|| "(file)".into());
-            ConfigError::new(field, e.to_string().trim().to_string())
+        let de =
+            toml::Deserializer::parse(text).map_err(|e| ConfigError::new("(file)", e.to_string().trim()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = match e.path().to_string() {
+                root if root == "." => "(file)".to_string(),
+                path => path,
+            };
+            ConfigError::new(field, e.into_inner().to_string().trim())
         })
     }
 
@@ -444,8 +443,16 @@ mod tests {
         assert_eq!(field(&[("WR_UPSTREAM", "ftp://x")]), "upstream");
         assert_eq!(field(&[("WR_ADMIN_TOKEN", "short")]), "admin_token");
         assert_eq!(field(&[("WR_SIGNING_KEY", "garbage!")]), "signing_key");
-        let e = GatewayConfig::from_toml("bogus = 1").unwrap_err();
-        assert_eq!(e.field, "bogus");
+        let file = |text: &str| GatewayConfig::from_toml(text).unwrap_err().field;
+        assert_eq!(file("bogus = 1"), "bogus");
+        assert_eq!(file("listen = \"nope\""), "listen");
+        assert_eq!(file("[limits]\nworkers = \"two\"\n"), "limits.workers");
+        assert_eq!(file("[limits]\nworker = 2\n"), "limits.worker");
+        assert_eq!(
+            file("[rate_limits]\njoin_per_ip = { per_second = -1, burst = 1 }\n"),
+            "rate_limits.join_per_ip.per_second"
+        );
+        assert_eq!(file("listen = "), "(file)");
         let cfg = GatewayConfig::from_toml("[rooms.summer]\nbatch_size = 0\n").unwrap();
         assert_eq!(cfg.validate().unwrap_err().field, "rooms.summer.batch_size");
         let cfg = GatewayConfig::from_toml("[rooms.Summer]\n").unwrap();

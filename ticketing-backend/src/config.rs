@@ -128,7 +128,7 @@ impl BackendConfig {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| bad("TB_CONFIG", format!("cannot read {p}: {e}")))?;
-                toml::from_str(&text).map_err(|e| bad("(file)", e.to_string()))?
+                Self::from_toml(&text)?
             }
             None => BackendConfig::default(),
         };
@@ -160,6 +160,16 @@ impl BackendConfig {
         cfg.admin_password = get("TB_ADMIN_PASSWORD").or(cfg.admin_password);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses the TOML file's text. A value of the wrong type or an unknown field is named
+    /// by its path; bad syntax has no field and says where in the file it is.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| bad("(file)", e.to_string().trim()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            bad(if path == "." { "(file)" } else { &path }, e.into_inner().to_string().trim())
+        })
     }
 
     /// Checks what can be checked without connecting.
@@ -221,5 +231,21 @@ impl BackendConfig {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("ticketing.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_errors_name_the_field() {
+        let field = |text: &str| BackendConfig::from_toml(text).err().map(|e| e.field);
+        assert_eq!(field("listen = \"nope\""), Some("listen".into()));
+        assert_eq!(field("hold_ttl_s = \"long\""), Some("hold_ttl_s".into()));
+        assert_eq!(field("bogus = 1"), Some("bogus".into()));
+        assert_eq!(field("listen = "), Some("(file)".into()));
+        let cfg = BackendConfig::from_toml("hold_ttl_s = 0").unwrap();
+        assert_eq!(cfg.validate().unwrap_err().field, "hold_ttl_s");
     }
 }
