@@ -182,6 +182,19 @@ impl RoomConfig {
     }
 }
 
+/// Line and column (1-based, the column in characters) of byte offset `at` in `text`: for
+/// the binaries' config-file errors, which point into the file without quoting it (a line
+/// may hold a secret).
+pub fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
+}
+
 pub(crate) fn range(field: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
     if v < lo || v > hi {
         return Err(Error::config(field, format!("must be within {lo}..={hi}, got {v}")));
@@ -268,5 +281,16 @@ mod tests {
         assert_eq!(err_field(&body), "protect");
         let huge = format!(r#"{{"target":"/{}"}}"#, "a".repeat(70_000));
         assert_eq!(err_field(&huge), "(body)");
+    }
+
+    #[test]
+    fn offsets_become_lines_and_columns() {
+        let text = "a = 1\nbé = \"x\"\n";
+        assert_eq!(super::line_column(text, 0), (1, 1));
+        assert_eq!(super::line_column(text, 4), (1, 5));
+        assert_eq!(super::line_column(text, 6), (2, 1));
+        assert_eq!(super::line_column(text, 11), (2, 5), "columns count characters, not bytes");
+        assert_eq!(super::line_column(text, 1000), (3, 1));
+        assert_eq!(super::line_column(text, 8), (2, 2), "inside a character: that character");
     }
 }

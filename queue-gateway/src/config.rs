@@ -219,6 +219,22 @@ fn redact_url(url: &str) -> String {
         .join(",")
 }
 
+/// Fields whose values a config error must not repeat.
+const SECRET_FIELDS: [&str; 6] =
+    ["admin_token", "signing_key", "previous_signing_keys", "user_jwt_secret", "gate_secret", "redis_url"];
+
+/// Where a TOML error is and what it is, without the file's text (toml's own message quotes
+/// the line); for a secret field, not even the value in the message.
+fn toml_reason(text: &str, e: &toml::de::Error, secret: bool) -> String {
+    let at = e.span().map(|s| queue_core::config::line_column(text, s.start));
+    let what =
+        if secret { "a value of the wrong type (not shown: the field holds a secret)" } else { e.message() };
+    match at {
+        Some((line, column)) => format!("line {line}, column {column}: {what}"),
+        None => what.to_string(),
+    }
+}
+
 impl GatewayConfig {
     /// Loads the file named by `WR_CONFIG` (if any), then applies `WR_*` variables.
     pub fn load() -> Result<Self, ConfigError> {
@@ -245,16 +261,19 @@ impl GatewayConfig {
     }
 
     /// Parses TOML text. A value of the wrong type or an unknown field is named by its path
-    /// (`limits.workers`); bad syntax has no field and says where in the file it is.
+    /// (`limits.workers`); bad syntax has no field. Either way the error says where in the
+    /// file, without quoting it, and a secret field's value is not repeated.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|e| ConfigError::new("(file)", e.to_string().trim()))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new("(file)", toml_reason(text, &e, false)))?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let field = match e.path().to_string() {
                 root if root == "." => "(file)".to_string(),
                 path => path,
             };
-            ConfigError::new(field, e.into_inner().to_string().trim())
+            // `previous_signing_keys[0]` is as secret as the list.
+            let secret = SECRET_FIELDS.contains(&field.split(['.', '[']).next().unwrap_or_default());
+            ConfigError::new(field, toml_reason(text, e.inner(), secret))
         })
     }
 
@@ -453,6 +472,16 @@ mod tests {
             "rate_limits.join_per_ip.per_second"
         );
         assert_eq!(file("listen = "), "(file)");
+        let e = GatewayConfig::from_toml("issuer = \"x\"\nadmin_token = 1234567890123456789\n").unwrap_err();
+        assert_eq!(e.field, "admin_token");
+        assert!(e.reason.starts_with("line 2, column 15: ") && !e.reason.contains("123456"), "{}", e.reason);
+        let e = GatewayConfig::from_toml("previous_signing_keys = [\"a\", 31415926535]\n").unwrap_err();
+        assert_eq!(e.field, "previous_signing_keys[1]");
+        assert!(!e.reason.contains("31415"), "{}", e.reason);
+        let e = GatewayConfig::from_toml("gate_secret = hunter2hunter2\n").unwrap_err();
+        assert!(!e.reason.contains("hunter2"), "{}", e.reason);
+        let e = GatewayConfig::from_toml("[limits]\nworkers = \"two\"\n").unwrap_err();
+        assert_eq!(e.reason, "line 2, column 11: invalid type: string \"two\", expected usize");
         let cfg = GatewayConfig::from_toml("[rooms.summer]\nbatch_size = 0\n").unwrap();
         assert_eq!(cfg.validate().unwrap_err().field, "rooms.summer.batch_size");
         let cfg = GatewayConfig::from_toml("[rooms.Summer]\n").unwrap();

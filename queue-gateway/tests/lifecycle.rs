@@ -94,3 +94,42 @@ async fn sigterm_drains_in_flight_work_and_ends_streams() {
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+/// `queue-gateway check-config`, as an operator runs it: exit 0 and the effective settings
+/// (secrets redacted) for a good file, non-zero and the bad field's name for a bad one —
+/// without the secret it holds.
+#[test]
+fn check_config_names_the_bad_field() {
+    let dir = std::env::temp_dir().join(format!("wr-check-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_queue-gateway"))
+            .arg("check-config")
+            .env("WR_CONFIG", &path)
+            .env_remove("WR_ADMIN_TOKEN")
+            .env_remove("WR_LISTEN")
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let (code, out) =
+        run("good.toml", "admin_token = \"an-admin-token-of-32-bytes-or-more\"\n[limits]\nworkers = 2\n");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("workers: 2") && !out.contains("an-admin-token"), "{out}");
+    for (text, field) in [
+        ("[limits]\nworkers = \"two\"\n", "`limits.workers`"),
+        ("listen = \"nowhere\"\n", "`listen`"),
+        ("[rooms.summer]\nbatch_size = 0\n", "`rooms.summer.batch_size`"),
+        ("admin_token = 1234567890987654321\n", "`admin_token`"),
+    ] {
+        let (code, out) = run("bad.toml", text);
+        assert_ne!(code, Some(0), "{text}: {out}");
+        assert!(out.contains(field), "{text}: {out}");
+        assert!(!out.contains("1234567890987654321"), "a secret echoed: {out}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

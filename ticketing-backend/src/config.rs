@@ -21,6 +21,22 @@ fn bad(field: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError { field: field.into(), reason: reason.into() }
 }
 
+/// Fields whose values a config error must not repeat.
+const SECRET_FIELDS: [&str; 5] =
+    ["jwt_secret", "gate_secret", "admin_password", "payments_secret_key", "database_url"];
+
+/// Where a TOML error is and what it is, without the file's text (toml's own message quotes
+/// the line); for a secret field, not even the value in the message.
+fn toml_reason(text: &str, e: &toml::de::Error, secret: bool) -> String {
+    let at = e.span().map(|s| queue_core::config::line_column(text, s.start));
+    let what =
+        if secret { "a value of the wrong type (not shown: the field holds a secret)" } else { e.message() };
+    match at {
+        Some((line, column)) => format!("line {line}, column {column}: {what}"),
+        None => what.to_string(),
+    }
+}
+
 /// Everything the backend needs to start.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -163,12 +179,15 @@ impl BackendConfig {
     }
 
     /// Parses the TOML file's text. A value of the wrong type or an unknown field is named
-    /// by its path; bad syntax has no field and says where in the file it is.
+    /// by its path; bad syntax has no field. Either way the error says where in the file,
+    /// without quoting it, and a secret field's value is not repeated.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| bad("(file)", e.to_string().trim()))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| bad("(file)", toml_reason(text, &e, false)))?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            bad(if path == "." { "(file)" } else { &path }, e.into_inner().to_string().trim())
+            // `previous_signing_keys[0]` is as secret as the list.
+            let secret = SECRET_FIELDS.contains(&path.split(['.', '[']).next().unwrap_or_default());
+            bad(if path == "." { "(file)" } else { &path }, toml_reason(text, e.inner(), secret))
         })
     }
 
@@ -245,6 +264,9 @@ mod tests {
         assert_eq!(field("hold_ttl_s = \"long\""), Some("hold_ttl_s".into()));
         assert_eq!(field("bogus = 1"), Some("bogus".into()));
         assert_eq!(field("listen = "), Some("(file)".into()));
+        let e = BackendConfig::from_toml("payments_secret_key = 98765432109876\n").err().unwrap();
+        assert_eq!(e.field, "payments_secret_key");
+        assert!(e.reason.starts_with("line 1, column 23: ") && !e.reason.contains("98765"), "{}", e.reason);
         let cfg = BackendConfig::from_toml("hold_ttl_s = 0").unwrap();
         assert_eq!(cfg.validate().unwrap_err().field, "hold_ttl_s");
     }
