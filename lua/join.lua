@@ -20,8 +20,9 @@ redis.call('HINCRBY', K_STATS, 'joined', '1')
 if c.method == 'random_at_open' and now < c.opens then
   redis.call('HSET', K_STATS, 'preq_last', seq)
 end
-if phase(c, now) == 'open' and stat('free_used') < c.free and redis.call('ZCARD', K_WAIT) == 0
-    and capacity(c, now) > 0 then
+-- Most rooms have no free pass: no read of its count for them.
+if c.free > 0 and phase(c, now) == 'open' and stat('free_used') < c.free
+    and redis.call('ZCARD', K_WAIT) == 0 and capacity(c, now) > 0 then
   local untl = string.format('%d', now + c.ttl * 1000)
   redis.call('HSET', K_ADM, t, untl)
   record_batch(untl .. ':0:0', untl, 1)
@@ -30,4 +31,8 @@ if phase(c, now) == 'open' and stat('free_used') < c.free and redis.call('ZCARD'
 end
 redis.call('ZADD', K_WAIT, seq, t)
 redis.call('ZADD', K_SEEN, now_s, t)
-return status_reply(t, 1, ticket_status(t, now, c), now_s, c)
+-- What ticket_status would read back, from what this script just wrote: its rank is all
+-- that is not known here (a join is the hot path of an on-sale's first minute).
+local pos = redis.call('ZRANK', K_WAIT, t) + 1
+if undrawn(c, seq) then pos = -1 end
+return status_reply(t, 1, { 'waiting', pos, 0, owner, now_s }, now_s, c)

@@ -231,7 +231,12 @@ pub async fn random_at_open_draws_auditably(s: &dyn Store) {
     let mut c = RoomConfig { queue_method: QueueMethod::RandomAtOpen, ..cfg(10) };
     c.set_opens_at_ms(now + 800);
     let r = room(s, c).await;
-    let pre = join_n(s, &r, 0, 40).await;
+    let mut pre = Vec::new();
+    for i in 0..40 {
+        let st = s.join(&r, &user(i)).await.unwrap().status;
+        assert_eq!((st.state, st.position), (TicketState::Waiting, None), "a join's reply before the draw");
+        pre.push(st.ticket);
+    }
     let st = s.status(&r, pre[5]).await.unwrap();
     assert_eq!(st.position, None, "no position before the draw");
     s.leave(&r, pre[3]).await.unwrap();
