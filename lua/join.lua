@@ -16,7 +16,6 @@ local seq = redis.call('INCR', K_SEQ)
 local t = string.format('%016x', seq) .. ARGV[4]
 redis.call('HSET', K_TIX, t, owner .. ':' .. now_s)
 redis.call('HSET', K_USERS, owner, t)
-redis.call('HINCRBY', K_STATS, 'joined', '1')
 if c.method == 'random_at_open' and now < c.opens then
   redis.call('HSET', K_STATS, 'preq_last', seq)
 end

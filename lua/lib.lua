@@ -9,7 +9,7 @@
 --  6 tickets   HASH  ticket -> "owner_hex:joined_ms"
 --  7 users     HASH  owner_hex -> ticket (one live ticket per owner)
 --  8 gone      HASH  ticket -> "l" left | "d" dropped
---  9 stats     HASH  counters, active, last_tick, preq_last, rate_pm
+--  9 stats     HASH  counters (joins: seq), active, last_tick, preq_last, rate_pm
 -- 10 rate      LIST  "ms:admitted" samples, newest first
 -- 11 draw      HASH  random_at_open draw record
 -- 12 batches   ZSET  "until:lo:hi" -> hi: admitted join-sequence ranges, kept for lookups
