@@ -703,8 +703,9 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever a client sends, the lane's parser does not panic, takes out exactly one
-        /// request's bytes or none, and a request it takes is one httparse reads the same way,
-        /// its body exactly the declared length, with nothing it would have to hand to hyper.
+        /// request's bytes (none when it waits for more or hands the connection to hyper),
+        /// and a request it takes is one httparse reads the same way, its body exactly the
+        /// declared length, with nothing it would have to hand to hyper.
         #[test]
         fn no_head_breaks_the_lane(head in proptest::prop_oneof![
             mangled(),
