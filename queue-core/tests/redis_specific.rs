@@ -31,6 +31,9 @@ async fn room_keys_share_one_cluster_slot() {
         .map(|k| cluster.nodes()[0].command(&format!("CLUSTER KEYSLOT {k}")).unwrap())
         .collect();
     assert_eq!(slots.len(), 1, "keys of one room must hash to one slot: {slots:?}");
+    // The names data already stored under must keep.
+    let keys = room_keys(&room);
+    assert_eq!((&*keys[0], &*keys[13]), (&*format!("wr:{{{room}}}:cfg"), &*format!("wr:{{{room}}}:batchn")));
     // Rooms spread over the cluster's nodes: each store call lands on its room's node.
     let store = RedisStore::connect(&cluster.urls()).await.unwrap();
     for i in 0..20 {

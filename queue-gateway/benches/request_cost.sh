@@ -11,6 +11,8 @@
 #   forward   admitted requests (token + ticket cookie) forwarded to nginx serving a static file
 #   status    status polls cycling through 2,000 waiting tickets, memory store
 #   status-r  the same polls, Redis store (the gateway's side only: Redis runs outside callgrind)
+#   join-r    new tickets (POST joins, a new anonymous owner each), Redis store
+# MODES="status-r join-r" picks some of them.
 # Needs valgrind, nginx, wrk, redis-server, curl, python3. KEEP=DIR keeps the callgrind
 # dumps there (for callgrind_annotate).
 # SYSCALLS=1: the same runs without valgrind, counting the gateway's system calls per request
@@ -57,7 +59,7 @@ measure() {
   dump="$WORK/cg.$(echo "$name" | tr -c 'A-Za-z0-9.\n-' _).$mode"
   port=$(free_port)
   local env=(WR_LISTEN=127.0.0.1:$port WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn)
-  [ "$mode" = status-r ] && env+=(WR_REDIS_URL=redis://127.0.0.1:$REDIS)
+  [[ $mode == *-r ]] && env+=(WR_REDIS_URL=redis://127.0.0.1:$REDIS)
   if [ -n "${SYSCALLS:-}" ]; then
     env "${env[@]}" "$bin" > "$WORK/gw.log" 2>&1 &
   else
@@ -68,6 +70,11 @@ measure() {
   local args=()
   if [ "$mode" = forward ]; then
     args=(-c8 -H "cookie: $(admitted_cookie "$port")" "http://127.0.0.1:$port/book/seat")
+  elif [ "$mode" = join-r ]; then
+    redis-cli -p "$REDIS" flushall > /dev/null
+    room "$port" poll /poll/
+    printf 'wrk.method = "POST"\n' > "$WORK/join.lua"
+    args=(-c16 -s "$WORK/join.lua" "http://127.0.0.1:$port/api/v1/rooms/poll/tickets")
   else
     [ "$mode" = status-r ] && redis-cli -p "$REDIS" flushall > /dev/null
     poll_room "$port" "$WORK/polls.lua"
@@ -107,5 +114,5 @@ tool="callgrind"; [ -n "${SYSCALLS:-}" ] && tool="perf stat, system calls per re
 echo "# $(date -u +%FT%TZ) $tool, one serving thread"
 for bin in "$@"; do
   name=$(basename "$(dirname "$bin")")/$(basename "$bin")
-  for mode in forward status status-r; do measure "$name" "$bin" "$mode"; done
+  for mode in ${MODES:-forward status status-r join-r}; do measure "$name" "$bin" "$mode"; done
 done
