@@ -2,7 +2,7 @@
 # Two gateway builds side by side, next to nginx: an A/B that this machine's drift (±20 %
 # over minutes) does not swamp.
 #
-#   queue-gateway/benches/ab.sh forward|status BUILD_A BUILD_B [ROUNDS=4] [DURATION=8s]
+#   queue-gateway/benches/ab.sh forward|status|join BUILD_A BUILD_B [ROUNDS=4] [DURATION=8s]
 #
 # Both gateways (default workers) run at once; each round runs wrk (-t2 -c50) against A,
 # then B, then nginx, so each line of a round saw the same machine within seconds. Per
@@ -12,9 +12,11 @@
 # status:  status polls cycling through 2,000 waiting tickets, each gateway on its own Redis
 #   (whose CPU per poll is printed too); nginx's line serves a static file of the answer's
 #   size through the same wrk script.
-# Needs nginx, wrk, curl, python3, and for status redis-server.
+# join:    new tickets (POST, a new anonymous owner each) in one room, each gateway on its own
+#   Redis; no nginx line (nothing to compare a join with).
+# Needs nginx, wrk, curl, python3, and for status and join redis-server.
 set -euo pipefail
-[ $# -ge 3 ] && [[ $1 =~ ^(forward|status)$ ]] || { sed -n 2,16p "$0"; exit 2; }
+[ $# -ge 3 ] && [[ $1 =~ ^(forward|status|join)$ ]] || { sed -n 2,18p "$0"; exit 2; }
 MODE=$1; A=$2; B=$3; ROUNDS=${4:-4}; DUR=${5:-8s}
 cd "$(dirname "$0")/../.."
 WORK=$(mktemp -d); PIDS=()
@@ -24,7 +26,7 @@ source queue-gateway/benches/common.sh
 UP=$(free_port); PA=$(free_port); PB=$(free_port); PROXY=$(free_port); RA=$(free_port); RB=$(free_port)
 start_nginx $UP $PROXY
 REDIS_A=(); REDIS_B=(); WAIT=($UP $PA $PB $PROXY)
-if [ "$MODE" = status ]; then
+if [ "$MODE" != forward ]; then
   for p in $RA $RB; do redis-server --port $p --save '' --appendonly no --logfile "$WORK/redis.$p.log" & PIDS+=($!); done
   RPIDS=("${PIDS[@]: -2}")
   REDIS_A=(WR_REDIS_URL=redis://127.0.0.1:$RA); REDIS_B=(WR_REDIS_URL=redis://127.0.0.1:$RB); WAIT+=($RA $RB)
@@ -44,6 +46,11 @@ if [ "$MODE" = forward ]; then
   ARGS_A=(-H "cookie: $CA" "http://127.0.0.1:$PA/book/seat"); ARGS_B=(-H "cookie: $CB" "http://127.0.0.1:$PB/book/seat")
   # nginx gets the same request, cookies included.
   ARGS_N=(-H "cookie: $CA" "http://127.0.0.1:$PROXY/book/seat")
+elif [ "$MODE" = join ]; then
+  room $PA poll /poll/; room $PB poll /poll/
+  printf 'wrk.method = "POST"\n' > "$WORK/join.lua"
+  ARGS_A=(-s "$WORK/join.lua" "http://127.0.0.1:$PA/api/v1/rooms/poll/tickets")
+  ARGS_B=(-s "$WORK/join.lua" "http://127.0.0.1:$PB/api/v1/rooms/poll/tickets")
 else
   poll_room $PA "$WORK/a.lua"; poll_room $PB "$WORK/b.lua"
   T=$(sed -n 2p "$WORK/a.lua" | grep -o '[0-9a-f]\{32\}' | head -1); C=$(sed -n 2p "$WORK/a.lua" | grep -o 'wr_poll=[^"]*')
@@ -62,9 +69,10 @@ run() { # name gateway-pid redis-pid|- wrk-args...
   echo "$name   $(req "$out") cpu $(per_req $t0 $t1 $n) µs/req$extra$(echo "$out" | awk '/Non-2xx/ {print " non-2xx: " $4}')"
 }
 RA_PID=-; RB_PID=-
-[ "$MODE" = status ] && { RA_PID=${RPIDS[0]}; RB_PID=${RPIDS[1]}; }
+[ "$MODE" != forward ] && { RA_PID=${RPIDS[0]}; RB_PID=${RPIDS[1]}; }
 echo "# $(date -u +%FT%TZ) ab.sh $MODE, wrk -t2 -c50 -d$DUR, A=$A B=$B"
 for r in $(seq $ROUNDS); do
   run A $GA $RA_PID "${ARGS_A[@]}"; run B $GB $RB_PID "${ARGS_B[@]}"
+  [ "$MODE" = join ] && continue
   echo "nginx $(POLL_PREFIX="/status.json?t=" req "$(POLL_PREFIX="/status.json?t=" wrk -t2 -c50 -d$DUR --latency "${ARGS_N[@]}")")"
 done
