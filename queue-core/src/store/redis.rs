@@ -139,8 +139,18 @@ fn room_key(room: &RoomId, name: &str) -> String {
     key
 }
 
-fn channel(room: &RoomId) -> String {
-    room_key(room, "events")
+/// One key of a room as a command argument, written into the command in place.
+struct RoomKey<'a>(&'a RoomId, &'static str);
+
+impl redis::ToRedisArgs for RoomKey<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        for part in [&b"wr:{"[..], self.0.as_str().as_bytes(), b"}:", self.1.as_bytes()] {
+            // Writes into memory, which does not fail.
+            let _ = arg.write_all(part);
+        }
+    }
 }
 
 /// A connection to one Redis or a Cluster (cheap to clone: both multiplex).
@@ -157,6 +167,24 @@ impl Conn {
             Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await?,
         };
         Ok(v)
+    }
+
+    /// Runs `cmd`, an `EVALSHA` of `script`; loads the script and runs it again if Redis
+    /// had lost it (a restart, `SCRIPT FLUSH`, a failover to a node that never saw it).
+    pub(crate) async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        match self.query(cmd).await {
+            Err(Error::Store(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.load(script).await?;
+                self.query(cmd).await
+            }
+            other => other,
+        }
     }
 
     pub(crate) async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
@@ -237,10 +265,6 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Vec<Value>> {
-        self.conn.invoke(inv).await
-    }
-
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
         self.conn.query(cmd).await
     }
@@ -251,17 +275,20 @@ impl RedisStore {
     }
 
     /// Runs a room script with `args` after the channel and room id; maps `no_room` and
-    /// `no_ticket` replies to errors.
+    /// `no_ticket` replies to errors. The `EVALSHA` is written here rather than through
+    /// redis-rs's `ScriptInvocation`, which holds each key and argument in a `Vec` of its
+    /// own before copying them into the command: the keys go straight into the command.
     async fn run<A: AsRef<[u8]>>(&self, s: &Script, room: &RoomId, args: &[A]) -> Result<Reply> {
-        let mut inv = s.prepare_invoke();
-        for k in room_keys(room) {
-            inv.key(k);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(s.get_hash()).arg(KEY_NAMES.len());
+        for name in KEY_NAMES {
+            cmd.arg(RoomKey(room, name));
         }
-        inv.arg(channel(room)).arg(room.as_str());
+        cmd.arg(RoomKey(room, "events")).arg(room.as_str());
         for a in args {
-            inv.arg(a.as_ref());
+            cmd.arg(a.as_ref());
         }
-        let reply = Reply(self.invoke(&inv).await?);
+        let reply = Reply(self.conn.eval(s, &cmd).await?);
         match &*reply.str(0)? {
             "no_room" => Err(Error::UnknownRoom(room.to_string())),
             "no_ticket" => Err(Error::UnknownTicket),
