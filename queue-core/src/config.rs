@@ -182,10 +182,21 @@ impl RoomConfig {
     }
 }
 
-/// Line and column (1-based, the column in characters) of byte offset `at` in `text`: for
-/// the binaries' config-file errors, which point into the file without quoting it (a line
-/// may hold a secret).
-pub fn line_column(text: &str, at: usize) -> (usize, usize) {
+/// A config-file error as the binaries report it: where (`line L, column C: `, from the byte
+/// offset `at` into `text`, when known) and what, never the file's text, which may hold a
+/// secret; for a secret field (`secret`) not even the parser's message, which may repeat the
+/// value.
+pub fn file_error(text: &str, at: Option<usize>, message: &str, secret: bool) -> String {
+    let what =
+        if secret { "a value of the wrong type (not shown: the field holds a secret)" } else { message };
+    match at.map(|at| line_column(text, at)) {
+        Some((line, column)) => format!("line {line}, column {column}: {what}"),
+        None => what.to_string(),
+    }
+}
+
+/// Line and column (1-based, the column in characters) of byte offset `at` in `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
     let mut at = at.min(text.len());
     while !text.is_char_boundary(at) {
         at -= 1;
@@ -281,6 +292,18 @@ mod tests {
         assert_eq!(err_field(&body), "protect");
         let huge = format!(r#"{{"target":"/{}"}}"#, "a".repeat(70_000));
         assert_eq!(err_field(&huge), "(body)");
+    }
+
+    #[test]
+    fn file_errors_say_where_not_what_a_secret_was() {
+        let text = "a = 1\nkey = 12345\n";
+        assert_eq!(
+            super::file_error(text, Some(12), "invalid type: integer `12345`", false),
+            "line 2, column 7: invalid type: integer `12345`"
+        );
+        let secret = super::file_error(text, Some(12), "invalid type: integer `12345`", true);
+        assert!(secret.starts_with("line 2, column 7: ") && !secret.contains("12345"), "{secret}");
+        assert_eq!(super::file_error(text, None, "bad", false), "bad");
     }
 
     #[test]

@@ -224,15 +224,9 @@ const SECRET_FIELDS: [&str; 6] =
     ["admin_token", "signing_key", "previous_signing_keys", "user_jwt_secret", "gate_secret", "redis_url"];
 
 /// Where a TOML error is and what it is, without the file's text (toml's own message quotes
-/// the line); for a secret field, not even the value in the message.
+/// the line).
 fn toml_reason(text: &str, e: &toml::de::Error, secret: bool) -> String {
-    let at = e.span().map(|s| queue_core::config::line_column(text, s.start));
-    let what =
-        if secret { "a value of the wrong type (not shown: the field holds a secret)" } else { e.message() };
-    match at {
-        Some((line, column)) => format!("line {line}, column {column}: {what}"),
-        None => what.to_string(),
-    }
+    queue_core::config::file_error(text, e.span().map(|s| s.start), e.message(), secret)
 }
 
 impl GatewayConfig {
