@@ -1,4 +1,5 @@
-//! Room configuration: every setting of DESIGN §2, parsed and range-checked in one place.
+//! Room configuration: every setting of DESIGN §2, parsed and range-checked in one place;
+//! and the binaries' TOML config files, parsed with errors that name the field.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -182,17 +183,45 @@ impl RoomConfig {
     }
 }
 
-/// A config-file error as the binaries report it: where (`line L, column C: `, from the byte
-/// offset `at` into `text`, when known) and what, never the file's text, which may hold a
-/// secret; for a secret field (`secret`) not even the parser's message, which may repeat the
-/// value.
-pub fn file_error(text: &str, at: Option<usize>, message: &str, secret: bool) -> String {
-    let what =
-        if secret { "a value of the wrong type (not shown: the field holds a secret)" } else { message };
-    match at.map(|at| line_column(text, at)) {
-        Some((line, column)) => format!("line {line}, column {column}: {what}"),
-        None => what.to_string(),
-    }
+/// A refused config file: the offending field (its path, `limits.workers`; `(file)` for bad
+/// syntax) and why.
+#[derive(Debug)]
+pub struct FileError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// Parses a binary's TOML config file. A value of the wrong type or an unknown field is named
+/// by its path; bad syntax has no field. The reason says where in the file (line and column)
+/// and what, never quoting the file (toml's own message repeats the line, which may hold a
+/// secret); for a field under one of `secret_fields` not even the parser's message, which may
+/// repeat the value.
+pub fn parse_file<T: serde::de::DeserializeOwned>(
+    text: &str,
+    secret_fields: &[&str],
+) -> std::result::Result<T, FileError> {
+    let reason = |e: &toml::de::Error, secret: bool| {
+        let what = if secret {
+            "a value of the wrong type (not shown: the field holds a secret)"
+        } else {
+            e.message()
+        };
+        match e.span().map(|s| line_column(text, s.start)) {
+            Some((line, column)) => format!("line {line}, column {column}: {what}"),
+            None => what.to_string(),
+        }
+    };
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| FileError { field: "(file)".into(), reason: reason(&e, false) })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = match e.path().to_string() {
+            root if root == "." => "(file)".to_string(),
+            path => path,
+        };
+        // `keys[1]` is as secret as `keys`.
+        let secret = secret_fields.contains(&field.split(['.', '[']).next().unwrap_or_default());
+        FileError { reason: reason(e.inner(), secret), field }
+    })
 }
 
 /// Line and column (1-based, the column in characters) of byte offset `at` in `text`.
@@ -296,14 +325,29 @@ mod tests {
 
     #[test]
     fn file_errors_say_where_not_what_a_secret_was() {
-        let text = "a = 1\nkey = 12345\n";
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct File {
+            port: Option<u16>,
+            keys: Option<Vec<String>>,
+        }
+        let err = |text: &str| {
+            let e = super::parse_file::<File>(text, &["keys"]).unwrap_err();
+            (e.field, e.reason)
+        };
         assert_eq!(
-            super::file_error(text, Some(12), "invalid type: integer `12345`", false),
-            "line 2, column 7: invalid type: integer `12345`"
+            err("\nport = \"x\""),
+            ("port".into(), "line 2, column 8: invalid type: string \"x\", expected u16".into())
         );
-        let secret = super::file_error(text, Some(12), "invalid type: integer `12345`", true);
-        assert!(secret.starts_with("line 2, column 7: ") && !secret.contains("12345"), "{secret}");
-        assert_eq!(super::file_error(text, None, "bad", false), "bad");
+        let (field, reason) = err("keys = [\"a\", 31415926]");
+        assert_eq!(field, "keys[1]");
+        assert!(reason.starts_with("line 1, column 14: ") && !reason.contains("31415"), "{reason}");
+        assert_eq!(err("other = 1").0, "other");
+        let (field, reason) = err("port = \nkeys = hunter2");
+        assert_eq!(field, "(file)");
+        assert!(reason.starts_with("line 1, column 8: ") && !reason.contains("hunter2"), "{reason}");
+        assert_eq!(super::parse_file::<File>("port = 8", &[]).unwrap().port, Some(8));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - [`id`]: `RoomId`, `TicketId`, `UserKey`: parsed once, trusted after.
-//! - [`config`]: `RoomConfig`, every setting of DESIGN §2, validated with field-named errors.
+//! - [`config`]: `RoomConfig`, every setting of DESIGN §2, validated with field-named errors;
+//!   `parse_file` for the binaries' TOML config files.
 //! - [`model`]: ticket states, outcomes, stats and events.
 //! - [`store`]: the `Store` trait, `MemoryStore` (embedded) and `RedisStore` (many gateways,
 //!   single node or Cluster; scripts in `lua/`).

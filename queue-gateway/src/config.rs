@@ -223,12 +223,6 @@ fn redact_url(url: &str) -> String {
 const SECRET_FIELDS: [&str; 6] =
     ["admin_token", "signing_key", "previous_signing_keys", "user_jwt_secret", "gate_secret", "redis_url"];
 
-/// Where a TOML error is and what it is, without the file's text (toml's own message quotes
-/// the line).
-fn toml_reason(text: &str, e: &toml::de::Error, secret: bool) -> String {
-    queue_core::config::file_error(text, e.span().map(|s| s.start), e.message(), secret)
-}
-
 impl GatewayConfig {
     /// Loads the file named by `WR_CONFIG` (if any), then applies `WR_*` variables.
     pub fn load() -> Result<Self, ConfigError> {
@@ -258,17 +252,7 @@ impl GatewayConfig {
     /// (`limits.workers`); bad syntax has no field. Either way the error says where in the
     /// file, without quoting it, and a secret field's value is not repeated.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::new("(file)", toml_reason(text, &e, false)))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = match e.path().to_string() {
-                root if root == "." => "(file)".to_string(),
-                path => path,
-            };
-            // `previous_signing_keys[0]` is as secret as the list.
-            let secret = SECRET_FIELDS.contains(&field.split(['.', '[']).next().unwrap_or_default());
-            ConfigError::new(field, toml_reason(text, e.inner(), secret))
-        })
+        queue_core::config::parse_file(text, &SECRET_FIELDS).map_err(|e| ConfigError::new(e.field, e.reason))
     }
 
     fn apply_env(&mut self, vars: &BTreeMap<String, String>) -> Result<(), ConfigError> {

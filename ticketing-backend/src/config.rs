@@ -25,12 +25,6 @@ fn bad(field: &str, reason: impl Into<String>) -> ConfigError {
 const SECRET_FIELDS: [&str; 5] =
     ["jwt_secret", "gate_secret", "admin_password", "payments_secret_key", "database_url"];
 
-/// Where a TOML error is and what it is, without the file's text (toml's own message quotes
-/// the line).
-fn toml_reason(text: &str, e: &toml::de::Error, secret: bool) -> String {
-    queue_core::config::file_error(text, e.span().map(|s| s.start), e.message(), secret)
-}
-
 /// Everything the backend needs to start.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -176,13 +170,7 @@ impl BackendConfig {
     /// by its path; bad syntax has no field. Either way the error says where in the file,
     /// without quoting it, and a secret field's value is not repeated.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| bad("(file)", toml_reason(text, &e, false)))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            // `previous_signing_keys[0]` is as secret as the list.
-            let secret = SECRET_FIELDS.contains(&path.split(['.', '[']).next().unwrap_or_default());
-            bad(if path == "." { "(file)" } else { &path }, toml_reason(text, e.inner(), secret))
-        })
+        queue_core::config::parse_file(text, &SECRET_FIELDS).map_err(|e| bad(&e.field, e.reason))
     }
 
     /// Checks what can be checked without connecting.
