@@ -128,29 +128,30 @@ pub fn room_keys(room: &RoomId) -> [String; 14] {
 }
 
 /// One key of a room: `wr:{room}:{name}` (the hash tag keeps a room on one Cluster slot).
-/// Pushed, not `format!`ted: every script call names all 14 keys, and formatting them was a
+/// As a command argument it is written into the command in place; pushed, not `format!`ted,
+/// where a `String` is needed: every script call names all 14 keys, and formatting them was a
 /// ninth of the gateway's instructions per join (callgrind).
-fn room_key(room: &RoomId, name: &str) -> String {
-    let room = room.as_str();
-    let mut key = String::with_capacity(6 + room.len() + name.len());
-    for part in ["wr:{", room, "}:", name] {
-        key.push_str(part);
-    }
-    key
-}
+struct RoomKey<'a>(&'a RoomId, &'a str);
 
-/// One key of a room as a command argument, written into the command in place.
-struct RoomKey<'a>(&'a RoomId, &'static str);
+impl RoomKey<'_> {
+    fn parts(&self) -> [&str; 4] {
+        ["wr:{", self.0.as_str(), "}:", self.1]
+    }
+}
 
 impl redis::ToRedisArgs for RoomKey<'_> {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         use std::io::Write as _;
         let mut arg = out.writer_for_next_arg();
-        for part in [&b"wr:{"[..], self.0.as_str().as_bytes(), b"}:", self.1.as_bytes()] {
+        for part in self.parts() {
             // Writes into memory, which does not fail.
-            let _ = arg.write_all(part);
+            let _ = arg.write_all(part.as_bytes());
         }
     }
+}
+
+fn room_key(room: &RoomId, name: &str) -> String {
+    RoomKey(room, name).parts().concat()
 }
 
 /// A connection to one Redis or a Cluster (cheap to clone: both multiplex).
