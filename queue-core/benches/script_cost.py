@@ -14,8 +14,8 @@ Each DIR holds join.lua, status.lua and touch.lua as Redis gets them (prelude in
 Two DIRs (say, the example run in a worktree of an older commit, then in this one) add a
 ratio column.
 
-Starts its own redis-server (hz 1: less timer work in the counts) under callgrind on a free port, fills a room with 2,000 waiting
-tickets through join.lua, then for each measured call zeroes the counters, sends 200 calls
+Starts its own redis-server (hz 1: less timer work in the counts) under callgrind on a free port, fills a paused room and an open one (no free pass) with 2,000 waiting
+tickets each through join.lua, then for each measured call zeroes the counters, sends 200 calls
 (pipelined) and dumps. `EVALSHA return {'ok'}` with the same 14 keys is the floor every
 script call pays (the reference in the same run). SCRIPT_COST_KEEP=1 keeps the dumps for
 callgrind_annotate. Needs valgrind (callgrind_control) and redis-server.
@@ -106,14 +106,18 @@ def measure(lua_dir):
         sha["floor"] = r.command("SCRIPT", "LOAD", "return {'ok'}").decode()
         keys = [f"wr:{{r}}:{k}" for k in KEYS]
         r.command("HSET", keys[0], *[x for kv in CFG.items() for x in kv])
+        # A second room, open, without a free pass: what most joins of an on-sale meet.
+        r.command("HSET", "wr:{o}:cfg", *[x for kv in {**CFG, "paused": "0"}.items() for x in kv])
 
-        def call(name, *args):
-            return Redis.encode("EVALSHA", sha[name], len(keys), *keys, "wr:{r}:events", "r", *args)
+        def call(name, *args, room="r"):
+            room_keys = [f"wr:{{{room}}}:{k}" for k in KEYS]
+            return Redis.encode("EVALSHA", sha[name], len(room_keys), *room_keys, f"wr:{{{room}}}:events", room, *args)
 
         def owner():
             return os.urandom(16).hex()
 
-        r.pipeline([call("join", owner(), os.urandom(8).hex()) for _ in range(2000)])
+        for room in ("r", "o"):
+            r.pipeline([call("join", owner(), os.urandom(8).hex(), room=room) for _ in range(2000)])
         tickets = [t.decode() for t in r.command("ZRANGE", keys[2], 0, -1)]
         assert len(tickets) == 2000, len(tickets)
         rng = random.Random(1)
@@ -124,6 +128,7 @@ def measure(lua_dir):
             ("status, 8 tickets", [call("status", *rng.sample(tickets, 8)) for _ in range(CALLS)]),
             ("touch, 8 tickets", [call("touch", *rng.sample(tickets, 8)) for _ in range(CALLS)]),
             ("join, new owner", [call("join", owner(), os.urandom(8).hex()) for _ in range(CALLS)]),
+            ("join, new owner, open room", [call("join", owner(), os.urandom(8).hex(), room="o") for _ in range(CALLS)]),
             ("join, same owner again", [call("join", again, os.urandom(8).hex())] * CALLS),
         ]
         results = []
