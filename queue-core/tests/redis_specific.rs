@@ -22,6 +22,33 @@ async fn scripts_reload_after_script_flush() {
     assert!(out.created, "join after SCRIPT FLUSH must reload the script (NOSCRIPT)");
 }
 
+/// The overload gate's five scripts reload the same way (they once went through redis-rs's
+/// own reloading invocation, the room scripts through the store's).
+#[tokio::test]
+async fn gate_scripts_reload_after_script_flush() {
+    use queue_core::gate::{GateConfig, GateId, GateLog, LoggedRequest, Polled, StoredResponse};
+    let server = RedisServer::shared();
+    let log = RedisStore::connect(&server.url()).await.unwrap().gate_log().await.unwrap();
+    let gate = GateId::parse(unique_room("gflush").as_str()).unwrap();
+    let cfg = GateConfig { prefixes: vec!["/x".into()], replayable: true, ..GateConfig::default() };
+    log.put_gate(&gate, &cfg).await.unwrap();
+    let flush = || server.command("SCRIPT FLUSH").unwrap();
+    let req = LoggedRequest { method: "POST".into(), path: "/x".into(), headers: vec![], body: "{}".into() };
+    flush();
+    let appended = log.append(&gate, &req, 10).await.unwrap();
+    let delivery = log.next(&gate, "c").await.unwrap().expect("the appended entry");
+    assert_eq!(delivery.id, appended.id);
+    flush();
+    assert_eq!(log.attempt(&gate, "c", delivery.id).await.unwrap(), Some(1));
+    flush();
+    let resp = StoredResponse { status: 201, headers: vec![], body: "done".into() };
+    assert!(log.finish(&gate, delivery.id, &resp, Duration::from_secs(60), None).await.unwrap());
+    flush();
+    assert!(matches!(log.poll(&gate, delivery.id).await.unwrap(), Polled::Done(r) if r.status == 201));
+    flush();
+    assert!(log.delete_gate(&gate).await.unwrap());
+}
+
 #[tokio::test]
 async fn room_keys_share_one_cluster_slot() {
     let cluster = RedisCluster::shared();

@@ -9,7 +9,7 @@
 use std::sync::LazyLock;
 
 use ::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use ::redis::{Script, Value};
+use ::redis::{FromRedisValue, Script, Value};
 
 use super::*;
 use crate::store::redis::Conn;
@@ -90,6 +90,20 @@ impl RedisGateLog {
         Ok(RedisGateLog { conn })
     }
 
+    /// Runs gate script `s` over `keys`, `args` adding its arguments; reloads it if Redis
+    /// lost it, as the room scripts are ([`Conn::eval`]).
+    async fn run<T: FromRedisValue>(
+        &self,
+        s: &Script,
+        keys: &[String],
+        args: impl FnOnce(&mut ::redis::Cmd),
+    ) -> Result<T> {
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(s.get_hash()).arg(keys.len()).arg(keys);
+        args(&mut cmd);
+        self.conn.eval(s, &cmd).await
+    }
+
     async fn ensure_group(&self, gate: &GateId) -> Result<()> {
         let mut cmd = ::redis::cmd("XGROUP");
         cmd.arg("CREATE").arg(key(gate, "log")).arg(GROUP).arg("0").arg("MKSTREAM");
@@ -142,9 +156,8 @@ impl GateLog for RedisGateLog {
     }
 
     async fn delete_gate(&self, gate: &GateId) -> Result<bool> {
-        let mut inv = SCRIPTS.delete.prepare_invoke();
-        inv.key(key(gate, "cfg")).key(key(gate, "log"));
-        let (status, n): (String, u64) = self.conn.invoke(&inv).await?;
+        let keys = [key(gate, "cfg"), key(gate, "log")];
+        let (status, n): (String, u64) = self.run(&SCRIPTS.delete, &keys, |_| {}).await?;
         if status == "busy" {
             return Err(Error::GateBusy(gate.to_string(), n));
         }
@@ -154,10 +167,17 @@ impl GateLog for RedisGateLog {
 
     async fn append(&self, gate: &GateId, req: &LoggedRequest, max_logged: u32) -> Result<Appended> {
         let headers = serde_json::to_string(&req.headers).map_err(|e| Error::Protocol(e.to_string()))?;
-        let mut inv = SCRIPTS.append.prepare_invoke();
-        inv.key(key(gate, "cfg")).key(key(gate, "log")).key(key(gate, "meta"));
-        inv.arg(GROUP).arg(max_logged).arg(&req.method).arg(&req.path).arg(headers).arg(req.body.as_ref());
-        let reply: Vec<Value> = self.conn.invoke(&inv).await?;
+        let keys = [key(gate, "cfg"), key(gate, "log"), key(gate, "meta")];
+        let reply: Vec<Value> = self
+            .run(&SCRIPTS.append, &keys, |c| {
+                c.arg(GROUP)
+                    .arg(max_logged)
+                    .arg(&req.method)
+                    .arg(&req.path)
+                    .arg(headers)
+                    .arg(req.body.as_ref());
+            })
+            .await?;
         match text_of(reply.first()).as_str() {
             "ok" => {
                 let id = EntryId::parse(&text_of(reply.get(1)))
@@ -206,10 +226,12 @@ impl GateLog for RedisGateLog {
     }
 
     async fn attempt(&self, gate: &GateId, consumer: &str, id: EntryId) -> Result<Option<u32>> {
-        let mut inv = SCRIPTS.attempt.prepare_invoke();
-        inv.key(key(gate, "log")).key(key(gate, "tries"));
-        inv.arg(GROUP).arg(consumer).arg(id.to_string());
-        let n: i64 = self.conn.invoke(&inv).await?;
+        let keys = [key(gate, "log"), key(gate, "tries")];
+        let n: i64 = self
+            .run(&SCRIPTS.attempt, &keys, |c| {
+                c.arg(GROUP).arg(consumer).arg(id.to_string());
+            })
+            .await?;
         Ok((n > 0).then_some(n as u32))
     }
 
@@ -221,27 +243,33 @@ impl GateLog for RedisGateLog {
         ttl: Duration,
         dead: Option<&str>,
     ) -> Result<bool> {
-        let mut inv = SCRIPTS.finish.prepare_invoke();
-        inv.key(key(gate, "log"))
-            .key(key(gate, "meta"))
-            .key(key(gate, "tries"))
-            .key(key(gate, &format!("r:{id}")))
-            .key(key(gate, "dead"));
-        inv.arg(GROUP)
-            .arg(id.to_string())
-            .arg(response.encode())
-            .arg(ttl.as_secs().max(1))
-            .arg(dead.unwrap_or(""))
-            .arg(MAX_DEAD_LETTERS);
-        let n: i64 = self.conn.invoke(&inv).await?;
+        let keys = [
+            key(gate, "log"),
+            key(gate, "meta"),
+            key(gate, "tries"),
+            key(gate, &format!("r:{id}")),
+            key(gate, "dead"),
+        ];
+        let n: i64 = self
+            .run(&SCRIPTS.finish, &keys, |c| {
+                c.arg(GROUP)
+                    .arg(id.to_string())
+                    .arg(response.encode())
+                    .arg(ttl.as_secs().max(1))
+                    .arg(dead.unwrap_or(""))
+                    .arg(MAX_DEAD_LETTERS);
+            })
+            .await?;
         Ok(n == 1)
     }
 
     async fn poll(&self, gate: &GateId, id: EntryId) -> Result<Polled> {
-        let mut inv = SCRIPTS.poll.prepare_invoke();
-        inv.key(key(gate, "log")).key(key(gate, "meta")).key(key(gate, &format!("r:{id}")));
-        inv.arg(id.to_string());
-        let reply: Vec<Value> = self.conn.invoke(&inv).await?;
+        let keys = [key(gate, "log"), key(gate, "meta"), key(gate, &format!("r:{id}"))];
+        let reply: Vec<Value> = self
+            .run(&SCRIPTS.poll, &keys, |c| {
+                c.arg(id.to_string());
+            })
+            .await?;
         Ok(match text_of(reply.first()).as_str() {
             "done" => Polled::Done(StoredResponse::decode(&bytes_of(reply.get(1)))?),
             "pending" => Polled::Pending { position: text_of(reply.get(1)).parse().unwrap_or(1) },

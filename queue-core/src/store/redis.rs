@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Script, Value};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -162,14 +162,6 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    pub(crate) async fn invoke<T: redis::FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T> {
-        let v = match self {
-            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await?,
-            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await?,
-        };
-        Ok(v)
-    }
-
     /// Runs `cmd`, an `EVALSHA` of `script`; loads the script and runs it again if Redis
     /// had lost it (a restart, `SCRIPT FLUSH`, a failover to a node that never saw it).
     pub(crate) async fn eval<T: redis::FromRedisValue>(
