@@ -337,6 +337,18 @@ pub async fn config_round_trip_and_bad_input(s: &dyn Store) {
     s.ping().await.unwrap();
 }
 
+/// A deleted room is told apart from one the store lost: gateways put back only the latter.
+pub async fn deletions_are_remembered(s: &dyn Store) {
+    let r = room(s, RoomConfig::default()).await;
+    assert!(!s.was_deleted(&r).await.unwrap(), "a live room");
+    assert!(!s.was_deleted(&unique_room("never")).await.unwrap(), "a room that never was");
+    assert!(s.delete_room(&r).await.unwrap());
+    assert!(s.was_deleted(&r).await.unwrap());
+    assert!(s.room_config(&r).await.unwrap().is_none());
+    assert!(s.put_room(&r, &RoomConfig::default()).await.unwrap(), "created again");
+    assert!(!s.was_deleted(&r).await.unwrap(), "created again after its deletion");
+}
+
 pub async fn positions_never_increase(s: &dyn Store) {
     let r = room(s, cfg(2)).await;
     let t = join_n(s, &r, 0, 12).await;
@@ -528,6 +540,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn config_round_trip_and_bad_input() {
                 super::config_round_trip_and_bad_input(&*store().await).await
+            }
+            #[tokio::test]
+            async fn deletions_are_remembered() {
+                super::deletions_are_remembered(&*store().await).await
             }
             #[tokio::test]
             async fn watch_reports_and_touches() {

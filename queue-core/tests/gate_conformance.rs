@@ -61,6 +61,21 @@ pub async fn configs_round_trip_and_busy_gates_stay(log: &dyn GateLog) {
     assert!(matches!(log.append(&g, &req(1), 10).await, Err(Error::UnknownGate(_))));
 }
 
+/// A deleted gate is told apart from one the store lost; a refused deletion notes nothing.
+pub async fn deletions_are_remembered(log: &dyn GateLog) {
+    let g = gate(log).await;
+    assert!(!log.was_deleted(&g).await.unwrap(), "a live gate");
+    log.append(&g, &req(0), 10).await.unwrap();
+    assert!(matches!(log.delete_gate(&g).await, Err(Error::GateBusy(..))));
+    assert!(!log.was_deleted(&g).await.unwrap(), "a refused deletion");
+    let d = log.next(&g, "a").await.unwrap().unwrap();
+    log.finish(&g, d.id, &resp(200, "{}"), TTL, None).await.unwrap();
+    assert!(log.delete_gate(&g).await.unwrap());
+    assert!(log.was_deleted(&g).await.unwrap());
+    log.put_gate(&g, &GateConfig::default()).await.unwrap();
+    assert!(!log.was_deleted(&g).await.unwrap(), "created again after its deletion");
+}
+
 pub async fn entries_replay_in_offset_order(log: &dyn GateLog) {
     let g = gate(log).await;
     let mut appended = Vec::new();
@@ -183,6 +198,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn configs_round_trip_and_busy_gates_stay() {
                 super::configs_round_trip_and_busy_gates_stay(&*log().await).await
+            }
+            #[tokio::test]
+            async fn deletions_are_remembered() {
+                super::deletions_are_remembered(&*log().await).await
             }
             #[tokio::test]
             async fn entries_replay_in_offset_order() {

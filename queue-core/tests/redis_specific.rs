@@ -22,6 +22,27 @@ async fn scripts_reload_after_script_flush() {
     assert!(out.created, "join after SCRIPT FLUSH must reload the script (NOSCRIPT)");
 }
 
+/// A room the store lost (here: FLUSHALL, as a restart without persistence) is not taken
+/// for a deleted one; the deletion note lives in the room's slot and expires.
+#[tokio::test]
+async fn lost_rooms_are_not_deleted_rooms() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let (lost, deleted) = (unique_room("lost"), unique_room("deleted"));
+    for r in [&lost, &deleted] {
+        store.put_room(r, &RoomConfig::default()).await.unwrap();
+    }
+    store.delete_room(&deleted).await.unwrap();
+    let note = format!("wr:{{{deleted}}}:deleted");
+    let ttl: i64 =
+        server.command(&format!("TTL {note}")).unwrap().trim().trim_start_matches(':').parse().unwrap();
+    assert!((3590..=3600).contains(&ttl), "the note expires with DELETION_MEMORY: {ttl}");
+    assert!(store.was_deleted(&deleted).await.unwrap());
+    server.command("FLUSHALL").unwrap();
+    assert!(store.room_config(&lost).await.unwrap().is_none());
+    assert!(!store.was_deleted(&lost).await.unwrap(), "lost, not deleted");
+}
+
 /// The overload gate's five scripts reload the same way (they once went through redis-rs's
 /// own reloading invocation, the room scripts through the store's).
 #[tokio::test]

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::*;
+use crate::store::DELETION_MEMORY;
 
 #[derive(Debug)]
 struct Entry {
@@ -60,6 +61,8 @@ impl Log {
 pub struct MemoryGateLog {
     configs: Mutex<BTreeMap<GateId, GateConfig>>,
     logs: Mutex<HashMap<GateId, Log>>,
+    /// Gates deleted within [`DELETION_MEMORY`], with when.
+    deleted: Mutex<HashMap<GateId, Instant>>,
 }
 
 impl MemoryGateLog {
@@ -81,6 +84,7 @@ fn delivery(id: EntryId, e: &Entry) -> Delivery {
 #[async_trait]
 impl GateLog for MemoryGateLog {
     async fn put_gate(&self, gate: &GateId, cfg: &GateConfig) -> Result<bool> {
+        self.deleted.lock().expect("gate deletions lock").remove(gate);
         Ok(self.configs.lock().expect("gate config lock").insert(gate.clone(), cfg.clone()).is_none())
     }
 
@@ -94,7 +98,17 @@ impl GateLog for MemoryGateLog {
         if backlog > 0 {
             return Err(Error::GateBusy(gate.to_string(), backlog));
         }
+        {
+            let mut deleted = self.deleted.lock().expect("gate deletions lock");
+            deleted.retain(|_, at| at.elapsed() < DELETION_MEMORY);
+            deleted.insert(gate.clone(), Instant::now());
+        }
         Ok(self.configs.lock().expect("gate config lock").remove(gate).is_some())
+    }
+
+    async fn was_deleted(&self, gate: &GateId) -> Result<bool> {
+        let deleted = self.deleted.lock().expect("gate deletions lock");
+        Ok(deleted.get(gate).is_some_and(|at| at.elapsed() < DELETION_MEMORY))
     }
 
     async fn append(&self, gate: &GateId, req: &LoggedRequest, max_logged: u32) -> Result<Appended> {

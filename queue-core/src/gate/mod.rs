@@ -326,8 +326,13 @@ pub trait GateLog: Send + Sync + fmt::Debug + 'static {
     /// Every gate with its config.
     async fn gates(&self) -> Result<Vec<(GateId, GateConfig)>>;
     /// Deletes a gate's config; true when it existed. Refused (`GateBusy`) while its log still
-    /// holds entries: they would never be answered.
+    /// holds entries: they would never be answered. The deletion is remembered for
+    /// [`crate::store::DELETION_MEMORY`].
     async fn delete_gate(&self, gate: &GateId) -> Result<bool>;
+    /// Whether `gate` was deleted by [`GateLog::delete_gate`] within the last
+    /// [`crate::store::DELETION_MEMORY`] and not created again since; a gate gone without
+    /// it was lost with the store's data ([`crate::Store::was_deleted`]).
+    async fn was_deleted(&self, gate: &GateId) -> Result<bool>;
     /// Appends a request; `Error::LogFull` when `max_logged` entries already wait.
     async fn append(&self, gate: &GateId, req: &LoggedRequest, max_logged: u32) -> Result<Appended>;
     /// The next entry nobody has been given yet, now owned by `consumer`.

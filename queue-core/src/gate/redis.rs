@@ -2,8 +2,8 @@
 //!
 //! Keys of gate `g` share the hash tag `{g}` (one Cluster slot): `wr:gate:{g}:cfg` (config
 //! JSON), `:log` (the stream; consumer group `replay`), `:meta` (logged/done/dead counters),
-//! `:tries` (attempts per entry), `:dead` (dead-letter stream) and `:r:{id}` (stored responses,
-//! with a TTL). The set `wr:gates` lists gate names. Changes that must be atomic are scripts
+//! `:tries` (attempts per entry), `:dead` (dead-letter stream), `:r:{id}` (stored responses,
+//! with a TTL) and `:deleted` (a deletion note, with a TTL). The set `wr:gates` lists gate names. Changes that must be atomic are scripts
 //! (`lua/gate_*.lua`); reading and claiming are plain `XREADGROUP` / `XAUTOCLAIM`.
 
 use std::sync::LazyLock;
@@ -136,7 +136,12 @@ impl GateLog for RedisGateLog {
         let old: Option<String> =
             self.conn.query(::redis::cmd("SET").arg(key(gate, "cfg")).arg(json).arg("GET")).await?;
         self.conn.query::<()>(::redis::cmd("SADD").arg(GATES_KEY).arg(gate.as_str())).await?;
+        self.conn.query::<()>(::redis::cmd("DEL").arg(key(gate, "deleted"))).await?;
         Ok(old.is_none())
+    }
+
+    async fn was_deleted(&self, gate: &GateId) -> Result<bool> {
+        self.conn.query(::redis::cmd("EXISTS").arg(key(gate, "deleted"))).await
     }
 
     async fn gates(&self) -> Result<Vec<(GateId, GateConfig)>> {
@@ -156,8 +161,13 @@ impl GateLog for RedisGateLog {
     }
 
     async fn delete_gate(&self, gate: &GateId) -> Result<bool> {
-        let keys = [key(gate, "cfg"), key(gate, "log")];
-        let (status, n): (String, u64) = self.run(&SCRIPTS.delete, &keys, |_| {}).await?;
+        let keys = [key(gate, "cfg"), key(gate, "log"), key(gate, "deleted")];
+        let memory = crate::store::DELETION_MEMORY.as_secs();
+        let (status, n): (String, u64) = self
+            .run(&SCRIPTS.delete, &keys, |c| {
+                c.arg(memory);
+            })
+            .await?;
         if status == "busy" {
             return Err(Error::GateBusy(gate.to_string(), n));
         }

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Store, check_admit, check_touch};
+use super::{DELETION_MEMORY, Store, check_admit, check_touch};
 use crate::config::{QueueMethod, RoomConfig};
 use crate::error::{Error, Result};
 use crate::eta::{self, RateLog};
@@ -469,6 +469,8 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     last_now: AtomicU64,
     rooms: RwLock<BTreeMap<RoomId, Arc<Mutex<Room>>>>,
+    /// Rooms deleted within [`DELETION_MEMORY`], with when (store ms).
+    deleted: Mutex<BTreeMap<RoomId, u64>>,
     events: broadcast::Sender<RoomEvent>,
 }
 
@@ -487,7 +489,13 @@ impl MemoryStore {
     /// A store on the given clock.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         let (events, _) = broadcast::channel(4096);
-        MemoryStore { clock, last_now: AtomicU64::new(0), rooms: RwLock::new(BTreeMap::new()), events }
+        MemoryStore {
+            clock,
+            last_now: AtomicU64::new(0),
+            rooms: RwLock::new(BTreeMap::new()),
+            deleted: Mutex::default(),
+            events,
+        }
     }
 
     /// The store's clock; never goes backwards even if the source does.
@@ -520,6 +528,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn put_room(&self, room: &RoomId, cfg: &RoomConfig) -> Result<bool> {
         cfg.validate()?;
+        self.deleted.lock().unwrap_or_else(|e| e.into_inner()).remove(room);
         let created = {
             let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
             match rooms.get(room) {
@@ -547,11 +556,26 @@ impl Store for MemoryStore {
     }
 
     async fn delete_room(&self, room: &RoomId) -> Result<bool> {
+        let now = self.now();
+        let memory = DELETION_MEMORY.as_millis() as u64;
+        {
+            // Noted before the room goes, as the Redis store does: a room found gone without
+            // the note is one the store lost.
+            let mut deleted = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
+            deleted.retain(|_, at| now.saturating_sub(*at) < memory);
+            deleted.insert(room.clone(), now);
+        }
         let existed = self.rooms.write().unwrap_or_else(|e| e.into_inner()).remove(room).is_some();
         if existed {
             self.publish(RoomEvent::ConfigChanged { room: room.clone() });
         }
         Ok(existed)
+    }
+
+    async fn was_deleted(&self, room: &RoomId) -> Result<bool> {
+        let now = self.now();
+        let deleted = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(deleted.get(room).is_some_and(|at| now.saturating_sub(*at) < DELETION_MEMORY.as_millis() as u64))
     }
 
     async fn rooms(&self) -> Result<Vec<RoomId>> {
@@ -687,6 +711,22 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn deletions_are_forgotten_after_an_hour() {
+        let clock = ManualClock::new(1_000_000);
+        let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+        let room = RoomId::parse("gone").unwrap();
+        store.put_room(&room, &RoomConfig::default()).await.unwrap();
+        store.delete_room(&room).await.unwrap();
+        clock.advance(DELETION_MEMORY.as_millis() as u64 - 1);
+        assert!(store.was_deleted(&room).await.unwrap());
+        clock.advance(1);
+        assert!(!store.was_deleted(&room).await.unwrap());
+        // Old notes go when another room is deleted: the map does not grow with every room ever deleted.
+        store.delete_room(&RoomId::parse("other").unwrap()).await.unwrap();
+        assert_eq!(store.deleted.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn fenwick_push_matches_naive_prefix_sums() {

@@ -28,6 +28,10 @@ pub const MAX_ADMIT: u32 = 1_000_000;
 /// Most expired admissions and idle tickets a tick processes (the rest go with the next tick),
 /// so that one tick's store time stays bounded.
 pub const MAX_SWEEP_PER_TICK: u64 = 50_000;
+/// How long a store remembers that a room (or a gate log, a gate) was deleted
+/// ([`Store::was_deleted`]): every gateway's cache forgets a deleted one within a second or
+/// two, far inside this.
+pub const DELETION_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A waiting-room store. See DESIGN §2 for the semantics and invariants every implementation
 /// keeps; `tests/conformance.rs` runs the same suite against each.
@@ -38,8 +42,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn put_room(&self, room: &RoomId, cfg: &RoomConfig) -> Result<bool>;
     /// A room's config, if the room exists.
     async fn room_config(&self, room: &RoomId) -> Result<Option<RoomConfig>>;
-    /// Deletes a room with all its tickets; true when it existed.
+    /// Deletes a room with all its tickets; true when it existed. The store remembers the
+    /// deletion for [`DELETION_MEMORY`] ([`Store::was_deleted`]).
     async fn delete_room(&self, room: &RoomId) -> Result<bool>;
+    /// Whether `room` was deleted by [`Store::delete_room`] within [`DELETION_MEMORY`] and
+    /// not created again since. A room that is gone without this was lost by the store (a
+    /// Redis restarted without persistence, flushed, or failed over to an empty replica),
+    /// which a gateway that still knows its config puts back.
+    async fn was_deleted(&self, room: &RoomId) -> Result<bool>;
     /// Every room, sorted.
     async fn rooms(&self) -> Result<Vec<RoomId>>;
     /// Pauses or resumes admission.

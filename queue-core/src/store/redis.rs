@@ -21,7 +21,7 @@ use redis::{Script, Value};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::{Store, check_admit, check_touch};
+use super::{DELETION_MEMORY, Store, check_admit, check_touch};
 use crate::config::{QueueMethod, RoomConfig};
 use crate::error::{Error, Result};
 use crate::eta;
@@ -120,6 +120,9 @@ const KEY_NAMES: [&str; 14] = [
     "batches", "bexp", "batchn",
 ];
 const ROOMS_KEY: &str = "wr:rooms";
+/// A room's deletion note (`wr:{room}:deleted`), kept for [`DELETION_MEMORY`]; outside
+/// [`KEY_NAMES`]: no script touches it.
+const DELETED: &str = "deleted";
 const EVENTS_PATTERN: &str = "wr:{*}:events";
 
 /// The keys of a room, in the order `lua/lib.lua` expects.
@@ -597,6 +600,7 @@ impl Store for RedisStore {
         self.query::<()>(redis::cmd("SADD").arg(ROOMS_KEY).arg(room.as_str())).await?;
         let r = self.run(&SCRIPTS.put_room, room, &config_fields(cfg)).await?;
         self.reads.forget(room);
+        self.query::<()>(redis::cmd("DEL").arg(RoomKey(room, DELETED))).await?;
         Ok(r.int(1)? == 1)
     }
 
@@ -610,10 +614,19 @@ impl Store for RedisStore {
     }
 
     async fn delete_room(&self, room: &RoomId) -> Result<bool> {
+        // Noted before the room goes: whoever finds it gone finds the note, unless the store
+        // lost both (then the room was lost, not deleted). In the room's hash slot, so a
+        // Cluster node that loses one loses the other.
+        let memory = DELETION_MEMORY.as_secs();
+        self.query::<()>(redis::cmd("SET").arg(RoomKey(room, DELETED)).arg(1).arg("EX").arg(memory)).await?;
         let r = self.run(&SCRIPTS.delete_room, room, NO_ARGS).await?;
         self.reads.forget(room);
         self.query::<()>(redis::cmd("SREM").arg(ROOMS_KEY).arg(room.as_str())).await?;
         Ok(r.int(1)? == 1)
+    }
+
+    async fn was_deleted(&self, room: &RoomId) -> Result<bool> {
+        self.query(redis::cmd("EXISTS").arg(RoomKey(room, DELETED))).await
     }
 
     async fn rooms(&self) -> Result<Vec<RoomId>> {
