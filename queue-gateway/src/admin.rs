@@ -244,7 +244,7 @@ pub async fn admit(
 }
 
 async fn refresh(app: &App) {
-    if let Err(e) = app.rooms.refresh(&*app.store).await {
+    if let Err(e) = crate::rooms::reload(app).await {
         tracing::warn!(error = %e, "room cache refresh after an admin change failed");
     }
 }

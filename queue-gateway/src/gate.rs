@@ -240,10 +240,28 @@ impl Gates {
 }
 
 /// Brings the gates in line with the log's configs: new gates get permits and a consumer,
-/// changed ones their new limit, deleted ones stop.
+/// changed ones their new limit, deleted ones stop. Gates the log lost (neither there nor
+/// remembered as deleted) are first put back from the configs this gateway knows, as rooms
+/// are ([`crate::rooms::RoomCache::refresh`]).
 pub async fn refresh(app: &Arc<App>) -> queue_core::Result<()> {
     let number = app.gates.order.begin();
-    let configs = app.gate_log.gates().await?;
+    let known: Vec<(GateId, GateConfig)> = {
+        let by_id = app.gates.by_id.read().unwrap_or_else(|e| e.into_inner());
+        by_id.iter().map(|(id, g)| (id.clone(), (*g.cfg()).clone())).collect()
+    };
+    let mut configs = app.gate_log.gates().await?;
+    for (id, cfg) in known {
+        if configs.iter().any(|(c, _)| *c == id) || app.gate_log.was_deleted(&id).await? {
+            continue;
+        }
+        app.gate_log.put_gate(&id, &cfg).await?;
+        tracing::error!(
+            gate = %id,
+            "the gate log lost this gate (Redis restarted without persistence, was flushed, or failed over to an empty replica): put back from this gateway's last known config; requests it had logged are gone"
+        );
+        app.metrics.restored("gate").inc();
+        configs.push((id, cfg));
+    }
     let mut spawned = Vec::new();
     {
         let mut by_id = app.gates.by_id.write().unwrap_or_else(|e| e.into_inner());

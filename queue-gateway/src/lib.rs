@@ -185,7 +185,7 @@ pub async fn build(
         instance: format!("gw-{}-{:08x}", std::process::id(), rand::random::<u32>()),
         shutdown,
     });
-    app.rooms.refresh(&*app.store).await?;
+    rooms::reload(&app).await?;
     gate::refresh(&app).await?;
     Ok(app)
 }

@@ -40,6 +40,13 @@ pub struct GateLabel {
     pub gate: String,
 }
 
+/// `{kind}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `room` or `gate`.
+    pub kind: &'static str,
+}
+
 /// `{route, code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteCode {
@@ -89,6 +96,7 @@ pub struct Metrics {
     pub gate_replayed: Family<GateLabel, Counter>,
     pub gate_dead_letters: Family<GateLabel, Counter>,
     pub store_up: Gauge,
+    pub store_restored: Family<KindLabel, Counter>,
     /// Handles of the per-request series, by route index.
     requests: [RouteSeries; MAX_ROUTES],
     /// `token_verifications{result="ok"}`, counted on every admitted request.
@@ -138,6 +146,7 @@ impl Metrics {
             gate_replayed: Family::default(),
             gate_dead_letters: Family::default(),
             store_up: Gauge::default(),
+            store_restored: Family::default(),
             requests: std::array::from_fn(|_| RouteSeries::default()),
             token_ok: OnceLock::new(),
             registry: Registry::default(),
@@ -194,7 +203,21 @@ impl Metrics {
             "1 while the store answers, 0 when it does not",
             m.store_up.clone(),
         );
+        r.register(
+            "waitingroom_store_restored",
+            "Rooms and gates the store had lost (Redis restarted empty, flushed, failed over to an empty replica), put back from a gateway's last known configs",
+            m.store_restored.clone(),
+        );
+        // Both series exist from the start (at 0), so an alert on their increase sees the first.
+        for kind in ["room", "gate"] {
+            let _ = m.store_restored.get_or_create(&KindLabel { kind });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// `store_restored{kind}`.
+    pub fn restored(&self, kind: &'static str) -> Counter {
+        self.store_restored.get_or_create(&KindLabel { kind }).clone()
     }
 
     /// Counts a finished request of route number `index` (below [`MAX_ROUTES`]), labelled

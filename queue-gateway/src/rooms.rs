@@ -84,17 +84,34 @@ impl RoomCache {
         self.snapshot().rooms.get(room).cloned()
     }
 
-    /// Reloads every room from the store.
-    pub async fn refresh(&self, store: &dyn Store) -> queue_core::Result<()> {
+    /// Reloads every room from the store, first putting back the rooms it lost: those this
+    /// cache knows and the store has neither nor remembers deleting ([`Store::was_deleted`]).
+    /// Returns those put back. Every refresh does it, whoever asks for it: one that installed
+    /// the store's rooms without them would forget their configs with the store.
+    pub async fn refresh(&self, store: &dyn Store) -> queue_core::Result<Vec<RoomId>> {
         let number = self.order.begin();
+        let known = self.snapshot();
         let mut rooms = HashMap::new();
         for id in store.rooms().await? {
             if let Some(cfg) = store.room_config(&id).await? {
                 rooms.insert(id, cfg);
             }
         }
+        let mut restored = Vec::new();
+        for (id, cfg) in &known.rooms {
+            if rooms.contains_key(id) || store.was_deleted(id).await? {
+                continue;
+            }
+            store.put_room(id, cfg).await?;
+            tracing::error!(
+                room = %id,
+                "the store lost this room (Redis restarted without persistence, was flushed, or failed over to an empty replica): put back from this gateway's last known config; its queue and admissions are gone, waiting pages join again"
+            );
+            rooms.insert(id.clone(), cfg.clone());
+            restored.push(id.clone());
+        }
         self.install(number, rooms);
-        Ok(())
+        Ok(restored)
     }
 
     /// Installs refresh `number`'s configs unless a later refresh's are already in.
@@ -125,9 +142,19 @@ pub async fn config_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Reloads the room configs into `app`'s cache, counting the rooms it put back
+/// ([`RoomCache::refresh`]).
+pub async fn reload(app: &App) -> queue_core::Result<()> {
+    let restored = app.rooms.refresh(&*app.store).await?;
+    if !restored.is_empty() {
+        app.metrics.restored("room").inc_by(restored.len() as u64);
+    }
+    Ok(())
+}
+
 async fn refresh(app: &Arc<App>) {
     // The refresh reads the store every second anyway: its outcome is the store's health.
-    let reached = app.rooms.refresh(&*app.store).await;
+    let reached = reload(app).await;
     app.metrics.store_up.set(i64::from(reached.is_ok()));
     if let Err(e) = reached {
         tracing::warn!(error = %e, "room config refresh failed; keeping the last known configs");

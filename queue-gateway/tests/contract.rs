@@ -924,3 +924,50 @@ async fn kept_alive_connections_wait_past_the_request_timeout_and_close_when_idl
     assert!(started.elapsed() >= Duration::from_millis(500), "not before the idle limit");
     gw.stop().await.unwrap();
 }
+
+/// Redis restarted without persistence (here: FLUSHALL) loses every room and gate. Each
+/// gateway puts back, within its next refresh, the ones it knew and nobody deleted, with the
+/// configs it knew; a room deleted before stays deleted. Their queues are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_and_gates_the_store_lost_come_back() {
+    let redis = RedisServer::start();
+    let (_gw, mut http) = gateway(Some(redis.url())).await;
+    let (kept, deleted) = (unique_room("kept"), unique_room("deleted"));
+    let mut cfg = paused_room(&kept);
+    cfg["batch_size"] = json!(7);
+    put_room(&mut http, kept.as_str(), cfg).await;
+    put_room(&mut http, deleted.as_str(), paused_room(&deleted)).await;
+    let gate = "lostgate";
+    let g = json!({"prefixes": ["/api/v1/lost"], "max_inflight": 3});
+    assert!(http.admin(Method::PUT, &format!("/admin/v1/gates/{gate}"), Some(g)).await.status.is_success());
+    let r = http.admin(Method::DELETE, &format!("/admin/v1/rooms/{deleted}"), None).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    assert_eq!(http.post(&format!("/api/v1/rooms/{kept}/tickets")).await.status, StatusCode::CREATED);
+
+    redis.command("FLUSHALL").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let restored = loop {
+        let r = http.admin(Method::GET, &format!("/admin/v1/rooms/{kept}"), None).await;
+        if r.status == StatusCode::OK {
+            break r.json();
+        }
+        assert!(std::time::Instant::now() < deadline, "room not put back: {} {}", r.status, r.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((restored["batch_size"].clone(), restored["paused"].clone()), (json!(7), json!(true)));
+    let state = http.get(&format!("/api/v1/rooms/{kept}")).await.json();
+    assert_eq!(state["waiting"], 0, "the queue went with the store: {state}");
+    let mut newcomer = Http::new(_gw.addr);
+    assert_eq!(newcomer.post(&format!("/api/v1/rooms/{kept}/tickets")).await.status, StatusCode::CREATED);
+    let g = http.admin(Method::GET, &format!("/admin/v1/gates/{gate}"), None).await;
+    assert_eq!((g.status, g.json()["max_inflight"].clone()), (StatusCode::OK, json!(3)), "{}", g.text);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = http.post(&format!("/api/v1/rooms/{deleted}/tickets")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "a deleted room stays deleted: {}", r.text);
+    let metrics = http.get("/metrics").await.text;
+    for kind in ["room", "gate"] {
+        let line = format!("waitingroom_store_restored_total{{kind=\"{kind}\"}} 1");
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
+}
