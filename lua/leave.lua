@@ -11,9 +11,11 @@ if st[1] == 'waiting' then
   -- Everyone behind it moved up: gateways push the new positions to their streams.
   redis.call('PUBLISH', CHANNEL, '{"type":"left","room":"' .. ROOM .. '"}')
 elseif st[1] == 'admitted' then
-  -- Its batch is still live (its end is in the future): give the place back now.
+  -- Its batch is still live (its end is in the future): give the place back now, and end
+  -- its token too, or the place would be used twice.
   redis.call('HINCRBY', K_BATCHN, st[6], -1)
   redis.call('HINCRBY', K_STATS, 'active', -1)
+  redis.call('ZADD', K_REVOKED, st[3], t)
 else
   return { 'ok', st[1] }
 end

@@ -15,6 +15,8 @@
 -- 12 batches   ZSET  "until:lo:hi" -> hi: admitted join-sequence ranges, kept for lookups
 -- 13 bexp      ZSET  batch member -> until: batches whose admissions have not been retired
 -- 14 batchn    HASH  batch member -> admissions of that batch still live
+-- 15 revoked   ZSET  ticket -> admission end (ms): admitted tickets that left before their
+--                    end, whose tokens gateways refuse; a tick drops ended ones
 -- A FIFO tick pops the lowest join sequences, so its admissions are one range [lo, hi] of
 -- sequence numbers (tickets in the range that are not admitted are recorded in `gone`):
 -- one batch entry records 3,000 admissions, and a ticket finds its admission by its own
@@ -24,7 +26,7 @@
 -- ARGV[1] = events channel, ARGV[2] = room id; script arguments follow.
 local K_CFG, K_SEQ, K_WAIT, K_SEEN, K_ADM = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_TIX, K_USERS, K_GONE, K_STATS, K_RATE, K_DRAW = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local K_BATCHES, K_BEXP, K_BATCHN = KEYS[12], KEYS[13], KEYS[14]
+local K_BATCHES, K_BEXP, K_BATCHN, K_REVOKED = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local CHANNEL, ROOM = ARGV[1], ARGV[2]
 local MAX_SWEEP = 50000
 local CHUNK = 1000

@@ -10,6 +10,8 @@ if tick <= stat('last_tick') then return { 'dup', tostring(tick) } end
 redis.call('HSET', K_STATS, 'last_tick', string.format('%d', tick))
 
 local expired = sweep_expired(now)
+-- Tokens of left tickets that have ended anyway need no refusing.
+redis.call('ZREMRANGEBYSCORE', K_REVOKED, '-inf', now)
 
 local idle = redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', now - c.idle * 1000, 'LIMIT', 0, MAX_SWEEP)
 for _, t in ipairs(idle) do redis.call('HSET', K_GONE, t, 'd') end

@@ -16,7 +16,7 @@ ratio column.
 
 Starts its own redis-server (hz 1: less timer work in the counts) under callgrind on a free port, fills a paused room and an open one (no free pass) with 2,000 waiting
 tickets each through join.lua, then for each measured call zeroes the counters, sends 200 calls
-(pipelined) and dumps. `EVALSHA return {'ok'}` with the same 14 keys is the floor every
+(pipelined) and dumps. `EVALSHA return {'ok'}` with the same 15 keys is the floor every
 script call pays (the reference in the same run). SCRIPT_COST_KEEP=1 keeps the dumps for
 callgrind_annotate. Needs valgrind (callgrind_control) and redis-server.
 """
@@ -31,7 +31,7 @@ import tempfile
 import time
 
 CALLS = 200
-KEYS = "cfg seq waiting seen admitted tickets users gone stats rate draw batches bexp batchn".split()
+KEYS = "cfg seq waiting seen admitted tickets users gone stats rate draw batches bexp batchn revoked".split()
 CFG = {
     "protect": '["/book/"]', "target": "/", "batch_size": "1000", "tick_interval_ms": "100",
     "free_pass": "0", "max_active": "0", "session_ttl_s": "3600", "idle_timeout_s": "300",

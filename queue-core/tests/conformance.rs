@@ -275,6 +275,23 @@ pub async fn manual_admit_and_leave(s: &dyn Store) {
     assert!(s.join(&r, &user(4)).await.unwrap().created, "a user who left may queue again");
 }
 
+/// An admitted ticket that leaves gives its place back and its admission ends with it: the
+/// store lists it (with its admission's end) until that end, for gateways to refuse its token.
+pub async fn leaving_ends_an_admission(s: &dyn Store) {
+    let r = room(s, RoomConfig { paused: true, session_ttl_s: 1, ..cfg(1) }).await;
+    let t = join_n(s, &r, 0, 3).await;
+    assert_eq!(s.admit(&r, 2).await.unwrap(), t[..2]);
+    assert!(s.revoked(&r).await.unwrap().is_empty());
+    let until = s.status(&r, t[0]).await.unwrap().admitted_until_ms.unwrap();
+    assert_eq!(s.leave(&r, t[0]).await.unwrap(), TicketState::Admitted);
+    assert_eq!(s.leave(&r, t[2]).await.unwrap(), TicketState::Waiting);
+    assert_eq!(s.revoked(&r).await.unwrap(), vec![(t[0], until)], "only the admitted ticket that left");
+    assert_eq!(s.active(&r).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    next_tick(s, &r).await;
+    assert!(s.revoked(&r).await.unwrap().is_empty(), "an ended admission needs no refusing");
+}
+
 pub async fn events_are_published(s: &dyn Store) {
     let mut rx = s.subscribe();
     // The Redis subscription connects in the background; give it a moment.
@@ -536,6 +553,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn events_are_published() {
                 super::events_are_published(&*store().await).await
+            }
+            #[tokio::test]
+            async fn leaving_ends_an_admission() {
+                super::leaving_ends_an_admission(&*store().await).await
             }
             #[tokio::test]
             async fn config_round_trip_and_bad_input() {

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{DELETION_MEMORY, Store, check_admit, check_touch};
+use super::{DELETION_MEMORY, MAX_REVOKED, Store, check_admit, check_touch};
 use crate::config::{QueueMethod, RoomConfig};
 use crate::error::{Error, Result};
 use crate::eta::{self, RateLog};
@@ -138,6 +138,9 @@ struct Room {
     left_total: u64,
     expired_total: u64,
     free_used: u64,
+    /// Admitted tickets that left, by slot: their admission's end. Dropped as that end comes
+    /// up in `expiries`.
+    revoked: HashMap<u32, u64>,
 }
 
 impl Room {
@@ -166,6 +169,7 @@ impl Room {
             left_total: 0,
             expired_total: 0,
             free_used: 0,
+            revoked: HashMap::new(),
         }
     }
 
@@ -235,6 +239,8 @@ impl Room {
                 self.active -= 1;
                 self.expired_total += 1;
                 n += 1;
+            } else if s.state == TicketState::Left && self.revoked.get(&idx) == Some(&until) {
+                self.revoked.remove(&idx);
             }
         }
         n
@@ -612,8 +618,11 @@ impl Store for MemoryStore {
             match before {
                 TicketState::Waiting => r.unqueue(idx, TicketState::Left),
                 TicketState::Admitted => {
-                    r.slots[idx as usize].state = TicketState::Left;
+                    let s = &mut r.slots[idx as usize];
+                    s.state = TicketState::Left;
+                    let until = s.until;
                     r.active -= 1;
+                    r.revoked.insert(idx, until);
                 }
                 _ => return Ok(before),
             }
@@ -624,6 +633,16 @@ impl Store for MemoryStore {
             self.publish(RoomEvent::Left { room: room.clone() });
         }
         Ok(before)
+    }
+
+    async fn revoked(&self, room: &RoomId) -> Result<Vec<(TicketId, u64)>> {
+        self.with_room(room, |r, now| {
+            let mut out: Vec<(TicketId, u64)> =
+                r.revoked.iter().filter(|(_, u)| **u > now).map(|(&i, &u)| (r.ticket_id(i), u)).collect();
+            out.sort_unstable_by_key(|&(_, u)| std::cmp::Reverse(u));
+            out.truncate(MAX_REVOKED);
+            out
+        })
     }
 
     async fn touch(&self, room: &RoomId, tickets: &[TicketId]) -> Result<()> {

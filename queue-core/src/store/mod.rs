@@ -28,6 +28,9 @@ pub const MAX_ADMIT: u32 = 1_000_000;
 /// Most expired admissions and idle tickets a tick processes (the rest go with the next tick),
 /// so that one tick's store time stays bounded.
 pub const MAX_SWEEP_PER_TICK: u64 = 50_000;
+/// Most revoked admissions [`Store::revoked`] returns (the latest ending): each is an
+/// admitted buyer who left, a few per minute in an on-sale.
+pub const MAX_REVOKED: usize = 100_000;
 /// How long a store remembers that a room (or a gate log, a gate) was deleted
 /// ([`Store::was_deleted`]): every gateway's cache forgets a deleted one within a second or
 /// two, far inside this.
@@ -65,7 +68,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn status_many(&self, room: &RoomId, tickets: &[TicketId]) -> Result<Vec<Option<TicketStatus>>>;
     /// Leaves the queue or gives up an admission; returns the state before. Leaving a ticket
     /// that is already over changes nothing.
+    /// An admitted ticket's leave ends its admission: its place goes back at once and the
+    /// ticket is listed by [`Store::revoked`] until its admission would have ended.
     async fn leave(&self, room: &RoomId, ticket: TicketId) -> Result<TicketState>;
+    /// Admitted tickets that left before their admission ended, with that end (Unix ms): their
+    /// tokens are signed and unexpired, and gateways refuse them. At most [`MAX_REVOKED`], the
+    /// latest ending first; ends already past may linger until the next tick.
+    async fn revoked(&self, room: &RoomId) -> Result<Vec<(TicketId, u64)>>;
     /// Marks waiting tickets as seen now (polls, open SSE streams). Unknown or no longer
     /// waiting tickets are ignored.
     async fn touch(&self, room: &RoomId, tickets: &[TicketId]) -> Result<()>;

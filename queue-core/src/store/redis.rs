@@ -21,7 +21,7 @@ use redis::{Script, Value};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::{DELETION_MEMORY, Store, check_admit, check_touch};
+use super::{DELETION_MEMORY, MAX_REVOKED, Store, check_admit, check_touch};
 use crate::config::{QueueMethod, RoomConfig};
 use crate::error::{Error, Result};
 use crate::eta;
@@ -115,9 +115,9 @@ pub fn with_prelude(body: &str) -> String {
     super::prelude::link(PRELUDE, body)
 }
 
-const KEY_NAMES: [&str; 14] = [
+const KEY_NAMES: [&str; 15] = [
     "cfg", "seq", "waiting", "seen", "admitted", "tickets", "users", "gone", "stats", "rate", "draw",
-    "batches", "bexp", "batchn",
+    "batches", "bexp", "batchn", "revoked",
 ];
 const ROOMS_KEY: &str = "wr:rooms";
 /// A room's deletion note (`wr:{room}:deleted`), kept for [`DELETION_MEMORY`]; outside
@@ -126,13 +126,13 @@ const DELETED: &str = "deleted";
 const EVENTS_PATTERN: &str = "wr:{*}:events";
 
 /// The keys of a room, in the order `lua/lib.lua` expects.
-pub fn room_keys(room: &RoomId) -> [String; 14] {
+pub fn room_keys(room: &RoomId) -> [String; 15] {
     KEY_NAMES.map(|k| room_key(room, k))
 }
 
 /// One key of a room: `wr:{room}:{name}` (the hash tag keeps a room on one Cluster slot).
 /// As a command argument it is written into the command in place; pushed, not `format!`ted,
-/// where a `String` is needed: every script call names all 14 keys, and formatting them was a
+/// where a `String` is needed: every script call names all 15 keys, and formatting them was a
 /// ninth of the gateway's instructions per join (callgrind).
 struct RoomKey<'a>(&'a RoomId, &'a str);
 
@@ -623,6 +623,20 @@ impl Store for RedisStore {
         self.reads.forget(room);
         self.query::<()>(redis::cmd("SREM").arg(ROOMS_KEY).arg(room.as_str())).await?;
         Ok(r.int(1)? == 1)
+    }
+
+    async fn revoked(&self, room: &RoomId) -> Result<Vec<(TicketId, u64)>> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(RoomKey(room, "revoked")).arg(0).arg(MAX_REVOKED - 1).arg("REV").arg("WITHSCORES");
+        let pairs: Vec<(String, u64)> = self.query(&cmd).await?;
+        pairs
+            .into_iter()
+            .map(|(t, until)| {
+                TicketId::parse(&t)
+                    .map(|t| (t, until))
+                    .map_err(|_| Error::Protocol("bad ticket id in revoked".into()))
+            })
+            .collect()
     }
 
     async fn was_deleted(&self, room: &RoomId) -> Result<bool> {
