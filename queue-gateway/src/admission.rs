@@ -5,8 +5,10 @@
 //! alone cannot produce it. The admission token's `cnf` is the base64url SHA-256 of that
 //! secret, so a token copied without its cookie does not pass.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use aws_lc_rs::hmac;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -348,6 +350,7 @@ pub fn check_admitted(
     keys: &KeySet,
     cookies: &CookieKey,
     cache: &AdmittedCache,
+    revoked: &Revoked,
     headers: &HeaderMap,
     room: &RoomId,
 ) -> Result<Admitted, Refusal> {
@@ -357,6 +360,9 @@ pub fn check_admitted(
         && let Some(hit) = cache.get(token, cookie)
     {
         keys.check_live(&hit.claims, room.as_str()).map_err(refusal)?;
+        if revoked.contains(room, &hit.claims.jti) {
+            return Err("revoked");
+        }
         return Ok(hit);
     }
     let token = std::str::from_utf8(token).map_err(|_| "malformed")?;
@@ -366,10 +372,65 @@ pub fn check_admitted(
     if claims.jti != ticket.to_string() || claims.cnf != cnf_of(&secret) {
         return Err("not_bound");
     }
+    if revoked.contains(room, &claims.jti) {
+        return Err("revoked");
+    }
     let header = HeaderValue::from_str(token).map_err(|_| "malformed")?;
     let admitted = Admitted { header, claims };
     cache.insert(token, cookie, admitted.clone());
     Ok(admitted)
+}
+
+/// Admissions ended by a leave while their tokens are live, by room: refused although the
+/// tokens verify. Filled from the store's list ([`queue_core::Store::revoked`]) within a
+/// second of a change to a room's leaves ([`crate::rooms`]), and at once by this gateway's
+/// own leaves. Entries go when their admission would have ended: a ticket that left is never
+/// admitted again.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    /// Whether any entry exists: the common case costs admitted requests one load.
+    any: AtomicBool,
+    rooms: RwLock<HashMap<RoomId, HashMap<TicketId, u64>>>,
+}
+
+impl Revoked {
+    /// Whether the admission of ticket `jti` (a token's claim) in `room` was ended by a leave.
+    pub fn contains(&self, room: &RoomId, jti: &str) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let Ok(ticket) = TicketId::parse(jti) else { return false };
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        rooms.get(room).and_then(|r| r.get(&ticket)).is_some_and(|until| *until > crate::room::now_ms())
+    }
+
+    /// Adds revoked admissions of `room` (ticket, admission end in Unix ms); the ones already
+    /// known stay until their ends (a list read just before one of this gateway's own leaves
+    /// lacks it).
+    pub fn add(&self, room: &RoomId, ended: impl IntoIterator<Item = (TicketId, u64)>) {
+        let now = crate::room::now_ms();
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let entries = rooms.entry(room.clone()).or_default();
+        entries.extend(ended.into_iter().filter(|(_, until)| *until > now));
+        entries.retain(|_, until| *until > now);
+        self.settle(&mut rooms);
+    }
+
+    /// Forgets rooms not in `live` (deleted) and ended admissions.
+    pub fn retain_rooms(&self, live: &HashMap<RoomId, queue_core::RoomConfig>) {
+        let now = crate::room::now_ms();
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        rooms.retain(|room, entries| {
+            entries.retain(|_, until| *until > now);
+            live.contains_key(room) && !entries.is_empty()
+        });
+        self.settle(&mut rooms);
+    }
+
+    fn settle(&self, rooms: &mut HashMap<RoomId, HashMap<TicketId, u64>>) {
+        rooms.retain(|_, entries| !entries.is_empty());
+        self.any.store(!rooms.is_empty(), Ordering::Release);
+    }
 }
 
 /// A token refusal as a metric label.

@@ -172,6 +172,7 @@ pub async fn build(
         store,
         keys,
         admitted: admission::AdmittedCache::default(),
+        revoked: admission::Revoked::default(),
         cookies,
         rooms: RoomCache::default(),
         metrics: Metrics::new(),

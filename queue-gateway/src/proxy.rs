@@ -197,7 +197,8 @@ pub(crate) fn check_path(uri: &Uri) -> Result<(), GatewayError> {
 pub(crate) fn admit(app: &App, uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, Box<Response>> {
     let snapshot = app.rooms.snapshot();
     let Some(room) = snapshot.protecting(uri.path()) else { return Ok(None) };
-    let checked = admission::check_admitted(&app.keys, &app.cookies, &app.admitted, headers, room);
+    let checked =
+        admission::check_admitted(&app.keys, &app.cookies, &app.admitted, &app.revoked, headers, room);
     let result = checked.as_ref().map_or_else(|reason| *reason, |_| "ok");
     app.metrics.token_checked(result);
     match checked {

@@ -467,6 +467,12 @@ pub async fn leave(
         ));
     }
     let before = store.leave(&room, ticket).await?;
+    if before == TicketState::Admitted
+        && let Some(until) = st.admitted_until_ms
+    {
+        // Refused here at once; other gateways within a second ([`crate::rooms`]).
+        app.revoked.add(&room, [(ticket, until)]);
+    }
     if before.is_live() {
         app.metrics.dropped.get_or_create(&DropLabel { room: room.to_string(), reason: "left" }).inc();
     }

@@ -127,6 +127,8 @@ impl RoomCache {
 pub async fn config_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let mut events = app.store.subscribe();
     let mut every = tokio::time::interval(Duration::from_secs(1));
+    // Each room's leave count when its revoked admissions were last read.
+    let mut left = HashMap::new();
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -135,7 +137,7 @@ pub async fn config_loop(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             },
             _ = every.tick() => {
                 refresh(&app).await;
-                update_gauges(&app).await;
+                update_gauges(&app, &mut left).await;
             }
             _ = shutdown.changed() => return,
         }
@@ -164,9 +166,12 @@ async fn refresh(app: &Arc<App>) {
     }
 }
 
-async fn update_gauges(app: &App) {
+async fn update_gauges(app: &App, left: &mut HashMap<RoomId, u64>) {
     let m = &app.metrics;
-    for room in app.rooms.snapshot().rooms.keys() {
+    let snapshot = app.rooms.snapshot();
+    app.revoked.retain_rooms(&snapshot.rooms);
+    left.retain(|room, _| snapshot.rooms.contains_key(room));
+    for room in snapshot.rooms.keys() {
         let label = Metrics::room(room.as_str());
         // Every series of a room exists from the start (at 0), so dashboards and alert rules
         // see data before the first join, admission or drop.
@@ -179,6 +184,16 @@ async fn update_gauges(app: &App) {
         if let Ok(st) = app.store.stats(room).await {
             m.waiting.get_or_create(&label).set(st.waiting as i64);
             m.active.get_or_create(&label).set(st.active as i64);
+            // A leave anywhere may have ended an admission: the room's list is read again.
+            if left.insert(room.clone(), st.left_total) != Some(st.left_total) {
+                match app.store.revoked(room).await {
+                    Ok(ended) => app.revoked.add(room, ended),
+                    Err(e) => {
+                        left.remove(room);
+                        tracing::warn!(room = %room, error = %e, "could not read the room's revoked admissions");
+                    }
+                }
+            }
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct App {
     pub keys: KeySet,
     /// Admissions already checked in full.
     pub admitted: crate::admission::AdmittedCache,
+    /// Admissions ended by a leave while their tokens are live.
+    pub revoked: crate::admission::Revoked,
     /// Ticket cookie secrets.
     pub cookies: CookieKey,
     /// User JWTs.

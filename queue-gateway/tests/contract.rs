@@ -118,6 +118,30 @@ pub async fn join_status_leave(redis: Option<String>) {
 
 /// Polls arriving together are answered by shared store reads: each must still get its own
 /// ticket's status, an unknown ticket its 404 and another room's ticket its own room's answer.
+/// Leaving after admission ends the admission: its place goes to the next buyer, and the
+/// token, though signed and unexpired, no longer opens the protected paths — here at once,
+/// for a browser that kept the cookies the leave cleared.
+pub async fn leaving_ends_the_admission(redis: Option<String>) {
+    let (_gw, mut http) = gateway(redis).await;
+    let room = unique_room("revoke");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    let ticket = join_and_admit(&mut http, room.as_str()).await;
+    http.get(&format!("/api/v1/rooms/{room}/tickets/{ticket}")).await;
+    let path = format!("/book/{room}/seat/1");
+    assert_eq!(http.get(&path).await.status, StatusCode::OK);
+    let kept = http.clone();
+    let r = http.send(Method::DELETE, &format!("/api/v1/rooms/{room}/tickets/{ticket}"), &[], None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert!(http.cookies.is_empty(), "the leave clears both cookies: {:?}", http.cookies);
+    let mut kept = kept;
+    let r = kept.get(&path).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::FORBIDDEN, "not_admitted"), "{}", r.text);
+    let state = http.get(&format!("/api/v1/rooms/{room}")).await.json();
+    assert_eq!(state["active"], 0, "the place went back: {state}");
+    let metrics = http.get("/metrics").await.text;
+    assert!(metrics.contains("waitingroom_token_verifications_total{result=\"revoked\"} 1"), "{metrics}");
+}
+
 pub async fn concurrent_polls_get_their_own_answers(redis: Option<String>) {
     let (gw, mut http) = gateway(redis).await;
     let (a, b) = (unique_room("pa"), unique_room("pb"));
@@ -572,6 +596,10 @@ macro_rules! contract {
                 super::admission_is_bound_to_the_cookie($redis).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn leaving_ends_the_admission() {
+                super::leaving_ends_the_admission($redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn user_bound_tickets() {
                 super::user_bound_tickets($redis).await
             }
@@ -969,5 +997,33 @@ async fn rooms_and_gates_the_store_lost_come_back() {
     for kind in ["room", "gate"] {
         let line = format!("waitingroom_store_restored_total{{kind=\"{kind}\"}} 1");
         assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
+}
+
+/// A leave through one gateway ends the admission on the others within about a second: they
+/// read the room's revoked admissions when its leave count moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_ends_the_admission_on_every_gateway() {
+    let redis = RedisServer::shared().url();
+    let (_a, mut http) = gateway(Some(redis.clone())).await;
+    let (b, _) = gateway(Some(redis)).await;
+    let room = unique_room("revoke2");
+    put_room(&mut http, room.as_str(), paused_room(&room)).await;
+    let ticket = join_and_admit(&mut http, room.as_str()).await;
+    http.get(&format!("/api/v1/rooms/{room}/tickets/{ticket}")).await;
+    let mut at_b = http.clone();
+    at_b.base = format!("http://{}", b.addr);
+    let path = format!("/book/{room}/seat/1");
+    assert_eq!(at_b.get(&path).await.status, StatusCode::OK, "gateway B honours A's admission");
+    let r = http.send(Method::DELETE, &format!("/api/v1/rooms/{room}/tickets/{ticket}"), &[], None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let left = std::time::Instant::now();
+    loop {
+        let r = at_b.get(&path).await;
+        if r.status == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert!(left.elapsed() < Duration::from_millis(2500), "B still forwards: {} {}", r.status, r.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
