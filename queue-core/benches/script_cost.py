@@ -17,7 +17,8 @@ ratio column.
 Starts its own redis-server (hz 1: less timer work in the counts) under callgrind on a free port, fills a paused room and an open one (no free pass) with 2,000 waiting
 tickets each through join.lua, then for each measured call zeroes the counters, sends 200 calls
 (pipelined) and dumps. `EVALSHA return {'ok'}` with the same 15 keys is the floor every
-script call pays (the reference in the same run). SCRIPT_COST_KEEP=1 keeps the dumps for
+script call pays (the reference in the same run); `ZRANK` and `PING`, pipelined the same way,
+what a status poll's plain read (`reads.rs`) and any command cost. SCRIPT_COST_KEEP=1 keeps the dumps for
 callgrind_annotate. Needs valgrind (callgrind_control) and redis-server.
 """
 import glob
@@ -130,12 +131,18 @@ def measure(lua_dir):
             ("join, new owner", [call("join", owner(), os.urandom(8).hex()) for _ in range(CALLS)]),
             ("join, new owner, open room", [call("join", owner(), os.urandom(8).hex(), room="o") for _ in range(CALLS)]),
             ("join, same owner again", [call("join", again, os.urandom(8).hex())] * CALLS),
+            # What a status poll costs Redis instead (reads.rs: one ZRANK per waiting ticket,
+            # pipelined), and the floor of any command.
+            ("ZRANK (a poll's plain read)", [Redis.encode("ZRANK", keys[2], rng.choice(tickets)) for _ in range(CALLS)]),
+            ("PING (a command's floor)", [Redis.encode("PING")] * CALLS),
         ]
         results = []
         for i, (label, requests) in enumerate(cases, start=1):
             subprocess.run(["callgrind_control", "-z", str(vg.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for reply in r.pipeline(requests):
-                assert isinstance(reply, list) and reply[0] == b"ok", (label, reply)
+                plain = not label.startswith(("EVALSHA", "status", "touch", "join"))
+                assert plain or (isinstance(reply, list) and reply[0] == b"ok"), (label, reply)
+                assert not plain or isinstance(reply, (int, bytes)), (label, reply)
             subprocess.run(["callgrind_control", "-d", str(vg.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             dump = f"{out}/cg.out.{i}"
             for _ in range(100):
