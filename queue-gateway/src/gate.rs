@@ -222,6 +222,8 @@ pub struct Gates {
     order: crate::rooms::RefreshOrder,
     /// `(prefix, gate)`, longest prefix first.
     prefixes: RwLock<Arc<PrefixIndex>>,
+    /// Held while lost gates are put back: two refreshes at once put each back once.
+    restoring: tokio::sync::Mutex<()>,
 }
 
 impl Gates {
@@ -250,7 +252,13 @@ pub async fn refresh(app: &Arc<App>) -> queue_core::Result<()> {
         by_id.iter().map(|(id, g)| (id.clone(), (*g.cfg()).clone())).collect()
     };
     let mut configs = app.gate_log.gates().await?;
-    for (id, cfg) in known {
+    let missing: Vec<_> = known.into_iter().filter(|(id, _)| configs.iter().all(|(c, _)| c != id)).collect();
+    let _turn = if missing.is_empty() { None } else { Some(app.gates.restoring.lock().await) };
+    if !missing.is_empty() {
+        // What a refresh that had the turn first put back is there now.
+        configs = app.gate_log.gates().await?;
+    }
+    for (id, cfg) in missing {
         if configs.iter().any(|(c, _)| *c == id) || app.gate_log.was_deleted(&id).await? {
             continue;
         }

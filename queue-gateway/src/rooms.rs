@@ -71,6 +71,8 @@ impl RefreshOrder {
 pub struct RoomCache {
     index: RwLock<Arc<Index>>,
     order: RefreshOrder,
+    /// Held while lost rooms are put back: two refreshes at once put each back once.
+    restoring: tokio::sync::Mutex<()>,
 }
 
 impl RoomCache {
@@ -98,8 +100,15 @@ impl RoomCache {
             }
         }
         let mut restored = Vec::new();
-        for (id, cfg) in &known.rooms {
-            if rooms.contains_key(id) || store.was_deleted(id).await? {
+        let missing: Vec<_> = known.rooms.iter().filter(|(id, _)| !rooms.contains_key(*id)).collect();
+        let _turn = if missing.is_empty() { None } else { Some(self.restoring.lock().await) };
+        for (id, cfg) in missing {
+            if store.was_deleted(id).await? {
+                continue;
+            }
+            if let Some(back) = store.room_config(id).await? {
+                // Put back by a refresh that had the turn first (or made again meanwhile).
+                rooms.insert(id.clone(), back);
                 continue;
             }
             store.put_room(id, cfg).await?;
@@ -293,5 +302,32 @@ mod tests {
         store.delete_room(&room).await.unwrap();
         cache.refresh(&store).await.unwrap();
         assert!(cache.get(&room).is_none(), "later refreshes still apply");
+    }
+
+    /// A store that lost its rooms (Redis flushed) gets them back once, however many
+    /// refreshes run at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn refreshes_at_once_put_a_lost_room_back_once() {
+        let redis = queue_core::testkit::RedisServer::start();
+        let store: Arc<dyn Store> = Arc::new(queue_core::RedisStore::connect(&redis.url()).await.unwrap());
+        let cache = Arc::new(RoomCache::default());
+        let room = RoomId::parse("r").unwrap();
+        let cfg = RoomConfig { batch_size: 7, ..RoomConfig::default() };
+        store.put_room(&room, &cfg).await.unwrap();
+        cache.refresh(&*store).await.unwrap();
+        redis.command("FLUSHALL").unwrap();
+        let refreshes: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, store) = (cache.clone(), store.clone());
+                tokio::spawn(async move { cache.refresh(&*store).await.unwrap().len() })
+            })
+            .collect();
+        let mut put_back = 0;
+        for r in refreshes {
+            put_back += r.await.unwrap();
+        }
+        assert_eq!(put_back, 1);
+        assert_eq!(store.room_config(&room).await.unwrap(), Some(cfg.clone()));
+        assert_eq!(cache.get(&room), Some(cfg));
     }
 }

@@ -67,9 +67,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// At most [`MAX_TOUCH_BATCH`] tickets.
     async fn status_many(&self, room: &RoomId, tickets: &[TicketId]) -> Result<Vec<Option<TicketStatus>>>;
     /// Leaves the queue or gives up an admission; returns the state before. Leaving a ticket
-    /// that is already over changes nothing.
-    /// An admitted ticket's leave ends its admission: its place goes back at once and the
-    /// ticket is listed by [`Store::revoked`] until its admission would have ended.
+    /// that is already over changes nothing. An admitted ticket's leave ends its admission:
+    /// its place goes back at once and the ticket is listed by [`Store::revoked`] until its
+    /// admission would have ended.
     async fn leave(&self, room: &RoomId, ticket: TicketId) -> Result<TicketState>;
     /// Admitted tickets that left before their admission ended, with that end (Unix ms): their
     /// tokens are signed and unexpired, and gateways refuse them. At most [`MAX_REVOKED`], the
