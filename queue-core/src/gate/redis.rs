@@ -3,8 +3,9 @@
 //! Keys of gate `g` share the hash tag `{g}` (one Cluster slot): `wr:gate:{g}:cfg` (config
 //! JSON), `:log` (the stream; consumer group `replay`), `:meta` (logged/done/dead counters),
 //! `:tries` (attempts per entry), `:dead` (dead-letter stream), `:r:{id}` (stored responses,
-//! with a TTL) and `:deleted` (a deletion note, with a TTL). The set `wr:gates` lists gate names. Changes that must be atomic are scripts
-//! (`lua/gate_*.lua`); reading and claiming are plain `XREADGROUP` / `XAUTOCLAIM`.
+//! with a TTL) and `:deleted` (a deletion note, with a TTL). The set `wr:gates` lists gate
+//! names. Changes that must be atomic are scripts (`lua/gate_*.lua`); reading and claiming are
+//! plain `XREADGROUP` / `XAUTOCLAIM`.
 
 use std::sync::LazyLock;
 
