@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// Room ids end up in Redis keys (inside a hash tag), URLs, cookie names and metric labels, so
 /// the alphabet is deliberately narrow: no braces, no separators, nothing to escape.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoomId(Box<str>);
+pub struct RoomId(std::sync::Arc<str>);
 
 impl RoomId {
     /// Longest accepted room id.
