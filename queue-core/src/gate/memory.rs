@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::*;
-use crate::store::DELETION_MEMORY;
+use crate::store::DeletionNotes;
 
 #[derive(Debug)]
 struct Entry {
@@ -34,7 +34,7 @@ struct Log {
 
 impl Log {
     fn next_id(&mut self) -> EntryId {
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let ms = unix_ms();
         let id = match self.last {
             Some(last) if last.ms >= ms => EntryId { ms: last.ms, seq: last.seq + 1 },
             _ => EntryId { ms, seq: 0 },
@@ -61,8 +61,8 @@ impl Log {
 pub struct MemoryGateLog {
     configs: Mutex<BTreeMap<GateId, GateConfig>>,
     logs: Mutex<HashMap<GateId, Log>>,
-    /// Gates deleted within [`DELETION_MEMORY`], with when.
-    deleted: Mutex<HashMap<GateId, Instant>>,
+    /// Gates deleted lately, on the system clock.
+    deleted: DeletionNotes<GateId>,
 }
 
 impl MemoryGateLog {
@@ -77,6 +77,10 @@ impl MemoryGateLog {
     }
 }
 
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 fn delivery(id: EntryId, e: &Entry) -> Delivery {
     Delivery { id, request: e.request.clone() }
 }
@@ -84,7 +88,7 @@ fn delivery(id: EntryId, e: &Entry) -> Delivery {
 #[async_trait]
 impl GateLog for MemoryGateLog {
     async fn put_gate(&self, gate: &GateId, cfg: &GateConfig) -> Result<bool> {
-        self.deleted.lock().expect("gate deletions lock").remove(gate);
+        self.deleted.forget(gate);
         Ok(self.configs.lock().expect("gate config lock").insert(gate.clone(), cfg.clone()).is_none())
     }
 
@@ -98,17 +102,12 @@ impl GateLog for MemoryGateLog {
         if backlog > 0 {
             return Err(Error::GateBusy(gate.to_string(), backlog));
         }
-        {
-            let mut deleted = self.deleted.lock().expect("gate deletions lock");
-            deleted.retain(|_, at| at.elapsed() < DELETION_MEMORY);
-            deleted.insert(gate.clone(), Instant::now());
-        }
+        self.deleted.note(gate, unix_ms());
         Ok(self.configs.lock().expect("gate config lock").remove(gate).is_some())
     }
 
     async fn was_deleted(&self, gate: &GateId) -> Result<bool> {
-        let deleted = self.deleted.lock().expect("gate deletions lock");
-        Ok(deleted.get(gate).is_some_and(|at| at.elapsed() < DELETION_MEMORY))
+        Ok(self.deleted.contains(gate, unix_ms()))
     }
 
     async fn append(&self, gate: &GateId, req: &LoggedRequest, max_logged: u32) -> Result<Appended> {

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{DELETION_MEMORY, MAX_REVOKED, Store, check_admit, check_touch};
+use super::{DeletionNotes, MAX_REVOKED, Store, check_admit, check_touch};
 use crate::config::{QueueMethod, RoomConfig};
 use crate::error::{Error, Result};
 use crate::eta::{self, RateLog};
@@ -475,8 +475,8 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     last_now: AtomicU64,
     rooms: RwLock<BTreeMap<RoomId, Arc<Mutex<Room>>>>,
-    /// Rooms deleted within [`DELETION_MEMORY`], with when (store ms).
-    deleted: Mutex<BTreeMap<RoomId, u64>>,
+    /// Rooms deleted lately, on the store's clock.
+    deleted: DeletionNotes<RoomId>,
     events: broadcast::Sender<RoomEvent>,
 }
 
@@ -499,7 +499,7 @@ impl MemoryStore {
             clock,
             last_now: AtomicU64::new(0),
             rooms: RwLock::new(BTreeMap::new()),
-            deleted: Mutex::default(),
+            deleted: DeletionNotes::default(),
             events,
         }
     }
@@ -534,7 +534,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn put_room(&self, room: &RoomId, cfg: &RoomConfig) -> Result<bool> {
         cfg.validate()?;
-        self.deleted.lock().unwrap_or_else(|e| e.into_inner()).remove(room);
+        self.deleted.forget(room);
         let created = {
             let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
             match rooms.get(room) {
@@ -562,15 +562,9 @@ impl Store for MemoryStore {
     }
 
     async fn delete_room(&self, room: &RoomId) -> Result<bool> {
-        let now = self.now();
-        let memory = DELETION_MEMORY.as_millis() as u64;
-        {
-            // Noted before the room goes, as the Redis store does: a room found gone without
-            // the note is one the store lost.
-            let mut deleted = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
-            deleted.retain(|_, at| now.saturating_sub(*at) < memory);
-            deleted.insert(room.clone(), now);
-        }
+        // Noted before the room goes, as the Redis store does: a room found gone without the
+        // note is one the store lost.
+        self.deleted.note(room, self.now());
         let existed = self.rooms.write().unwrap_or_else(|e| e.into_inner()).remove(room).is_some();
         if existed {
             self.publish(RoomEvent::ConfigChanged { room: room.clone() });
@@ -579,9 +573,7 @@ impl Store for MemoryStore {
     }
 
     async fn was_deleted(&self, room: &RoomId) -> Result<bool> {
-        let now = self.now();
-        let deleted = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(deleted.get(room).is_some_and(|at| now.saturating_sub(*at) < DELETION_MEMORY.as_millis() as u64))
+        Ok(self.deleted.contains(room, self.now()))
     }
 
     async fn rooms(&self) -> Result<Vec<RoomId>> {
@@ -738,13 +730,13 @@ mod tests {
         let room = RoomId::parse("gone").unwrap();
         store.put_room(&room, &RoomConfig::default()).await.unwrap();
         store.delete_room(&room).await.unwrap();
-        clock.advance(DELETION_MEMORY.as_millis() as u64 - 1);
+        clock.advance(crate::store::DELETION_MEMORY.as_millis() as u64 - 1);
         assert!(store.was_deleted(&room).await.unwrap());
         clock.advance(1);
         assert!(!store.was_deleted(&room).await.unwrap());
         // Old notes go when another room is deleted: the map does not grow with every room ever deleted.
         store.delete_room(&RoomId::parse("other").unwrap()).await.unwrap();
-        assert_eq!(store.deleted.lock().unwrap().len(), 1);
+        assert_eq!(store.deleted.len(), 1);
     }
 
     #[test]

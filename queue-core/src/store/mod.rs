@@ -36,6 +36,50 @@ pub const MAX_REVOKED: usize = 100_000;
 /// two, far inside this.
 pub const DELETION_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// The in-process store's and gate log's memory of deletions ([`Store::was_deleted`],
+/// [`crate::gate::GateLog::was_deleted`]): when each was deleted, on the caller's clock (ms),
+/// kept for [`DELETION_MEMORY`]. Old notes go as new ones come.
+#[derive(Debug)]
+pub(crate) struct DeletionNotes<K>(std::sync::Mutex<std::collections::HashMap<K, u64>>);
+
+impl<K> Default for DeletionNotes<K> {
+    fn default() -> Self {
+        DeletionNotes(std::sync::Mutex::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> DeletionNotes<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that `key` is being deleted at `now_ms`.
+    pub(crate) fn note(&self, key: &K, now_ms: u64) {
+        let mut notes = self.lock();
+        notes.retain(|_, at| !ended(*at, now_ms));
+        notes.insert(key.clone(), now_ms);
+    }
+
+    /// `key` was made again.
+    pub(crate) fn forget(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
+    /// Whether `key` was deleted within [`DELETION_MEMORY`] of `now_ms`.
+    pub(crate) fn contains(&self, key: &K, now_ms: u64) -> bool {
+        self.lock().get(key).is_some_and(|at| !ended(*at, now_ms))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+fn ended(at_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(at_ms) >= DELETION_MEMORY.as_millis() as u64
+}
+
 /// A waiting-room store. See DESIGN §2 for the semantics and invariants every implementation
 /// keeps; `tests/conformance.rs` runs the same suite against each.
 #[async_trait]
