@@ -253,11 +253,14 @@ pub async fn refresh(app: &Arc<App>) -> queue_core::Result<()> {
     };
     let mut configs = app.gate_log.gates().await?;
     let missing: Vec<_> = known.into_iter().filter(|(id, _)| configs.iter().all(|(c, _)| c != id)).collect();
-    let _turn = if missing.is_empty() { None } else { Some(app.gates.restoring.lock().await) };
-    if !missing.is_empty() {
+    let _turn = if missing.is_empty() {
+        None
+    } else {
+        let turn = app.gates.restoring.lock().await;
         // What a refresh that had the turn first put back is there now.
         configs = app.gate_log.gates().await?;
-    }
+        Some(turn)
+    };
     for (id, cfg) in missing {
         if configs.iter().any(|(c, _)| *c == id) || app.gate_log.was_deleted(&id).await? {
             continue;
