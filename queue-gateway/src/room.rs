@@ -176,6 +176,17 @@ pub struct TicketBody<'a> {
     admission: Option<AdmissionBody<'a>>,
 }
 
+/// A ticket's `state` as the public contract names it: `waiting`, `admitted`, `expired` or
+/// `dropped`. A ticket that left is `dropped` there (as in `waitingroom_dropped_total`, whose
+/// reasons are `idle` and `left`): clients written against the contract know four states, and
+/// for them both mean the same thing, out of the queue and free to join again.
+pub(crate) fn public_state(state: TicketState) -> &'static str {
+    match state {
+        TicketState::Left => TicketState::Dropped.as_str(),
+        other => other.as_str(),
+    }
+}
+
 /// `admission` of a ticket body.
 #[derive(Debug)]
 #[cfg_attr(test, derive(serde::Serialize))]
@@ -190,7 +201,7 @@ impl<'a> TicketBody<'a> {
         TicketBody {
             ticket: st.ticket,
             room: st.room.as_str(),
-            state: st.state.as_str(),
+            state: public_state(st.state),
             position: st.position,
             eta_seconds: st.eta.map(|e| e.seconds),
             eta_range: st.eta.map(|e| [e.low_seconds, e.high_seconds]),
@@ -522,6 +533,25 @@ mod tests {
             phase,
             now_ms: 2,
         }
+    }
+
+    #[test]
+    fn tickets_show_the_contracts_four_states() {
+        let shown = |state| {
+            let st = status(state, None, None, RoomPhase::Open);
+            let mut out = Vec::new();
+            TicketBody::new(&st, None, None).write_json(&mut out);
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()["state"].as_str().unwrap().to_owned()
+        };
+        let all = [
+            TicketState::Waiting,
+            TicketState::Admitted,
+            TicketState::Expired,
+            TicketState::Left,
+            TicketState::Dropped,
+        ];
+        let shown: Vec<String> = all.into_iter().map(shown).collect();
+        assert_eq!(shown, ["waiting", "admitted", "expired", "dropped", "dropped"]);
     }
 
     #[test]

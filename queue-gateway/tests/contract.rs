@@ -101,7 +101,8 @@ pub async fn join_status_leave(redis: Option<String>) {
     assert_eq!(left.status, StatusCode::NO_CONTENT);
     assert!(!http.cookies.contains_key(&format!("wr_{room}")), "leaving clears the cookie");
     let s = other.get(&format!("/api/v1/rooms/{room}/tickets/{ticket}")).await;
-    assert_eq!(s.json()["state"], "left");
+    // The contract's four states: a ticket that left reads as dropped.
+    assert_eq!(s.json()["state"], "dropped");
     assert_eq!(other.get(&format!("/api/v1/rooms/{room}/tickets/{o_ticket}")).await.json()["position"], 1);
 
     // Unknown and malformed things.
