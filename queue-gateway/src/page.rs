@@ -69,6 +69,24 @@ fn t(lang: Lang, key: &str) -> &'static str {
         "minutes" => ("분", "min"),
         "seconds" => ("초", "s"),
         "live" => ("실시간으로 갱신됩니다.", "Updates live."),
+        "no_room_title" => ("대기실이 없습니다", "No such waiting room"),
+        "no_room" => (
+            "주소를 다시 확인해 주세요. 이미 끝난 판매일 수 있습니다.",
+            "Please check the address: this sale may have ended.",
+        ),
+        "busy_title" => ("접속이 많습니다", "Very busy right now"),
+        "busy" => (
+            "요청이 너무 많아 잠시 기다려야 합니다. 이 페이지를 닫지 마세요.",
+            "Too many requests at once. Please keep this page open.",
+        ),
+        "trouble_title" => ("일시적인 문제", "A passing problem"),
+        "trouble" => (
+            "잠시 문제가 생겼습니다. 이 페이지를 닫지 마세요.",
+            "Something went wrong on our side. Please keep this page open.",
+        ),
+        "bad_address_title" => ("잘못된 주소", "Not a valid address"),
+        "bad_address" => ("주소를 다시 확인해 주세요.", "Please check the address."),
+        "retrying" => ("다시 시도까지", "Trying again in"),
         _ => ("", ""),
     };
     match lang {
@@ -100,39 +118,57 @@ fn destination(q: &PageQuery, cfg: Option<&RoomConfig>) -> String {
     }
 }
 
-/// `GET /rooms/{room}`
+/// `GET /rooms/{room}`. A browser that cannot be shown its place (an unknown room, a rate
+/// limit, a store outage) gets the error as a page in its language, with the same status and
+/// headers; a page that a wait can mend (`429`, `5xx`) reloads itself when `Retry-After`
+/// says, so a crowd refreshing its waiting pages is not stranded on an error. Other clients
+/// get the contract's JSON error.
 pub async fn page(
     State(app): State<Arc<App>>,
     peer: Option<axum::Extension<PeerAddr>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
+) -> Response {
+    match page_for(app, peer, path, query, &headers).await {
+        Ok(r) => r,
+        Err(e) if crate::proxy::prefers_html(&headers) => error_page(lang_of(&headers), e),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn page_for(
+    app: Arc<App>,
+    peer: Option<axum::Extension<PeerAddr>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    headers: &HeaderMap,
 ) -> Result<Response, GatewayError> {
     let room = room_id(&path.map_err(path_err)?.0)?;
     let q = query.map(|q| q.0).unwrap_or_default();
-    let lang = lang_of(&headers);
+    let lang = lang_of(headers);
     let cfg = app
         .rooms
         .get(&room)
         .ok_or_else(|| GatewayError::from(queue_core::Error::UnknownRoom(room.to_string())))?;
     let peer = peer.map(|p| p.0);
-    let user = room::known_user(&app, &headers)?;
+    let user = room::known_user(&app, headers)?;
     let mut set_cookies = Vec::new();
     // This browser's live ticket (a poll), or a new one (a join).
-    let st = match room::existing_ticket(&app, &headers, &room, user.as_deref()).await {
+    let st = match room::existing_ticket(&app, headers, &room, user.as_deref()).await {
         Some(st) => {
-            room::limit(&app, Api::Status, peer, &headers, user.as_deref())?;
+            room::limit(&app, Api::Status, peer, headers, user.as_deref())?;
             st
         }
         None => {
-            room::limit(&app, Api::Join, peer, &headers, user.as_deref())?;
+            room::limit(&app, Api::Join, peer, headers, user.as_deref())?;
             let out = room::join_new(&app, &room, user.as_deref()).await?;
             let value = app.cookies.cookie_value(&room, out.status.ticket);
             set_cookies.push(admission::set_cookie(
                 &admission::ticket_cookie_name(&room),
                 &value,
                 86_400,
-                admission::is_https(&headers),
+                admission::is_https(headers),
             ));
             out.status
         }
@@ -150,7 +186,7 @@ pub async fn page(
                 &admission::admission_cookie_name(&room),
                 &token,
                 max_age,
-                admission::is_https(&headers),
+                admission::is_https(headers),
             ));
             let mut r = StatusCode::SEE_OTHER.into_response();
             r.headers_mut().insert(
@@ -164,6 +200,46 @@ pub async fn page(
     let mut r = (StatusCode::OK, axum::response::Html(markup.into_string())).into_response();
     r.headers_mut().insert(header::CONTENT_LANGUAGE, HeaderValue::from_static(lang.code()));
     Ok(finish(r, set_cookies))
+}
+
+/// `e` as a page: its status and headers (`Retry-After`), an HTML body.
+fn error_page(lang: Lang, e: GatewayError) -> Response {
+    let (mut parts, _) = e.into_response().into_parts();
+    let status = parts.status;
+    let retry_s = parts
+        .headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .or(status.is_server_error().then_some(5));
+    let (title, says) = match status {
+        StatusCode::NOT_FOUND => ("no_room_title", "no_room"),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => ("busy_title", "busy"),
+        s if s.is_server_error() => ("trouble_title", "trouble"),
+        _ => ("bad_address_title", "bad_address"),
+    };
+    let markup = html! {
+        (DOCTYPE)
+        html lang=(lang.code()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(s) = retry_s { meta http-equiv="refresh" content=(s.clamp(1, 60)); }
+                title { (t(lang, title)) }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                main {
+                    h1 { (t(lang, title)) }
+                    p role="alert" { (t(lang, says)) }
+                    @if let Some(s) = retry_s { p.small { (t(lang, "retrying")) " " (human(lang, s.clamp(1, 60))) } }
+                }
+            }
+        }
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    parts.headers.insert(header::CONTENT_LANGUAGE, HeaderValue::from_static(lang.code()));
+    finish(Response::from_parts(parts, axum::body::Body::from(markup.into_string())), Vec::new())
 }
 
 fn finish(mut r: Response, cookies: Vec<HeaderValue>) -> Response {
@@ -314,10 +390,17 @@ const JS: &str = r#"
   var base = '/api/v1/rooms/' + d.room + '/tickets/' + d.ticket;
   function poll(){
     fetch(base, {credentials: 'same-origin', headers: {'Accept': 'application/json'}})
-      .then(function(r){ return r.json(); })
-      .then(function(s){
-        if (s.state === 'waiting') { show(s.position, s.eta_seconds); setTimeout(poll, s.poll_after_ms || d.poll_after_ms); }
-        else { go(); }
+      .then(function(r){
+        // Busy or failing (429, 5xx): the place is kept; ask again later, not reload.
+        if (r.status === 429 || r.status >= 500) {
+          var wait = Number(r.headers.get('Retry-After')) * 1000 || 0;
+          setTimeout(poll, Math.max(wait, d.poll_after_ms));
+          return;
+        }
+        return r.json().then(function(s){
+          if (s.state === 'waiting') { show(s.position, s.eta_seconds); setTimeout(poll, s.poll_after_ms || d.poll_after_ms); }
+          else { go(); }
+        });
       })
       .catch(function(){ setTimeout(poll, d.poll_after_ms); });
   }

@@ -170,10 +170,20 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 3, "{codes:?}");
     assert_eq!(http.get("/api/v1/rooms/rl").await.json()["waiting"], 3, "refused joins made no tickets");
     // The waiting page's join is the same join: limited and counted alike.
-    let page = Http::new(gw.addr).send(Method::GET, "/rooms/rl", &[("accept", "text/html")], None).await;
+    // A browser gets it as a page that reloads itself when Retry-After says (not a JSON body
+    // that strands a crowd refreshing its waiting pages); an API client gets the JSON error.
+    let browser = [("accept", "text/html,application/xhtml+xml,*/*;q=0.8"), ("accept-language", "ko")];
+    let page = Http::new(gw.addr).send(Method::GET, "/rooms/rl", &browser, None).await;
     assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry = page.headers.get("retry-after").unwrap().to_str().unwrap().to_owned();
+    assert!(page.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{:?}", page.headers);
+    assert!(page.text.contains(&format!("http-equiv=\"refresh\" content=\"{retry}\"")), "{}", page.text);
+    assert!(page.text.contains("접속이 많습니다"), "{}", page.text);
+    let api = Http::new(gw.addr).send(Method::GET, "/rooms/rl", &[("accept", "*/*")], None).await;
+    assert_eq!((api.status, api.error_code().as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
     let m = http.get("/metrics").await.text;
-    assert!(m.contains("waitingroom_rate_limited_total 4"), "{m}");
+    assert!(m.contains("waitingroom_rate_limited_total 5"), "{m}");
+    assert_eq!(http.get("/api/v1/rooms/rl").await.json()["waiting"], 3, "refused pages made no tickets");
     gw.stop().await.unwrap();
 }
 

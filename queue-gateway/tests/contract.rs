@@ -579,7 +579,16 @@ pub async fn waiting_page(redis: Option<String>) {
     // An off-site return is ignored in favour of the room's target.
     let r = browser.send(Method::GET, &format!("/rooms/{room}?return=//evil.example/x"), &[], None).await;
     assert_eq!(r.headers["location"], format!("/book/{room}/"));
-    assert_eq!(http.get("/rooms/no-such-room").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(http.get("/rooms/no-such-room").await.error_code(), "unknown_room");
+    // A browser following a stale link reads why, in its language, as a page (and no ticket).
+    let r = Http::new(gw.addr).send(Method::GET, "/rooms/no-such-room", &html, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.text.contains("lang=\"ko\"") && r.text.contains("대기실이 없습니다"), "{}", r.text);
+    assert!(!r.text.contains("http-equiv=\"refresh\""), "a missing room does not come back by waiting");
+    let r = Http::new(gw.addr).send(Method::GET, "/rooms/Not_A_Room", &html, None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text.contains("잘못된 주소"), "{}", r.text);
     gw.stop().await.unwrap();
 }
 
