@@ -8,6 +8,7 @@ if not st then return { 'no_ticket' } end
 if st[1] == 'waiting' then
   redis.call('ZREM', K_WAIT, t)
   redis.call('ZREM', K_SEEN, t)
+  ranks_moved()
   -- Everyone behind it moved up: gateways push the new positions to their streams.
   redis.call('PUBLISH', CHANNEL, '{"type":"left","room":"' .. ROOM .. '"}')
 elseif st[1] == 'admitted' then

@@ -9,7 +9,10 @@
 --  6 tickets   HASH  ticket -> "owner_hex:joined_ms"
 --  7 users     HASH  owner_hex -> ticket (one live ticket per owner)
 --  8 gone      HASH  ticket -> "l" left | "d" dropped
---  9 stats     HASH  counters (joins: seq), active, last_tick, preq_last, rate_pm
+--  9 stats     HASH  counters (joins: seq), active, last_tick, preq_last, rate_pm, and ver:
+--                    bumped by every change that can move a waiting ticket's rank (an
+--                    admission, a leave or drop from the queue, the draw), so a rank read at
+--                    one ver holds while ver stays (gateways' status reads)
 -- 10 rate      LIST  "ms:admitted" samples, newest first
 -- 11 draw      HASH  random_at_open draw record
 -- 12 batches   ZSET  "until:lo:hi" -> hi: admitted join-sequence ranges, kept for lookups
@@ -63,6 +66,11 @@ end
 
 local function stat(field)
   return tonumber(redis.call('HGET', K_STATS, field) or '0')
+end
+
+-- Marks a change that can move waiting tickets' ranks (stats.ver; see the keys above).
+local function ranks_moved()
+  redis.call('HINCRBY', K_STATS, 'ver', 1)
 end
 
 -- Retires batches whose admissions ended; returns how many admissions expired.
@@ -204,6 +212,7 @@ local function do_draw(c, now, us)
   end
   redis.call('HSET', K_DRAW, 'seed', seed, 'at_us', string.format('%d', us),
     'last_seq', last_seq, 'shuffled', #pre)
+  ranks_moved()
   return { seed, string.format('%d', us), last_seq, #pre }
 end
 
@@ -217,6 +226,7 @@ local function admit_next(n, now, c)
   local first = tonumber(redis.call('ZSCORE', K_WAIT, tickets[1]))
   local last = tonumber(redis.call('ZSCORE', K_WAIT, tickets[#tickets]))
   redis.call('ZREMRANGEBYRANK', K_WAIT, 0, #tickets - 1)
+  ranks_moved()
   local member
   if first > 0 then
     -- Scores are join sequences: the batch is the range [first, last].

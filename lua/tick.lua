@@ -20,6 +20,7 @@ chunked(idle, function(i, j)
   redis.call('ZREM', K_SEEN, unpack(idle, i, j))
 end)
 redis.call('HINCRBY', K_STATS, 'dropped', #idle)
+if #idle > 0 then ranks_moved() end
 
 local waiting_before = redis.call('ZCARD', K_WAIT)
 local active_before = active_count(now)

@@ -268,10 +268,10 @@ async fn plain_status_reads_agree_with_the_script() {
     assert_eq!(states, ["admitted", "waiting", "unknown", "left", "waiting", "admitted", "waiting"]);
 }
 
-/// The read cache keeps a room's head (config, clock, rate) briefly and tickets' infos, never
-/// a ticket's state or rank: another gateway's admissions and leaves show at once, its config
-/// changes within 1 s (DESIGN §4), this handle's own changes at once, a room deleted
-/// elsewhere is unknown at once.
+/// The read cache keeps a room's head (config, clock, rate) briefly, tickets' infos, and
+/// ranks only with the rank version they were read at: another gateway's admissions and
+/// leaves show at once, its config changes within 1 s (DESIGN §4), this handle's own changes
+/// at once, a room deleted elsewhere is unknown at once.
 #[tokio::test]
 async fn cached_status_reads_stay_exact() {
     for urls in [RedisServer::shared().url(), RedisCluster::shared().urls()] {
@@ -318,4 +318,90 @@ async fn cached_status_reads_stay_exact() {
         b.delete_room(&room).await.unwrap();
         assert!(matches!(a.status_many(&room, &t[2..]).await, Err(Error::UnknownRoom(_))));
     }
+}
+
+/// Calls of `cmd` a server has run (`INFO commandstats`).
+fn calls(server: &RedisServer, cmd: &str) -> u64 {
+    let info = server.command("INFO commandstats").unwrap();
+    let line = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// A rank read at one rank version answers polls while that version holds, with no rank read
+/// (one `HGET` of the version per batch); every change that moves ranks, made by another
+/// gateway, shows at the next read: admissions (lever and tick), a leave ahead, idle drops,
+/// the draw, and a room deleted and made again under the same name.
+#[tokio::test]
+async fn ranks_are_read_again_only_when_they_moved() {
+    let server = RedisServer::start();
+    let a = RedisStore::connect(&server.url()).await.unwrap();
+    let b = RedisStore::connect(&server.url()).await.unwrap();
+    let room = unique_room("ranks");
+    let paused = RoomConfig { batch_size: 2, tick_interval_ms: 100, paused: true, ..RoomConfig::default() };
+    a.put_room(&room, &paused).await.unwrap();
+    let mut t = Vec::new();
+    for i in 0..8 {
+        t.push(a.join(&room, &user(i)).await.unwrap().status.ticket);
+    }
+    let positions = |s: Vec<Option<TicketStatus>>| -> Vec<Option<u64>> {
+        s.into_iter().map(|s| s.and_then(|s| s.position)).collect()
+    };
+    let all: Vec<Option<u64>> = (1..=8).map(Some).collect();
+    assert_eq!(positions(a.status_many(&room, &t).await.unwrap()), all);
+    let before = calls(&server, "zrank");
+    for _ in 0..3 {
+        assert_eq!(positions(a.status_many(&room, &t).await.unwrap()), all);
+    }
+    assert_eq!(calls(&server, "zrank"), before, "unchanged ranks are not read again");
+
+    // The lever, elsewhere: the two first are admitted, everyone else moves up by two.
+    b.admit(&room, 2).await.unwrap();
+    let want = [None, None, Some(1), Some(2), Some(3), Some(4), Some(5), Some(6)];
+    assert_eq!(positions(a.status_many(&room, &t).await.unwrap()), want);
+    // A leave ahead, elsewhere.
+    b.leave(&room, t[2]).await.unwrap();
+    let want = [None, None, None, Some(1), Some(2), Some(3), Some(4), Some(5)];
+    assert_eq!(positions(a.status_many(&room, &t).await.unwrap()), want);
+    // A tick, elsewhere.
+    b.set_paused(&room, false).await.unwrap();
+    let ticked = b.tick(&room).await.unwrap();
+    assert!(ticked.applied && ticked.admitted.len() == 2, "{ticked:?}");
+    let want = [None, None, None, None, None, Some(1), Some(2), Some(3)];
+    assert_eq!(positions(a.status_many(&room, &t).await.unwrap()), want);
+    let states: Vec<TicketState> =
+        a.status_many(&room, &t).await.unwrap().into_iter().map(|s| s.unwrap().state).collect();
+    assert_eq!(states[3..5], [TicketState::Admitted, TicketState::Admitted]);
+
+    // Idle drops, elsewhere: the last two were seen long ago (their `seen` set back), t[5] now.
+    let mut con = server.connect().unwrap();
+    for &x in &t[6..] {
+        con.command(&format!("ZADD wr:{{{room}}}:seen 1 {x}")).unwrap();
+    }
+    b.set_paused(&room, true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let ticked = b.tick(&room).await.unwrap();
+    assert!(ticked.applied && ticked.dropped == 2, "{ticked:?}");
+    let got = a.status_many(&room, &t[5..]).await.unwrap();
+    let got: Vec<(TicketState, Option<u64>)> =
+        got.into_iter().map(|s| s.map(|s| (s.state, s.position)).unwrap()).collect();
+    assert_eq!(
+        got,
+        [(TicketState::Waiting, Some(1)), (TicketState::Dropped, None), (TicketState::Dropped, None)]
+    );
+
+    // The room deleted and made again under its name: the old tickets are unknown.
+    b.delete_room(&room).await.unwrap();
+    b.put_room(&room, &paused).await.unwrap();
+    // As many rank changes as the old room had when t[5] was read: its version numbers start
+    // afresh, not where the old room's did.
+    for i in 0..4 {
+        b.join(&room, &user(100 + i)).await.unwrap();
+        assert_eq!(b.admit(&room, 1).await.unwrap().len(), 1);
+    }
+    let again = b.join(&room, &user(200)).await.unwrap().status.ticket;
+    let got = a.status_many(&room, &[t[5], again]).await.unwrap();
+    assert!(got[0].is_none(), "{got:?}");
+    assert_eq!(got[1].as_ref().and_then(|s| s.position), Some(1));
 }

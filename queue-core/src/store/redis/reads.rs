@@ -13,10 +13,16 @@
 //! has no position yet (after the draw its ranks are positions, as in a FIFO room).
 //!
 //! The [`ReadCache`] keeps what does not need reading for every batch: a ticket's info
-//! (fixed at its join; a rank still proves the ticket waits in this room) and, for
-//! [`HEAD_TTL`], the room's head, its clock carried forward on the local monotonic clock.
-//! Without it a batch of ten polls was fifteen commands, the two `HMGET`s the dearest of
-//! them on both sides.
+//! (fixed at its join; a rank still proves the ticket waits in this room), for
+//! [`HEAD_TTL`], the room's head, its clock carried forward on the local monotonic clock, and
+//! each ticket's rank with the room's rank version (`stats.ver`, bumped by every script
+//! change that can move a waiting ticket's rank: admissions, leaves and drops from the
+//! queue, the draw). Every batch reads the version (one `HGET`) before any rank, so a cached
+//! rank is used only while the version it was read at still holds, and a rank read after the
+//! version is never older than it: positions stay exact and never go up (DESIGN §2 invariant
+//! 2), and between ticks a batch is one command instead of one `ZRANK` per poll. Without the
+//! caches a batch of ten polls was fifteen commands, the two `HMGET`s the dearest of them on
+//! both sides.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,7 +57,8 @@ const HEAD_TTL: Duration = Duration::from_millis(250);
 /// since the last turnover stays.
 const INFO_GENERATION: usize = 32_768;
 
-/// Rooms whose heads are kept; past it the cache starts again (a gateway serves a few rooms).
+/// Rooms whose heads (and rank versions) are kept; past it the cache starts again (a gateway
+/// serves a few rooms).
 const MAX_HEADS: usize = 1024;
 
 /// What status reads keep between batches; shared by a store's handles.
@@ -66,6 +73,18 @@ struct Cached {
     /// Current and previous generation, keyed by ids the store issued (only those it
     /// answered for are kept), so the fast hash serves.
     infos: [HashMap<TicketId, Info, foldhash::fast::RandomState>; 2],
+    /// Each room's rank version as last read.
+    vers: HashMap<RoomId, i64>,
+    /// Ranks with the version they were read at, in two generations as `infos`.
+    ranks: [HashMap<TicketId, Rank, foldhash::fast::RandomState>; 2],
+}
+
+/// A waiting ticket's rank as read at rank version `ver` of its room (by hash).
+#[derive(Debug, Clone, Copy)]
+struct Rank {
+    room: u64,
+    ver: i64,
+    rank: i64,
 }
 
 /// A room's head as read at `read_at`.
@@ -103,6 +122,10 @@ pub(super) struct Plan {
     infos: Vec<Option<Info>>,
     room: u64,
     forgets: u64,
+    /// The room's rank version as last read, if known.
+    ver: Option<i64>,
+    /// The cached rank of each ticket read at `ver`; `None`: read it.
+    ranks: Vec<Option<i64>>,
 }
 
 impl Plan {
@@ -114,18 +137,30 @@ impl Plan {
     fn misses(&self) -> impl Iterator<Item = usize> + '_ {
         self.infos.iter().enumerate().filter(|(_, i)| i.is_none()).map(|(n, _)| n)
     }
+
+    fn unranked(&self) -> usize {
+        self.ranks.iter().filter(|r| r.is_none()).count()
+    }
 }
 
 impl ReadCache {
     pub(super) fn plan(&self, room: &RoomId, tickets: &[TicketId]) -> Plan {
         let c = self.lock();
         let head = c.heads.get(room).filter(|h| h.read_at.elapsed() < HEAD_TTL).cloned();
+        let ver = c.vers.get(room).copied();
         let room = room_hash(room);
         let infos = tickets
             .iter()
             .map(|t| c.infos[0].get(t).or_else(|| c.infos[1].get(t)).filter(|i| i.room == room).copied())
             .collect();
-        Plan { head, infos, room, forgets: c.forgets }
+        let ranks = tickets
+            .iter()
+            .map(|t| {
+                let r = c.ranks[0].get(t).or_else(|| c.ranks[1].get(t))?;
+                (r.room == room && Some(r.ver) == ver).then_some(r.rank)
+            })
+            .collect();
+        Plan { head, infos, room, forgets: c.forgets, ver, ranks }
     }
 
     /// Drops `room`'s head: this handle changed the room.
@@ -139,12 +174,39 @@ impl ReadCache {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn keep(&self, room: &RoomId, head: Option<&Head>, forgets: u64, learned: &[(TicketId, Info)]) {
-        if head.is_none() && learned.is_empty() {
+    fn keep(
+        &self,
+        room: &RoomId,
+        head: Option<&Head>,
+        forgets: u64,
+        learned: &[(TicketId, Info)],
+        ranked: Ranked,
+    ) {
+        if head.is_none() && learned.is_empty() && ranked.is_empty() {
             // The usual batch: everything came from the cache.
             return;
         }
         let mut c = self.lock();
+        match ranked.ver {
+            // The room has no version (it predates them): no rank is kept for it.
+            None => {
+                c.vers.remove(room);
+            }
+            Some(ver) => {
+                if ranked.changed {
+                    if !c.vers.contains_key(room) && c.vers.len() >= MAX_HEADS {
+                        c.vers.clear();
+                    }
+                    c.vers.insert(room.clone(), ver);
+                }
+                for &(t, r) in &ranked.read {
+                    if c.ranks[0].len() >= INFO_GENERATION {
+                        c.ranks[1] = std::mem::take(&mut c.ranks[0]);
+                    }
+                    c.ranks[0].insert(t, r);
+                }
+            }
+        }
         if let Some(h) = head.filter(|_| c.forgets == forgets) {
             if !c.heads.contains_key(room) && c.heads.len() >= MAX_HEADS {
                 c.heads.clear();
@@ -157,6 +219,21 @@ impl ReadCache {
             }
             c.infos[0].insert(*t, *i);
         }
+    }
+}
+
+/// The rank version a batch read, and the ranks it read at it.
+struct Ranked {
+    /// The version read; `None` when the room has none (no rank is kept then).
+    ver: Option<i64>,
+    /// Whether it differs from the one cached.
+    changed: bool,
+    read: Vec<(TicketId, Rank)>,
+}
+
+impl Ranked {
+    fn is_empty(&self) -> bool {
+        !self.changed && self.read.is_empty()
     }
 }
 
@@ -183,7 +260,9 @@ pub(super) fn pipeline(room: &RoomId, tickets: &[TicketId], plan: &Plan) -> redi
     if !missing.is_empty() {
         p.add_command(command(&[b"HMGET", room_key(room, "tickets").as_bytes()], &missing));
     }
-    for id in &ids {
+    // The version before the ranks: a rank read after it is at least as new.
+    p.add_command(command(&[b"HGET", room_key(room, "stats").as_bytes(), b"ver"], &[]));
+    for (id, _) in ids.iter().zip(&plan.ranks).filter(|(_, r)| r.is_none()) {
         p.add_command(command(&[b"ZRANK", waiting.as_bytes(), id], &[]));
     }
     p
@@ -219,7 +298,8 @@ pub(super) fn decode(
     replies: &[Value],
 ) -> Result<Option<Vec<Read>>> {
     let missing = plan.misses().count();
-    let expected = usize::from(plan.head.is_none()) * HEAD + usize::from(missing > 0) + tickets.len();
+    let unranked = plan.unranked();
+    let expected = usize::from(plan.head.is_none()) * HEAD + usize::from(missing > 0) + 1 + unranked;
     if replies.len() != expected {
         return Err(Error::Protocol(format!("{} replies to {expected} status reads", replies.len())));
     }
@@ -230,10 +310,31 @@ pub(super) fn decode(
             None => return Ok(None),
         },
     };
-    let (read, ranks) = if missing > 0 { (Some(&replies[0]), &replies[1..]) } else { (None, replies) };
+    let (read, replies) = if missing > 0 { (Some(&replies[0]), &replies[1..]) } else { (None, replies) };
+    let (ver, read_ranks) = (&replies[0], &replies[1..]);
+    let ver = if matches!(ver, Value::Nil) { None } else { Some(int_of(ver)?) };
+    // Each ticket's rank: a cached one while its version holds (else the script answers).
+    let mut ranked = Ranked { ver, changed: ver != plan.ver, read: Vec::new() };
+    let mut read_ranks = read_ranks.iter();
     let mut learned = Vec::with_capacity(missing);
     let infos = fill(plan.infos, read, plan.room, tickets, &mut learned)?;
-    cache.keep(room, fresh.then_some(&head), plan.forgets, &learned);
+    let mut ranks = Vec::with_capacity(tickets.len());
+    for ((&ticket, cached), info) in tickets.iter().zip(&plan.ranks).zip(&infos) {
+        let rank = match cached {
+            Some(rank) if ver == plan.ver => Some(Value::Int(*rank)),
+            Some(_) => None,
+            None => {
+                let r = read_ranks.next().cloned().unwrap_or(Value::Nil);
+                // Before a draw a rank is a join order, not a position: not kept.
+                if let (Some(v), Value::Int(rank), Some(_), false) = (ver, &r, info, head.undrawn) {
+                    ranked.read.push((ticket, Rank { room: plan.room, ver: v, rank: *rank }));
+                }
+                Some(r)
+            }
+        };
+        ranks.push(rank);
+    }
+    cache.keep(room, fresh.then_some(&head), plan.forgets, &learned, ranked);
     if head.undrawn {
         return Ok(None);
     }
@@ -244,8 +345,9 @@ pub(super) fn decode(
             // No info: no such ticket, as far as the room is known to exist; a cached head
             // may have outlived the room, which the script tells.
             (None, _) if fresh => Read::Known(None),
-            (None, _) | (_, Value::Nil) => Read::AskScript,
-            (Some(info), rank) => Read::Known(Some(waiting(room, ticket, &view, info, int_of(rank)?))),
+            // A cached rank whose version passed: the script knows where the ticket is now.
+            (None, _) | (_, None | Some(Value::Nil)) => Read::AskScript,
+            (Some(info), Some(rank)) => Read::Known(Some(waiting(room, ticket, &view, info, int_of(&rank)?))),
         });
     }
     Ok(Some(answers))
