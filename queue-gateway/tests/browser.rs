@@ -72,3 +72,35 @@ async fn a_buyer_and_an_operator_in_chromium() {
     assert!(out.status.success(), "the browser scenario failed ({:?}):\n{log}", out.status);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tests/browser/busy-page.mjs`: a waiting page whose polls are rate limited keeps its place
+/// (no reload onto an error), and a rate-limited reload is a page that comes back by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_waiting_page_keeps_its_place() {
+    let chromium = chromium();
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    playwright(&scripts);
+    let dir = std::env::temp_dir().join(format!("wr-browser-busy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("gateway.toml"),
+        "[rate_limits]\nstatus_per_ip = { per_second = 1, burst = 3 }\n\
+         [rooms.busy]\nprotect = [\"/busy/\"]\npaused = true\n",
+    )
+    .unwrap();
+    let (_gw, addr, _) = start_all_in_one(&dir, Some(&dir.join("gateway.toml"))).await;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(scripts.join("busy-page.mjs"))
+            .env("BASE", format!("http://{addr}"))
+            .env("CHROMIUM", chromium)
+            .output()
+            .expect("node on the PATH")
+    })
+    .await
+    .unwrap();
+    let log = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{log}");
+    assert!(out.status.success(), "the busy-page scenario failed ({:?}):\n{log}", out.status);
+    let _ = std::fs::remove_dir_all(&dir);
+}
