@@ -87,6 +87,11 @@ fn t(lang: Lang, key: &str) -> &'static str {
         "bad_address_title" => ("잘못된 주소", "Not a valid address"),
         "bad_address" => ("주소를 다시 확인해 주세요.", "Please check the address."),
         "retrying" => ("다시 시도까지", "Trying again in"),
+        "sign_in_title" => ("로그인 정보 오류", "Sign-in not valid"),
+        "sign_in" => (
+            "로그인 정보가 올바르지 않거나 만료되었습니다. 다시 로그인해 주세요.",
+            "Your sign-in is not valid or has expired. Please sign in again.",
+        ),
         _ => ("", ""),
     };
     match lang {
@@ -215,6 +220,7 @@ fn error_page(lang: Lang, e: GatewayError) -> Response {
         StatusCode::NOT_FOUND => ("no_room_title", "no_room"),
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => ("busy_title", "busy"),
         s if s.is_server_error() => ("trouble_title", "trouble"),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ("sign_in_title", "sign_in"),
         _ => ("bad_address_title", "bad_address"),
     };
     let markup = html! {

@@ -328,6 +328,11 @@ pub async fn user_bound_tickets(redis: Option<String>) {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // On the waiting page, a browser reads it as a page that asks to sign in again.
+    let bad = [("authorization", "Bearer x.y.z"), ("accept", "text/html")];
+    let r = Http::new(gw.addr).send(Method::GET, &format!("/rooms/{room}"), &bad, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.text.contains("Sign-in not valid"), "{}", r.text);
     gw.stop().await.unwrap();
 }
 
