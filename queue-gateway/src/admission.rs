@@ -341,6 +341,8 @@ pub struct Admitted {
     pub header: HeaderValue,
     /// The verified claims.
     pub claims: Arc<AdmissionClaims>,
+    /// The ticket its `jti` names (checked equal to the ticket cookie's).
+    pub ticket: TicketId,
 }
 
 /// Checks a protected request: a valid token for `room` whose `cnf` and `jti` match the
@@ -360,7 +362,7 @@ pub fn check_admitted(
         && let Some(hit) = cache.get(token, cookie)
     {
         keys.check_live(&hit.claims, room.as_str()).map_err(refusal)?;
-        if revoked.contains(room, &hit.claims.jti) {
+        if revoked.contains(room, hit.ticket) {
             return Err("revoked");
         }
         return Ok(hit);
@@ -372,11 +374,11 @@ pub fn check_admitted(
     if claims.jti != ticket.to_string() || claims.cnf != cnf_of(&secret) {
         return Err("not_bound");
     }
-    if revoked.contains(room, &claims.jti) {
+    if revoked.contains(room, ticket) {
         return Err("revoked");
     }
     let header = HeaderValue::from_str(token).map_err(|_| "malformed")?;
-    let admitted = Admitted { header, claims };
+    let admitted = Admitted { header, claims, ticket };
     cache.insert(token, cookie, admitted.clone());
     Ok(admitted)
 }
@@ -394,12 +396,11 @@ pub struct Revoked {
 }
 
 impl Revoked {
-    /// Whether the admission of ticket `jti` (a token's claim) in `room` was ended by a leave.
-    pub fn contains(&self, room: &RoomId, jti: &str) -> bool {
+    /// Whether the admission of `ticket` in `room` was ended by a leave.
+    pub fn contains(&self, room: &RoomId, ticket: TicketId) -> bool {
         if !self.any.load(Ordering::Acquire) {
             return false;
         }
-        let Ok(ticket) = TicketId::parse(jti) else { return false };
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         rooms.get(room).and_then(|r| r.get(&ticket)).is_some_and(|until| *until > crate::room::now_ms())
     }
@@ -631,7 +632,8 @@ mod tests {
             exp: u64::MAX,
             cnf: "c".into(),
         };
-        let admitted = Admitted { header: HeaderValue::from_static("t"), claims: Arc::new(claims) };
+        let ticket = TicketId::new(1, 2);
+        let admitted = Admitted { header: HeaderValue::from_static("t"), claims: Arc::new(claims), ticket };
         cache.insert(&token, &cookie, admitted);
         assert!(cache.get(token.as_bytes(), &cookie).is_some());
         assert!(cache.get(format!("head-b.{end}").as_bytes(), &cookie).is_none(), "another token, same end");
