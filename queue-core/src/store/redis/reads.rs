@@ -318,20 +318,20 @@ pub(super) fn decode(
     let mut read_ranks = read_ranks.iter();
     let mut learned = Vec::with_capacity(missing);
     let infos = fill(plan.infos, read, plan.room, tickets, &mut learned)?;
+    // `None`: not waiting, or a cached rank whose version passed (the script answers both).
     let mut ranks = Vec::with_capacity(tickets.len());
     for ((&ticket, cached), info) in tickets.iter().zip(&plan.ranks).zip(&infos) {
         let rank = match cached {
-            Some(rank) if ver == plan.ver => Some(Value::Int(*rank)),
-            Some(_) => None,
-            None => {
-                let r = read_ranks.next().cloned().unwrap_or(Value::Nil);
-                // Before a draw a rank is a join order, not a position: not kept.
-                if let (Some(v), Value::Int(rank), Some(_), false) = (ver, &r, info, head.undrawn) {
-                    ranked.read.push((ticket, Rank { room: plan.room, ver: v, rank: *rank }));
-                }
-                Some(r)
-            }
+            Some(rank) => Some(*rank).filter(|_| ver == plan.ver),
+            None => match read_ranks.next() {
+                None | Some(Value::Nil) => None,
+                Some(r) => Some(int_of(r)?),
+            },
         };
+        // Before a draw a rank is a join order, not a position: not kept.
+        if let (None, Some(v), Some(rank), Some(_), false) = (cached, ver, rank, info, head.undrawn) {
+            ranked.read.push((ticket, Rank { room: plan.room, ver: v, rank }));
+        }
         ranks.push(rank);
     }
     cache.keep(room, fresh.then_some(&head), plan.forgets, &learned, ranked);
@@ -345,9 +345,8 @@ pub(super) fn decode(
             // No info: no such ticket, as far as the room is known to exist; a cached head
             // may have outlived the room, which the script tells.
             (None, _) if fresh => Read::Known(None),
-            // A cached rank whose version passed: the script knows where the ticket is now.
-            (None, _) | (_, None | Some(Value::Nil)) => Read::AskScript,
-            (Some(info), Some(rank)) => Read::Known(Some(waiting(room, ticket, &view, info, int_of(&rank)?))),
+            (None, _) | (_, None) => Read::AskScript,
+            (Some(info), Some(rank)) => Read::Known(Some(waiting(room, ticket, &view, info, rank))),
         });
     }
     Ok(Some(answers))
