@@ -215,7 +215,8 @@ fn error_page(lang: Lang, e: GatewayError) -> Response {
         .headers
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .or(status.is_server_error().then_some(5));
+        .or(status.is_server_error().then_some(5))
+        .map(|s| s.clamp(1, 60));
     let (title, says) = match status {
         StatusCode::NOT_FOUND => ("no_room_title", "no_room"),
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => ("busy_title", "busy"),
@@ -229,7 +230,7 @@ fn error_page(lang: Lang, e: GatewayError) -> Response {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                @if let Some(s) = retry_s { meta http-equiv="refresh" content=(s.clamp(1, 60)); }
+                @if let Some(s) = retry_s { meta http-equiv="refresh" content=(s); }
                 title { (t(lang, title)) }
                 style { (PreEscaped(CSS)) }
             }
@@ -237,7 +238,7 @@ fn error_page(lang: Lang, e: GatewayError) -> Response {
                 main {
                     h1 { (t(lang, title)) }
                     p role="alert" { (t(lang, says)) }
-                    @if let Some(s) = retry_s { p.small { (t(lang, "retrying")) " " (human(lang, s.clamp(1, 60))) } }
+                    @if let Some(s) = retry_s { p.small { (t(lang, "retrying")) " " (human(lang, s)) } }
                 }
             }
         }

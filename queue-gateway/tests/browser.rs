@@ -81,6 +81,6 @@ async fn a_buyer_and_an_operator_in_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_waiting_page_keeps_its_place() {
     let config = "[rate_limits]\nstatus_per_ip = { per_second = 1, burst = 3 }\n\
-         [rooms.busy]\nprotect = [\"/busy/\"]\npaused = true\n";
+         [rooms.busy]\nprotect = [\"/busy/\"]\npaused = true\ntick_interval_ms = 1000\n";
     scenario("busy-page", "busy-page.mjs", config, Vec::new()).await;
 }

@@ -1,6 +1,6 @@
 // A buyer whose waiting page is rate limited keeps their place (run by
 // queue-gateway/tests/browser.rs against a gateway whose per-IP status limit is 1 a second,
-// burst 3, with the paused room `busy`):
+// burst 3, with the paused room `busy` ticking every second, so the page polls every second):
 //
 // 1. the buyer opens the waiting page; the event stream is cut, so the page falls back to
 //    polling the status API;
