@@ -234,6 +234,15 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { error::body(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        // After every route: it applies to the routes registered before it. axum keeps the
+        // `Allow` header it sets on a 405.
+        .method_not_allowed_fallback(|| async {
+            error::body(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn_with_state(state.clone(), replay_marker))
         .layer(middleware::from_fn_with_state(state.clone(), record))

@@ -142,6 +142,9 @@ async fn operations(url: String) {
     assert_eq!(api.call("GET", "/readyz", None, None).await.0, StatusCode::OK);
     let (s, v) = api.call("GET", "/no/such/route", None, None).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    // A known route with the wrong method answers the contract's error body too.
+    let (s, v) = api.call("GET", "/api/v1/reservations", None, None).await;
+    assert_eq!((s, code(&v)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
     let (_, m) = api.call("GET", "/metrics", None, None).await;
     let m = m.as_str().unwrap().to_owned();
     assert!(m.contains("ticketing_http_requests_total{route=\"/healthz\",code=\"200\"} 1"), "{m}");
