@@ -53,9 +53,8 @@ const HEAD: usize = 4;
 /// 1 s (DESIGN §4) and the admission rate moves once a tick; this handle's own writes to
 /// the room drop its head at once ([`ReadCache::forget`]).
 const HEAD_TTL: Duration = Duration::from_millis(250);
-/// Ticket infos one cache generation holds; two generations are kept, so a ticket polled
-/// since the last turnover stays.
-const INFO_GENERATION: usize = 32_768;
+/// Tickets one generation of a ticket map ([`Generations`]: infos, ranks) holds.
+const GENERATION: usize = 32_768;
 
 /// Rooms whose heads (and rank versions) are kept; past it the cache starts again (a gateway
 /// serves a few rooms).
@@ -70,13 +69,44 @@ struct Cached {
     heads: HashMap<RoomId, Head>,
     /// Counts [`ReadCache::forget`]s: a head read before one is not kept after it.
     forgets: u64,
-    /// Current and previous generation, keyed by ids the store issued (only those it
-    /// answered for are kept), so the fast hash serves.
-    infos: [HashMap<TicketId, Info, foldhash::fast::RandomState>; 2],
+    infos: Generations<Info>,
     /// Each room's rank version as last read.
     vers: HashMap<RoomId, i64>,
-    /// Ranks with the version they were read at, in two generations as `infos`.
-    ranks: [HashMap<TicketId, Rank, foldhash::fast::RandomState>; 2],
+    /// Ranks with the version they were read at.
+    ranks: Generations<Rank>,
+}
+
+/// A ticket map in two generations, current and previous: when the current one is full it
+/// becomes the previous, so a ticket polled since the last turnover stays. Keyed by ids the
+/// store issued (only those it answered for are kept), so the fast hash serves.
+#[derive(Debug)]
+struct Generations<V>([HashMap<TicketId, V, foldhash::fast::RandomState>; 2]);
+
+impl<V> Default for Generations<V> {
+    fn default() -> Self {
+        Generations(Default::default())
+    }
+}
+
+impl<V> Generations<V> {
+    fn get(&self, ticket: &TicketId) -> Option<&V> {
+        self.0[0].get(ticket).or_else(|| self.0[1].get(ticket))
+    }
+
+    fn insert(&mut self, ticket: TicketId, value: V) {
+        if self.0[0].len() >= GENERATION {
+            self.0[1] = std::mem::take(&mut self.0[0]);
+        }
+        self.0[0].insert(ticket, value);
+    }
+}
+
+/// Inserts into a per-room map of at most [`MAX_HEADS`] rooms (past it, it starts again).
+fn insert_room<V>(map: &mut HashMap<RoomId, V>, room: &RoomId, value: V) {
+    if !map.contains_key(room) && map.len() >= MAX_HEADS {
+        map.clear();
+    }
+    map.insert(room.clone(), value);
 }
 
 /// A waiting ticket's rank as read at rank version `ver` of its room (by hash).
@@ -149,14 +179,11 @@ impl ReadCache {
         let head = c.heads.get(room).filter(|h| h.read_at.elapsed() < HEAD_TTL).cloned();
         let ver = c.vers.get(room).copied();
         let room = room_hash(room);
-        let infos = tickets
-            .iter()
-            .map(|t| c.infos[0].get(t).or_else(|| c.infos[1].get(t)).filter(|i| i.room == room).copied())
-            .collect();
+        let infos = tickets.iter().map(|t| c.infos.get(t).filter(|i| i.room == room).copied()).collect();
         let ranks = tickets
             .iter()
             .map(|t| {
-                let r = c.ranks[0].get(t).or_else(|| c.ranks[1].get(t))?;
+                let r = c.ranks.get(t)?;
                 (r.room == room && Some(r.ver) == ver).then_some(r.rank)
             })
             .collect();
@@ -194,30 +221,18 @@ impl ReadCache {
             }
             Some(ver) => {
                 if ranked.changed {
-                    if !c.vers.contains_key(room) && c.vers.len() >= MAX_HEADS {
-                        c.vers.clear();
-                    }
-                    c.vers.insert(room.clone(), ver);
+                    insert_room(&mut c.vers, room, ver);
                 }
                 for &(t, r) in &ranked.read {
-                    if c.ranks[0].len() >= INFO_GENERATION {
-                        c.ranks[1] = std::mem::take(&mut c.ranks[0]);
-                    }
-                    c.ranks[0].insert(t, r);
+                    c.ranks.insert(t, r);
                 }
             }
         }
         if let Some(h) = head.filter(|_| c.forgets == forgets) {
-            if !c.heads.contains_key(room) && c.heads.len() >= MAX_HEADS {
-                c.heads.clear();
-            }
-            c.heads.insert(room.clone(), h.clone());
+            insert_room(&mut c.heads, room, h.clone());
         }
-        for (t, i) in learned {
-            if c.infos[0].len() >= INFO_GENERATION {
-                c.infos[1] = std::mem::take(&mut c.infos[0]);
-            }
-            c.infos[0].insert(*t, *i);
+        for &(t, i) in learned {
+            c.infos.insert(t, i);
         }
     }
 }
