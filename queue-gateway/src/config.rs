@@ -99,6 +99,11 @@ pub struct Limits {
     /// pool, so a request, its upstream call and the upstream connection stay on one thread
     /// (0: one per CPU).
     pub workers: usize,
+    /// HTTP/1.1 requests of the common shape are read, checked and relayed by the gateway's
+    /// own loop (`WR_FAST_LANE`, default true). Off: every connection is served by hyper, the
+    /// most conservative front door, at the cost measured in BENCHMARKS.md ("Fast lane").
+    /// Both run the same checks ([`crate::screen`], [`crate::proxy::admit`]).
+    pub fast_lane: bool,
 }
 
 impl Default for Limits {
@@ -113,6 +118,7 @@ impl Default for Limits {
             shutdown_grace_ms: 10_000,
             max_sse_streams: 100_000,
             workers: 0,
+            fast_lane: true,
         }
     }
 }
@@ -286,6 +292,13 @@ impl GatewayConfig {
         }
         if let Some(v) = get("WR_GATE_SECRET") {
             self.gate_secret = Some(v);
+        }
+        if let Some(v) = get("WR_FAST_LANE") {
+            self.limits.fast_lane = match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "on" | "yes" => true,
+                "false" | "0" | "off" | "no" => false,
+                _ => return Err(ConfigError::new("WR_FAST_LANE", format!("not a boolean: {v:?}"))),
+            };
         }
         Ok(())
     }

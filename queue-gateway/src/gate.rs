@@ -232,7 +232,7 @@ impl Gates {
         // Searched under the read lock, not on a copy of the list: every request asks, and
         // most find nothing.
         let list = self.prefixes.read().unwrap_or_else(|e| e.into_inner());
-        list.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(_, g)| g.clone())
+        list.iter().find(|(p, _)| crate::screen::under(path, p)).map(|(_, g)| g.clone())
     }
 
     /// A gate by id.

@@ -129,9 +129,19 @@ pub(crate) async fn serve<S: Served>(
                 // Not kept for the rest of the connection (an event stream, say).
                 drop(slot);
                 let io = Rewind { pending: buf.freeze(), stream };
-                return crate::server::with_hyper(io, peer, svc, limits, shutdown).await;
+                // hyper's header timer runs whenever it waits for a request head, idle or
+                // not: here it is the keep-alive idle limit (the first request's was ours).
+                let heads = Duration::from_millis(limits.keep_alive_idle_ms);
+                return crate::server::with_hyper(io, peer, svc, limits, shutdown, heads).await;
             }
-            Some(Next::Request { req, body, close }) => (req, body, close),
+            Some(Next::Request { mut req, body, close }) => {
+                if let Err(refused) = crate::screen::screen(&mut req) {
+                    let _ = write_response(&mut stream, refused.into_response(), false, true).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+                    return;
+                }
+                (req, body, close)
+            }
         };
         first = false;
         let close = close || *shutdown.borrow();
@@ -165,8 +175,8 @@ pub(crate) async fn serve<S: Served>(
     }
 }
 
-/// An admitted (or unprotected) request for the backend: checked and prepared as the proxy
-/// does, then relayed, bounded by the connection's `timer`. True when the connection can
+/// An admitted (or unprotected) request for the backend (screened: [`crate::screen`]):
+/// checked and prepared as the proxy does, then relayed, bounded by the connection's `timer`. True when the connection can
 /// take the next request.
 async fn relay(
     app: &App,
@@ -180,20 +190,16 @@ async fn relay(
     let started = std::time::Instant::now();
     let head_only = req.method() == Method::HEAD;
     let (parts, ()) = req.into_parts();
-    let resp = match crate::proxy::check_path(&parts.uri) {
-        Err(e) => e.into_response(),
-        Ok(()) => match crate::proxy::admit(app, &parts.uri, &parts.headers) {
-            Err(refused) => *refused,
-            Ok(token) => {
-                let client = crate::relay::Client { stream, close, peer_ip };
-                let relayed =
-                    crate::relay::forward(app, &parts, body, token.as_ref(), client, timer, started);
-                match relayed.await {
-                    Ok(relayed) => return relayed == crate::relay::Relayed::KeepAlive,
-                    Err(e) => e.into_response(),
-                }
+    let resp = match crate::proxy::admit(app, &parts.uri, &parts.headers) {
+        Err(refused) => *refused,
+        Ok(token) => {
+            let client = crate::relay::Client { stream, close, peer_ip };
+            let relayed = crate::relay::forward(app, &parts, body, token.as_ref(), client, timer, started);
+            match relayed.await {
+                Ok(relayed) => return relayed == crate::relay::Relayed::KeepAlive,
+                Err(e) => e.into_response(),
             }
-        },
+        }
     };
     let code = resp.status().as_u16();
     app.metrics.request_done(crate::PROXIED_ROUTE, "proxy", code, started.elapsed().as_secs_f64());

@@ -11,6 +11,8 @@
 //!   [`h1`]: HTTP/1.1 requests of the common shape read and answered by the gateway's own
 //!   loop (hyper takes a connection at its first request of any other shape);
 //!   [`h1_stream`]: event streams on their own HTTP/1.1 connections.
+//! - [`screen`]: what every request passes first on every path (refused methods,
+//!   `Connection` naming end-to-end headers, underscored header names, the canonical path).
 //! - [`admission`]: ticket cookies, user JWTs, admission-token checks on protected paths.
 //! - [`rate_limit`]: per-IP and per-user token buckets (governor).
 //! - [`room`]: join, status, leave, room state ([`polls`] coalesces status reads); [`sse`]:
@@ -32,6 +34,8 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod h1;
 pub mod h1_stream;
@@ -43,6 +47,7 @@ pub mod rate_limit;
 pub mod relay;
 pub mod room;
 pub mod rooms;
+pub mod screen;
 pub mod server;
 pub mod sse;
 pub mod state;

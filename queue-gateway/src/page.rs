@@ -21,7 +21,7 @@ use queue_core::lang::Lang;
 
 use crate::admission;
 use crate::error::GatewayError;
-use crate::proxy::{encode_component, safe_path};
+use crate::proxy::encode_component;
 use crate::rate_limit::Api;
 use crate::room::{self, Holder, path_err, room_id};
 use crate::state::{App, PeerAddr};
@@ -114,7 +114,8 @@ fn destination(q: &PageQuery, cfg: Option<&RoomConfig>) -> String {
     match &q.ret {
         Some(r)
             if r.len() <= 2048
-                && safe_path(r.split('?').next().unwrap_or(""))
+                && crate::screen::canonical_path(r.split('?').next().unwrap_or(""))
+                    .is_ok_and(|canon| canon == r.split('?').next().unwrap_or(""))
                 && !r.contains(['\r', '\n']) =>
         {
             r.clone()

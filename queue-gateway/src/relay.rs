@@ -12,7 +12,7 @@
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use axum::http::header::{CONNECTION, COOKIE, HOST};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, HOST};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode};
 use bytes::{Buf, BytesMut};
@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use crate::admission::ADMISSION_HEADER;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::proxy::{self, Upstream};
+use crate::screen::BodyEnd;
 use crate::state::App;
 use crate::upstream::UpstreamError;
 
@@ -89,10 +90,7 @@ pub(crate) async fn forward(
         Some(Ok(got)) => got,
     };
     let head_only = parts.method == Method::HEAD;
-    let framing = match head.framing(head_only) {
-        Some(f) => f,
-        None => return Err(unreachable("the backend's response has an invalid content-length")),
-    };
+    let framing = head.framing(head_only);
     let client_close = close || matches!(framing, Framing::UntilClose);
     let mut out = Vec::with_capacity(head.client.len() + 96 + buf.len().min(READ_CHUNK));
     head.write_for_client(&framing, client_close, &mut out);
@@ -108,10 +106,6 @@ pub(crate) async fn forward(
         }
     }
     Ok(if client_close { Relayed::Close } else { Relayed::KeepAlive })
-}
-
-fn unreachable(why: &str) -> GatewayError {
-    GatewayError::Upstream(UpstreamFailure::Unreachable(why.to_owned()))
 }
 
 /// The backend's request, head and body, written straight from the client's head: what
@@ -159,7 +153,10 @@ pub(crate) fn request_head(
         if proxy::is_hop_by_hop(n.as_bytes()) || named.iter().any(|c| c.eq_ignore_ascii_case(n)) {
             continue;
         }
-        if *name == proxy::X_FORWARDED_FOR {
+        if *name == CONTENT_LENGTH {
+            // The framing is ours to say, from the body we send (below).
+            continue;
+        } else if *name == proxy::X_FORWARDED_FOR {
             prev_for = prev_for.or(Some(value));
         } else if *name == HOST {
             host = host.or(Some(value));
@@ -188,6 +185,12 @@ pub(crate) fn request_head(
     }
     if let Some(token) = token {
         line(&mut out, ADMISSION_HEADER.as_str(), token.as_bytes());
+    }
+    if !body.is_empty() {
+        // As hyper's client frames a body of known length (none for an empty one).
+        out.extend_from_slice(b"content-length: ");
+        crate::h1::push_decimal(&mut out, body.len() as u64);
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -249,9 +252,8 @@ struct Head {
     /// Length of the head in the buffer.
     len: usize,
     status: u16,
-    /// `Transfer-Encoding`'s last coding is chunked (other codings: read until close).
-    transfer_encoding: Option<bool>,
-    content_length: Option<Option<u64>>,
+    /// Where the body ends, by its framing headers.
+    end: BodyEnd,
     /// HTTP/1.1 without `Connection: close`.
     reusable: bool,
     /// The client's status line and headers.
@@ -308,8 +310,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut head = Head {
         len,
         status: status.as_u16(),
-        transfer_encoding: None,
-        content_length: None,
+        end: BodyEnd::Close,
         reusable: resp.version == Some(1),
         client: Vec::with_capacity(len + 128),
         dated: false,
@@ -319,21 +320,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     head.client.push(b' ');
     head.client.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.client.extend_from_slice(b"\r\n");
+    head.end = crate::screen::response_framing(resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)))
+        .map_err(HeadError::Invalid)?;
     let mut named: Vec<&[u8]> = Vec::new();
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
-            head.content_length = match head.content_length {
-                None => Some(value),
-                Some(before) if before == value => Some(value),
-                Some(_) => Some(None),
-            };
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            head.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            named.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
-        }
+    for h in resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        named.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
     }
     head.reusable &= !named.iter().any(|t| t.eq_ignore_ascii_case(b"close"));
     for h in resp.headers.iter() {
@@ -350,17 +341,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
 }
 
 impl Head {
-    /// `None` for a `Content-Length` that is not one number.
-    fn framing(&self, head_only: bool) -> Option<Framing> {
+    fn framing(&self, head_only: bool) -> Framing {
         if head_only || self.status == 204 || self.status == 304 {
-            return Some(Framing::None);
+            return Framing::None;
         }
-        match (self.transfer_encoding, self.content_length) {
-            (Some(true), _) => Some(Framing::Chunked(Chunked::default())),
-            (Some(false), _) => Some(Framing::UntilClose),
-            (None, Some(Some(n))) => Some(Framing::Length(n)),
-            (None, Some(None)) => None,
-            (None, None) => Some(Framing::UntilClose),
+        match self.end {
+            BodyEnd::Chunked => Framing::Chunked(Chunked::default()),
+            BodyEnd::Length(n) => Framing::Length(n),
+            BodyEnd::Close => Framing::UntilClose,
         }
     }
 
@@ -653,13 +641,13 @@ mod tests {
 
     #[test]
     fn response_heads_say_their_framing_and_lose_hop_by_hop_headers() {
-        let raw = b"HTTP/1.1 200 OK\r\nConnection: x-private, keep-alive\r\nKeep-Alive: timeout=5\r\nX-Private: 1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\nDate: Mon, 30 Nov 2026 00:00:00 GMT\r\n\r\nbody";
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: x-private, keep-alive\r\nKeep-Alive: timeout=5\r\nX-Private: 1\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\nDate: Mon, 30 Nov 2026 00:00:00 GMT\r\n\r\nbody";
         let Ok(Some(head)) = parse_head(raw) else { panic!("parses") };
         assert_eq!(head.len, raw.len() - 4);
-        assert!(matches!(head.framing(false), Some(Framing::Chunked(_))));
-        assert!(matches!(head.framing(true), Some(Framing::None)));
+        assert!(matches!(head.framing(false), Framing::Chunked(_)));
+        assert!(matches!(head.framing(true), Framing::None));
         let mut out = Vec::new();
-        head.write_for_client(&head.framing(false).unwrap(), false, &mut out);
+        head.write_for_client(&head.framing(false), false, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -668,15 +656,22 @@ mod tests {
         let plain = b"HTTP/1.0 404 Not Found\r\ncontent-length: 3\r\n\r\n";
         let Ok(Some(head)) = parse_head(plain) else { panic!("parses") };
         assert!(!head.reusable);
-        assert!(matches!(head.framing(false), Some(Framing::Length(3))));
-        let twice = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n";
-        let Ok(Some(head)) = parse_head(twice) else { panic!("parses") };
-        assert!(head.framing(false).is_none());
+        assert!(matches!(head.framing(false), Framing::Length(3)));
         let until_close = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n";
         let Ok(Some(head)) = parse_head(until_close) else { panic!("parses") };
-        assert!(!head.reusable && matches!(head.framing(false), Some(Framing::UntilClose)));
+        assert!(!head.reusable && matches!(head.framing(false), Framing::UntilClose));
         assert!(matches!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-"), Ok(None)));
-        assert!(matches!(parse_head(b"HTTX/1.1 200 OK\r\n\r\n"), Err(HeadError::Invalid(_))));
-        assert!(matches!(parse_head(b"HTTP/1.1 099 Low\r\n\r\n"), Err(HeadError::Invalid(_))));
+        // Framing two readers could split differently is no response at all.
+        for bad in [
+            &b"HTTX/1.1 200 OK\r\n\r\n"[..],
+            b"HTTP/1.1 099 Low\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\ncontent-length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+        ] {
+            assert!(matches!(parse_head(bad), Err(HeadError::Invalid(_))), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

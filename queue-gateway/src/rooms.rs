@@ -35,7 +35,7 @@ impl Index {
 
     /// The room protecting `path` (longest matching prefix), if any.
     pub fn protecting(&self, path: &str) -> Option<&RoomId> {
-        self.protect.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(_, r)| r)
+        self.protect.iter().find(|(p, _)| crate::screen::under(path, p)).map(|(_, r)| r)
     }
 }
 

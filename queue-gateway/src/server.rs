@@ -194,6 +194,11 @@ async fn connection<S: Served>(
 ) {
     let _ = std.set_nodelay(true);
     let Ok(stream) = TcpStream::from_std(std) else { return };
+    if !limits.fast_lane {
+        // hyper's one header timer covers the first request and the idle waits after it.
+        let heads = Duration::from_millis(limits.header_read_timeout_ms);
+        return Box::pin(with_hyper(stream, peer, svc, limits, shutdown, heads)).await;
+    }
     // Nothing is consumed before the first request's deadline: the first bytes decide who
     // serves the connection.
     let first_request = Instant::now() + Duration::from_millis(limits.header_read_timeout_ms);
@@ -210,13 +215,15 @@ async fn connection<S: Served>(
 }
 
 /// Serves the rest of a connection with hyper (HTTP/1.1 or h2c): `io` starts with the bytes
-/// [`h1`] read before it gave the connection up.
+/// [`h1`] read before it gave the connection up (or is a new connection, with the fast lane
+/// off). `heads`: how long hyper waits for a request head, idle or not.
 pub(crate) async fn with_hyper<S: Served, I>(
     io: I,
     peer: SocketAddr,
     svc: S,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
+    heads: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -224,15 +231,19 @@ pub(crate) async fn with_hyper<S: Served, I>(
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let svc = svc.clone();
         req.extensions_mut().insert(PeerAddr(peer));
-        async move { Ok::<_, Infallible>(dispatch(svc, req.map(Body::new), request_timeout).await) }
+        let screened = crate::screen::screen(&mut req);
+        async move {
+            Ok::<_, Infallible>(match screened {
+                Ok(()) => dispatch(svc, req.map(Body::new), request_timeout).await,
+                Err(refused) => axum::response::IntoResponse::into_response(refused),
+            })
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        // hyper's header timer runs whenever it waits for a request head, idle or not: it is
-        // the keep-alive idle limit (the first request's shorter limit was h1's).
-        .header_read_timeout(Duration::from_millis(limits.keep_alive_idle_ms))
+        .header_read_timeout(heads)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder

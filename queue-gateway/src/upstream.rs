@@ -204,6 +204,11 @@ pub struct Release {
 }
 
 impl Release {
+    /// Closes the connection instead of keeping it: its response was refused.
+    pub(crate) fn discard(&mut self) {
+        self.conn = None;
+    }
+
     fn release(&mut self) {
         if let Some((conn, idle)) = self.conn.take()
             && !conn.is_closed()

@@ -1,0 +1,469 @@
+//! What every request passes before anything reads it, on every path into the gateway (its
+//! own HTTP/1.1 loop and hyper, HTTP/1.1 and h2c alike): methods a proxy must not relay,
+//! `Connection` headers that name end-to-end headers, header names with underscores, and the
+//! one canonical form of the path. After it, the rest of the gateway (routing, the prefix
+//! check, gates, the forwarded request) sees and sends exactly one path, so "the path the
+//! prefix check read" and "the path the backend gets" cannot differ.
+//!
+//! Also the rules for a backend response's framing, used by both the relay and hyper's
+//! client path: a response whose length is not one unambiguous number is a `502`.
+
+use std::borrow::Cow;
+
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use axum::http::uri::PathAndQuery;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::GatewayError;
+
+/// Why a request was refused before it was read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// `CONNECT` or `TRACE`: a gateway neither tunnels nor echoes (`405`).
+    #[error("the method {0} is not allowed here")]
+    Method(&'static str),
+    /// `Connection` names a header the message's framing, routing or trust depends on.
+    #[error("Connection may not name {0}")]
+    ConnectionNames(String),
+    /// More than one `Host` (RFC 9112 §3.2).
+    #[error("more than one Host header")]
+    Hosts,
+    /// The path has no one meaning.
+    #[error(transparent)]
+    Path(#[from] BadPath),
+}
+
+/// Why a path has no canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadPath {
+    #[error("the path does not start with /")]
+    NotOrigin,
+    #[error("the path has a % not followed by two hex digits")]
+    BadEscape,
+    #[error("the path has an encoded /, \\, % or control character")]
+    EncodedSeparator,
+    #[error("the path has a backslash or a control character")]
+    BadByte,
+    #[error("the path has an empty segment")]
+    EmptySegment,
+    #[error("the path climbs above the root")]
+    AboveRoot,
+    #[error("the path has a dot segment with parameters")]
+    DottedParameters,
+    #[error("the path has an overlong UTF-8 escape")]
+    Overlong,
+}
+
+/// The answer: `405` for methods, `400` otherwise, closing the connection (a client that
+/// sent this may not agree with us about where its next request starts).
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let err = match &self {
+            Refused::Method(_) => {
+                GatewayError::client(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", self.to_string())
+            }
+            _ => GatewayError::bad_request(self.to_string()),
+        };
+        let mut r = err.into_response();
+        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    }
+}
+
+/// Headers a `Connection` header may not name: dropping them would change the message's
+/// framing (`Content-Length`, `Transfer-Encoding`), its target (`Host`) or what the gateway
+/// and the backend decide on (the gateway's own headers, the caller's credentials).
+const END_TO_END: [&str; 11] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "cookie",
+    "authorization",
+    "x-admission-token",
+    "x-gate-replay",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+/// Screens a request in place: refuses what no path may take, drops header names with an
+/// underscore (nginx's default: CGI-style backends read `X_Admission_Token` as
+/// `X-Admission-Token`), and puts the canonical path into the URI.
+pub fn screen<B>(req: &mut Request<B>) -> Result<(), Refused> {
+    if *req.method() == Method::CONNECT {
+        return Err(Refused::Method("CONNECT"));
+    }
+    if *req.method() == Method::TRACE {
+        return Err(Refused::Method("TRACE"));
+    }
+    check_headers(req.headers_mut())?;
+    if let Some(uri) = canonical_uri(req.uri())? {
+        *req.uri_mut() = uri;
+    }
+    Ok(())
+}
+
+fn check_headers(headers: &mut HeaderMap) -> Result<(), Refused> {
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if let Some(named) = END_TO_END.iter().find(|n| token.eq_ignore_ascii_case(n.as_bytes())) {
+                return Err(Refused::ConnectionNames((*named).to_owned()));
+            }
+        }
+    }
+    let mut hosts = headers.get_all(HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(Refused::Hosts);
+    }
+    if headers.keys().any(|n| n.as_str().as_bytes().contains(&b'_')) {
+        let old = std::mem::take(headers);
+        let mut name = None;
+        for (n, v) in old {
+            // `into_iter` names a header once, then gives its further values without it.
+            if n.is_some() {
+                name = n;
+            }
+            if let Some(n) = name.as_ref().filter(|n| !n.as_str().contains('_')) {
+                headers.append(n.clone(), v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The URI with its path made canonical, `None` when it already is. The query is kept as
+/// it came; an absolute-form target becomes origin-form (the backend gets origin-form anyway).
+pub fn canonical_uri(uri: &Uri) -> Result<Option<Uri>, BadPath> {
+    let path = uri.path();
+    let Cow::Owned(canon) = canonical_path(path)? else { return Ok(None) };
+    let pq = match uri.query() {
+        Some(q) => format!("{canon}?{q}"),
+        None => canon,
+    };
+    // Every byte of a canonical path was in a valid path already, or is an unreserved one.
+    let pq = PathAndQuery::try_from(pq).map_err(|_| BadPath::BadByte)?;
+    Ok(Some(Uri::from(pq)))
+}
+
+/// The canonical form of a request path (RFC 3986 §6.2.2): percent-escapes of unreserved
+/// characters decoded, other escapes in upper case, dot segments resolved. Refused, as
+/// forms a backend could read otherwise than this gateway: encoded `/`, `\`, `%` (double
+/// encoding) and control characters, a raw `\`, empty segments (`//`), dot segments that
+/// climb above the root or carry `;` parameters (`..;`, which Tomcat reads as `..`), and
+/// overlong UTF-8 escapes (`%C0%AF`). Borrowed when the path is canonical already.
+pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(BadPath::NotOrigin);
+    }
+    if !needs_work(bytes) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(bytes)?;
+    let resolved = resolve_dots(&decoded)?;
+    // Only ASCII was written: escapes stay escapes, decoded bytes are unreserved.
+    let text = String::from_utf8(resolved).map_err(|_| BadPath::BadByte)?;
+    Ok(if text == path { Cow::Borrowed(path) } else { Cow::Owned(text) })
+}
+
+/// Whether a path may be other than canonical: an escape, a dot right after a slash, an
+/// empty segment, a backslash or a control byte. (Most paths have none: one pass, no copy.)
+fn needs_work(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w[0] == b'/' && (w[1] == b'.' || w[1] == b'/'))
+        || bytes.iter().any(|&b| b == b'%' || b == b'\\' || b < 0x21 || b == 0x7f)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Escapes of unreserved characters decoded, the others upper-cased, the refused ones
+/// refused.
+fn decode_unreserved(bytes: &[u8]) -> Result<Vec<u8>, BadPath> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'\\' || b < 0x21 || b == 0x7f {
+            return Err(BadPath::BadByte);
+        }
+        if b != b'%' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) =
+            (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+        else {
+            return Err(BadPath::BadEscape);
+        };
+        let v = hi << 4 | lo;
+        match v {
+            b'/' | b'\\' | b'%' | 0x00..=0x1f | 0x7f => return Err(BadPath::EncodedSeparator),
+            0xc0 | 0xc1 => return Err(BadPath::Overlong),
+            v if is_unreserved(v) => out.push(v),
+            v => out.extend_from_slice(&[b'%', b"0123456789ABCDEF"[usize::from(v >> 4)], b"0123456789ABCDEF"[usize::from(v & 15)]]),
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+/// RFC 3986 §5.2.4 on a path of segments, refusing empty segments, dot segments with
+/// parameters and climbs above the root (a backend that clamps them at the root would serve
+/// what the check did not see).
+fn resolve_dots(path: &[u8]) -> Result<Vec<u8>, BadPath> {
+    let segments: Vec<&[u8]> = path[1..].split(|&b| b == b'/').collect();
+    let last = segments.len() - 1;
+    let mut kept: Vec<&[u8]> = Vec::with_capacity(segments.len());
+    // A path that ends in a dot segment names a directory: it keeps its trailing slash.
+    let mut trailing = false;
+    for (i, seg) in segments.iter().enumerate() {
+        let bare = seg.split(|&b| b == b';').next().unwrap_or(seg);
+        let dotted = bare == b"." || bare == b"..";
+        if dotted && bare.len() != seg.len() {
+            return Err(BadPath::DottedParameters);
+        }
+        match *seg {
+            b"." => trailing = i == last,
+            b".." => {
+                kept.pop().ok_or(BadPath::AboveRoot)?;
+                trailing = i == last;
+            }
+            b"" if i == last => trailing = true,
+            b"" => return Err(BadPath::EmptySegment),
+            seg => {
+                kept.push(seg);
+                trailing = false;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for seg in &kept {
+        out.push(b'/');
+        out.extend_from_slice(seg);
+    }
+    if trailing || kept.is_empty() {
+        out.push(b'/');
+    }
+    Ok(out)
+}
+
+/// Whether `path` (canonical) lies under `prefix`, as a backend might route it: ASCII case
+/// ignored (a case-insensitive backend serves `/BOOK/` as `/book/`) and `;` parameters of a
+/// segment skipped (Tomcat and Jetty serve `/book;x/1` as `/book/1`). Protection errs on the
+/// side of more: a path under a prefix in any backend's reading is under it here.
+pub fn under(path: &str, prefix: &str) -> bool {
+    let (path, prefix) = (path.as_bytes(), prefix.as_bytes());
+    if path.len() >= prefix.len() && path[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return true;
+    }
+    if !path.contains(&b';') {
+        return false;
+    }
+    let mut want = prefix.iter();
+    let mut next = want.next();
+    let mut skipping = false;
+    for &b in path {
+        let Some(&w) = next else { return true };
+        if skipping && b != b'/' {
+            continue;
+        }
+        skipping = false;
+        if b == b';' {
+            skipping = true;
+            continue;
+        }
+        if !b.eq_ignore_ascii_case(&w) {
+            return false;
+        }
+        next = want.next();
+    }
+    next.is_none()
+}
+
+/// How a backend response's body ends, from its framing headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Neither: the body runs until the backend closes.
+    Close,
+}
+
+/// A response's framing from its `Content-Length` and `Transfer-Encoding` values: one
+/// length of digits only, or one `chunked`, never both; anything else (a sign, a space,
+/// duplicates, `identity`, `gzip` alone) is a response two readers could split differently,
+/// answered `502` (as nginx does) with the backend connection closed.
+pub fn response_framing<'a>(
+    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<BodyEnd, &'static str> {
+    let (mut length, mut chunked) = (None, None);
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str().as_bytes()) {
+            if length.is_some() {
+                return Err("the backend sent more than one Content-Length");
+            }
+            length = Some(decimal(value.trim_ascii()).ok_or("the backend sent an invalid Content-Length")?);
+        } else if name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str().as_bytes()) {
+            if chunked.is_some() || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err("the backend sent a Transfer-Encoding other than chunked");
+            }
+            chunked = Some(());
+        }
+    }
+    match (length, chunked) {
+        (Some(_), Some(())) => Err("the backend sent both Content-Length and Transfer-Encoding"),
+        (Some(n), None) => Ok(BodyEnd::Length(n)),
+        (None, Some(())) => Ok(BodyEnd::Chunked),
+        (None, None) => Ok(BodyEnd::Close),
+    }
+}
+
+/// A decimal of 1 to 19 digits (no sign, no space: what `Content-Length` allows).
+pub fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_paths() {
+        for (raw, canon) in [
+            ("/", "/"),
+            ("/book/1", "/book/1"),
+            ("/%62ook/x", "/book/x"),
+            ("/api/v1/%72eservations", "/api/v1/reservations"),
+            ("/%61pi/v1/reservations", "/api/v1/reservations"),
+            ("/a/%2e%2E/book/1", "/book/1"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/x/../book/", "/book/"),
+            ("/a%3bb", "/a%3Bb"),
+            ("/a%20b/", "/a%20b/"),
+            ("/%7euser", "/~user"),
+            ("/book;jsessionid=1/x", "/book;jsessionid=1/x"),
+            ("/..a/.b", "/..a/.b"),
+            ("/é", "/é"),
+        ] {
+            assert_eq!(canonical_path(raw).as_deref(), Ok(canon), "{raw}");
+        }
+        for (raw, why) in [
+            ("x", BadPath::NotOrigin),
+            ("*", BadPath::NotOrigin),
+            ("", BadPath::NotOrigin),
+            ("/a%2fb", BadPath::EncodedSeparator),
+            ("/a%2Fb", BadPath::EncodedSeparator),
+            ("/a%5cb", BadPath::EncodedSeparator),
+            ("/a%00", BadPath::EncodedSeparator),
+            ("/%2562ook", BadPath::EncodedSeparator),
+            ("/a%0d%0aX:1", BadPath::EncodedSeparator),
+            ("/a%", BadPath::BadEscape),
+            ("/a%6", BadPath::BadEscape),
+            ("/a%zz", BadPath::BadEscape),
+            ("/a\\b", BadPath::BadByte),
+            ("/a//b", BadPath::EmptySegment),
+            ("//book/1", BadPath::EmptySegment),
+            ("/..", BadPath::AboveRoot),
+            ("/../book/1", BadPath::AboveRoot),
+            ("/a/../../b", BadPath::AboveRoot),
+            ("/%2e%2e/x", BadPath::AboveRoot),
+            ("/x/..;/book/1", BadPath::DottedParameters),
+            ("/x/.;a/book", BadPath::DottedParameters),
+            ("/%c0%af", BadPath::Overlong),
+        ] {
+            assert_eq!(canonical_path(raw), Err(why), "{raw}");
+        }
+    }
+
+    #[test]
+    fn canonical_paths_are_fixed_points() {
+        for raw in ["/%62ook/%2e/x/..", "/a%3bb/./c", "/A/%7E/", "/x/y/../../z"] {
+            let once = canonical_path(raw).unwrap().into_owned();
+            assert_eq!(canonical_path(&once).as_deref(), Ok(once.as_str()), "{raw}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_matched_as_backends_route() {
+        for (path, prefix) in [
+            ("/book/1", "/book/"),
+            ("/BOOK/1", "/book/"),
+            ("/Api/V1/Reservations", "/api/v1/reservations"),
+            ("/book;x=1/1", "/book/"),
+            ("/api;a/v1;b/reservations;c", "/api/v1/reservations"),
+            ("/book/", "/book/"),
+        ] {
+            assert!(under(path, prefix), "{path} under {prefix}");
+        }
+        for (path, prefix) in [("/boo/k", "/book/"), ("/book", "/book/"), ("/x/book/", "/book/"), ("/book;/", "/book/x")]
+        {
+            assert!(!under(path, prefix), "{path} not under {prefix}");
+        }
+    }
+
+    #[test]
+    fn screening_refuses_and_rewrites() {
+        let req = |method: &str, target: &str, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().method(method).uri(target);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let mut r = req("GET", "/%62ook/x?q=%2e", &[("x_admission_token", "t"), ("x-kept", "1"), ("a_b", "2")]);
+        screen(&mut r).unwrap();
+        assert_eq!(r.uri(), "/book/x?q=%2e");
+        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        for (method, headers) in [
+            ("CONNECT", &[][..]),
+            ("TRACE", &[]),
+            ("GET", &[("connection", "keep-alive, Content-Length")]),
+            ("GET", &[("connection", "transfer-encoding")]),
+            ("GET", &[("connection", "X-Admission-Token")]),
+            ("GET", &[("host", "a"), ("host", "b")]),
+        ] {
+            let mut r = req(method, "/x", headers);
+            assert!(screen(&mut r).is_err(), "{method} {headers:?}");
+        }
+        let mut ok = req("GET", "/x", &[("connection", "keep-alive, x-private, upgrade"), ("host", "a")]);
+        assert!(screen(&mut ok).is_ok());
+    }
+
+    #[test]
+    fn response_framing_is_one_number_or_chunked() {
+        let f = |h: &[(&str, &str)]| response_framing(h.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        assert_eq!(f(&[("Content-Length", "5")]), Ok(BodyEnd::Length(5)));
+        assert_eq!(f(&[("transfer-encoding", "Chunked")]), Ok(BodyEnd::Chunked));
+        assert_eq!(f(&[("x", "y")]), Ok(BodyEnd::Close));
+        for bad in [
+            &[("content-length", "+5")][..],
+            &[("content-length", "5, 5")],
+            &[("content-length", "5"), ("content-length", "5")],
+            &[("content-length", "-1")],
+            &[("content-length", "")],
+            &[("content-length", "99999999999999999999")],
+            &[("transfer-encoding", "identity")],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "chunked"), ("content-length", "5")],
+        ] {
+            assert!(f(bad).is_err(), "{bad:?}");
+        }
+    }
+}
