@@ -208,7 +208,11 @@ fn decode_unreserved(bytes: &[u8]) -> Result<Vec<u8>, BadPath> {
             b'/' | b'\\' | b'%' | 0x00..=0x1f | 0x7f => return Err(BadPath::EncodedSeparator),
             0xc0 | 0xc1 => return Err(BadPath::Overlong),
             v if is_unreserved(v) => out.push(v),
-            v => out.extend_from_slice(&[b'%', b"0123456789ABCDEF"[usize::from(v >> 4)], b"0123456789ABCDEF"[usize::from(v & 15)]]),
+            v => out.extend_from_slice(&[
+                b'%',
+                b"0123456789ABCDEF"[usize::from(v >> 4)],
+                b"0123456789ABCDEF"[usize::from(v & 15)],
+            ]),
         }
         i += 3;
     }
@@ -255,37 +259,55 @@ fn resolve_dots(path: &[u8]) -> Result<Vec<u8>, BadPath> {
     Ok(out)
 }
 
-/// Whether `path` (canonical) lies under `prefix`, as a backend might route it: ASCII case
-/// ignored (a case-insensitive backend serves `/BOOK/` as `/book/`) and `;` parameters of a
-/// segment skipped (Tomcat and Jetty serve `/book;x/1` as `/book/1`). Protection errs on the
-/// side of more: a path under a prefix in any backend's reading is under it here.
+/// Whether `path` (canonical) lies under `prefix`, as any backend might route it: ASCII case
+/// ignored (a case-insensitive backend serves `/BOOK/` as `/book/`), a segment's `;`
+/// parameters skipped, raw or encoded (Tomcat and Jetty serve `/book;x/1` as `/book/1`), and
+/// trailing spaces and dots of a segment ignored (Windows servers serve `/book./1` and
+/// `/book%20/1` as `/book/1`). Protection errs on the side of more: a path under a prefix in
+/// some backend's reading is under it here.
 pub fn under(path: &str, prefix: &str) -> bool {
-    let (path, prefix) = (path.as_bytes(), prefix.as_bytes());
-    if path.len() >= prefix.len() && path[..prefix.len()].eq_ignore_ascii_case(prefix) {
+    let (bytes, want) = (path.as_bytes(), prefix.as_bytes());
+    if bytes.len() >= want.len() && bytes[..want.len()].eq_ignore_ascii_case(want) {
         return true;
     }
-    if !path.contains(&b';') {
+    if !bytes.iter().any(|&b| matches!(b, b';' | b'%' | b'.')) {
         return false;
     }
-    let mut want = prefix.iter();
-    let mut next = want.next();
-    let mut skipping = false;
-    for &b in path {
-        let Some(&w) = next else { return true };
-        if skipping && b != b'/' {
-            continue;
-        }
-        skipping = false;
-        if b == b';' {
-            skipping = true;
-            continue;
-        }
-        if !b.eq_ignore_ascii_case(&w) {
+    let mut segments = path.get(1..).unwrap_or("").split('/');
+    let wanted: Vec<&str> = prefix.get(1..).unwrap_or("").split('/').collect();
+    for (i, w) in wanted.iter().enumerate() {
+        let Some(seg) = segments.next() else { return false };
+        let seg = loose(seg).as_bytes();
+        let last = i + 1 == wanted.len();
+        let matched = if last {
+            seg.len() >= w.len() && seg[..w.len()].eq_ignore_ascii_case(w.as_bytes())
+        } else {
+            seg.eq_ignore_ascii_case(w.as_bytes())
+        };
+        if !matched {
             return false;
         }
-        next = want.next();
     }
-    next.is_none()
+    true
+}
+
+/// A segment as a lax backend reads it: up to its first `;` (or `%3B`), without trailing
+/// spaces (`%20`) and dots.
+fn loose(seg: &str) -> &str {
+    let upto = seg.find(';').unwrap_or(seg.len()).min(find_ignore_case(seg, "%3B").unwrap_or(seg.len()));
+    let mut s = &seg[..upto];
+    loop {
+        let t = s.trim_end_matches(['.', ' ']);
+        let t = t.strip_suffix("%20").unwrap_or(t);
+        if t.len() == s.len() {
+            return s;
+        }
+        s = t;
+    }
+}
+
+fn find_ignore_case(hay: &str, needle: &str) -> Option<usize> {
+    hay.as_bytes().windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// How a backend response's body ends, from its framing headers.
@@ -407,11 +429,22 @@ mod tests {
             ("/book;x=1/1", "/book/"),
             ("/api;a/v1;b/reservations;c", "/api/v1/reservations"),
             ("/book/", "/book/"),
+            ("/book%3Bx/1", "/book/"),
+            ("/book%20/1", "/book/"),
+            ("/book./1", "/book/"),
+            ("/book.%20./1", "/book/"),
+            ("/api/v1/reservations./x", "/api/v1/reservations"),
         ] {
             assert!(under(path, prefix), "{path} under {prefix}");
         }
-        for (path, prefix) in [("/boo/k", "/book/"), ("/book", "/book/"), ("/x/book/", "/book/"), ("/book;/", "/book/x")]
-        {
+        for (path, prefix) in [
+            ("/boo/k", "/book/"),
+            ("/book", "/book/"),
+            ("/x/book/", "/book/"),
+            ("/book;/", "/book/x"),
+            ("/books/1", "/book/"),
+            ("/book.html", "/book/"),
+        ] {
             assert!(!under(path, prefix), "{path} not under {prefix}");
         }
     }
@@ -425,7 +458,8 @@ mod tests {
             }
             b.body(()).unwrap()
         };
-        let mut r = req("GET", "/%62ook/x?q=%2e", &[("x_admission_token", "t"), ("x-kept", "1"), ("a_b", "2")]);
+        let mut r =
+            req("GET", "/%62ook/x?q=%2e", &[("x_admission_token", "t"), ("x-kept", "1"), ("a_b", "2")]);
         screen(&mut r).unwrap();
         assert_eq!(r.uri(), "/book/x?q=%2e");
         let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();

@@ -2,6 +2,8 @@
 //! cookie jar (no mocks: real sockets, real stores).
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
