@@ -734,3 +734,142 @@ async fn the_corpus_reaches_nothing_protected_and_both_lanes_agree() {
     fast.stop().await.unwrap();
     slow.stop().await.unwrap();
 }
+
+/// An honest client on one kept-alive connection: `rounds` requests (some pipelined in
+/// threes, some with bodies), each answer checked to be the answer to its own request.
+/// `cookie`: an admitted buyer's cookies, for the protected `/vip/` path.
+async fn honest(
+    addr: std::net::SocketAddr,
+    id: usize,
+    cookie: Option<String>,
+    rounds: usize,
+) -> Result<(), String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (dir, tag) = match &cookie {
+        Some(_) => ("vip", format!("v{id:04}")),
+        None => ("pub", format!("h{id:04}")),
+    };
+    let cookie_line = cookie.map(|c| format!("Cookie: {c}")).unwrap_or_default();
+    let mut buf = vec![];
+    for round in 0..rounds {
+        let batch = if round % 5 == 4 { 3 } else { 1 };
+        let mut targets = vec![];
+        let mut bytes = String::new();
+        for k in 0..batch {
+            let target = format!("/{dir}/{id}/{round}/{k}?t={tag}");
+            let lines: Vec<&str> = [cookie_line.as_str()].into_iter().filter(|l| !l.is_empty()).collect();
+            bytes += &if round % 3 == 1 {
+                let mut lines = lines.clone();
+                lines.push("Content-Length: 7");
+                req("POST", &target, &lines, "payload")
+            } else {
+                req("GET", &target, &lines, "")
+            };
+            targets.push(target);
+        }
+        s.write_all(bytes.as_bytes()).await.map_err(|e| e.to_string())?;
+        let got = read_answers(&mut s, &mut buf, batch).await?;
+        for (a, target) in got.iter().zip(&targets) {
+            if a.status != 200 || a.header("x-echo-target") != Some(target.as_str()) {
+                return Err(format!(
+                    "client {tag} sent {target} and got {} echoing {:?}",
+                    a.status,
+                    a.header("x-echo-target")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` holds `n` whole responses; takes them out of it.
+async fn read_answers(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> Result<Vec<common::raw::Answer>, String> {
+    let mut chunk = [0u8; 16384];
+    loop {
+        let parsed = answers(buf, &[]);
+        if parsed.answers.len() >= n && parsed.broken.is_none() {
+            buf.clear();
+            return Ok(parsed.answers);
+        }
+        if parsed.answers.len() > n {
+            return Err(format!("{} answers to {n} requests", parsed.answers.len()));
+        }
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+            Ok(Ok(k)) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+            other => return Err(format!("no answer ({other:?}) after {:?}", String::from_utf8_lossy(buf))),
+        }
+    }
+}
+
+/// An admitted buyer's cookies for room `open` on `addr`.
+async fn admitted_cookies(addr: std::net::SocketAddr) -> String {
+    let mut http = Http::new(addr);
+    let joined = http.post("/api/v1/rooms/open/tickets").await;
+    let ticket = joined.json()["ticket"].as_str().unwrap().to_owned();
+    let status = http.get(&format!("/api/v1/rooms/open/tickets/{ticket}")).await;
+    assert_eq!(status.json()["state"], "admitted", "{}", status.text);
+    assert!(http.cookies.contains_key("wr_admission_open"), "{:?}", http.cookies);
+    http.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attackers_and_honest_clients_at_once_each_honest_client_gets_its_own_answers() {
+    let cases = Arc::new(corpus());
+    let mut failures = vec![];
+    let gateways = [gateway(true).await, gateway(false).await];
+    for (gw, _) in &gateways {
+        let mut http = Http::new(gw.addr);
+        let open =
+            json!({"protect": ["/vip/"], "target": "/vip/", "free_pass": 100_000, "max_active": 100_000});
+        put_room(&mut http, "open", open).await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (lane, (gw, up)) in ["fast lane", "hyper"].into_iter().zip(&gateways) {
+        for k in 0..100 {
+            let (addr, cases, up) = (gw.addr, cases.clone(), up.clone());
+            tasks.spawn(async move {
+                let mut bad = vec![];
+                for (round, prefix) in ["x", "y", "z"].into_iter().enumerate() {
+                    let i = (k + 100 * round) % cases.len();
+                    let tag = tag(prefix, i);
+                    let bytes = cases[i].1.replace("{TAG}", &tag);
+                    let got =
+                        exchange(addr, bytes.as_bytes(), Duration::from_millis(700), Duration::from_secs(6))
+                            .await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let logged = up.entries().into_iter().filter(|l| l.tag() == Some(tag.as_str())).collect();
+                    let o = Outcome { answers: answers(&got, &heads_of(&cases[i].1)), logged };
+                    bad.extend(check(&cases[i].0, &tag, lane, &up, &o));
+                }
+                bad
+            });
+        }
+        for id in 0..50 {
+            let addr = gw.addr;
+            tasks.spawn(async move {
+                let cookie = if id % 2 == 0 { Some(admitted_cookies(addr).await) } else { None };
+                match honest(addr, id, cookie, 30).await {
+                    Ok(()) => vec![],
+                    Err(e) => vec![format!("[{lane}] {e}")],
+                }
+            });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        failures.extend(done.unwrap());
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    for (gw, up) in gateways {
+        // The honest ones' requests all reached the backend, the admitted ones' with a token.
+        let log = up.entries();
+        let vip = log.iter().filter(|l| l.target.starts_with("/vip/")).collect::<Vec<_>>();
+        let per_client: usize = (0..30).map(|round| if round % 5 == 4 { 3 } else { 1 }).sum();
+        assert_eq!(vip.len(), 25 * per_client, "admitted requests at the backend");
+        assert!(vip.iter().all(|l| l.header("x-admission-token").is_some()));
+        gw.stop().await.unwrap();
+    }
+}
