@@ -370,12 +370,28 @@ pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response
     // hyper's client read the body its own way; a head another reader could split
     // differently is not passed on, and its connection is not used again.
     let framing = parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    if let Err(why) = crate::screen::response_framing(framing) {
+    let refused = match crate::screen::response_framing(framing) {
+        // Upgrades are never forwarded (`Upgrade` is hop-by-hop): a 101 is the backend's own.
+        Ok(_) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+            Some("the backend switched protocols unasked")
+        }
+        Ok(_) if head_size(&parts.headers) > crate::relay::MAX_HEAD => {
+            Some("the backend's response head is too large")
+        }
+        Ok(_) => None,
+        Err(why) => Some(why),
+    };
+    if let Some(why) = refused {
         body.discard();
         return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(why.to_owned())));
     }
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// About the bytes of a head with these headers (the relay's limit applies to both paths).
+fn head_size(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
 }
 
 /// An upstream failure with its causes, for the log ("connection error: broken pipe").

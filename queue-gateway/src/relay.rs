@@ -28,8 +28,8 @@ use crate::upstream::UpstreamError;
 
 /// Response header lines read from the backend at most.
 const MAX_HEADERS: usize = 100;
-/// Largest response head taken from the backend.
-const MAX_HEAD: usize = 64 * 1024;
+/// Largest response head taken from the backend (on both paths).
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Bytes read from the backend at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -43,7 +43,7 @@ pub(crate) enum Relayed {
 }
 
 /// How the backend's response body is delimited.
-enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked(Chunked),
@@ -240,7 +240,7 @@ async fn exchange(app: &App, request: &[u8], method: &Method) -> Result<(TcpStre
     }
 }
 
-enum HeadError {
+pub(crate) enum HeadError {
     /// The backend closed the connection before a byte of the response.
     Closed,
     Io(std::io::Error),
@@ -248,10 +248,10 @@ enum HeadError {
 }
 
 /// What the relay needs of a parsed response head (the bytes stay in the read buffer).
-struct Head {
+pub(crate) struct Head {
     /// Length of the head in the buffer.
-    len: usize,
-    status: u16,
+    pub(crate) len: usize,
+    pub(crate) status: u16,
     /// Where the body ends, by its framing headers.
     end: BodyEnd,
     /// HTTP/1.1 without `Connection: close`.
@@ -295,7 +295,7 @@ async fn read_head(backend: &mut TcpStream) -> Result<(BytesMut, Head), HeadErro
 
 /// Parses a response head, keeping what the client will get of it: the status line and the
 /// end-to-end headers (hop-by-hop ones, and any a `Connection` header names, left out).
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -329,7 +329,10 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     head.reusable &= !named.iter().any(|t| t.eq_ignore_ascii_case(b"close"));
     for h in resp.headers.iter() {
         let name = h.name;
+        // The framing is written by us from `end` (a `Connection` header that names
+        // `Content-Length` must not leave the client without one).
         if proxy::is_hop_by_hop(name.as_bytes())
+            || name.eq_ignore_ascii_case("content-length")
             || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
         {
             continue;
@@ -341,7 +344,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
 }
 
 impl Head {
-    fn framing(&self, head_only: bool) -> Framing {
+    pub(crate) fn framing(&self, head_only: bool) -> Framing {
         if head_only || self.status == 204 || self.status == 304 {
             return Framing::None;
         }
@@ -353,14 +356,21 @@ impl Head {
     }
 
     /// The head as the client gets it: the kept headers, then the framing and the
-    /// connection's fate in headers of ours, and `Date` when the backend gave none.
-    fn write_for_client(&self, framing: &Framing, close: bool, out: &mut Vec<u8>) {
+    /// connection's fate in headers of ours, and `Date` when the backend gave none. A
+    /// bodiless answer (HEAD, 304) keeps the length the backend gave (a GET's), 204 none.
+    pub(crate) fn write_for_client(&self, framing: &Framing, close: bool, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.client);
         if !self.dated {
             crate::h1::write_date(out);
         }
-        if matches!(framing, Framing::Chunked(_)) {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        match (framing, self.end) {
+            (Framing::Chunked(_), _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            (Framing::Length(_) | Framing::None, BodyEnd::Length(n)) if self.status != 204 => {
+                out.extend_from_slice(b"content-length: ");
+                crate::h1::push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => {}
         }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
@@ -435,7 +445,7 @@ async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> std::io::Result<(
 
 /// Follows a chunked body (RFC 9112 §7.1) to find its end; the bytes pass on unchanged.
 #[derive(Debug, Default)]
-struct Chunked {
+pub(crate) struct Chunked {
     state: ChunkState,
 }
 
@@ -470,7 +480,7 @@ enum ChunkState {
 
 impl Chunked {
     /// Feeds the next bytes: `Some(n)` when the body ends after the first `n` of them.
-    fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
         use ChunkState::*;
         const BAD: &str = "the backend's chunked body is malformed";
         let mut i = 0;
@@ -671,7 +681,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\ncontent-length: 3\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
         ] {
-            assert!(matches!(parse_head(bad), Err(HeadError::Invalid(_))), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(parse_head(bad), Err(HeadError::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }
