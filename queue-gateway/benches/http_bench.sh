@@ -15,7 +15,8 @@
 # Gateway lines end with the CPU (user + system, from /proc) the gateway, and for Redis-backed
 # lines Redis, spent per request during the run.
 # GATEWAY_BIN=path runs another build of the gateway (an A/B of two builds) instead of
-# building this checkout's.
+# building this checkout's. FAST_LANE=false runs the gateways with every connection through
+# hyper (WR_FAST_LANE; a build that predates the setting ignores it).
 # SYSCALLS=1 (needs perf) also counts, with `perf stat` on the syscall tracepoints, the
 # system calls per request of the forwarding proxies, the status polls and the joins, and
 # the reads among them (recvfrom or read) that found nothing (EAGAIN). Off by default: counting costs each
@@ -41,6 +42,7 @@ fi
 mkdir -p "$WORK/logs"
 start_nginx $UP $PROXY "server { listen 127.0.0.1:$STATIC; root $WORK/www; default_type application/json; }"
 redis-server --port "$REDIS" --save '' --appendonly no --daemonize no --logfile "$WORK/logs/redis.log" & PIDS+=($!); REDIS_PID=$!
+export WR_FAST_LANE=${FAST_LANE:-true}
 WR_LISTEN=127.0.0.1:$GW WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn \
   "$GATEWAY_BIN" > "$WORK/logs/gw.log" 2>&1 & PIDS+=($!); GW_PID=$!
 WR_LISTEN=127.0.0.1:$GWR WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml \

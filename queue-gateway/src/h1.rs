@@ -176,8 +176,8 @@ pub(crate) async fn serve<S: Served>(
 }
 
 /// An admitted (or unprotected) request for the backend (screened: [`crate::screen`]):
-/// checked and prepared as the proxy does, then relayed, bounded by the connection's `timer`. True when the connection can
-/// take the next request.
+/// checked and prepared as the proxy does, then relayed, bounded by the connection's
+/// `timer`. True when the connection can take the next request.
 async fn relay(
     app: &App,
     req: Request<()>,
@@ -283,7 +283,7 @@ pub(crate) fn read_drained(stream: &TcpStream, buf: &mut impl BufMut) -> std::io
 }
 
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+pub(crate) enum Parsed {
     Partial,
     HandOff,
     /// The request's head and body, taken out of the buffer.
@@ -300,7 +300,7 @@ enum Parsed {
 /// The request at the start of `buf`, if it is whole and of the lane's shape; a `Ready`
 /// request's bytes are taken out of `buf`. Its path, header values and body are slices of
 /// those bytes, not copies: a copy was an allocation per header value.
-fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
+pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {

@@ -155,6 +155,12 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
 }
 
 async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError> {
+    // Every way in screens first (`server::with_hyper`, `h1::serve`).
+    debug_assert!(
+        matches!(crate::screen::canonical_path(req.uri().path()), Ok(std::borrow::Cow::Borrowed(_))),
+        "an unscreened request reached the proxy: {}",
+        req.uri()
+    );
     let replayed = crate::gate::check_marker(app, &req)?;
     let token = match admit(app, req.uri(), req.headers()) {
         Ok(token) => token,
