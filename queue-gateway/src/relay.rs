@@ -444,6 +444,9 @@ async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> std::io::Result<(
 }
 
 /// Follows a chunked body (RFC 9112 §7.1) to find its end; the bytes pass on unchanged.
+/// Strict, as hyper's client is on the other lane: CRLF line ends only, whitespace after a
+/// size only before `;` or the line's end; anything else ends the relay with the client's
+/// connection (a client reading the bytes could split them elsewhere).
 #[derive(Debug, Default)]
 pub(crate) struct Chunked {
     state: ChunkState,
@@ -455,6 +458,10 @@ enum ChunkState {
     #[default]
     Size,
     SizeDigits {
+        size: u64,
+    },
+    /// Whitespace after the size.
+    SizeSpace {
         size: u64,
     },
     /// After the size: extensions, up to the line's end.
@@ -501,16 +508,23 @@ impl Chunked {
                         }
                         (None, SizeDigits { size }) => match b {
                             b'\r' => SizeLf { size },
-                            b'\n' => after_size(size),
-                            b';' | b' ' | b'\t' => Extension { size },
+                            b';' => Extension { size },
+                            b' ' | b'\t' => SizeSpace { size },
                             _ => return Err(BAD),
                         },
                         _ => return Err(BAD),
                     }
                 }
+                // Whitespace after the size only before `;` or the line's end (hyper's rule).
+                SizeSpace { size } => match b {
+                    b' ' | b'\t' => SizeSpace { size },
+                    b';' => Extension { size },
+                    b'\r' => SizeLf { size },
+                    _ => return Err(BAD),
+                },
                 Extension { size } => match b {
                     b'\r' => SizeLf { size },
-                    b'\n' => after_size(size),
+                    b'\n' => return Err(BAD),
                     _ => Extension { size },
                 },
                 SizeLf { size } if b == b'\n' => after_size(size),
@@ -523,12 +537,11 @@ impl Chunked {
                     continue;
                 }
                 DataCr if b == b'\r' => DataLf,
-                DataCr | DataLf if b == b'\n' => Size,
+                DataLf if b == b'\n' => Size,
                 DataCr | DataLf => return Err(BAD),
                 Trailer { len } => match b {
                     b'\r' => TrailerLf { len },
-                    b'\n' if len == 0 => return Ok(Some(i + 1)),
-                    b'\n' => Trailer { len: 0 },
+                    b'\n' => return Err(BAD),
                     _ => Trailer { len: len + 1 },
                 },
                 TrailerLf { len: 0 } if b == b'\n' => return Ok(Some(i + 1)),
@@ -563,9 +576,10 @@ mod tests {
 
     #[test]
     fn chunked_bodies_end_where_they_say_fed_whole_or_byte_by_byte() {
-        let cases: [(&[u8], usize); 4] = [
+        let cases: [(&[u8], usize); 5] = [
             (b"5\r\nhello\r\n0\r\n\r\nNEXT", 15),
             (b"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n", 34),
+            (b"3 ;e\r\nabc\r\n0 \r\n\r\n", 17),
             (b"1\r\nx\r\n0\r\nx-trailer: 1\r\n\r\nNEXT", 25),
             (b"0\r\n\r\n", 5),
         ];
@@ -575,7 +589,17 @@ mod tests {
             }
         }
         assert_eq!(end_of(b"5\r\nhel", 2), Ok(None));
-        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"fffffffffffffffff\r\n"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"fffffffffffffffff\r\n",
+            b"0\n\n",
+            b"5;a\nhello\r\n",
+            b"1 0\r\nx\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\r\nx-t: 1\n\r\n",
+        ] {
             assert!(end_of(bad, 1).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
