@@ -409,6 +409,7 @@ pub async fn run(
         let _ = tx.send(true);
     });
     let limits = cfg.limits.clone();
+    #[cfg(feature = "all-in-one")]
     let mut cfg = cfg;
     #[cfg(feature = "all-in-one")]
     if cfg.upstream.is_none() {

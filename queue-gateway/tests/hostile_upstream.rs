@@ -27,8 +27,10 @@ enum Expect {
     Cut,
 }
 
-/// (name, the backend's bytes, whether it then closes, what the client may see).
-fn cases() -> Vec<(&'static str, Vec<u8>, bool, Expect)> {
+/// A case: (name, the backend's bytes, whether it then closes, what the client may see).
+type Case = (&'static str, Vec<u8>, bool, Expect);
+
+fn cases() -> Vec<Case> {
     use Expect::*;
     let ok = |extra: &str| format!("HTTP/1.1 200 OK\r\n{extra}content-length: 5\r\n\r\nhello").into_bytes();
     let big = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 5\r\n\r\nhello", "b".repeat(70_000));
@@ -81,7 +83,7 @@ struct Hostile {
     closed: Arc<Mutex<Vec<(usize, bool)>>>,
 }
 
-async fn hostile(cases: Arc<Vec<(&'static str, Vec<u8>, bool, Expect)>>) -> Hostile {
+async fn hostile(cases: Arc<Vec<Case>>) -> Hostile {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let closed: Arc<Mutex<Vec<(usize, bool)>>> = Arc::default();
@@ -94,11 +96,7 @@ async fn hostile(cases: Arc<Vec<(&'static str, Vec<u8>, bool, Expect)>>) -> Host
     Hostile { addr, closed }
 }
 
-async fn serve_hostile(
-    mut s: TcpStream,
-    cases: Arc<Vec<(&'static str, Vec<u8>, bool, Expect)>>,
-    closed: Arc<Mutex<Vec<(usize, bool)>>>,
-) {
+async fn serve_hostile(mut s: TcpStream, cases: Arc<Vec<Case>>, closed: Arc<Mutex<Vec<(usize, bool)>>>) {
     let mut buf = vec![];
     loop {
         let mut chunk = [0u8; 8192];
