@@ -94,17 +94,25 @@ pub(crate) async fn serve<S: Served>(
             "the request headers are too large",
         ),
         Ok(Err(HeadError::Malformed(why))) => error_body(StatusCode::BAD_REQUEST, "bad_request", why),
-        Ok(Ok(mut req)) => {
-            req.extensions_mut().insert(PeerAddr(peer));
-            // Boxed: the router's future is large and done with once the head is out.
-            match tokio::time::timeout(request_timeout, Box::pin(svc.oneshot(req))).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(never)) => match never {},
-                Err(_) => {
-                    error_body(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long")
+        // The same screen as every other way in: the path the router and the prefix check
+        // read is the canonical one (a raw `/api/v1/rooms/../../book/1#/events` looks like a
+        // stream here and is `/book/1`), whatever the first bytes looked like.
+        Ok(Ok(mut req)) => match crate::screen::screen(&mut req) {
+            Err(refused) => axum::response::IntoResponse::into_response(refused),
+            Ok(()) => {
+                req.extensions_mut().insert(PeerAddr(peer));
+                // Boxed: the router's future is large and done with once the head is out.
+                match tokio::time::timeout(request_timeout, Box::pin(svc.oneshot(req))).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => error_body(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request took too long",
+                    ),
                 }
             }
-        }
+        },
     };
     if let Err(e) = write_response(&mut stream, response).await {
         tracing::debug!(%peer, error = %e, "event stream ended early");

@@ -359,6 +359,7 @@ pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response
     // Most forwarded requests have no body: nothing to limit, nothing to box.
     let body = if body.is_end_stream() { body } else { Body::new(Limited::new(body, up.max_body)) };
     let started = Instant::now();
+    let head_request = parts.method == hyper::Method::HEAD;
     let result =
         tokio::time::timeout(up.timeout, up.connections.send(hyper::Request::from_parts(parts, body))).await;
     app.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
@@ -376,20 +377,23 @@ pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response
     // hyper's client read the body its own way; a head another reader could split
     // differently is not passed on, and its connection is not used again.
     let framing = parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    let refused = match crate::screen::response_framing(framing) {
+    let checked = match crate::screen::status_framing(parts.status.as_u16(), framing) {
         // Upgrades are never forwarded (`Upgrade` is hop-by-hop): a 101 is the backend's own.
         Ok(_) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
-            Some("the backend switched protocols unasked")
+            Err("the backend switched protocols unasked")
         }
         Ok(_) if head_size(&parts.headers) > crate::relay::MAX_HEAD => {
-            Some("the backend's response head is too large")
+            Err("the backend's response head is too large")
         }
-        Ok(_) => None,
-        Err(why) => Some(why),
+        other => other,
     };
-    if let Some(why) = refused {
-        body.discard();
-        return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(why.to_owned())));
+    match checked {
+        Err(why) => {
+            body.discard();
+            return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(why.to_owned())));
+        }
+        Ok(end) if !crate::screen::reusable_after(head_request, parts.status.as_u16(), end) => body.discard(),
+        Ok(_) => {}
     }
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(body)))

@@ -97,8 +97,9 @@ pub(crate) async fn forward(
     buf.advance(head.len);
     app.metrics.request_done(crate::PROXIED_ROUTE, "proxy", head.status, started.elapsed().as_secs_f64());
     let ended = relay_body(app, &mut backend, buf, framing, out, client).await;
+    let reusable = head.reusable && crate::screen::reusable_after(head_only, head.status, head.end);
     match ended {
-        Ok(true) if head.reusable => app.upstream.connections().sockets().put(backend),
+        Ok(true) if reusable => app.upstream.connections().sockets().put(backend),
         Ok(_) => {}
         Err(e) => {
             tracing::debug!(error = %e, "relayed response ended early");
@@ -320,8 +321,9 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     head.client.push(b' ');
     head.client.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.client.extend_from_slice(b"\r\n");
-    head.end = crate::screen::response_framing(resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)))
-        .map_err(HeadError::Invalid)?;
+    head.end =
+        crate::screen::status_framing(head.status, resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)))
+            .map_err(HeadError::Invalid)?;
     let mut named: Vec<&[u8]> = Vec::new();
     for h in resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
         named.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
@@ -476,9 +478,11 @@ enum ChunkState {
     },
     DataCr,
     DataLf,
-    /// A trailer line (or the final blank line) of `len` bytes so far.
+    /// A trailer line (or the final blank line) of `len` bytes so far; `colon` once its name
+    /// has ended.
     Trailer {
         len: usize,
+        colon: bool,
     },
     TrailerLf {
         len: usize,
@@ -539,13 +543,18 @@ impl Chunked {
                 DataCr if b == b'\r' => DataLf,
                 DataLf if b == b'\n' => Size,
                 DataCr | DataLf => return Err(BAD),
-                Trailer { len } => match b {
+                // A trailer line is a field: a token, then `:` (a line without one, such as a
+                // status line, is no trailer a client should be handed).
+                Trailer { len, colon } => match b {
+                    b'\r' if len > 0 && !colon => return Err(BAD),
                     b'\r' => TrailerLf { len },
                     b'\n' => return Err(BAD),
-                    _ => Trailer { len: len + 1 },
+                    b':' if !colon && len > 0 => Trailer { len: len + 1, colon: true },
+                    b if !colon && !is_tchar(b) => return Err(BAD),
+                    _ => Trailer { len: len + 1, colon },
                 },
                 TrailerLf { len: 0 } if b == b'\n' => return Ok(Some(i + 1)),
-                TrailerLf { .. } if b == b'\n' => Trailer { len: 0 },
+                TrailerLf { .. } if b == b'\n' => Trailer { len: 0, colon: false },
                 TrailerLf { .. } => return Err(BAD),
             };
             i += 1;
@@ -555,7 +564,12 @@ impl Chunked {
 }
 
 fn after_size(size: u64) -> ChunkState {
-    if size == 0 { ChunkState::Trailer { len: 0 } } else { ChunkState::Data { left: size } }
+    if size == 0 { ChunkState::Trailer { len: 0, colon: false } } else { ChunkState::Data { left: size } }
+}
+
+/// A byte of a field name (RFC 9110 §5.6.2 `tchar`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -599,6 +613,8 @@ mod tests {
             b"1 0\r\nx\r\n",
             b"5\r\nhello\n0\r\n\r\n",
             b"0\r\nx-t: 1\n\r\n",
+            b"0\r\nHTTP/1.1 200 OK\r\n\r\n",
+            b"0\r\n: x\r\n\r\n",
         ] {
             assert!(end_of(bad, 1).is_err(), "{}", String::from_utf8_lossy(bad));
         }

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use axum::http::uri::PathAndQuery;
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::GatewayError;
@@ -20,7 +20,7 @@ use crate::error::GatewayError;
 /// Why a request was refused before it was read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    /// `CONNECT` or `TRACE`: a gateway neither tunnels nor echoes (`405`).
+    /// `CONNECT`, `TRACE` or `TRACK`, in any case: a gateway neither tunnels nor echoes (`405`).
     #[error("the method {0} is not allowed here")]
     Method(&'static str),
     /// `Connection` names a header the message's framing, routing or trust depends on.
@@ -49,9 +49,9 @@ pub enum BadPath {
     EmptySegment,
     #[error("the path climbs above the root")]
     AboveRoot,
-    #[error("the path has a dot segment with parameters")]
+    #[error("the path has a segment of dots with parameters, spaces or more dots")]
     DottedParameters,
-    #[error("the path has an overlong UTF-8 escape")]
+    #[error("the path's escapes are not UTF-8 (or are an overlong form of it)")]
     Overlong,
 }
 
@@ -92,11 +92,11 @@ const END_TO_END: [&str; 11] = [
 /// underscore (nginx's default: CGI-style backends read `X_Admission_Token` as
 /// `X-Admission-Token`), and puts the canonical path into the URI.
 pub fn screen<B>(req: &mut Request<B>) -> Result<(), Refused> {
-    if *req.method() == Method::CONNECT {
-        return Err(Refused::Method("CONNECT"));
-    }
-    if *req.method() == Method::TRACE {
-        return Err(Refused::Method("TRACE"));
+    // In any case: methods are case-sensitive, but a backend that matches them otherwise
+    // would tunnel `connect` or echo `trace` (and IIS's `TRACK`).
+    let method = req.method().as_str();
+    if let Some(m) = ["CONNECT", "TRACE", "TRACK"].into_iter().find(|m| method.eq_ignore_ascii_case(m)) {
+        return Err(Refused::Method(m));
     }
     check_headers(req.headers_mut())?;
     if let Some(uri) = canonical_uri(req.uri())? {
@@ -120,7 +120,7 @@ fn check_headers(headers: &mut HeaderMap) -> Result<(), Refused> {
         }
         // A plain loop: names are short, and `contains` calls memchr for each (~70
         // instructions a name).
-        underscored |= name.as_str().bytes().any(|b| b == b'_');
+        underscored |= name.as_str().bytes().any(|b| b == b'_') || is_path_override(name);
     }
     if hosts > 1 {
         return Err(Refused::Hosts);
@@ -133,12 +133,19 @@ fn check_headers(headers: &mut HeaderMap) -> Result<(), Refused> {
             if n.is_some() {
                 name = n;
             }
-            if let Some(n) = name.as_ref().filter(|n| !n.as_str().contains('_')) {
+            if let Some(n) = name.as_ref().filter(|n| !n.as_str().contains('_') && !is_path_override(n)) {
                 headers.append(n.clone(), v);
             }
         }
     }
     Ok(())
+}
+
+/// Headers with which some backends (IIS URL Rewrite, older Symfony and Zend) replace the
+/// request's path after the gateway checked it: dropped.
+fn is_path_override(name: &axum::http::HeaderName) -> bool {
+    let n = name.as_str();
+    n.len() > 12 && (n == "x-original-url" || n == "x-rewrite-url")
 }
 
 /// The URI with its path made canonical, `None` when it already is. The query is kept as
@@ -168,6 +175,9 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
     }
     if !needs_work(bytes) {
         return Ok(Cow::Borrowed(path));
+    }
+    if !decodes_to_utf8(bytes) {
+        return Err(BadPath::Overlong);
     }
     let decoded = decode_unreserved(bytes)?;
     let resolved = resolve_dots(&decoded)?;
@@ -219,6 +229,31 @@ fn below(x: u64, n: u8) -> bool {
     x.wrapping_sub(u64::from(n) * 0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080 != 0
 }
 
+/// Whether the path with every escape decoded is UTF-8: overlong forms (`%C0%AF`,
+/// `%E0%80%AF` for `/`) and stray bytes are not, and lax decoders read them as `/` or `.`.
+fn decodes_to_utf8(bytes: &[u8]) -> bool {
+    std::str::from_utf8(&percent_decoded(bytes)).is_ok()
+}
+
+/// Every escape decoded (an incomplete one left as it is).
+fn percent_decoded(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
@@ -250,7 +285,6 @@ fn decode_unreserved(bytes: &[u8]) -> Result<Vec<u8>, BadPath> {
         let v = hi << 4 | lo;
         match v {
             b'/' | b'\\' | b'%' | 0x00..=0x1f | 0x7f => return Err(BadPath::EncodedSeparator),
-            0xc0 | 0xc1 => return Err(BadPath::Overlong),
             v if is_unreserved(v) => out.push(v),
             v => out.extend_from_slice(&[
                 b'%',
@@ -273,9 +307,10 @@ fn resolve_dots(path: &[u8]) -> Result<Vec<u8>, BadPath> {
     // A path that ends in a dot segment names a directory: it keeps its trailing slash.
     let mut trailing = false;
     for (i, seg) in segments.iter().enumerate() {
-        let bare = seg.split(|&b| b == b';').next().unwrap_or(seg);
-        let dotted = bare == b"." || bare == b"..";
-        if dotted && bare.len() != seg.len() {
+        // A segment a lax backend reads as `.` or `..` (parameters, encoded or not, and
+        // trailing spaces or dots dropped: `..;x`, `..%3B`, `..%20`, `...`) must be exactly that.
+        let lax = std::str::from_utf8(seg).map(loose).unwrap_or("x");
+        if matches!(lax, "" | "." | "..") && !matches!(*seg, b"" | b"." | b"..") {
             return Err(BadPath::DottedParameters);
         }
         match *seg {
@@ -310,6 +345,29 @@ fn resolve_dots(path: &[u8]) -> Result<Vec<u8>, BadPath> {
 /// `/book%20/1` as `/book/1`). Protection errs on the side of more: a path under a prefix in
 /// some backend's reading is under it here.
 pub fn under(path: &str, prefix: &str) -> bool {
+    under_ascii(path, prefix) || unicode_view(path).is_some_and(|view| under_ascii(&view, prefix))
+}
+
+/// A path with non-ASCII characters as a Unicode-aware backend may compare it: decoded, NFKC
+/// (fullwidth `ｂ` and `／` are `b` and `/`; `ſ` is `s`; the Kelvin sign is `K`), lower
+/// case. `None` for an ASCII path (nearly all: nothing to do).
+fn unicode_view(path: &str) -> Option<String> {
+    use unicode_normalization::UnicodeNormalization;
+    let bytes = path.as_bytes();
+    // This runs for every prefix a request is checked against: ASCII without escapes (all
+    // but a few paths) is told in a word-at-a-time pass and a memchr. (Escapes are upper
+    // case here: the path is canonical.)
+    let high_escape = || {
+        memchr::memchr_iter(b'%', bytes).any(|i| matches!(bytes.get(i + 1), Some(b'8'..=b'9' | b'A'..=b'F')))
+    };
+    if bytes.is_ascii() && !high_escape() {
+        return None;
+    }
+    let text = String::from_utf8(percent_decoded(bytes)).ok()?;
+    Some(text.nfkc().flat_map(char::to_lowercase).collect())
+}
+
+fn under_ascii(path: &str, prefix: &str) -> bool {
     let (bytes, want) = (path.as_bytes(), prefix.as_bytes());
     if bytes.len() >= want.len() && bytes[..want.len()].eq_ignore_ascii_case(want) {
         return true;
@@ -394,6 +452,28 @@ pub fn response_framing<'a>(
     }
 }
 
+/// [`response_framing`] for a response of `status`: a `204` (or `1xx`) may announce no body
+/// at all (RFC 9110 §8.6), so one that does is refused like any other ambiguous framing.
+pub fn status_framing<'a>(
+    status: u16,
+    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<BodyEnd, &'static str> {
+    let end = response_framing(headers)?;
+    if (status == 204 || status < 200) && end != BodyEnd::Close {
+        return Err("the backend announced a body on a response that has none");
+    }
+    Ok(end)
+}
+
+/// Whether a backend connection may carry another request after this response ended where
+/// its framing said. Not after a bodiless answer (to HEAD, or a `304`) whose head announced a
+/// body: a backend that sends that body anyway (a framework answering HEAD as GET) would have
+/// its bytes read as the next client's response.
+pub fn reusable_after(head_request: bool, status: u16, end: BodyEnd) -> bool {
+    let bodiless = head_request || status == 304;
+    !(bodiless && end != BodyEnd::Close && end != BodyEnd::Length(0))
+}
+
 /// A decimal of 1 to 19 digits (no sign, no space: what `Content-Length` allows).
 pub fn decimal(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -425,6 +505,7 @@ mod tests {
             ("/book;jsessionid=1/x", "/book;jsessionid=1/x"),
             ("/..a/.b", "/..a/.b"),
             ("/é", "/é"),
+            ("/%EC%97%AC%EB%A6%84", "/%EC%97%AC%EB%A6%84"),
         ] {
             assert_eq!(canonical_path(raw).as_deref(), Ok(canon), "{raw}");
         }
@@ -450,7 +531,15 @@ mod tests {
             ("/%2e%2e/x", BadPath::AboveRoot),
             ("/x/..;/book/1", BadPath::DottedParameters),
             ("/x/.;a/book", BadPath::DottedParameters),
+            ("/x/..%3B/book/1", BadPath::DottedParameters),
+            ("/x/..%3b/book/1", BadPath::DottedParameters),
+            ("/x/..%20/book/1", BadPath::DottedParameters),
+            ("/x/.../book/1", BadPath::DottedParameters),
+            ("/x/. ./book/1", BadPath::BadByte),
             ("/%c0%af", BadPath::Overlong),
+            ("/book%E0%80%AF1", BadPath::Overlong),
+            ("/book%F0%80%80%AF1", BadPath::Overlong),
+            ("/a%ff", BadPath::Overlong),
         ] {
             assert_eq!(canonical_path(raw), Err(why), "{raw}");
         }
@@ -502,6 +591,10 @@ mod tests {
             ("/book./1", "/book/"),
             ("/book.%20./1", "/book/"),
             ("/api/v1/reservations./x", "/api/v1/reservations"),
+            ("/boo%E2%84%AA/1", "/book/"),
+            ("/api/v1/re%C5%BFervations", "/api/v1/reservations"),
+            ("/\u{ff42}\u{ff4f}\u{ff4f}\u{ff4b}/1", "/book/"),
+            ("/book%EF%BC%8F1", "/book/"),
         ] {
             assert!(under(path, prefix), "{path} under {prefix}");
         }
@@ -543,8 +636,30 @@ mod tests {
             let mut r = req(method, "/x", headers);
             assert!(screen(&mut r).is_err(), "{method} {headers:?}");
         }
+        for method in ["connect", "Trace", "TRACK", "track"] {
+            assert!(screen(&mut req(method, "/x", &[])).is_err(), "{method}");
+        }
+        let mut r =
+            req("GET", "/x", &[("x-original-url", "/book/1"), ("X-Rewrite-URL", "/book/1"), ("x-kept", "1")]);
+        screen(&mut r).unwrap();
+        assert_eq!(r.headers().keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
         let mut ok = req("GET", "/x", &[("connection", "keep-alive, x-private, upgrade"), ("host", "a")]);
         assert!(screen(&mut ok).is_ok());
+    }
+
+    #[test]
+    fn bodiless_answers_announcing_a_body_are_refused_or_not_reused() {
+        let f = |status, h: &[(&str, &str)]| {
+            status_framing(status, h.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+        };
+        assert!(f(204, &[("content-length", "60")]).is_err());
+        assert!(f(204, &[("transfer-encoding", "chunked")]).is_err());
+        assert_eq!(f(204, &[]), Ok(BodyEnd::Close));
+        assert_eq!(f(304, &[("content-length", "60")]), Ok(BodyEnd::Length(60)));
+        assert!(!reusable_after(false, 304, BodyEnd::Length(60)));
+        assert!(!reusable_after(true, 200, BodyEnd::Chunked));
+        assert!(reusable_after(true, 200, BodyEnd::Length(0)));
+        assert!(reusable_after(false, 200, BodyEnd::Length(60)));
     }
 
     #[test]

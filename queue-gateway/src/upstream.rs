@@ -53,13 +53,14 @@ impl Pooled for SendRequest<Body> {
 
 impl Pooled for TcpStream {
     /// A readable idle connection has been closed (or sent bytes nobody asked for): either
-    /// way it cannot carry a request. The probe asks the kernel only when the runtime has
-    /// seen the socket turn readable since its last response was read (that read left it
-    /// marked drained, [`crate::h1::read_drained`]), so on a busy connection it costs
-    /// nothing; a close the runtime has not seen yet is caught by the relay's retry.
+    /// way it cannot carry a request. The kernel is asked every time (a peek, one system
+    /// call): the runtime's own readiness lags bytes that arrived since it last polled, and a
+    /// backend that sends a late extra response (a body after a HEAD answer, a second
+    /// response) would otherwise have it read as the next client's answer, and every answer
+    /// on that connection after it shifted by one.
     fn usable(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(socket2::SockRef::from(self).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 
@@ -148,6 +149,15 @@ impl Connections {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
+            if reused {
+                // Its task gets a turn first: bytes the backend sent past its last response
+                // (already in hyper's buffer) close it there, rather than being read as the
+                // answer to this request.
+                tokio::task::yield_now().await;
+                if conn.is_closed() {
+                    continue;
+                }
+            }
             // Usually ready at once; a connection whose last response body just ended may
             // need its task to run first.
             if let Err(e) = conn.ready().await {

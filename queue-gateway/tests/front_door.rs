@@ -370,6 +370,8 @@ fn corpus() -> Vec<(String, String)> {
     add("DELETE protected", req("DELETE", "/book/1?t={TAG}", &[], ""));
     add("OPTIONS protected", req("OPTIONS", "/api/v1/reservations?t={TAG}", &[], ""));
     add("bad method char", get(pub_).replacen("GET", "GE(T", 1));
+    add("lowercase trace", get(pub_).replacen("GET", "trace", 1));
+    add("mixed-case connect", get("/book/1?t={TAG}").replacen("GET", "Connect", 1));
 
     // Paths: every spelling of a protected resource, and ambiguous ones.
     for path in [
@@ -421,8 +423,39 @@ fn corpus() -> Vec<(String, String)> {
         "/api%2fv1%2freservations",
         "/api/v1/reservations%00",
         "/ book/1",
+        "/x/..%3B/book/1",
+        "/x/..%3b/book/1",
+        "/x/..%20/book/1",
+        "/x/.../book/1",
+        "/book%E0%80%AF1",
+        "/book%F0%80%80%AF1",
+        "/boo%E2%84%AA/1",
+        "/api/v1/re%C5%BFervations",
+        "/%EF%BD%82%EF%BD%8F%EF%BD%8F%EF%BD%8B/1",
+        "/book%EF%BC%8F1",
     ] {
         add(&format!("path {path}"), get(&format!("{path}?t={{TAG}}")));
+    }
+
+    // First requests shaped like an event stream (a connection of their own): the same
+    // screen applies. Without a query these cannot carry a tag; none may reach the upstream.
+    for target in [
+        "/api/v1/rooms/../../../book/1#/events",
+        "/api/v1/rooms/../reservations#/events",
+        "/api/v1/rooms/../reservations/events",
+        "/api/v1/rooms/%2e%2e/%2e%2e/%2e%2e/book/x/events",
+        "/api/v1/rooms/..%2f..%2f..%2fbook/x/events",
+        "/api/v1/rooms/..\\..\\..\\book\\x/events",
+        "/api/v1/rooms/%2E%2E/%2E%2E/%2E%2E/%62ook/x/events",
+    ] {
+        add(&format!("events lane {target}"), get(target));
+    }
+    for (name, line) in [
+        ("events lane underscore", "X_Admission_Token: forged"),
+        ("events lane Connection: content-length", "Connection: content-length"),
+        ("events lane two hosts", "Host: evil"),
+    ] {
+        add(name, req("GET", "/api/v1/rooms/../../../book/1#/events", &[line], ""));
     }
 
     // Forged and underscored headers.
@@ -454,6 +487,7 @@ fn corpus() -> Vec<(String, String)> {
         "forged cookie and token",
         req("GET", "/book/1?t={TAG}", &["Cookie: wr_admission_hot=a.b.c", "X-Admission-Token: a.b.c"], ""),
     );
+    add("X-Original-URL", req("GET", pub_, &["X-Original-URL: /book/1", "X-Rewrite-URL: /book/1"], ""));
     add("Authorization bearer", req("GET", "/book/1?t={TAG}", &["Authorization: Bearer a.b.c"], ""));
 
     // Host and version.
@@ -568,7 +602,7 @@ fn check(name: &str, tag: &str, lane: &str, up: &LoggingUpstream, o: &Outcome) -
         if reaches_protected(&l.target) {
             fail(format!("{} {} reached the backend without an admission", l.method, l.target));
         }
-        for forged in ["x-admission-token", "x-gate-replay"] {
+        for forged in ["x-admission-token", "x-gate-replay", "x-original-url", "x-rewrite-url"] {
             if l.header(forged).is_some() {
                 fail(format!("the backend got {forged}"));
             }
