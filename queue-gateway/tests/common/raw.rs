@@ -33,6 +33,21 @@ pub struct Logged {
 }
 
 impl Logged {
+    /// Bytes that are no request, and why.
+    fn malformed(raw: Vec<u8>, why: String) -> Self {
+        Logged {
+            conn: 0,
+            seq: 0,
+            method: String::new(),
+            target: String::new(),
+            headers: vec![],
+            body: vec![],
+            raw,
+            malformed: Some(why),
+            aborted: false,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
@@ -123,20 +138,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Logge
                 buf.drain(..used);
                 return Some(logged);
             }
-            Parse::Bad(why) => {
-                let raw = std::mem::take(buf);
-                return Some(Logged {
-                    conn: 0,
-                    seq: 0,
-                    method: String::new(),
-                    target: String::new(),
-                    headers: vec![],
-                    body: vec![],
-                    raw,
-                    malformed: Some(why),
-                    aborted: false,
-                });
-            }
+            Parse::Bad(why) => return Some(Logged::malformed(std::mem::take(buf), why)),
             Parse::More => {}
         }
         let mut chunk = [0u8; 16384];
@@ -153,17 +155,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Logge
 fn aborted(raw: Vec<u8>) -> Logged {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
-    let mut logged = Logged {
-        conn: 0,
-        seq: 0,
-        method: String::new(),
-        target: String::new(),
-        headers: vec![],
-        body: vec![],
-        raw: raw.clone(),
-        malformed: Some("the connection ended inside a message".into()),
-        aborted: false,
-    };
+    let mut logged = Logged::malformed(raw.clone(), "the connection ended inside a message".into());
     if let Ok(httparse::Status::Complete(_)) = req.parse(&raw) {
         logged.method = req.method.unwrap_or("").to_owned();
         logged.target = req.path.unwrap_or("").to_owned();
