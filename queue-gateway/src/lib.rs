@@ -24,7 +24,8 @@
 //! - [`admin`]: the admin API; [`console`]: the ops console page at `/admin/`; [`metrics`]: Prometheus; [`rooms`]: live configs and tickers.
 //! - [`touch`]: batched "seen" marks.
 //! - [`config`], [`error`], [`state`], [`demo`] (built-in demo upstream), [`capacity`] (a
-//!   fixed-capacity upstream for overload drills and the gate benchmark).
+//!   fixed-capacity upstream for overload drills and the gate benchmark), `fuzzing` (hidden:
+//!   the entry points of the fuzz targets in `queue-gateway/fuzz`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
