@@ -90,7 +90,8 @@ const END_TO_END: [&str; 11] = [
 
 /// Screens a request in place: refuses what no path may take, drops header names with an
 /// underscore (nginx's default: CGI-style backends read `X_Admission_Token` as
-/// `X-Admission-Token`), and puts the canonical path into the URI.
+/// `X-Admission-Token`) and the headers that override a path ([`is_path_override`]), and puts
+/// the canonical path into the URI.
 pub fn screen<B>(req: &mut Request<B>) -> Result<(), Refused> {
     // In any case: methods are case-sensitive, but a backend that matches them otherwise
     // would tunnel `connect` or echo `trace` (and IIS's `TRACK`).
@@ -107,7 +108,7 @@ pub fn screen<B>(req: &mut Request<B>) -> Result<(), Refused> {
 
 /// One pass over the headers (two lookups and a pass cost twice as much on every request).
 fn check_headers(headers: &mut HeaderMap) -> Result<(), Refused> {
-    let (mut hosts, mut underscored) = (0, false);
+    let (mut hosts, mut dropped) = (0, false);
     for (name, value) in headers.iter() {
         if name == CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -120,12 +121,12 @@ fn check_headers(headers: &mut HeaderMap) -> Result<(), Refused> {
         }
         // A plain loop: names are short, and `contains` calls memchr for each (~70
         // instructions a name).
-        underscored |= name.as_str().bytes().any(|b| b == b'_') || is_path_override(name);
+        dropped |= name.as_str().bytes().any(|b| b == b'_') || is_path_override(name);
     }
     if hosts > 1 {
         return Err(Refused::Hosts);
     }
-    if underscored {
+    if dropped {
         let old = std::mem::take(headers);
         let mut name = None;
         for (n, v) in old {
