@@ -286,14 +286,29 @@ pub async fn cancel(
     if status == "held" {
         let schedule: i64 = row.get("schedule_id");
         let mut tx = s.db.pool.begin().await.context("starting a cancellation")?;
-        sqlx::query(
-            "UPDATE reservations SET status = 'cancelled', updated_at = $1 WHERE id = $2 AND status = 'held'",
+        // Not while an order of it is being confirmed or undone: that saga decides its seats.
+        let cancelled = sqlx::query(
+            "UPDATE reservations SET status = 'cancelled', updated_at = $1 WHERE id = $2 AND status = 'held' \
+             AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = $2 \
+             AND (p.status = 'confirming' OR p.step = 'compensating'))",
         )
         .bind(now_ms())
         .bind(&id)
         .execute(&mut *tx)
         .await
         .context("cancelling a reservation")?;
+        if cancelled.rows_affected() == 0 {
+            drop(tx);
+            let (row, seats) = load(&s, &id, &user).await?;
+            if row.get::<String, _>("status") == "held" {
+                return Err(ApiError::client(
+                    StatusCode::CONFLICT,
+                    "payment_in_progress",
+                    "a payment for this reservation is being confirmed; cancel after it ends",
+                ));
+            }
+            return Ok(Json(reservation_json(&row, seats)).into_response());
+        }
         sqlx::query("UPDATE reservation_seats SET active = 0 WHERE reservation_id = $1")
             .bind(&id)
             .execute(&mut *tx)

@@ -67,6 +67,12 @@ pub struct BackendConfig {
     /// The provider must answer within this, ms (`TB_PAYMENTS_TIMEOUT_MS`); then the payment
     /// is treated as unknown, refunded and its seats released.
     pub payments_timeout_ms: u64,
+    /// How often the provider's ledger is reconciled with the database, seconds
+    /// (`TB_RECONCILE_EVERY_S`, 1..=86400).
+    pub reconcile_every_s: u64,
+    /// Reconciliation leaves orders younger than this to their saga, seconds
+    /// (`TB_RECONCILE_GRACE_S`, 0..=86400; keep it above `payments_timeout_ms`).
+    pub reconcile_grace_s: u64,
 }
 
 impl Default for BackendConfig {
@@ -88,6 +94,8 @@ impl Default for BackendConfig {
             ops_webhook_url: None,
             payments_secret_key: "test_sk_local_simulator".into(),
             payments_timeout_ms: 10_000,
+            reconcile_every_s: 300,
+            reconcile_grace_s: 600,
         }
     }
 }
@@ -115,6 +123,8 @@ impl std::fmt::Debug for BackendConfig {
             .field("ops_webhook_url", &self.ops_webhook_url.as_ref().map(|_| "<redacted>"))
             .field("payments_secret_key", &"<redacted>")
             .field("payments_timeout_ms", &self.payments_timeout_ms)
+            .field("reconcile_every_s", &self.reconcile_every_s)
+            .field("reconcile_grace_s", &self.reconcile_grace_s)
             .finish()
     }
 }
@@ -158,6 +168,14 @@ impl BackendConfig {
         }
         if let Some(v) = get("TB_HOLD_TTL_S") {
             cfg.hold_ttl_s = v.parse().map_err(|_| bad("TB_HOLD_TTL_S", format!("not a number: {v:?}")))?;
+        }
+        if let Some(v) = get("TB_RECONCILE_EVERY_S") {
+            cfg.reconcile_every_s =
+                v.parse().map_err(|_| bad("TB_RECONCILE_EVERY_S", format!("not a number: {v:?}")))?;
+        }
+        if let Some(v) = get("TB_RECONCILE_GRACE_S") {
+            cfg.reconcile_grace_s =
+                v.parse().map_err(|_| bad("TB_RECONCILE_GRACE_S", format!("not a number: {v:?}")))?;
         }
         cfg.payments_base_url = get("TB_PAYMENTS_BASE_URL").or(cfg.payments_base_url);
         cfg.admin_email = get("TB_ADMIN_EMAIL").or(cfg.admin_email);
@@ -220,6 +238,12 @@ impl BackendConfig {
             && p.len() < 12
         {
             return Err(bad("admin_password", "must be at least 12 characters"));
+        }
+        if !(1..=86_400).contains(&self.reconcile_every_s) {
+            return Err(bad("reconcile_every_s", "must be within 1..=86400"));
+        }
+        if self.reconcile_grace_s > 86_400 {
+            return Err(bad("reconcile_grace_s", "must be within 0..=86400"));
         }
         if self.login_per_minute == 0 {
             return Err(bad("login_per_minute", "must be ≥ 1"));

@@ -66,6 +66,12 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(5, "payments", include_str!("../migrations/shared/0005_payments.sql")),
     Migration::shared(6, "tickets", include_str!("../migrations/shared/0006_tickets.sql")),
     Migration::shared(7, "jobs", include_str!("../migrations/shared/0007_jobs.sql")),
+    Migration {
+        version: 8,
+        name: "integrity",
+        sqlite: include_str!("../migrations/sqlite/0008_integrity.sql"),
+        postgres: include_str!("../migrations/postgres/0008_integrity.sql"),
+    },
 ];
 
 /// A connected, migrated database.
@@ -107,8 +113,8 @@ impl Db {
                 Dialect::Postgres => m.postgres,
             };
             let mut tx = self.pool.begin().await?;
-            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                sqlx::query(stmt).execute(&mut *tx).await?;
+            for stmt in statements(sql) {
+                sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&mut *tx).await?;
             }
             sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
                 .bind(m.version)
@@ -128,10 +134,58 @@ impl Db {
     }
 }
 
+/// The statements of a migration: split at `;`, except inside a PostgreSQL `$$` body or a
+/// SQLite trigger's `BEGIN … END`, with `--` comment lines dropped.
+fn statements(sql: &str) -> Vec<String> {
+    let text: String =
+        sql.lines().filter(|l| !l.trim_start().starts_with("--")).map(|l| format!("{l}\n")).collect();
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for piece in text.split(';') {
+        if !cur.is_empty() {
+            cur.push(';');
+        }
+        cur.push_str(piece);
+        let upper = cur.to_ascii_uppercase();
+        let in_body = cur.matches("$$").count() % 2 == 1
+            || (upper.contains("CREATE TRIGGER")
+                && upper.contains("BEGIN")
+                && !upper.trim_end().ends_with("END"));
+        if !in_body {
+            if !cur.trim().is_empty() {
+                out.push(cur.trim().to_owned());
+            }
+            cur.clear();
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_owned());
+    }
+    out
+}
+
 /// Unix time in ms.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statements;
+
+    #[test]
+    fn bodies_stay_whole() {
+        let sql = "-- a comment; with a semicolon\nCREATE TABLE a (x INT);\n\
+                   CREATE TRIGGER t BEFORE INSERT ON a BEGIN SELECT RAISE(ABORT, 'no'); END;\n\
+                   CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;\n\
+                   CREATE INDEX i ON a (x)";
+        let got = statements(sql);
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert!(got[1].ends_with("END") && got[1].contains("RAISE(ABORT, 'no');"));
+        assert!(got[2].ends_with("$$") && got[2].contains("RETURN NEW;"));
+        assert_eq!(got[3], "CREATE INDEX i ON a (x)");
+    }
 }

@@ -1,5 +1,5 @@
 //! Batch jobs: expire unpaid holds, expire coupons, settle a day's payments per host, clean up
-//! old performances. Each runs as a CLI subcommand (`ticketing-backend jobs <name>`) and on
+//! old performances, reconcile the provider's ledger ([`crate::reconcile`], on its own timer). Each runs as a CLI subcommand (`ticketing-backend jobs <name>`) and on
 //! the in-process scheduler; each is idempotent and takes a lease (`job_leases`) so that any
 //! number of instances can run it at once and one does the work.
 
@@ -33,6 +33,8 @@ pub enum Outcome {
         /// Rows changed (or payments settled).
         count: u64,
     },
+    /// A reconciliation ran: what it found and repaired.
+    Reconciled(crate::reconcile::Report),
     /// Another instance holds the lease, or the work was already done.
     Skipped {
         /// Why.
@@ -109,12 +111,16 @@ pub async fn expire_holds(s: &AppState, holder: &str) -> Result<Outcome> {
             let id: String = r.get(0);
             schedules.insert(r.get::<i64, _>(1));
             let mut tx = s.db.pool.begin().await.context("expiring a hold")?;
-            sqlx::query("UPDATE reservations SET status = 'expired', updated_at = $1 WHERE id = $2 AND status = 'held'")
+            let expired = sqlx::query("UPDATE reservations SET status = 'expired', updated_at = $1 WHERE id = $2 AND status = 'held'")
                 .bind(now)
                 .bind(&id)
                 .execute(&mut *tx)
                 .await
                 .context("expiring a reservation")?;
+            if expired.rows_affected() == 0 {
+                // Paid or cancelled meanwhile: its seats are not this job's to free.
+                continue;
+            }
             sqlx::query("UPDATE reservation_seats SET active = 0 WHERE reservation_id = $1")
                 .bind(&id)
                 .execute(&mut *tx)
@@ -283,6 +289,15 @@ pub async fn cleanup_performances(s: &AppState, holder: &str) -> Result<Outcome>
     .await
 }
 
+/// Reconciles the provider's ledger with the database ([`crate::reconcile`]), sparing
+/// orders younger than `grace`.
+pub async fn reconcile(s: &AppState, holder: &str, grace: Duration) -> Result<Outcome> {
+    leased(s, "reconcile", holder, || async {
+        Ok(Outcome::Reconciled(crate::reconcile::run(s, grace.as_millis() as i64).await?))
+    })
+    .await
+}
+
 /// Runs a job by name (the CLI); `day` is for `settle` (default: yesterday, UTC).
 pub async fn run_named(s: &AppState, name: &str, holder: &str, day: Option<i64>) -> Result<Outcome> {
     match name {
@@ -290,12 +305,13 @@ pub async fn run_named(s: &AppState, name: &str, holder: &str, day: Option<i64>)
         "expire-coupons" => expire_coupons(s, holder).await,
         "settle" => settle(s, holder, day.unwrap_or_else(|| now_ms() - DAY_MS)).await,
         "cleanup-performances" => cleanup_performances(s, holder).await,
+        "reconcile" => reconcile(s, holder, s.reconcile_grace).await,
         other => Err(ApiError::invalid("job", format!("unknown job {other:?}"))),
     }
 }
 
 /// The job names.
-pub const JOBS: [&str; 4] = ["expire-holds", "expire-coupons", "settle", "cleanup-performances"];
+pub const JOBS: [&str; 5] = ["expire-holds", "expire-coupons", "settle", "cleanup-performances", "reconcile"];
 
 /// The in-process scheduler: hold expiry every minute, coupon expiry every 10 minutes, and
 /// yesterday's settlement plus the cleanup every hour (each a no-op once done).

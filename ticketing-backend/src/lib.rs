@@ -16,7 +16,8 @@
 //! - [`booking`]: reservations; [`holds`]: atomic seat holds (memory or Redis).
 //! - [`coupons`]: campaigns and first-come issuance (memory or Redis).
 //! - [`payments`]: Toss-style prepare/confirm/cancel run as a saga with compensations and
-//!   recovery; [`paysim`]: the local provider simulator (`payments-sim`).
+//!   recovery; [`paysim`]: the local provider simulator (`payments-sim`); [`reconcile`]: the
+//!   provider's ledger against the database (orphan charges refunded, the rest reported).
 //! - [`outbound`]: JSON calls to other services (the provider, `reindex`).
 //! - [`notify`]: per-user SSE notifications (Redis pub/sub fan-out) and the ops webhook.
 //! - [`tickets`]: tickets issued after payment from a queue (Redis Stream or in process).
@@ -45,6 +46,7 @@ pub mod payments;
 pub mod paysim;
 pub mod posters;
 pub mod ranking;
+pub mod reconcile;
 pub mod search;
 pub mod seed;
 pub mod state;
@@ -173,6 +175,7 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         layouts: catalog::Layouts::default(),
         coupons,
         hold_ttl_ms: i64::from(cfg.hold_ttl_s) * 1000,
+        reconcile_grace: Duration::from_secs(cfg.reconcile_grace_s),
         db,
         auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),
         admission: Admission::new(
@@ -325,12 +328,20 @@ pub async fn run(
     ));
     let instance = format!("tb-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let issuer = tokio::spawn(tickets::worker(state.clone(), instance.clone(), stop_tx.subscribe()));
+    let reconciler = tokio::spawn(reconcile::worker(
+        state.clone(),
+        instance.clone(),
+        Duration::from_secs(cfg.reconcile_every_s),
+        Duration::from_secs(cfg.reconcile_grace_s),
+        stop_tx.subscribe(),
+    ));
     let scheduler = tokio::spawn(jobs::scheduler(state.clone(), instance, stop_tx.subscribe()));
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), recovery).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), issuer).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), reconciler).await;
     compactor.abort();
     result.map_err(|e| StartError::Other(e.to_string()))
 }

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -20,6 +21,14 @@ pub struct RouteCode {
 pub struct RouteLabel {
     /// Route template.
     pub route: String,
+}
+
+/// `{kind}` of a reconciliation finding.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `orphan_charge`, `paid_without_charge`, `refunded_at_provider`, `amount_mismatch`,
+    /// `revoked_tickets_missing`.
+    pub kind: String,
 }
 
 /// Every metric of the backend.
@@ -41,6 +50,15 @@ pub struct Metrics {
     pub sagas_compensated: Counter,
     /// Tickets issued.
     pub tickets_issued: Counter,
+    /// Paid orders refunded (their tickets revoked, their seats back on sale).
+    pub payments_refunded: Counter,
+    /// Disagreements between the provider's ledger and the database found by the last
+    /// reconciliation, by kind (repaired ones included).
+    pub reconcile_discrepancies: Family<KindLabel, Gauge>,
+    /// Disagreements reconciliation repaired, by kind.
+    pub reconcile_repaired: Family<KindLabel, Counter>,
+    /// When reconciliation last completed (Unix s).
+    pub reconcile_last_success: Gauge,
 }
 
 impl Default for Metrics {
@@ -78,7 +96,31 @@ impl Default for Metrics {
         );
         let tickets_issued = Counter::default();
         registry.register("ticketing_tickets_issued", "Tickets issued", tickets_issued.clone());
+        let payments_refunded = Counter::default();
+        registry.register("ticketing_payments_refunded", "Paid orders refunded", payments_refunded.clone());
+        let reconcile_discrepancies = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "ticketing_reconcile_discrepancies",
+            "Provider ledger vs database disagreements found by the last reconciliation, by kind",
+            reconcile_discrepancies.clone(),
+        );
+        let reconcile_repaired = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "ticketing_reconcile_repaired",
+            "Disagreements reconciliation repaired, by kind",
+            reconcile_repaired.clone(),
+        );
+        let reconcile_last_success = Gauge::default();
+        registry.register(
+            "ticketing_reconcile_last_success_timestamp_seconds",
+            "When reconciliation last completed",
+            reconcile_last_success.clone(),
+        );
         Metrics {
+            payments_refunded,
+            reconcile_discrepancies,
+            reconcile_repaired,
+            reconcile_last_success,
             tickets_issued,
             registry,
             http_requests,

@@ -88,14 +88,18 @@ impl Provider {
         .await
     }
 
-    /// `POST /v1/payments/confirm`, idempotent per order.
-    pub async fn confirm(&self, payment_key: &str, order_id: &str, amount: i64) -> Charge {
+    /// `POST /v1/payments/confirm` under the idempotency key `idem` (one per reservation
+    /// attempt, so a retry of the attempt is never a second charge). An answer about another
+    /// order or amount is not a charge of this one.
+    pub async fn confirm(&self, payment_key: &str, order_id: &str, amount: i64, idem: &str) -> Charge {
         let body = json!({"paymentKey": payment_key, "orderId": order_id, "amount": amount});
-        match self
-            .call("POST", "/v1/payments/confirm", Some(body), Some(&format!("confirm-{order_id}")))
-            .await
-        {
-            Ok((200, v)) if v["status"] == "DONE" => Charge::Done,
+        match self.call("POST", "/v1/payments/confirm", Some(body), Some(idem)).await {
+            Ok((200, v))
+                if v["status"] == "DONE" && v["orderId"] == order_id && v["totalAmount"] == amount =>
+            {
+                Charge::Done
+            }
+            Ok((200, v)) => Charge::Unknown(format!("the provider answered about another payment: {v}")),
             Ok((s, v)) if (400..500).contains(&s) => Charge::Rejected(format!(
                 "{}: {}",
                 v["code"].as_str().unwrap_or("?"),
@@ -106,10 +110,15 @@ impl Provider {
         }
     }
 
-    /// `POST /v1/payments/{paymentKey}/cancel`; a payment the provider does not know needs
-    /// no refund.
-    pub async fn cancel(&self, payment_key: &str, order_id: &str, reason: &str) -> Result<(), String> {
-        let path = format!("/v1/payments/{}/cancel", encode(payment_key));
+    /// Refunds whatever the provider charged for `order_id`: looks the order's payment up
+    /// (never trusting a client's payment key), then cancels it. An order the provider never
+    /// charged, or already refunded, needs nothing.
+    pub async fn refund(&self, order_id: &str, reason: &str) -> Result<(), String> {
+        let Some(p) = self.payment_of(order_id).await? else { return Ok(()) };
+        if p.status != "DONE" {
+            return Ok(());
+        }
+        let path = format!("/v1/payments/{}/cancel", encode(&p.payment_key));
         match self
             .call("POST", &path, Some(json!({"cancelReason": reason})), Some(&format!("cancel-{order_id}")))
             .await?
@@ -119,13 +128,76 @@ impl Provider {
         }
     }
 
-    /// Whether the provider charged `order_id` (`GET /v1/payments/orders/{orderId}`).
+    /// Whether the provider holds a charge for `order_id` now (`DONE`, not cancelled).
     pub async fn charged(&self, order_id: &str) -> Result<bool, String> {
+        Ok(self.payment_of(order_id).await?.is_some_and(|p| p.status == "DONE"))
+    }
+
+    /// The provider's payment for `order_id` (`GET /v1/payments/orders/{orderId}`).
+    pub async fn payment_of(&self, order_id: &str) -> Result<Option<ProviderPayment>, String> {
         match self.call("GET", &format!("/v1/payments/orders/{}", encode(order_id)), None, None).await? {
-            (200, v) => Ok(v["status"] == "DONE"),
-            (404, _) => Ok(false),
+            (200, v) => ProviderPayment::of(&v).map(Some).ok_or_else(|| format!("unreadable payment: {v}")),
+            (404, _) => Ok(None),
             (s, v) => Err(format!("lookup answered {s}: {v}")),
         }
+    }
+
+    /// The provider's ledger: payments with a transaction in `[from_ms, to_ms)`
+    /// (`GET /v1/transactions`, paged with `startingAfter`), one entry per payment in its
+    /// latest state.
+    pub async fn ledger(&self, from_ms: i64, to_ms: i64) -> Result<Vec<ProviderPayment>, String> {
+        let date = |ms: i64| crate::catalog::rfc3339(ms).as_str().map(str::to_owned).unwrap_or_default();
+        let (from, to) = (date(from_ms), date(to_ms));
+        let mut out: Vec<ProviderPayment> = Vec::new();
+        let mut after = String::new();
+        for _ in 0..1_000 {
+            let mut path =
+                format!("/v1/transactions?startDate={}&endDate={}&limit=1000", encode(&from), encode(&to));
+            if !after.is_empty() {
+                path.push_str(&format!("&startingAfter={}", encode(&after)));
+            }
+            let page = match self.call("GET", &path, None, None).await? {
+                (200, Value::Array(page)) => page,
+                (s, v) => return Err(format!("transactions answered {s}: {v}")),
+            };
+            let full = page.len() >= 1000;
+            after = page.last().and_then(|t| t["transactionKey"].as_str()).unwrap_or_default().to_owned();
+            for t in &page {
+                let p = ProviderPayment::of(t).ok_or_else(|| format!("unreadable transaction: {t}"))?;
+                match out.iter_mut().find(|q| q.payment_key == p.payment_key) {
+                    Some(q) => *q = p,
+                    None => out.push(p),
+                }
+            }
+            if !full || after.is_empty() {
+                return Ok(out);
+            }
+        }
+        Err("the ledger has more than a million transactions in the window".into())
+    }
+}
+
+/// One payment as the provider sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderPayment {
+    /// The provider's key.
+    pub payment_key: String,
+    /// Our order.
+    pub order_id: String,
+    /// `DONE` (charged) or `CANCELED` (refunded), or another provider state.
+    pub status: String,
+    /// The amount charged.
+    pub amount: i64,
+}
+
+impl ProviderPayment {
+    fn of(v: &Value) -> Option<Self> {
+        Some(ProviderPayment {
+            payment_key: v["paymentKey"].as_str()?.to_owned(),
+            order_id: v["orderId"].as_str()?.to_owned(),
+            status: v["status"].as_str()?.to_owned(),
+            amount: v["totalAmount"].as_i64().or_else(|| v["amount"].as_i64())?,
+        })
     }
 }
 
@@ -183,6 +255,9 @@ pub async fn prepare(
     if status != "held" || expires <= now_ms() {
         return Err(conflict("reservation_not_payable", "only a held, unexpired reservation can be paid"));
     }
+    if let Some(live) = live_order_of(&s, &p.reservation_id).await? {
+        return Err(live_conflict(&live));
+    }
     let discount = match &p.coupon_id {
         Some(c) => coupon_discount(&s, c, user.id, amount).await?,
         None => 0,
@@ -190,6 +265,30 @@ pub async fn prepare(
     let total = (amount - discount).max(0);
     let order = new_order_id();
     let now = now_ms();
+    let mut tx = s.db.pool.begin().await.context("starting an order")?;
+    // Taking the reservation's row first serialises the orders of one reservation.
+    let held = sqlx::query(
+        "UPDATE reservations SET updated_at = $1 WHERE id = $2 AND user_id = $3 AND status = 'held' AND expires_at > $1",
+    )
+    .bind(now)
+    .bind(&p.reservation_id)
+    .bind(user.id)
+    .execute(&mut *tx)
+    .await
+    .context("locking a reservation")?;
+    if held.rows_affected() == 0 {
+        return Err(conflict("reservation_not_payable", "only a held, unexpired reservation can be paid"));
+    }
+    // One open order per reservation: a new one supersedes those not yet confirmed.
+    sqlx::query(
+        "UPDATE payments SET status = 'failed', step = 'superseded', last_error = 'superseded by a newer order', updated_at = $1 \
+         WHERE reservation_id = $2 AND status = 'ready'",
+    )
+    .bind(now)
+    .bind(&p.reservation_id)
+    .execute(&mut *tx)
+    .await
+    .context("superseding older orders")?;
     sqlx::query(
         "INSERT INTO payments (order_id, reservation_id, user_id, amount, coupon_id, status, step, attempts, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, 'ready', 'prepared', 0, $6, $6)",
@@ -200,13 +299,36 @@ pub async fn prepare(
     .bind(total)
     .bind(&p.coupon_id)
     .bind(now)
-    .execute(&s.db.pool)
+    .execute(&mut *tx)
     .await
     .context("inserting an order")?;
+    tx.commit().await.context("committing an order")?;
     Ok(Json(
         json!({"order_id": order, "amount": total, "discount": discount, "reservation_id": p.reservation_id}),
     )
     .into_response())
+}
+
+/// The order of a reservation that is being confirmed, is paid, or is being compensated or
+/// refunded (at most one: `payments_one_live`).
+pub async fn live_order_of(s: &AppState, reservation_id: &str) -> Result<Option<Order>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM payments WHERE reservation_id = $1 \
+         AND (status IN ('confirming', 'paid') OR step = 'compensating')"
+    )))
+    .bind(reservation_id)
+    .fetch_optional(&s.db.pool)
+    .await
+    .context("loading a reservation's live order")?;
+    Ok(row.as_ref().map(order_of))
+}
+
+fn live_conflict(live: &Order) -> ApiError {
+    if live.status == "paid" {
+        conflict("already_paid", "this reservation is paid; cancel it for a refund")
+    } else {
+        conflict("payment_in_progress", "a payment for this reservation is being confirmed or undone")
+    }
 }
 
 async fn coupon_discount(s: &AppState, coupon: &str, user: i64, amount: i64) -> Result<i64> {
@@ -239,7 +361,7 @@ pub struct Confirm {
 
 /// The columns [`order_of`] reads.
 const ORDER_COLUMNS: &str =
-    "order_id, reservation_id, user_id, amount, coupon_id, status, step, payment_key, updated_at";
+    "order_id, reservation_id, user_id, amount, coupon_id, status, step, payment_key, attempt, updated_at";
 
 /// An order row.
 #[derive(Clone, Debug)]
@@ -252,6 +374,7 @@ pub struct Order {
     status: String,
     step: String,
     payment_key: Option<String>,
+    attempt: Option<i64>,
     updated_at: i64,
 }
 
@@ -265,6 +388,7 @@ fn order_of(r: &AnyRow) -> Order {
         status: r.get("status"),
         step: r.get("step"),
         payment_key: r.get("payment_key"),
+        attempt: r.get("attempt"),
         updated_at: r.get("updated_at"),
     }
 }
@@ -318,7 +442,12 @@ async fn confirm_inner(s: &AppState, user: &CurrentUser, raw: &[u8]) -> Result<(
         "paid" => return Ok(paid(&order)),
         "confirming" => return Err(conflict("payment_in_progress", "this order is being confirmed")),
         "ready" => {}
-        _ => return Err(conflict("order_closed", "this order failed or was refunded; prepare a new one")),
+        _ => {
+            return Err(conflict(
+                "order_closed",
+                "this order failed, was refunded or was superseded by a newer one; prepare a new one",
+            ));
+        }
     }
     if c.amount != order.amount {
         return Err(ApiError::client(
@@ -327,18 +456,31 @@ async fn confirm_inner(s: &AppState, user: &CurrentUser, raw: &[u8]) -> Result<(
             format!("the amount {} differs from the order's {}", c.amount, order.amount),
         ));
     }
+    // The claim: one order of a reservation at a time (`payments_one_live` refuses a second),
+    // numbered per reservation for the provider's idempotency key.
     let claimed = sqlx::query(
-        "UPDATE payments SET status = 'confirming', step = 'started', payment_key = $1, updated_at = $2 \
+        "UPDATE payments SET status = 'confirming', step = 'started', payment_key = $1, updated_at = $2, \
+         attempt = (SELECT COALESCE(MAX(p.attempt), 0) + 1 FROM payments p WHERE p.reservation_id = $4) \
          WHERE order_id = $3 AND status = 'ready'",
     )
     .bind(&c.payment_key)
     .bind(now_ms())
     .bind(&order.order_id)
+    .bind(&order.reservation_id)
     .execute(&s.db.pool)
-    .await
-    .context("starting a confirmation")?;
-    if claimed.rows_affected() == 0 {
-        return Err(conflict("payment_in_progress", "this order is being confirmed"));
+    .await;
+    match claimed {
+        Ok(r) if r.rows_affected() == 1 => {}
+        Ok(_) => return Err(conflict("payment_in_progress", "this order is being confirmed")),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            return Err(match live_order_of(s, &order.reservation_id).await? {
+                Some(live) => live_conflict(&live),
+                None => {
+                    conflict("payment_in_progress", "another order of this reservation is being confirmed")
+                }
+            });
+        }
+        Err(e) => return Err(e).context("starting a confirmation"),
     }
     let order = load_order(s, &order.order_id).await?.ok_or_else(|| crate::catalog::not_found("order"))?;
     saga::forward(s, order).await
@@ -379,24 +521,14 @@ pub async fn refund_order(s: &AppState, order: Order) -> Result<(StatusCode, Val
         }
         "refunded" => Ok(answer("refunded")),
         "paid" => {
-            let key = order.payment_key.clone().unwrap_or_default();
-            if order.amount > 0 {
-                s.provider.cancel(&key, &order.order_id, "cancelled by the buyer").await.map_err(|e| {
-                    ApiError::client(
-                        StatusCode::BAD_GATEWAY,
-                        "refund_failed",
-                        format!("the refund did not go through ({e}); retry"),
-                    )
-                })?;
-            }
-            saga::undo_local(s, &order, "refunded", "refunded").await?;
-            s.notifier
-                .publish(
-                    order.user_id,
-                    "payment.refunded",
-                    json!({"order_id": order.order_id, "amount": order.amount}),
-                )
-                .await;
+            // The intent first: a crash from here on is finished by the recovery loop.
+            sqlx::query("UPDATE payments SET step = 'refunding', updated_at = $1 WHERE order_id = $2 AND status = 'paid'")
+                .bind(now_ms())
+                .bind(&order.order_id)
+                .execute(&s.db.pool)
+                .await
+                .context("starting a refund")?;
+            saga::refund(s, &order, "cancelled by the buyer").await?;
             Ok(answer("refunded"))
         }
         _ => Err(conflict("not_refundable", format!("this order is {}", order.status))),
@@ -541,18 +673,24 @@ pub async fn recovery_loop(
 
 pub mod saga {
     //! The saga's steps and compensations, recorded on the order row (`step`), so any
-    //! instance can finish what another began.
+    //! instance can finish what another began. Steps: `started` → `coupon_used` → `charged`
+    //! → `done` (paid); on failure `compensating` → `compensated`; a paid order's refund
+    //! `refunding` → `refunded`. Compensations only ever touch an order that is not paid, and
+    //! its reservation only while it is held; the database refuses anything else (migration
+    //! `0008_integrity`).
 
     use super::*;
 
     async fn set_step(s: &AppState, order: &str, step: &str) -> Result<()> {
-        sqlx::query("UPDATE payments SET step = $1, updated_at = $2 WHERE order_id = $3")
-            .bind(step)
-            .bind(now_ms())
-            .bind(order)
-            .execute(&s.db.pool)
-            .await
-            .context("recording a saga step")?;
+        sqlx::query(
+            "UPDATE payments SET step = $1, updated_at = $2 WHERE order_id = $3 AND status = 'confirming'",
+        )
+        .bind(step)
+        .bind(now_ms())
+        .bind(order)
+        .execute(&s.db.pool)
+        .await
+        .context("recording a saga step")?;
         Ok(())
     }
 
@@ -573,6 +711,12 @@ pub mod saga {
         Ok(Reserved { schedule: r.get(0), status: r.get(1), expires_at: r.get(2), seats })
     }
 
+    /// The provider's idempotency key of an order's attempt: one per reservation attempt, so
+    /// that no retry of it, by this instance or another, is ever a second charge.
+    pub fn attempt_key(order: &Order) -> String {
+        format!("confirm-{}-{}", order.reservation_id, order.attempt.unwrap_or(0))
+    }
+
     /// Runs the remaining steps from `order.step`; on failure compensates and answers why.
     pub async fn forward(s: &AppState, order: Order) -> Result<(StatusCode, Value)> {
         let res = reservation(s, &order.reservation_id).await?;
@@ -585,54 +729,20 @@ pub mod saga {
                     "the reservation's hold expired; its seats were released",
                 ));
             }
-            if let Some(c) = &order.coupon_id {
-                let used = sqlx::query(
-                    "UPDATE coupons SET status = 'used', order_id = $1, used_at = $2 WHERE id = $3 AND user_id = $4 AND status = 'issued' \
-                     AND campaign_id IN (SELECT id FROM coupon_campaigns WHERE valid_until > $2)",
-                )
-                .bind(&order.order_id)
-                .bind(now_ms())
-                .bind(c)
-                .bind(order.user_id)
-                .execute(&s.db.pool)
-                .await
-                .context("using a coupon")?;
-                if used.rows_affected() == 0 {
-                    compensate(s, &order, false, "the coupon was used or expired").await?;
-                    return Err(conflict(
-                        "coupon_unavailable",
-                        "the coupon was used or expired; nothing was charged",
-                    ));
-                }
+            if let Some(c) = &order.coupon_id
+                && !use_coupon(s, &order, c).await?
+            {
+                compensate(s, &order, false, "the coupon was used or expired").await?;
+                return Err(conflict(
+                    "coupon_unavailable",
+                    "the coupon was used or expired; nothing was charged",
+                ));
             }
             set_step(s, &order.order_id, "coupon_used").await?;
             step = "coupon_used".into();
         }
         if step == "coupon_used" {
-            if order.amount > 0 {
-                let key = order.payment_key.clone().unwrap_or_default();
-                match s.provider.confirm(&key, &order.order_id, order.amount).await {
-                    Charge::Done => {}
-                    Charge::Rejected(why) => {
-                        compensate(s, &order, false, &why).await?;
-                        return Err(ApiError::client(
-                            StatusCode::PAYMENT_REQUIRED,
-                            "payment_rejected",
-                            format!("the provider refused: {why}"),
-                        ));
-                    }
-                    Charge::Unknown(why) => {
-                        compensate(s, &order, true, &why).await?;
-                        return Err(ApiError::client(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "payment_timeout",
-                            format!(
-                                "the provider did not confirm ({why}); any charge is refunded and the seats released"
-                            ),
-                        ));
-                    }
-                }
-            }
+            charge(s, &order).await?;
             set_step(s, &order.order_id, "charged").await?;
         }
         if let Err(lost) =
@@ -644,23 +754,22 @@ pub mod saga {
                 format!("seats {lost:?} were taken after the hold expired; the payment is refunded"),
             ));
         }
-        let now = now_ms();
-        let mut tx = s.db.pool.begin().await.context("starting the booking")?;
-        sqlx::query("UPDATE reservations SET status = 'paid', updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(&order.reservation_id)
-            .execute(&mut *tx)
-            .await
-            .context("marking a reservation paid")?;
-        sqlx::query(
-            "UPDATE payments SET status = 'paid', step = 'done', updated_at = $1, paid_at = $1 WHERE order_id = $2",
-        )
-        .bind(now)
-        .bind(&order.order_id)
-        .execute(&mut *tx)
-        .await
-        .context("marking an order paid")?;
-        tx.commit().await.context("committing the booking")?;
+        if !book(s, &order).await? {
+            if let Some(done) = load_order(s, &order.order_id).await?.filter(|o| o.status == "paid") {
+                return Ok(paid(&done));
+            }
+            compensate(
+                s,
+                &order,
+                true,
+                "the reservation was cancelled or expired before the payment completed",
+            )
+            .await?;
+            return Err(conflict(
+                "reservation_expired",
+                "the reservation was cancelled or expired before the payment completed; the payment is refunded",
+            ));
+        }
         s.metrics.payments_confirmed.inc();
         let answer = paid(&order);
         s.notifier.publish(order.user_id, "payment.paid", answer.1.clone()).await;
@@ -668,26 +777,110 @@ pub mod saga {
         Ok(answer)
     }
 
-    /// Undoes the steps done: refund (when asked or when the provider may have charged),
-    /// restore the coupon, release the seats. Leaves the order `compensating` if the refund
-    /// cannot be made now; [`recover`] retries it.
-    pub async fn compensate(s: &AppState, order: &Order, refund: bool, why: &str) -> Result<()> {
-        sqlx::query("UPDATE payments SET status = 'failed', step = 'compensating', last_error = $1, updated_at = $2 WHERE order_id = $3")
-            .bind(why)
-            .bind(now_ms())
-            .bind(&order.order_id)
-            .execute(&s.db.pool)
-            .await
-            .context("starting a compensation")?;
-        if refund && order.amount > 0 {
-            let key = order.payment_key.clone().unwrap_or_default();
-            if let Err(e) = s.provider.cancel(&key, &order.order_id, why).await {
-                tracing::warn!(order = %order.order_id, error = %e, "refund failed; the recovery loop retries it");
-                s.notifier.ops(format!("refund of order {} failed ({e}); retrying", order.order_id));
-                return Ok(());
+    async fn use_coupon(s: &AppState, order: &Order, coupon: &str) -> Result<bool> {
+        let used = sqlx::query(
+            "UPDATE coupons SET status = 'used', order_id = $1, used_at = $2 WHERE id = $3 AND user_id = $4 AND status = 'issued' \
+             AND campaign_id IN (SELECT id FROM coupon_campaigns WHERE valid_until > $2)",
+        )
+        .bind(&order.order_id)
+        .bind(now_ms())
+        .bind(coupon)
+        .bind(order.user_id)
+        .execute(&s.db.pool)
+        .await
+        .context("using a coupon")?;
+        Ok(used.rows_affected() == 1)
+    }
+
+    /// Asks the provider to charge; on a refusal or no answer, compensates and answers why.
+    async fn charge(s: &AppState, order: &Order) -> Result<()> {
+        if order.amount == 0 {
+            return Ok(());
+        }
+        let key = order.payment_key.clone().unwrap_or_default();
+        match s.provider.confirm(&key, &order.order_id, order.amount, &attempt_key(order)).await {
+            Charge::Done => Ok(()),
+            Charge::Rejected(why) => {
+                compensate(s, order, false, &why).await?;
+                Err(ApiError::client(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "payment_rejected",
+                    format!("the provider refused: {why}"),
+                ))
+            }
+            Charge::Unknown(why) => {
+                compensate(s, order, true, &why).await?;
+                Err(ApiError::client(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "payment_timeout",
+                    format!(
+                        "the provider did not confirm ({why}); any charge is refunded and the seats released"
+                    ),
+                ))
             }
         }
-        undo_local(s, order, "failed", "compensated").await?;
+    }
+
+    /// The reservation and the order paid, together; `false` when the reservation is no
+    /// longer held (cancelled or expired meanwhile), and then nothing changed.
+    async fn book(s: &AppState, order: &Order) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = s.db.pool.begin().await.context("starting the booking")?;
+        let booked = sqlx::query(
+            "UPDATE reservations SET status = 'paid', updated_at = $1 WHERE id = $2 AND status = 'held'",
+        )
+        .bind(now)
+        .bind(&order.reservation_id)
+        .execute(&mut *tx)
+        .await
+        .context("marking a reservation paid")?;
+        if booked.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let marked = sqlx::query(
+            "UPDATE payments SET status = 'paid', step = 'done', updated_at = $1, paid_at = $1 \
+             WHERE order_id = $2 AND status = 'confirming'",
+        )
+        .bind(now)
+        .bind(&order.order_id)
+        .execute(&mut *tx)
+        .await
+        .context("marking an order paid")?;
+        if marked.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit().await.context("committing the booking")?;
+        Ok(true)
+    }
+
+    /// Undoes the steps of an order that is not paid: refund (when asked or when the
+    /// provider may have charged), restore the coupon, release the seats of a reservation
+    /// still held. Leaves the order `compensating` if the refund cannot be made now;
+    /// [`recover`] retries it. A paid order is never compensated.
+    pub async fn compensate(s: &AppState, order: &Order, refund: bool, why: &str) -> Result<()> {
+        let started = sqlx::query(
+            "UPDATE payments SET status = 'failed', step = 'compensating', last_error = $1, updated_at = $2 \
+             WHERE order_id = $3 AND (status IN ('ready', 'confirming') OR step = 'compensating')",
+        )
+        .bind(why)
+        .bind(now_ms())
+        .bind(&order.order_id)
+        .execute(&s.db.pool)
+        .await
+        .context("starting a compensation")?;
+        if started.rows_affected() == 0 {
+            tracing::warn!(order = %order.order_id, reason = why, "not compensating an order that is paid or closed");
+            return Ok(());
+        }
+        if refund
+            && order.amount > 0
+            && let Err(e) = s.provider.refund(&order.order_id, why).await
+        {
+            tracing::warn!(order = %order.order_id, error = %e, "refund failed; the recovery loop retries it");
+            s.notifier.ops(format!("refund of order {} failed ({e}); retrying", order.order_id));
+            return Ok(());
+        }
+        undo_unpaid(s, order).await?;
         s.metrics.sagas_compensated.inc();
         tracing::info!(order = %order.order_id, reason = why, "saga compensated");
         s.notifier
@@ -701,41 +894,123 @@ pub mod saga {
         Ok(())
     }
 
-    /// Restores the coupon, releases the seats (held or sold) and closes the reservation and
-    /// the order; each part is idempotent.
-    pub async fn undo_local(s: &AppState, order: &Order, status: &str, step: &str) -> Result<()> {
-        let res = reservation(s, &order.reservation_id).await?;
-        s.holds.free(res.schedule, &res.seats, &order.reservation_id).await.context("releasing seats")?;
+    /// Restores the coupon and, if the reservation is still held, cancels it and frees its
+    /// seats; closes the order. Never touches a paid reservation or its sold seats.
+    async fn undo_unpaid(s: &AppState, order: &Order) -> Result<()> {
         let now = now_ms();
         let mut tx = s.db.pool.begin().await.context("starting an undo")?;
-        if let Some(c) = &order.coupon_id {
-            sqlx::query("UPDATE coupons SET status = 'issued', order_id = NULL, used_at = NULL WHERE id = $1 AND order_id = $2")
-                .bind(c)
-                .bind(&order.order_id)
-                .execute(&mut *tx)
-                .await
-                .context("restoring a coupon")?;
-        }
-        sqlx::query("UPDATE reservations SET status = 'cancelled', updated_at = $1 WHERE id = $2 AND status IN ('held', 'paid')")
-            .bind(now)
-            .bind(&order.reservation_id)
-            .execute(&mut *tx)
-            .await
-            .context("cancelling a reservation")?;
-        sqlx::query("UPDATE reservation_seats SET active = 0 WHERE reservation_id = $1")
-            .bind(&order.reservation_id)
-            .execute(&mut *tx)
-            .await
-            .context("freeing reserved seats")?;
-        sqlx::query("UPDATE payments SET status = $1, step = $2, updated_at = $3 WHERE order_id = $4")
-            .bind(status)
-            .bind(step)
+        restore_coupon(&mut tx, order).await?;
+        let cancelled = sqlx::query(
+            "UPDATE reservations SET status = 'cancelled', updated_at = $1 WHERE id = $2 AND status = 'held'",
+        )
+        .bind(now)
+        .bind(&order.reservation_id)
+        .execute(&mut *tx)
+        .await
+        .context("cancelling a reservation")?;
+        sqlx::query(
+            "UPDATE reservation_seats SET active = 0 WHERE reservation_id = $1 AND active = 1 \
+             AND (SELECT status FROM reservations WHERE id = $1) IN ('cancelled', 'expired')",
+        )
+        .bind(&order.reservation_id)
+        .execute(&mut *tx)
+        .await
+        .context("freeing reserved seats")?;
+        sqlx::query("UPDATE payments SET step = 'compensated', updated_at = $1 WHERE order_id = $2 AND status = 'failed'")
             .bind(now)
             .bind(&order.order_id)
             .execute(&mut *tx)
             .await
             .context("closing an order")?;
-        tx.commit().await.context("committing an undo")
+        tx.commit().await.context("committing an undo")?;
+        let res = reservation(s, &order.reservation_id).await?;
+        if cancelled.rows_affected() == 1 || res.status != "paid" {
+            s.holds.free(res.schedule, &res.seats, &order.reservation_id).await.context("releasing seats")?;
+        }
+        Ok(())
+    }
+
+    async fn restore_coupon(tx: &mut sqlx::Transaction<'_, sqlx::Any>, order: &Order) -> Result<()> {
+        if let Some(c) = &order.coupon_id {
+            sqlx::query("UPDATE coupons SET status = 'issued', order_id = NULL, used_at = NULL WHERE id = $1 AND order_id = $2")
+                .bind(c)
+                .bind(&order.order_id)
+                .execute(&mut **tx)
+                .await
+                .context("restoring a coupon")?;
+        }
+        Ok(())
+    }
+
+    /// Refunds a paid order whose step is `refunding`: the provider's refund, then in one
+    /// transaction its tickets revoked, the order refunded, the coupon back, the reservation
+    /// cancelled and its seats freed; only then the seats go back on sale. A refund the
+    /// provider refuses now leaves the order `refunding` for [`recover`] (`502 refund_failed`).
+    pub async fn refund(s: &AppState, order: &Order, why: &str) -> Result<()> {
+        if order.amount > 0 {
+            s.provider.refund(&order.order_id, why).await.map_err(|e| {
+                ApiError::client(
+                    StatusCode::BAD_GATEWAY,
+                    "refund_failed",
+                    format!("the refund did not go through yet ({e}); it is retried"),
+                )
+            })?;
+        }
+        let now = now_ms();
+        let mut tx = s.db.pool.begin().await.context("starting a refund")?;
+        // The order's row first: ticket issuing takes it first too, so the two serialise.
+        let locked =
+            sqlx::query("UPDATE payments SET updated_at = $1 WHERE order_id = $2 AND status = 'paid'")
+                .bind(now)
+                .bind(&order.order_id)
+                .execute(&mut *tx)
+                .await
+                .context("locking an order")?;
+        if locked.rows_affected() == 0 {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE tickets SET status = 'revoked', revoked_at = $1 WHERE order_id = $2 AND status = 'valid'",
+        )
+        .bind(now)
+        .bind(&order.order_id)
+        .execute(&mut *tx)
+        .await
+        .context("revoking tickets")?;
+        sqlx::query(
+            "UPDATE payments SET status = 'refunded', step = 'refunded', updated_at = $1 WHERE order_id = $2",
+        )
+        .bind(now)
+        .bind(&order.order_id)
+        .execute(&mut *tx)
+        .await
+        .context("marking an order refunded")?;
+        restore_coupon(&mut tx, order).await?;
+        sqlx::query(
+            "UPDATE reservations SET status = 'cancelled', updated_at = $1 WHERE id = $2 AND status = 'paid'",
+        )
+        .bind(now)
+        .bind(&order.reservation_id)
+        .execute(&mut *tx)
+        .await
+        .context("cancelling a refunded reservation")?;
+        sqlx::query("UPDATE reservation_seats SET active = 0 WHERE reservation_id = $1")
+            .bind(&order.reservation_id)
+            .execute(&mut *tx)
+            .await
+            .context("freeing refunded seats")?;
+        tx.commit().await.context("committing a refund")?;
+        let res = reservation(s, &order.reservation_id).await?;
+        s.holds.free(res.schedule, &res.seats, &order.reservation_id).await.context("releasing seats")?;
+        s.metrics.payments_refunded.inc();
+        s.notifier
+            .publish(
+                order.user_id,
+                "payment.refunded",
+                json!({"order_id": order.order_id, "amount": order.amount}),
+            )
+            .await;
+        Ok(())
     }
 
     /// One recovery round; see [`recovery_loop`].
@@ -743,7 +1018,8 @@ pub mod saga {
         let cutoff = now_ms() - stale.as_millis() as i64;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ORDER_COLUMNS} FROM payments \
-             WHERE (status = 'confirming' AND updated_at < $1) OR step = 'compensating' ORDER BY updated_at LIMIT 100"
+             WHERE ((status = 'confirming' OR step = 'refunding') AND updated_at < $1) OR step = 'compensating' \
+             ORDER BY updated_at LIMIT 100"
         )))
         .bind(cutoff)
         .fetch_all(&s.db.pool)
@@ -762,26 +1038,34 @@ pub mod saga {
             if claimed.rows_affected() == 0 {
                 continue;
             }
-            let charged = match s.provider.charged(&order.order_id).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(order = %order.order_id, error = %e, "provider lookup failed; retrying later");
-                    continue;
-                }
-            };
-            tracing::info!(order = %order.order_id, step = %order.step, charged, "finishing a saga left mid-way");
-            let result = if order.step == "compensating" {
-                compensate(s, &order, charged, "retrying the compensation").await
-            } else if charged || order.step == "charged" {
-                let order = Order { step: "charged".into(), ..order };
-                forward(s, order).await.map(|_| ())
-            } else {
-                compensate(s, &order, false, "the process stopped before the provider charged").await
-            };
-            if let Err(e) = result {
-                tracing::info!(error = %e, "saga finished with a failure (compensated)");
+            if let Err(e) = finish(s, order).await {
+                tracing::info!(error = %e, "an unfinished saga ended with a failure (compensated or retried)");
             }
         }
         Ok(())
+    }
+
+    /// Finishes one order left mid-way: a refund is redone; a confirmation goes forward if
+    /// the provider charged the order, back otherwise.
+    async fn finish(s: &AppState, order: Order) -> Result<()> {
+        if order.step == "refunding" {
+            return refund(s, &order, "finishing a refund").await;
+        }
+        let charged = s.provider.charged(&order.order_id).await.map_err(|e| {
+            ApiError::client(
+                StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
+                format!("provider lookup failed: {e}"),
+            )
+        })?;
+        tracing::info!(order = %order.order_id, step = %order.step, charged, "finishing a saga left mid-way");
+        if order.step == "compensating" {
+            compensate(s, &order, true, "retrying the compensation").await
+        } else if charged {
+            forward(s, Order { step: "charged".into(), ..order }).await.map(|_| ())
+        } else {
+            // Not charged (or charged too late to see: reconciliation refunds that).
+            compensate(s, &order, true, "the process stopped before the provider charged").await
+        }
     }
 }

@@ -43,4 +43,6 @@ pub struct App {
     pub layouts: crate::catalog::Layouts,
     /// How long a hold lasts, ms.
     pub hold_ttl_ms: i64,
+    /// Reconciliation spares orders younger than this (their saga may still be running).
+    pub reconcile_grace: std::time::Duration,
 }

@@ -1,5 +1,8 @@
 //! Tickets, issued asynchronously after payment, at least once and idempotently.
 //!
+//! A ticket is `valid` until its order is refunded, then `revoked`; the database keeps one
+//! valid ticket per seat and issues none for an order that is not paid.
+//!
 //! A paid order is queued (a Redis Stream `tb:tickets` read by consumer group `issuers` on
 //! every instance; an in-process channel without Redis). Issuing inserts one ticket per seat
 //! with `UNIQUE (reservation_id, seat_id)`, so a repeat changes nothing; the stream entry is
@@ -95,22 +98,30 @@ impl Queue {
     }
 }
 
-/// Issues the tickets of a paid order; returns how many were new.
+/// Issues the tickets of a paid order; returns how many were new. The order's row is taken
+/// first, as a refund takes it, so a ticket is never issued beside a refund in flight; the
+/// database refuses a ticket for an order that is not paid (`integrity_ticket_paid`).
 pub async fn issue(s: &AppState, order_id: &str) -> Result<usize, ApiError> {
-    let Some(order) =
-        sqlx::query("SELECT reservation_id, user_id FROM payments WHERE order_id = $1 AND status = 'paid'")
+    let mut tx = s.db.pool.begin().await.context("starting to issue tickets")?;
+    let locked =
+        sqlx::query("UPDATE payments SET updated_at = updated_at WHERE order_id = $1 AND status = 'paid'")
             .bind(order_id)
-            .fetch_optional(&s.db.pool)
+            .execute(&mut *tx)
             .await
-            .context("loading a paid order")?
-    else {
+            .context("locking a paid order")?;
+    if locked.rows_affected() == 0 {
         return Ok(0);
-    };
+    }
+    let order = sqlx::query("SELECT reservation_id, user_id FROM payments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("loading a paid order")?;
     let (reservation, user): (String, i64) = (order.get(0), order.get(1));
     let seats: Vec<i64> =
         sqlx::query("SELECT seat_id FROM reservation_seats WHERE reservation_id = $1 ORDER BY seat_id")
             .bind(&reservation)
-            .fetch_all(&s.db.pool)
+            .fetch_all(&mut *tx)
             .await
             .context("loading seats to ticket")?
             .iter()
@@ -120,8 +131,8 @@ pub async fn issue(s: &AppState, order_id: &str) -> Result<usize, ApiError> {
     for seat in seats {
         let id = format!("t{:024x}", rand::random::<u128>() >> 32);
         let r = sqlx::query(
-            "INSERT INTO tickets (id, order_id, reservation_id, seat_id, user_id, issued_at) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (reservation_id, seat_id) DO NOTHING",
+            "INSERT INTO tickets (id, order_id, reservation_id, seat_id, user_id, issued_at, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'valid') ON CONFLICT (reservation_id, seat_id) DO NOTHING",
         )
         .bind(&id)
         .bind(order_id)
@@ -129,13 +140,14 @@ pub async fn issue(s: &AppState, order_id: &str) -> Result<usize, ApiError> {
         .bind(seat)
         .bind(user)
         .bind(now_ms())
-        .execute(&s.db.pool)
+        .execute(&mut *tx)
         .await
         .context("issuing a ticket")?;
         if r.rows_affected() == 1 {
             new.push(json!({"ticket_id": id, "seat_id": seat}));
         }
     }
+    tx.commit().await.context("committing tickets")?;
     if !new.is_empty() {
         s.metrics.tickets_issued.inc_by(new.len() as u64);
         s.notifier
@@ -280,10 +292,11 @@ async fn claim(s: &AppState, consumer: &str) {
     }
 }
 
-/// `GET /api/v1/me/tickets`: the caller's tickets, newest first.
+/// `GET /api/v1/me/tickets`: the caller's valid tickets, newest first (a refund revokes a
+/// ticket, and a revoked ticket is no longer the caller's).
 pub async fn mine(State(s): State<AppState>, user: CurrentUser) -> Result<Response, ApiError> {
     let rows = sqlx::query(
-        "SELECT id, order_id, reservation_id, seat_id, issued_at FROM tickets WHERE user_id = $1 ORDER BY issued_at DESC, id LIMIT 500",
+        "SELECT id, order_id, reservation_id, seat_id, issued_at FROM tickets WHERE user_id = $1 AND status = 'valid' ORDER BY issued_at DESC, id LIMIT 500",
     )
     .bind(user.id)
     .fetch_all(&s.db.pool)
@@ -293,7 +306,7 @@ pub async fn mine(State(s): State<AppState>, user: CurrentUser) -> Result<Respon
         .iter()
         .map(|r| {
             json!({"ticket_id": r.get::<String, _>(0), "order_id": r.get::<String, _>(1), "reservation_id": r.get::<String, _>(2),
-                "seat_id": r.get::<i64, _>(3), "issued_at": rfc3339(r.get(4))})
+                "seat_id": r.get::<i64, _>(3), "issued_at": rfc3339(r.get(4)), "status": "valid"})
         })
         .collect();
     Ok(Json(json!({ "items": items })).into_response())
