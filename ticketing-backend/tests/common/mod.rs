@@ -1,6 +1,8 @@
 //! Shared by the backend's test files: a fresh PostgreSQL database per test, SQLite files.
 #![allow(dead_code)]
 
+pub mod shop;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static N: AtomicU32 = AtomicU32::new(0);
