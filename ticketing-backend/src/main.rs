@@ -1,9 +1,11 @@
 //! The backend binary: load config, set up tracing, bind, run until SIGTERM/SIGINT.
 //!
 //! Subcommands:
-//! - `ticketing-backend jobs <expire-holds|expire-coupons|settle|cleanup-performances>
+//! - `ticketing-backend jobs <expire-holds|expire-coupons|settle|cleanup-performances|reconcile>
 //!   [--day YYYY-MM-DD]`: runs one batch job against the configured database and prints
-//!   its outcome (safe beside running instances: jobs take a lease).
+//!   its outcome (safe beside running instances: jobs take a lease). `reconcile` compares
+//!   the provider's ledger (`TB_PAYMENTS_BASE_URL`) with the database, refunds orphan
+//!   charges and prints every disagreement.
 //! - `ticketing-backend reindex [--url http://host:port]`: asks a running instance (default
 //!   `TB_LISTEN`) to rebuild its search index, signing in as `TB_ADMIN_EMAIL`.
 //! - `ticketing-backend seed-demo`: loads the demo catalog (the embedded default's) into the
@@ -79,6 +81,13 @@ async fn job(cfg: BackendConfig, args: &[String]) -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    if *name == "reconcile" && cfg.payments_base_url.is_none() {
+        eprintln!(
+            "ticketing-backend: reconcile reads the provider's ledger: set TB_PAYMENTS_BASE_URL (the built-in \
+             simulator's ledger lives inside the serving process, which reconciles it itself)"
+        );
+        return ExitCode::from(2);
+    }
     let day = match flag(args, "--day") {
         Some(d) => match time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]")) {
             Ok(date) => Some(date.midnight().assume_utc().unix_timestamp() * 1000),

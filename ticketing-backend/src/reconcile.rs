@@ -125,9 +125,10 @@ async fn orders(s: &AppState, ids: &[String]) -> Result<HashMap<String, Local>> 
 /// saga may still be finishing.
 pub async fn run(s: &AppState, grace_ms: i64) -> Result<Report> {
     let now = now_ms();
+    let from = (now - WINDOW_MS).max(s.reconcile_since_ms);
     let ledger = s
         .provider
-        .ledger(now - WINDOW_MS, now + 60_000)
+        .ledger(from, now + 60_000)
         .await
         .map_err(|e| ApiError::Internal { context: "reading the provider's ledger", source: e.into() })?;
     let ids: Vec<String> =
@@ -139,7 +140,7 @@ pub async fn run(s: &AppState, grace_ms: i64) -> Result<Report> {
             report.findings.push(f);
         }
     }
-    report.paid_orders = paid_without_charge(s, &ledger, now, grace_ms, &mut report.findings).await?;
+    report.paid_orders = paid_without_charge(s, &ledger, from, now - grace_ms, &mut report.findings).await?;
     revoke_stray_tickets(s, &mut report.findings).await?;
     publish(s, &report);
     Ok(report)
@@ -189,19 +190,21 @@ async fn compare(
     }
 }
 
-/// Paid orders of the window (past the grace) the provider has no payment for.
+/// Orders paid in `[from, until)` the provider has no payment for. (The ledger reaches a
+/// little further back than `from` for them: it is read from `from` too, and an order is
+/// paid after its charge.)
 async fn paid_without_charge(
     s: &AppState,
     ledger: &[ProviderPayment],
-    now: i64,
-    grace_ms: i64,
+    from: i64,
+    until: i64,
     findings: &mut Vec<Finding>,
 ) -> Result<usize> {
     let rows = sqlx::query(
         "SELECT order_id FROM payments WHERE status = 'paid' AND amount > 0 AND paid_at >= $1 AND paid_at < $2",
     )
-    .bind(now - WINDOW_MS + grace_ms)
-    .bind(now - grace_ms)
+    .bind(from + 60_000)
+    .bind(until)
     .fetch_all(&s.db.pool)
     .await
     .context("listing paid orders to reconcile")?;

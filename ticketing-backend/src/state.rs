@@ -45,4 +45,7 @@ pub struct App {
     pub hold_ttl_ms: i64,
     /// Reconciliation spares orders younger than this (their saga may still be running).
     pub reconcile_grace: std::time::Duration,
+    /// Reconciliation looks no further back than this (Unix ms): the start of the process
+    /// with the built-in simulator, whose ledger lives and dies with it.
+    pub reconcile_since_ms: i64,
 }
