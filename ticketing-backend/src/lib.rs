@@ -8,7 +8,9 @@
 //! # Layout
 //! - [`config`]: `TB_*` variables and the TOML file.
 //! - [`db`]: pool, dialects, migrations.
-//! - [`users`]: sign-up, login, user tokens, the `CurrentUser`/`AdminUser` extractors.
+//! - [`users`]: sign-up, login (limited per client), user tokens, the
+//!   `CurrentUser`/`AdminUser` extractors; [`client`]: the client's address (`ClientIp`)
+//!   behind trusted proxies.
 //! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views;
 //!   [`cache`]: list and detail cache; [`posters`]: poster uploads behind a storage trait;
 //!   [`search`]: tantivy search over concerts, performers and venues.
@@ -32,6 +34,7 @@ pub mod admission;
 pub mod booking;
 pub mod cache;
 pub mod catalog;
+pub mod client;
 pub mod config;
 pub mod coupons;
 pub mod db;
@@ -173,8 +176,9 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         layouts: catalog::Layouts::default(),
         coupons,
         hold_ttl_ms: i64::from(cfg.hold_ttl_s) * 1000,
+        trusted_proxies: cfg.trusted_proxies.clone(),
         db,
-        auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),
+        auth: Arc::new(Auth::new(&secret, users::Limits::from(cfg))),
         admission: Admission::new(
             verifier,
             cfg.gate_secret.as_deref().map(|s| GateSecret::new(s.as_bytes())),
@@ -326,7 +330,9 @@ pub async fn run(
     let instance = format!("tb-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let issuer = tokio::spawn(tickets::worker(state.clone(), instance.clone(), stop_tx.subscribe()));
     let scheduler = tokio::spawn(jobs::scheduler(state.clone(), instance, stop_tx.subscribe()));
-    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    // The peer's address feeds `client::ClientIp`.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), recovery).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), issuer).await;

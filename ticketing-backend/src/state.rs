@@ -43,4 +43,6 @@ pub struct App {
     pub layouts: crate::catalog::Layouts,
     /// How long a hold lasts, ms.
     pub hold_ttl_ms: i64,
+    /// Proxies whose `X-Forwarded-For` names the client ([`crate::client::ClientIp`]).
+    pub trusted_proxies: Vec<crate::client::Cidr>,
 }

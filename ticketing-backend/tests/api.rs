@@ -128,7 +128,8 @@ async fn users_and_auth(url: String) {
     let admin = json!({"email": "admin@example.com", "password": "admin-password-123"}).to_string();
     let (s, v) = api.call("POST", "/api/v1/auth/login", Some(&admin), None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    // Login attempts are rate limited per email (5 a minute here; 3 used above for buyer).
+    // Login attempts are rate limited per address and email (5 a minute here; 3 used above
+    // for buyer from this one address).
     let mut codes = Vec::new();
     for _ in 0..4 {
         codes.push(api.call("POST", "/api/v1/auth/login", Some(&wrong), None).await.0.as_u16());

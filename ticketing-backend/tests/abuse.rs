@@ -1,0 +1,227 @@
+//! Abuse limits over real sockets, each with the honest buyer it must not hurt: logins per
+//! address and per (address, email) (an attacker elsewhere cannot lock the owner out), the
+//! same work for unknown emails, sign-ups per address. Clients are told apart by
+//! `X-Forwarded-For` from a loopback peer, which the default `trusted_proxies` believes, as
+//! the gateway's requests are.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use futures_util::future::join_all;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use ticketing_backend::config::BackendConfig;
+
+const JWT: &str = "abuse-test-jwt-secret-0123456789abcdef";
+const OWNER_IP: &str = "198.51.100.7";
+const ATTACKER_IP: &str = "203.0.113.66";
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_owned()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// A backend on a real socket (in process), SQLite with the demo catalog under a fresh dir.
+struct Backend {
+    addr: SocketAddr,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Backend {
+    async fn start(tweak: impl FnOnce(&mut BackendConfig)) -> Backend {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tb-abuse-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let mut cfg =
+            BackendConfig { data_dir: dir, jwt_secret: Some(JWT.into()), ..BackendConfig::default() };
+        tweak(&mut cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(ticketing_backend::run(listener, cfg, std::future::pending()));
+        Backend { addr, client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    /// One exchange as the client at `ip` (`None`: no `X-Forwarded-For`).
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        ip: Option<&str>,
+        token: Option<&str>,
+    ) -> Reply {
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/json");
+        if let Some(ip) = ip {
+            req = req.header("x-forwarded-for", ip);
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()))).unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        Reply { status, headers, body: resp.into_body().collect().await.unwrap().to_bytes() }
+    }
+
+    async fn login(&self, email: &str, password: &str, ip: &str) -> Reply {
+        self.call(
+            "POST",
+            "/api/v1/auth/login",
+            Some(json!({"email": email, "password": password})),
+            Some(ip),
+            None,
+        )
+        .await
+    }
+
+    async fn signup(&self, email: &str, password: &str, ip: &str) -> Reply {
+        let body = json!({"email": email, "password": password, "name": "Buyer"});
+        self.call("POST", "/api/v1/auth/signup", Some(body), Some(ip), None).await
+    }
+}
+
+fn statuses(replies: &[Reply]) -> (usize, usize) {
+    let n = |s: StatusCode| replies.iter().filter(|r| r.status == s).count();
+    (n(StatusCode::UNAUTHORIZED), n(StatusCode::TOO_MANY_REQUESTS))
+}
+
+fn assert_rate_limited(r: &Reply, max_wait_s: u64) {
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        "{}",
+        r.text()
+    );
+    let wait: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=max_wait_s).contains(&wait), "Retry-After {wait}");
+}
+
+#[tokio::test]
+async fn an_attacker_elsewhere_cannot_lock_the_owner_out() {
+    let b = Backend::start(|_| {}).await;
+    let (email, password) = ("owner@example.com", "owner password 1");
+    assert_eq!(b.signup(email, password, OWNER_IP).await.status, StatusCode::CREATED);
+    // 12 guesses at once from one address: the (address, email) limit lets 10 through.
+    let guesses = join_all((0..12).map(|_| b.login(email, "a wrong guess", ATTACKER_IP))).await;
+    assert_eq!(statuses(&guesses), (10, 2));
+    for r in guesses.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS) {
+        assert_rate_limited(r, 60);
+    }
+    // Refused before the password is looked at, right or wrong.
+    assert_rate_limited(&b.login(email, password, ATTACKER_IP).await, 60);
+    // The owner, from their own address, is not locked out.
+    let owner = b.login(email, password, OWNER_IP).await;
+    assert_eq!(owner.status, StatusCode::OK, "{}", owner.text());
+    assert!(owner.json()["token"].is_string());
+}
+
+#[tokio::test]
+async fn one_address_gets_30_logins_a_minute_across_emails() {
+    let b = Backend::start(|_| {}).await;
+    assert_eq!(b.signup("owner@example.com", "owner password 1", OWNER_IP).await.status, StatusCode::CREATED);
+    let emails: Vec<String> = (0..35).map(|i| format!("guess{i}@example.com")).collect();
+    let tries = join_all(emails.iter().map(|e| b.login(e, "whatever1", ATTACKER_IP))).await;
+    assert_eq!(statuses(&tries), (30, 5), "the default login_per_ip_per_minute is 30");
+    let owner = b.login("owner@example.com", "owner password 1", OWNER_IP).await;
+    assert_eq!(owner.status, StatusCode::OK, "{}", owner.text());
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_cannot_pick_its_address() {
+    // Nobody is trusted: every request is its TCP peer, whatever it forwards.
+    let b = Backend::start(|c| {
+        c.trusted_proxies = Vec::new();
+        c.login_per_minute = 2;
+    })
+    .await;
+    let mut codes = Vec::new();
+    for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        codes.push(b.login("someone@example.com", "whatever1", ip).await.status.as_u16());
+    }
+    assert_eq!(codes, [401, 401, 429]);
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test]
+async fn unknown_emails_cost_what_known_ones_do() {
+    let b = Backend::start(|c| {
+        c.login_per_minute = 1_000;
+        c.login_per_ip_per_minute = 1_000;
+    })
+    .await;
+    assert_eq!(b.signup("known@example.com", "known password", OWNER_IP).await.status, StatusCode::CREATED);
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    // Alternating, so whatever else the machine does weighs on both alike.
+    for i in 0..16 {
+        let started = Instant::now();
+        let k = b.login("known@example.com", "wrong password", ATTACKER_IP).await;
+        let tk = started.elapsed();
+        let started = Instant::now();
+        let u = b.login(&format!("nobody{i}@example.com"), "wrong password", ATTACKER_IP).await;
+        let tu = started.elapsed();
+        assert_eq!((k.status, k.json()), (u.status, u.json()), "the same answer");
+        assert_eq!(k.status, StatusCode::UNAUTHORIZED);
+        // The first round makes the dummy hash; it is not a login's cost.
+        if i > 0 {
+            known.push(tk);
+            unknown.push(tu);
+        }
+    }
+    let (k, u) = (median(known), median(unknown));
+    let ratio = u.as_secs_f64() / k.as_secs_f64();
+    println!("median login: known email {k:?}, unknown email {u:?}, ratio {ratio:.2}");
+    // Skipping argon2 for unknown emails made them ~40 times faster.
+    assert!((0.5..2.0).contains(&ratio), "known {k:?} vs unknown {u:?}");
+}
+
+#[tokio::test]
+async fn signups_are_limited_per_address() {
+    assert_eq!(BackendConfig::default().signup_per_ip_per_hour, 20);
+    let b = Backend::start(|c| c.signup_per_ip_per_hour = 3).await;
+    let emails: Vec<String> = (0..5).map(|i| format!("farm{i}@example.com")).collect();
+    let tries = join_all(emails.iter().map(|e| b.signup(e, "farm password", ATTACKER_IP))).await;
+    let created = tries.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    assert_eq!(created, 3);
+    for r in tries.iter().filter(|r| r.status != StatusCode::CREATED) {
+        // 3 an hour: the next one in 20 minutes at most.
+        assert_rate_limited(r, 1_200);
+    }
+    // Another address signs up at once.
+    let honest = b.signup("honest@example.com", "honest password", OWNER_IP).await;
+    assert_eq!(honest.status, StatusCode::CREATED, "{}", honest.text());
+    assert!(honest.json()["token"].is_string());
+}
