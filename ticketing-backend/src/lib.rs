@@ -157,7 +157,8 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
     );
     let notifier = notify::Notifier::new(cfg.redis_url.as_deref(), cfg.ops_webhook_url.clone())
         .await
-        .map_err(|e| StartError::Other(format!("redis: {e}")))?;
+        .map_err(|e| StartError::Other(format!("redis: {e}")))?
+        .with_streams_per_user(cfg.notify_streams_per_user);
     let tickets = match &cfg.redis_url {
         Some(url) => {
             tickets::Queue::redis(url).await.map_err(|e| StartError::Other(format!("redis: {e}")))?

@@ -1,8 +1,8 @@
 //! Abuse limits over real sockets, each with the honest buyer it must not hurt: logins per
 //! address and per (address, email) (an attacker elsewhere cannot lock the owner out), the
-//! same work for unknown emails, sign-ups per address. Clients are told apart by
-//! `X-Forwarded-For` from a loopback peer, which the default `trusted_proxies` believes, as
-//! the gateway's requests are.
+//! same work for unknown emails, sign-ups per address, notification streams per user.
+//! Clients are told apart by `X-Forwarded-For` from a loopback peer, which the default
+//! `trusted_proxies` believes, as the gateway's requests are.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use ticketing_backend::config::BackendConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const JWT: &str = "abuse-test-jwt-secret-0123456789abcdef";
 const OWNER_IP: &str = "198.51.100.7";
@@ -224,4 +226,69 @@ async fn signups_are_limited_per_address() {
     let honest = b.signup("honest@example.com", "honest password", OWNER_IP).await;
     assert_eq!(honest.status, StatusCode::CREATED, "{}", honest.text());
     assert!(honest.json()["token"].is_string());
+}
+
+/// Opens a notification stream over a raw socket: the socket once `ready` arrived, or the
+/// refusal's status and body.
+async fn open_stream(addr: SocketAddr, token: &str) -> Result<TcpStream, (u16, String)> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /api/v1/me/notifications/stream HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.starts_with("HTTP/1.1 200") && text.contains("event: ready") {
+            return Ok(s);
+        }
+        if !text.starts_with("HTTP/1.1 200") && text.contains("\"}}") {
+            return Err((text[9..12].parse().unwrap(), text));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut buf)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed early: {text}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn notification_streams_are_capped_per_user() {
+    let b = Backend::start(|_| {}).await;
+    let ann = b.signup("ann@example.com", "ann password", OWNER_IP).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob = b.signup("bob@example.com", "bob password", OWNER_IP).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 8 at once: the default cap of 5 holds under a race.
+    let opened = join_all((0..8).map(|_| open_stream(b.addr, &ann))).await;
+    let (mut open, refused): (Vec<_>, Vec<_>) = opened.into_iter().partition(Result::is_ok);
+    assert_eq!((open.len(), refused.len()), (5, 3));
+    for r in refused {
+        let (status, text) = r.unwrap_err();
+        assert_eq!(status, 429);
+        assert!(text.contains("too_many_streams"), "{text}");
+    }
+    // Another user is not affected.
+    let _bob_stream = open_stream(b.addr, &bob).await.expect("bob's stream");
+    // A client that goes away frees its slot.
+    drop(open.pop());
+    let started = Instant::now();
+    let again = loop {
+        match open_stream(b.addr, &ann).await {
+            Ok(s) => break s,
+            Err((429, _)) if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the slot was not freed: {e:?}"),
+        }
+    };
+    assert_eq!(open_stream(b.addr, &ann).await.unwrap_err().0, 429, "full again");
+    drop(again);
+    drop(open);
 }
