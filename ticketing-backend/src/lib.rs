@@ -11,7 +11,8 @@
 //! - [`users`]: sign-up, login (limited per client), user tokens, the
 //!   `CurrentUser`/`AdminUser` extractors; [`client`]: the client's address (`ClientIp`)
 //!   behind trusted proxies.
-//! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views;
+//! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views,
+//!   once per client per window;
 //!   [`cache`]: list and detail cache; [`posters`]: poster uploads behind a storage trait;
 //!   [`search`]: tantivy search over concerts, performers and venues.
 //! - [`admission`]: admission-token checks for routes the gateway protects, replay markers.
@@ -121,14 +122,14 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         Some(url) => {
             let redis_err = |e: redis::RedisError| StartError::Other(format!("redis: {e}"));
             (
-                ranking::Views::redis(url).await.map_err(redis_err)?,
+                ranking::Views::redis(url).await.map_err(redis_err)?.with_window(cfg.view_dedup_window_s),
                 cache::Cache::redis(url).await.map_err(redis_err)?,
                 holds::Holds::redis(url).await.map_err(redis_err)?,
                 coupons::Issuer::redis(url).await.map_err(redis_err)?,
             )
         }
         None => (
-            ranking::Views::memory(),
+            ranking::Views::memory().with_window(cfg.view_dedup_window_s),
             cache::Cache::memory(),
             holds::Holds::memory_from(&db)
                 .await

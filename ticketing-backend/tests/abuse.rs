@@ -1,8 +1,9 @@
 //! Abuse limits over real sockets, each with the honest buyer it must not hurt: logins per
 //! address and per (address, email) (an attacker elsewhere cannot lock the owner out), the
-//! same work for unknown emails, sign-ups per address, notification streams per user.
-//! Clients are told apart by `X-Forwarded-For` from a loopback peer, which the default
-//! `trusted_proxies` believes, as the gateway's requests are.
+//! same work for unknown emails, sign-ups per address, notification streams per user,
+//! ranking views once per client (in process and on a real Redis). Clients are told apart
+//! by `X-Forwarded-For` from a loopback peer, which the default `trusted_proxies` believes,
+//! as the gateway's requests are.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,6 +15,7 @@ use futures_util::future::join_all;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use queue_core::testkit::RedisServer;
 use serde_json::{Value, json};
 use ticketing_backend::config::BackendConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,6 +111,12 @@ impl Backend {
     async fn signup(&self, email: &str, password: &str, ip: &str) -> Reply {
         let body = json!({"email": email, "password": password, "name": "Buyer"});
         self.call("POST", "/api/v1/auth/signup", Some(body), Some(ip), None).await
+    }
+
+    async fn first_concert(&self) -> i64 {
+        self.call("GET", "/api/v1/concerts", None, None, None).await.json()["items"][0]["id"]
+            .as_i64()
+            .unwrap()
     }
 }
 
@@ -291,4 +299,53 @@ async fn notification_streams_are_capped_per_user() {
     assert_eq!(open_stream(b.addr, &ann).await.unwrap_err().0, 429, "full again");
     drop(again);
     drop(open);
+}
+
+/// 50 anonymous reads from one address count one view; 3 more addresses 3 more; a
+/// signed-in user once wherever from. Read back from the ranking endpoint.
+async fn views_count_once_per_client(redis: Option<&RedisServer>) {
+    let b = Backend::start(|c| c.redis_url = redis.map(RedisServer::url)).await;
+    let id = b.first_concert().await;
+    let path = format!("/api/v1/concerts/{id}");
+    let views = || async {
+        let ranking = b.call("GET", "/api/v1/rankings/concerts", None, None, None).await.json();
+        let items = ranking.as_array().unwrap().clone();
+        assert!(items.iter().all(|c| c["id"] == id), "only this concert was viewed: {ranking}");
+        items.first().map_or(0, |c| c["views"].as_u64().unwrap())
+    };
+    let reads = join_all((0..50).map(|_| b.call("GET", &path, None, Some("203.0.113.10"), None))).await;
+    assert!(reads.iter().all(|r| r.status == StatusCode::OK));
+    assert_eq!(views().await, 1);
+    for ip in ["203.0.113.11", "203.0.113.12", "2001:db8::1"] {
+        join_all((0..5).map(|_| b.call("GET", &path, None, Some(ip), None))).await;
+    }
+    assert_eq!(views().await, 4);
+    // The same /64 is the same client.
+    b.call("GET", &path, None, Some("2001:db8::ffff:2"), None).await;
+    assert_eq!(views().await, 4);
+    let token = b.signup("reader@example.com", "reader password", OWNER_IP).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for ip in ["203.0.113.10", "192.0.2.200"] {
+        join_all((0..5).map(|_| b.call("GET", &path, None, Some(ip), Some(&token)))).await;
+    }
+    assert_eq!(views().await, 5);
+    if let Some(r) = redis {
+        // One marker per client, expiring with the window.
+        let ttl = r.command(&format!("TTL tb:viewed:{id}:a203.0.113.10")).unwrap();
+        let ttl: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+        assert!((590..=600).contains(&ttl), "{ttl}");
+    }
+}
+
+#[tokio::test]
+async fn views_count_once_per_client_in_process() {
+    views_count_once_per_client(None).await;
+}
+
+#[tokio::test]
+async fn views_count_once_per_client_on_redis() {
+    let redis = RedisServer::start();
+    views_count_once_per_client(Some(&redis)).await;
 }
