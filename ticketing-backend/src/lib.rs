@@ -24,7 +24,7 @@
 //! - [`notify`]: per-user SSE notifications (Redis pub/sub fan-out) and the ops webhook.
 //! - [`tickets`]: tickets issued after payment from a queue (Redis Stream or in process).
 //! - [`storefront`]: the storefront (`/`, `/concerts/{id}`, `/me`) and the booking pages
-//!   behind the waiting room (`/book/`).
+//!   behind the waiting room (`/book/`), their scripts and stylesheet (`/assets/`), a strict CSP.
 //! - [`jobs`]: batch jobs (hold and coupon expiry, settlement, cleanup) with leases.
 //! - [`seed`]: demo data for the embedded default.
 //! - `testkit` (feature `testkit`): bulk rows for tests and benches.
@@ -225,6 +225,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me/reservations", get(booking::mine))
         .route("/book/", get(storefront::index))
         .route("/book/{schedule}", get(storefront::seats))
+        .route("/assets/{name}", get(storefront::asset))
         .route("/admin/v1/search/reindex", post(reindex))
         .route("/admin/v1/venues", post(catalog::create_venue))
         .route("/admin/v1/performers", post(catalog::create_performer))

@@ -1,9 +1,9 @@
 //! Abuse limits over real sockets, each with the honest buyer it must not hurt: logins per
 //! address and per (address, email) (an attacker elsewhere cannot lock the owner out), the
 //! same work for unknown emails, sign-ups per address, notification streams per user,
-//! ranking views once per client (in process and on a real Redis). Clients are told apart
-//! by `X-Forwarded-For` from a loopback peer, which the default `trusted_proxies` believes,
-//! as the gateway's requests are.
+//! ranking views once per client (in process and on a real Redis), and the storefront's
+//! security headers. Clients are told apart by `X-Forwarded-For` from a loopback peer,
+//! which the default `trusted_proxies` believes, as the gateway's requests are.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -348,4 +348,78 @@ async fn views_count_once_per_client_in_process() {
 async fn views_count_once_per_client_on_redis() {
     let redis = RedisServer::start();
     views_count_once_per_client(Some(&redis)).await;
+}
+
+/// The opening tags `tag…>` in `html`, without their `>`.
+fn tags<'a>(html: &'a str, tag: &str) -> Vec<&'a str> {
+    html.match_indices(tag).map(|(i, _)| &html[i..i + html[i..].find('>').unwrap()]).collect()
+}
+
+/// The value of ` name="…"` in an opening tag.
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    Some(&tag[start..start + tag[start..].find('"')?])
+}
+
+#[tokio::test]
+async fn storefront_pages_carry_a_strict_policy_and_still_load_their_code() {
+    let b = Backend::start(|_| {}).await;
+    let id = b.first_concert().await;
+    let schedules = b.call("GET", &format!("/api/v1/concerts/{id}/schedules"), None, None, None).await.json();
+    let round = schedules[0]["id"].as_i64().unwrap();
+    let pages =
+        ["/".to_owned(), format!("/concerts/{id}"), "/me".into(), "/book/".into(), format!("/book/{round}")];
+    let mut assets = Vec::new();
+    for page in &pages {
+        let r = b.call("GET", page, None, None, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{page}");
+        let csp = r.header("content-security-policy");
+        for part in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(part), "{page}: {part} missing from {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{page}: {csp}");
+        assert_eq!(r.header("x-frame-options"), "DENY", "{page}");
+        assert_eq!(r.header("x-content-type-options"), "nosniff", "{page}");
+        assert_eq!(r.header("referrer-policy"), "same-origin", "{page}");
+        // What the policy would block is not on the page: inline code, inline styles.
+        let html = r.text();
+        for script in tags(&html, "<script") {
+            match attr(script, "src") {
+                Some(src) => assets.push(src.to_owned()),
+                None => assert_eq!(
+                    attr(script, "type"),
+                    Some("application/json"),
+                    "{page}: inline script {script}"
+                ),
+            }
+        }
+        assert!(!html.contains("<style") && !html.contains(" style="), "{page}: inline style");
+        assert!(
+            !html.contains(" onclick=") && !html.contains(" onload=") && !html.contains("javascript:"),
+            "{page}"
+        );
+        for link in tags(&html, "<link") {
+            assets.push(attr(link, "href").unwrap().to_owned());
+        }
+    }
+    assets.sort();
+    assets.dedup();
+    assert_eq!(assets, ["/assets/checkout.js", "/assets/common.js", "/assets/me.js", "/assets/site.css"]);
+    // Each is served from this origin, as the type the page uses it as.
+    for a in &assets {
+        let r = b.call("GET", a, None, None, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{a}");
+        let want = if a.ends_with(".js") { "text/javascript" } else { "text/css" };
+        assert!(r.header("content-type").starts_with(want), "{a}: {}", r.header("content-type"));
+        assert_eq!(r.header("x-content-type-options"), "nosniff");
+        assert!(r.body.len() > 100, "{a}");
+    }
+    assert_eq!(b.call("GET", "/assets/../lib.rs", None, None, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(b.call("GET", "/assets/nope.js", None, None, None).await.status, StatusCode::NOT_FOUND);
 }
