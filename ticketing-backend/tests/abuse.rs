@@ -161,7 +161,10 @@ async fn one_address_gets_30_logins_a_minute_across_emails() {
     assert_eq!(b.signup("owner@example.com", "owner password 1", OWNER_IP).await.status, StatusCode::CREATED);
     let emails: Vec<String> = (0..35).map(|i| format!("guess{i}@example.com")).collect();
     let tries = join_all(emails.iter().map(|e| b.login(e, "whatever1", ATTACKER_IP))).await;
-    assert_eq!(statuses(&tries), (30, 5), "the default login_per_ip_per_minute is 30");
+    // The default login_per_ip_per_minute is 30; the limiter refills one every 2 s, which a
+    // machine busy with argon2 might let pass before the last check.
+    let (denied, limited) = statuses(&tries);
+    assert!((denied, limited) == (30, 5) || (denied, limited) == (31, 4), "{denied} 401s, {limited} 429s");
     let owner = b.login("owner@example.com", "owner password 1", OWNER_IP).await;
     assert_eq!(owner.status, StatusCode::OK, "{}", owner.text());
 }
