@@ -459,9 +459,12 @@ pub async fn list_concerts(
     Ok(json_text(text))
 }
 
-/// `GET /api/v1/concerts/{id}`
+/// `GET /api/v1/concerts/{id}`; counts a view once per client per window
+/// ([`crate::ranking::Views::record_once`]).
 pub async fn get_concert(
     State(s): State<AppState>,
+    ip: crate::client::ClientIp,
+    headers: axum::http::HeaderMap,
     p: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let id = path_id(p, "id")?;
@@ -475,7 +478,11 @@ pub async fn get_concert(
             text
         }
     };
-    if let Err(e) = s.views.record(id, now_ms()).await {
+    let viewer = match s.auth.user_of(&headers) {
+        Some(u) => crate::ranking::Viewer::User(u.id),
+        None => crate::ranking::Viewer::Addr(ip.bucket()),
+    };
+    if let Err(e) = s.views.record_once(id, viewer, now_ms()).await {
         // A lost view costs the ranking one count; the page still loads.
         tracing::warn!(error = %e, "recording a view failed");
     }

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::client::Cidr;
+
 /// A refused setting; `field` names it.
 #[derive(Debug, thiserror::Error)]
 #[error("config field `{field}`: {reason}")]
@@ -53,8 +55,29 @@ pub struct BackendConfig {
     pub admin_email: Option<String>,
     /// See `admin_email`.
     pub admin_password: Option<String>,
-    /// Login attempts per email per minute before 429.
+    /// Login attempts per client address and email per minute before `429`
+    /// (`TB_LOGIN_PER_MINUTE`). Never per email alone: anyone could then lock an owner out.
     pub login_per_minute: u32,
+    /// Login attempts per client address per minute, whatever the emails, before `429`
+    /// (`TB_LOGIN_PER_IP_PER_MINUTE`): bounds guessing across many accounts from one place.
+    pub login_per_ip_per_minute: u32,
+    /// Sign-ups (every attempt, taken or not) per client address per hour before `429`
+    /// (`TB_SIGNUP_PER_IP_PER_HOUR`). 20 lets a household or an office sign up in a burst and
+    /// refills one every 3 minutes, while an account farm (one coupon per user) gets 480 a day
+    /// per address; raise it for audiences behind carrier NAT.
+    pub signup_per_ip_per_hour: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (`TB_TRUSTED_PROXIES`, comma-separated IPs
+    /// or CIDRs; TOML: a list). The client is the rightmost entry that is not one of them
+    /// (`client`). Default loopback, where the gateway of `cargo run` lives; list the
+    /// gateways' addresses when they run elsewhere, and any load balancer in front of them.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Notification streams one user may hold open on one instance; the next is a
+    /// `429 too_many_streams` (`TB_NOTIFY_STREAMS_PER_USER`). A few tabs and devices, not a
+    /// thousand sockets.
+    pub notify_streams_per_user: u32,
+    /// A concert view counts once per client (user, else address) per this many seconds
+    /// (`TB_VIEW_DEDUP_WINDOW_S`), so reloading does not move the ranking.
+    pub view_dedup_window_s: u32,
     /// Seed demo data into an empty embedded (SQLite) catalog.
     pub demo_data: bool,
     /// How long a reservation holds its seats before they return, seconds (`TB_HOLD_TTL_S`).
@@ -89,6 +112,11 @@ impl Default for BackendConfig {
             admin_email: None,
             admin_password: None,
             login_per_minute: 10,
+            login_per_ip_per_minute: 30,
+            signup_per_ip_per_hour: 20,
+            trusted_proxies: Cidr::loopback(),
+            notify_streams_per_user: 5,
+            view_dedup_window_s: 600,
             demo_data: true,
             hold_ttl_s: 600,
             ops_webhook_url: None,
@@ -118,6 +146,11 @@ impl std::fmt::Debug for BackendConfig {
             .field("admin_email", &self.admin_email)
             .field("admin_password", &r(&self.admin_password))
             .field("login_per_minute", &self.login_per_minute)
+            .field("login_per_ip_per_minute", &self.login_per_ip_per_minute)
+            .field("signup_per_ip_per_hour", &self.signup_per_ip_per_hour)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("notify_streams_per_user", &self.notify_streams_per_user)
+            .field("view_dedup_window_s", &self.view_dedup_window_s)
             .field("demo_data", &self.demo_data)
             .field("hold_ttl_s", &self.hold_ttl_s)
             .field("ops_webhook_url", &self.ops_webhook_url.as_ref().map(|_| "<redacted>"))
@@ -178,10 +211,35 @@ impl BackendConfig {
                 v.parse().map_err(|_| bad("TB_RECONCILE_GRACE_S", format!("not a number: {v:?}")))?;
         }
         cfg.payments_base_url = get("TB_PAYMENTS_BASE_URL").or(cfg.payments_base_url);
+        cfg.apply_limit_vars(&get)?;
         cfg.admin_email = get("TB_ADMIN_EMAIL").or(cfg.admin_email);
         cfg.admin_password = get("TB_ADMIN_PASSWORD").or(cfg.admin_password);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The `TB_*` variables of the abuse limits.
+    fn apply_limit_vars(&mut self, get: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let num = |k: &str, slot: &mut u32| -> Result<(), ConfigError> {
+            if let Some(v) = get(k) {
+                *slot = v.parse().map_err(|_| bad(k, format!("not a number: {v:?}")))?;
+            }
+            Ok(())
+        };
+        num("TB_LOGIN_PER_MINUTE", &mut self.login_per_minute)?;
+        num("TB_LOGIN_PER_IP_PER_MINUTE", &mut self.login_per_ip_per_minute)?;
+        num("TB_SIGNUP_PER_IP_PER_HOUR", &mut self.signup_per_ip_per_hour)?;
+        num("TB_NOTIFY_STREAMS_PER_USER", &mut self.notify_streams_per_user)?;
+        num("TB_VIEW_DEDUP_WINDOW_S", &mut self.view_dedup_window_s)?;
+        if let Some(v) = get("TB_TRUSTED_PROXIES") {
+            // An empty variable reads as unset, so trusting nobody needs a word.
+            self.trusted_proxies = if v.eq_ignore_ascii_case("none") {
+                Vec::new()
+            } else {
+                crate::client::parse_list(&v).map_err(|e| bad("TB_TRUSTED_PROXIES", e))?
+            };
+        }
+        Ok(())
     }
 
     /// Parses the TOML file's text. A value of the wrong type or an unknown field is named
@@ -245,8 +303,18 @@ impl BackendConfig {
         if self.reconcile_grace_s > 86_400 {
             return Err(bad("reconcile_grace_s", "must be within 0..=86400"));
         }
-        if self.login_per_minute == 0 {
-            return Err(bad("login_per_minute", "must be ≥ 1"));
+        for (field, v) in [
+            ("login_per_minute", self.login_per_minute),
+            ("login_per_ip_per_minute", self.login_per_ip_per_minute),
+            ("signup_per_ip_per_hour", self.signup_per_ip_per_hour),
+            ("notify_streams_per_user", self.notify_streams_per_user),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be ≥ 1"));
+            }
+        }
+        if !(1..=86_400).contains(&self.view_dedup_window_s) {
+            return Err(bad("view_dedup_window_s", "must be within 1..=86400"));
         }
         Ok(())
     }
@@ -275,5 +343,50 @@ mod tests {
         assert!(e.reason.starts_with("line 1, column 23: ") && !e.reason.contains("98765"), "{}", e.reason);
         let cfg = BackendConfig::from_toml("hold_ttl_s = 0").unwrap();
         assert_eq!(cfg.validate().unwrap_err().field, "hold_ttl_s");
+    }
+
+    #[test]
+    fn abuse_limits_come_from_the_environment_and_refuse_zero() {
+        let vars = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let cfg = BackendConfig::load_from(&vars(&[
+            ("TB_LOGIN_PER_MINUTE", "3"),
+            ("TB_LOGIN_PER_IP_PER_MINUTE", "7"),
+            ("TB_SIGNUP_PER_IP_PER_HOUR", "2"),
+            ("TB_NOTIFY_STREAMS_PER_USER", "1"),
+            ("TB_VIEW_DEDUP_WINDOW_S", "60"),
+            ("TB_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+        ]))
+        .unwrap();
+        let got = (
+            cfg.login_per_minute,
+            cfg.login_per_ip_per_minute,
+            cfg.signup_per_ip_per_hour,
+            cfg.notify_streams_per_user,
+            cfg.view_dedup_window_s,
+        );
+        assert_eq!(got, (3, 7, 2, 1, 60));
+        let debug = format!("{cfg:?}");
+        assert!(debug.contains("trusted_proxies: [10.0.0.0/8, 192.0.2.1/32]"), "{debug}");
+        assert!(debug.contains("signup_per_ip_per_hour: 2") && debug.contains("view_dedup_window_s: 60"));
+        let none = BackendConfig::load_from(&vars(&[("TB_TRUSTED_PROXIES", "none")])).unwrap();
+        assert!(none.trusted_proxies.is_empty());
+        for (k, v, field) in [
+            ("TB_TRUSTED_PROXIES", "10.0.0.1/8", "TB_TRUSTED_PROXIES"),
+            ("TB_LOGIN_PER_IP_PER_MINUTE", "0", "login_per_ip_per_minute"),
+            ("TB_SIGNUP_PER_IP_PER_HOUR", "0", "signup_per_ip_per_hour"),
+            ("TB_NOTIFY_STREAMS_PER_USER", "0", "notify_streams_per_user"),
+            ("TB_VIEW_DEDUP_WINDOW_S", "0", "view_dedup_window_s"),
+            ("TB_LOGIN_PER_MINUTE", "many", "TB_LOGIN_PER_MINUTE"),
+        ] {
+            assert_eq!(BackendConfig::load_from(&vars(&[(k, v)])).unwrap_err().field, field, "{k}={v}");
+        }
+        let file = BackendConfig::from_toml("trusted_proxies = [\"fd00::/8\"]").unwrap();
+        assert_eq!(file.trusted_proxies, vec!["fd00::/8".parse().unwrap()]);
+        assert_eq!(
+            BackendConfig::from_toml("trusted_proxies = [\"x\"]").unwrap_err().field,
+            "trusted_proxies[0]"
+        );
     }
 }

@@ -83,6 +83,19 @@ pub fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
     ApiError::invalid("body", e.body_text())
 }
 
+/// A `429` with the contract's body and `Retry-After` in whole seconds (at least 1, so a
+/// client never retries at once).
+pub fn too_many(
+    code: &'static str,
+    message: impl Into<String>,
+    retry_after: std::time::Duration,
+) -> Response {
+    let mut r = ApiError::client(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    r.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+    r
+}
+
 /// The contract's error body.
 pub fn body(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()

@@ -8,8 +8,11 @@
 //! # Layout
 //! - [`config`]: `TB_*` variables and the TOML file.
 //! - [`db`]: pool, dialects, migrations.
-//! - [`users`]: sign-up, login, user tokens, the `CurrentUser`/`AdminUser` extractors.
-//! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views;
+//! - [`users`]: sign-up, login (limited per client), user tokens, the
+//!   `CurrentUser`/`AdminUser` extractors; [`client`]: the client's address (`ClientIp`)
+//!   behind trusted proxies.
+//! - [`catalog`]: venues, performers, concerts, schedules and seat maps; [`ranking`]: views,
+//!   once per client per window;
 //!   [`cache`]: list and detail cache; [`posters`]: poster uploads behind a storage trait;
 //!   [`search`]: tantivy search over concerts, performers and venues.
 //! - [`admission`]: admission-token checks for routes the gateway protects, replay markers.
@@ -22,7 +25,7 @@
 //! - [`notify`]: per-user SSE notifications (Redis pub/sub fan-out) and the ops webhook.
 //! - [`tickets`]: tickets issued after payment from a queue (Redis Stream or in process).
 //! - [`storefront`]: the storefront (`/`, `/concerts/{id}`, `/me`) and the booking pages
-//!   behind the waiting room (`/book/`).
+//!   behind the waiting room (`/book/`), their scripts and stylesheet (`/assets/`), a strict CSP.
 //! - [`jobs`]: batch jobs (hold and coupon expiry, settlement, cleanup) with leases.
 //! - [`seed`]: demo data for the embedded default.
 //! - `testkit` (feature `testkit`): bulk rows for tests and benches.
@@ -33,6 +36,7 @@ pub mod admission;
 pub mod booking;
 pub mod cache;
 pub mod catalog;
+pub mod client;
 pub mod config;
 pub mod coupons;
 pub mod db;
@@ -120,14 +124,14 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         Some(url) => {
             let redis_err = |e: redis::RedisError| StartError::Other(format!("redis: {e}"));
             (
-                ranking::Views::redis(url).await.map_err(redis_err)?,
+                ranking::Views::redis(url).await.map_err(redis_err)?.with_window(cfg.view_dedup_window_s),
                 cache::Cache::redis(url).await.map_err(redis_err)?,
                 holds::Holds::redis(url).await.map_err(redis_err)?,
                 coupons::Issuer::redis(url).await.map_err(redis_err)?,
             )
         }
         None => (
-            ranking::Views::memory(),
+            ranking::Views::memory().with_window(cfg.view_dedup_window_s),
             cache::Cache::memory(),
             holds::Holds::memory_from(&db)
                 .await
@@ -156,7 +160,8 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
     );
     let notifier = notify::Notifier::new(cfg.redis_url.as_deref(), cfg.ops_webhook_url.clone())
         .await
-        .map_err(|e| StartError::Other(format!("redis: {e}")))?;
+        .map_err(|e| StartError::Other(format!("redis: {e}")))?
+        .with_streams_per_user(cfg.notify_streams_per_user);
     let tickets = match &cfg.redis_url {
         Some(url) => {
             tickets::Queue::redis(url).await.map_err(|e| StartError::Other(format!("redis: {e}")))?
@@ -178,8 +183,9 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         reconcile_grace: Duration::from_secs(cfg.reconcile_grace_s),
         // The built-in simulator's ledger starts empty with each process.
         reconcile_since_ms: if cfg.payments_base_url.is_none() { db::now_ms() } else { 0 },
+        trusted_proxies: cfg.trusted_proxies.clone(),
         db,
-        auth: Arc::new(Auth::new(&secret, cfg.login_per_minute)),
+        auth: Arc::new(Auth::new(&secret, users::Limits::from(cfg))),
         admission: Admission::new(
             verifier,
             cfg.gate_secret.as_deref().map(|s| GateSecret::new(s.as_bytes())),
@@ -224,6 +230,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me/reservations", get(booking::mine))
         .route("/book/", get(storefront::index))
         .route("/book/{schedule}", get(storefront::seats))
+        .route("/assets/{name}", get(storefront::asset))
         .route("/admin/v1/search/reindex", post(reindex))
         .route("/admin/v1/venues", post(catalog::create_venue))
         .route("/admin/v1/performers", post(catalog::create_performer))
@@ -338,7 +345,9 @@ pub async fn run(
         stop_tx.subscribe(),
     ));
     let scheduler = tokio::spawn(jobs::scheduler(state.clone(), instance, stop_tx.subscribe()));
-    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    // The peer's address feeds `client::ClientIp`.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), recovery).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), issuer).await;

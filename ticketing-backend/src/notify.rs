@@ -2,14 +2,22 @@
 //! SSE at `GET /api/v1/me/notifications/stream`, fanned out across backend instances through
 //! Redis pub/sub (`tb:events`; in process without Redis), and ops events posted to a
 //! Slack-compatible webhook (`TB_OPS_WEBHOOK_URL`, `{"text": …}`), best effort.
+//!
+//! A user holds at most `notify_streams_per_user` streams open on one instance; the next is
+//! a `429 too_many_streams`, and a slot frees when its stream's body is dropped (the client
+//! went away or the server stops). The count is per instance even with Redis: what a stream
+//! costs (a socket, a task, a broadcast receiver) is the instance's, so that is where the cap
+//! protects, and a count shared in Redis would leak the slots of an instance that died and
+//! lock its users out. Behind N instances a user may so hold N times the cap.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -45,6 +53,34 @@ pub struct Notifier {
     redis: Option<redis::aio::ConnectionManager>,
     webhook: Option<(String, Client<HttpConnector, Full<Bytes>>)>,
     listener: Option<tokio::task::JoinHandle<()>>,
+    streams: Arc<Streams>,
+}
+
+/// Open streams per user on this instance.
+#[derive(Debug)]
+struct Streams {
+    per_user: usize,
+    open: Mutex<HashMap<i64, usize>>,
+}
+
+/// One open stream's place in its user's count; dropping it frees the place.
+#[derive(Debug)]
+pub struct StreamSlot {
+    streams: Arc<Streams>,
+    user: i64,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                // Users who closed everything take no memory.
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Notifier {
@@ -77,7 +113,25 @@ impl Notifier {
             None => (None, None),
         };
         let webhook = webhook.map(|u| (u, Client::builder(TokioExecutor::new()).build_http()));
-        Ok(Notifier { local, redis, webhook, listener })
+        let streams = Arc::new(Streams { per_user: 5, open: Mutex::default() });
+        Ok(Notifier { local, redis, webhook, listener, streams })
+    }
+
+    /// At most `n` (≥ 1) open streams per user on this instance (5 unless set).
+    pub fn with_streams_per_user(mut self, n: u32) -> Self {
+        self.streams = Arc::new(Streams { per_user: n.max(1) as usize, open: Mutex::default() });
+        self
+    }
+
+    /// A place for one more stream of `user`, if the user has one left.
+    pub fn open_stream(&self, user: i64) -> Option<StreamSlot> {
+        let mut open = self.streams.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(user).or_default();
+        if *n >= self.streams.per_user {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot { streams: self.streams.clone(), user })
     }
 
     /// Sends `kind` with `data` to `user`'s streams on every instance. Best effort: a lost
@@ -153,7 +207,7 @@ pub struct StreamQuery {
 }
 
 /// `GET /api/v1/me/notifications/stream`: the caller's events as SSE (`event: <kind>`,
-/// `data: {…}`), heartbeats every 15 s.
+/// `data: {…}`), heartbeats every 15 s; `429 too_many_streams` past the per-user cap.
 pub async fn stream(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -170,6 +224,11 @@ pub async fn stream(
         Some(u) => u,
         None => return ApiError::unauthorized("a user token is required").into_response(),
     };
+    let Some(slot) = s.notifier.open_stream(user.id) else {
+        let n = s.notifier.streams.per_user;
+        let message = format!("at most {n} notification streams per user; close one first");
+        return ApiError::client(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message).into_response();
+    };
     let rx = s.notifier.subscribe();
     let events = tokio_stream_of(rx).filter_map(move |ev| async move {
         (ev.user_id == user.id).then(|| {
@@ -181,9 +240,12 @@ pub async fn stream(
         })
     });
     let hello = futures_util::stream::once(async { Ok(SseEvent::default().event("ready").data("{}")) });
-    Sse::new(hello.chain(events))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    // The slot lives as long as the body: hyper drops the body when the client goes.
+    let body = hello.chain(events).map(move |e| {
+        let _held = &slot;
+        e
+    });
+    Sse::new(body).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
 fn tokio_stream_of(rx: broadcast::Receiver<Arc<Event>>) -> impl futures_util::Stream<Item = Arc<Event>> {

@@ -48,4 +48,6 @@ pub struct App {
     /// Reconciliation looks no further back than this (Unix ms): the start of the process
     /// with the built-in simulator, whose ledger lives and dies with it.
     pub reconcile_since_ms: i64,
+    /// Proxies whose `X-Forwarded-For` names the client ([`crate::client::ClientIp`]).
+    pub trusted_proxies: Vec<crate::client::Cidr>,
 }

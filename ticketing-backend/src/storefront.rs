@@ -4,10 +4,16 @@
 //! pages sit behind the waiting room (the gateway protects `/book/`): `/book/` lists the
 //! concerts sold through a room, `/book/{schedule}` is a round's seat map with live status and
 //! the checkout (sign in, hold seats, apply a coupon, pay on the provider).
+//!
+//! Every page carries a strict [`CSP`] (scripts and styles only from this origin, no inline
+//! code, no framing) with `X-Frame-Options`, `X-Content-Type-Options` and `Referrer-Policy`,
+//! so an injected tag cannot run: the scripts and the stylesheet are served from
+//! `/assets/{name}` ([`asset`]), and the words the scripts show travel in a JSON data block,
+//! which browsers do not execute and CSP so does not govern.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use queue_core::lang::Lang;
@@ -35,27 +41,63 @@ fn nav(l: Lang) -> Markup {
     }
 }
 
+/// The pages' Content-Security-Policy. `form-action` and `frame-ancestors` do not fall back
+/// to `default-src`, so they are named.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+    connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
+
+/// The security headers of every storefront response.
+fn secure(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    r
+}
+
 fn page_in(l: Lang, title: &str, body: Markup) -> Response {
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang=(l.code()) {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (title) }
-                    style { "body{font-family:system-ui,sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem}\
-                        .seats{display:grid;grid-template-columns:repeat(auto-fill,minmax(2.6rem,1fr));gap:.25rem}\
-                        .seat{padding:.3rem;text-align:center;border-radius:.3rem;font-size:.8rem}\
-                        .available{background:#d7f5dd}.held{background:#ffe9a8}.sold{background:#f3c1c1}\
-                        .seat.available{cursor:pointer}.seat.picked{outline:3px solid #2563eb}#msg{min-height:1.5rem}" }
+    secure(
+        Html(
+            html! {
+                (DOCTYPE)
+                html lang=(l.code()) {
+                    head {
+                        meta charset="utf-8";
+                        meta name="viewport" content="width=device-width, initial-scale=1";
+                        title { (title) }
+                        link rel="stylesheet" href="/assets/site.css";
+                    }
+                    body { (body) }
                 }
-                body { (body) }
             }
-        }
-        .into_string(),
+            .into_string(),
+        )
+        .into_response(),
     )
-    .into_response()
+}
+
+const SITE_CSS: &str =
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem}
+.seats{display:grid;grid-template-columns:repeat(auto-fill,minmax(2.6rem,1fr));gap:.25rem}
+.seat{padding:.3rem;text-align:center;border-radius:.3rem;font-size:.8rem}
+.available{background:#d7f5dd}.held{background:#ffe9a8}.sold{background:#f3c1c1}
+.seat.available{cursor:pointer}.seat.picked{outline:3px solid #2563eb}#msg{min-height:1.5rem}
+";
+
+/// `GET /assets/{name}`: the pages' stylesheet and scripts. `no-cache` because their names
+/// carry no version: a browser revalidates rather than run an old script on a new page.
+pub async fn asset(p: Result<Path<String>, PathRejection>) -> Response {
+    let name = p.map(|Path(n)| n).unwrap_or_default();
+    let (body, kind) = match name.as_str() {
+        "site.css" => (SITE_CSS, "text/css; charset=utf-8"),
+        "common.js" => (COMMON_SCRIPT, "text/javascript; charset=utf-8"),
+        "checkout.js" => (CHECKOUT_SCRIPT, "text/javascript; charset=utf-8"),
+        "me.js" => (ME_SCRIPT, "text/javascript; charset=utf-8"),
+        _ => return secure(crate::error::body(StatusCode::NOT_FOUND, "not_found", "no such asset")),
+    };
+    let headers = [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")];
+    secure((headers, body).into_response())
 }
 
 /// `GET /book/`: concerts on sale through a waiting room, with their rounds.
@@ -143,7 +185,7 @@ pub async fn seats(
                     }
                 }
             }
-            (scripts(l, CHECKOUT_SCRIPT))
+            (scripts(l, "/assets/checkout.js"))
         },
     ))
 }
@@ -229,8 +271,8 @@ pub async fn concert(
 }
 
 /// The words the scripts show, in the page's language, and the notification kinds they
-/// listen for.
-fn scripts(l: Lang, script: &'static str) -> Markup {
+/// listen for; then the common script and the page's own (`src`).
+fn scripts(l: Lang, src: &'static str) -> Markup {
     let words = serde_json::json!({
         "signed_in": t(l, "Signed in.", "로그인했습니다."),
         "sign_in_first": t(l, "Sign in first.", "먼저 로그인하세요."),
@@ -262,7 +304,8 @@ fn scripts(l: Lang, script: &'static str) -> Markup {
     });
     html! {
         script #words type="application/json" { (PreEscaped(words.to_string().replace('<', "\\u003c"))) }
-        script { (PreEscaped(COMMON_SCRIPT)) (PreEscaped(script)) }
+        script src="/assets/common.js" {}
+        script src=(src) {}
     }
 }
 
@@ -340,7 +383,7 @@ pub async fn me(headers: HeaderMap) -> Response {
             div #mine aria-live="polite" {}
             h2 { (t(l, "Notifications", "알림")) }
             ul #events aria-live="polite" {}
-            (scripts(l, ME_SCRIPT))
+            (scripts(l, "/assets/me.js"))
         },
     )
 }

@@ -1,8 +1,17 @@
-//! Users: sign-up, login (argon2id hashes, rate-limited), user JWTs with a role, and the
-//! extractors handlers use to require a user or an admin.
+//! Users: sign-up, login (argon2id hashes), user JWTs with a role, and the extractors
+//! handlers use to require a user or an admin.
+//!
+//! Abuse limits, keyed by [`ClientIp::bucket`]: logins per address and per (address, email),
+//! never per email alone, so nobody elsewhere can lock an owner out; sign-ups per address
+//! per hour. An unknown email is checked against a dummy hash of the same parameters, so a
+//! login costs the same whether the account exists (no enumeration by timing). The limits
+//! are per instance: behind N instances an address gets N times each, which the argon2 cost
+//! per attempt still bounds.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -12,12 +21,14 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
 
+use crate::client::ClientIp;
 use crate::db::{Db, now_ms};
 use crate::error::{ApiError, Context};
 use crate::state::AppState;
@@ -52,11 +63,34 @@ struct Claims {
     exp: u64,
 }
 
-/// Signs and checks user tokens; limits login attempts.
+/// How many logins and sign-ups one client gets (see `BackendConfig`).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Logins per address and email per minute.
+    pub login_per_minute: u32,
+    /// Logins per address per minute.
+    pub login_per_ip_per_minute: u32,
+    /// Sign-ups per address per hour.
+    pub signup_per_ip_per_hour: u32,
+}
+
+impl From<&crate::config::BackendConfig> for Limits {
+    fn from(c: &crate::config::BackendConfig) -> Self {
+        Limits {
+            login_per_minute: c.login_per_minute,
+            login_per_ip_per_minute: c.login_per_ip_per_minute,
+            signup_per_ip_per_hour: c.signup_per_ip_per_hour,
+        }
+    }
+}
+
+/// Signs and checks user tokens; limits logins and sign-ups per client.
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
-    login_limiter: DefaultKeyedRateLimiter<String>,
+    login_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    login_per_ip_email: DefaultKeyedRateLimiter<(IpAddr, String)>,
+    signup_per_ip: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -66,14 +100,32 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Tokens signed with `secret`; `login_per_minute` attempts per email.
-    pub fn new(secret: &[u8], login_per_minute: u32) -> Self {
-        let per_minute = NonZeroU32::new(login_per_minute).unwrap_or(NonZeroU32::MIN);
+    /// Tokens signed with `secret`, logins and sign-ups limited by `limits`.
+    pub fn new(secret: &[u8], limits: Limits) -> Self {
+        let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
         Auth {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-            login_limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            login_per_ip: RateLimiter::keyed(Quota::per_minute(n(limits.login_per_ip_per_minute))),
+            login_per_ip_email: RateLimiter::keyed(Quota::per_minute(n(limits.login_per_minute))),
+            signup_per_ip: RateLimiter::keyed(Quota::per_hour(n(limits.signup_per_ip_per_hour))),
         }
+    }
+
+    /// Takes a login attempt of `email` from `ip`; `Err` is how long to wait.
+    fn allow_login(&self, ip: ClientIp, email: &str) -> Result<(), Duration> {
+        let ip = ip.bucket();
+        self.login_per_ip
+            .check_key(&ip)
+            .and_then(|()| self.login_per_ip_email.check_key(&(ip, email.to_owned())))
+            .map_err(|n| n.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Takes a sign-up from `ip`; `Err` is how long to wait.
+    fn allow_signup(&self, ip: ClientIp) -> Result<(), Duration> {
+        self.signup_per_ip
+            .check_key(&ip.bucket())
+            .map_err(|n| n.wait_time_from(DefaultClock::default().now()))
     }
 
     /// A token for a user.
@@ -191,10 +243,26 @@ async fn hash(password: String) -> Result<String, ApiError> {
     .map_err(|e| ApiError::Internal { context: "hashing a password", source: e.to_string().into() })
 }
 
-async fn verify(password: String, stored: String) -> bool {
+/// What an unknown email's password is checked against: a hash with the parameters of
+/// [`hash`], so that both answers cost one argon2 run. Made on first use, on a blocking
+/// thread (see [`verify`]).
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(b"no account has this password", &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
+/// Checks `password` against `stored`, or against [`DUMMY_HASH`] (and fails) when there is
+/// no account.
+async fn verify(password: String, stored: Option<String>) -> bool {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&stored)
-            .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        let known = stored.is_some();
+        let stored = stored.unwrap_or_else(|| DUMMY_HASH.clone());
+        let ok = PasswordHash::new(&stored)
+            .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok());
+        ok && known
     })
     .await
     .unwrap_or(false)
@@ -238,8 +306,14 @@ pub async fn ensure_admin(db: &Db, email: &str, password: &str) -> Result<(), Ap
 /// `POST /api/v1/auth/signup`
 pub async fn signup(
     State(state): State<AppState>,
+    ip: ClientIp,
     body: Result<Json<Signup>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    // Before anything else: every attempt counts, or `email_taken` would be a free oracle.
+    if let Err(wait) = state.auth.allow_signup(ip) {
+        let message = "too many sign-ups from your address; try again later";
+        return Ok(crate::error::too_many("rate_limited", message, wait));
+    }
     let Json(req) = body.map_err(crate::error::json_rejection)?;
     let email = normalize_email(&req.email)?;
     check_password(&req.password)?;
@@ -262,6 +336,7 @@ pub async fn signup(
 /// `POST /api/v1/auth/login`
 pub async fn login(
     State(state): State<AppState>,
+    ip: ClientIp,
     body: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(crate::error::json_rejection)?;
@@ -269,34 +344,33 @@ pub async fn login(
     if req.password.len() > 1024 {
         return Err(ApiError::invalid("password", "too long"));
     }
-    if state.auth.login_limiter.check_key(&email).is_err() {
-        let mut r = ApiError::client(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many attempts; wait a minute",
-        )
-        .into_response();
-        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
-        return Ok(r);
+    if let Err(wait) = state.auth.allow_login(ip, &email) {
+        let message = "too many sign-in attempts; try again later";
+        return Ok(crate::error::too_many("rate_limited", message, wait));
     }
     let row = sqlx::query("SELECT id, password_hash, role FROM users WHERE email = $1")
         .bind(&email)
         .fetch_optional(&state.db.pool)
         .await
         .context("loading a user")?;
-    // The same answer for an unknown email and a wrong password.
-    let denied = || ApiError::unauthorized("wrong email or password");
-    let Some(row) = row else { return Err(denied()) };
-    let (id, stored, role): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+    let (id, stored, role) = match row {
+        Some(r) => (r.get::<i64, _>(0), Some(r.get::<String, _>(1)), r.get::<String, _>(2)),
+        None => (0, None, String::new()),
+    };
+    // The same answer, after the same work, for an unknown email and a wrong password.
     if !verify(req.password, stored).await {
-        return Err(denied());
+        return Err(ApiError::unauthorized("wrong email or password"));
     }
     let role = if role == "admin" { Role::Admin } else { Role::User };
     Ok(Json(json!({"token": state.auth.issue(id, role)?})).into_response())
 }
 
-/// Keeps the limiter's memory bounded.
+/// Keeps the limiters' memory bounded.
 pub fn compact(auth: &Arc<Auth>) {
-    auth.login_limiter.retain_recent();
-    auth.login_limiter.shrink_to_fit();
+    auth.login_per_ip.retain_recent();
+    auth.login_per_ip.shrink_to_fit();
+    auth.login_per_ip_email.retain_recent();
+    auth.login_per_ip_email.shrink_to_fit();
+    auth.signup_per_ip.retain_recent();
+    auth.signup_per_ip.shrink_to_fit();
 }
