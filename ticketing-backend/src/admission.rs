@@ -1,6 +1,8 @@
 //! Admission checks on the routes the gateway protects: the `X-Admission-Token` the gateway
 //! passes on is verified again here with `queue-core`'s `Verifier` against the gateway's JWKS
-//! (`TB_ADMISSION_JWKS_URL`), for the room that guards the resource.
+//! (`TB_ADMISSION_JWKS_URL`), for the room that guards the resource. An admission the
+//! gateway bound to a signed-in user (its `sub` is the user's id, not `anon:…`) passes only
+//! for that user.
 
 use std::sync::Arc;
 
@@ -52,6 +54,25 @@ impl Admission {
             .and_then(|v| gate.verify_marker(v, method, path, now))
             .map(|offset| Some(Replayed { offset }))
             .map_err(|why| ApiError::forbidden("invalid_replay_marker", why))
+    }
+
+    /// The claims of a valid admission to `room` that `user` may use: an anonymous one, or
+    /// one bound to this very account when the buyer joined signed in (`403
+    /// admission_not_yours` for another account's).
+    pub async fn require_for(
+        &self,
+        headers: &HeaderMap,
+        room: &str,
+        user: &crate::users::CurrentUser,
+    ) -> Result<Arc<AdmissionClaims>, ApiError> {
+        let claims = self.require(headers, room).await?;
+        if !claims.sub.starts_with("anon:") && claims.sub != user.id.to_string() {
+            return Err(ApiError::forbidden(
+                "admission_not_yours",
+                "this admission was given to another account; queue with your own",
+            ));
+        }
+        Ok(claims)
     }
 
     /// The claims of a valid admission to `room`, or `403 not_admitted`.

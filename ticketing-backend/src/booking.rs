@@ -46,18 +46,100 @@ fn placeholders(from: usize, n: usize) -> String {
 
 struct Schedule {
     room: Option<String>,
+    cap: Option<i64>,
 }
 
 async fn live_schedule(s: &AppState, id: i64) -> Result<Schedule> {
     let row = sqlx::query(
-        "SELECT c.room FROM schedules s JOIN concerts c ON c.id = s.concert_id WHERE s.id = $1 AND c.deleted_at IS NULL",
+        "SELECT c.room, c.max_seats_per_buyer FROM schedules s JOIN concerts c ON c.id = s.concert_id \
+         WHERE s.id = $1 AND c.deleted_at IS NULL",
     )
     .bind(id)
     .fetch_optional(&s.db.pool)
     .await
     .context("loading a schedule")?;
     let row = row.ok_or_else(|| not_found("schedule"))?;
-    Ok(Schedule { room: row.get::<Option<String>, _>(0) })
+    Ok(Schedule { room: row.get::<Option<String>, _>(0), cap: row.get::<Option<i64>, _>(1) })
+}
+
+/// Whom a hold counts against: the buyer in this round, and the admission it came with.
+struct Limits {
+    user: i64,
+    schedule: i64,
+    admission: Option<String>,
+    cap: i64,
+}
+
+/// Seats that count against a limit: held and unexpired, or sold.
+const LIVE_SEAT: &str = "rs.active = 1 AND (r.status = 'paid' OR (r.status = 'held' AND r.expires_at > $1))";
+
+impl Limits {
+    /// `409 seat_limit` (or `admission_seat_limit`) when `adding` more seats would pass
+    /// the cap. Decisive only inside the insert's transaction, after [`Limits::lock`].
+    async fn check(&self, conn: &mut sqlx::AnyConnection, adding: usize) -> Result<()> {
+        let now = now_ms();
+        let sql = format!(
+            "SELECT COUNT(*) FROM reservation_seats rs JOIN reservations r ON r.id = rs.reservation_id \
+             WHERE {LIVE_SEAT} AND r.user_id = $2 AND r.schedule_id = $3"
+        );
+        let mine: i64 = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(self.user)
+            .bind(self.schedule)
+            .fetch_one(&mut *conn)
+            .await
+            .context("counting a buyer's seats")?
+            .get(0);
+        if mine + adding as i64 > self.cap {
+            return Err(ApiError::client(
+                StatusCode::CONFLICT,
+                "seat_limit",
+                format!("at most {} seats per buyer for this round; you hold or bought {mine}", self.cap),
+            ));
+        }
+        let Some(jti) = &self.admission else { return Ok(()) };
+        let sql = format!(
+            "SELECT COUNT(*) FROM reservation_seats rs JOIN reservations r ON r.id = rs.reservation_id \
+             WHERE {LIVE_SEAT} AND r.admission_jti = $2"
+        );
+        let admitted: i64 = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(jti)
+            .fetch_one(&mut *conn)
+            .await
+            .context("counting an admission's seats")?
+            .get(0);
+        if admitted + adding as i64 > self.cap {
+            return Err(ApiError::client(
+                StatusCode::CONFLICT,
+                "admission_seat_limit",
+                format!(
+                    "at most {} seats per admission; {admitted} are held or bought with this one",
+                    self.cap
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serialises the holds of one buyer in one round, and of one admission, until the
+    /// transaction ends (a row each in `limit_locks`), so that concurrent holds are counted
+    /// one after another.
+    async fn lock(&self, conn: &mut sqlx::AnyConnection) -> Result<()> {
+        let buyer = format!("buyer:{}:{}", self.user, self.schedule);
+        let admission = self.admission.as_ref().map(|j| format!("admission:{j}"));
+        for key in std::iter::once(buyer).chain(admission) {
+            sqlx::query(
+                "INSERT INTO limit_locks (key, touched_at) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET touched_at = $2",
+            )
+            .bind(key)
+            .bind(now_ms())
+            .execute(&mut *conn)
+            .await
+            .context("taking a limit lock")?;
+        }
+        Ok(())
+    }
 }
 
 /// The requested seats' prices, checking every one belongs to the schedule.
@@ -104,8 +186,9 @@ fn seat_taken(seats: &[i64]) -> ApiError {
 }
 
 /// `POST /api/v1/reservations`: `201 {reservation_id, status: "held", expires_at, amount}`,
-/// `409 seat_taken` (nothing held), `403 not_admitted` for a queued concert without an
-/// admission.
+/// `409 seat_taken` (nothing held), `409 seat_limit` / `admission_seat_limit` past the
+/// concert's seats per buyer per round (and per admission), `403 not_admitted` for a queued
+/// concert without an admission, `403 admission_not_yours` with another account's.
 pub async fn create(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -118,9 +201,20 @@ pub async fn create(
     }
     let seats = check_seats(&req.seat_ids)?;
     let schedule = live_schedule(&s, req.schedule_id).await?;
-    if let Some(room) = &schedule.room {
-        s.admission.require(&headers, room).await?;
-    }
+    let admission = match &schedule.room {
+        Some(room) => Some(s.admission.require_for(&headers, room, &user).await?),
+        None => None,
+    };
+    let limits = Limits {
+        user: user.id,
+        schedule: req.schedule_id,
+        admission: admission.map(|c| c.jti.clone()),
+        cap: schedule.cap.unwrap_or(s.seats_per_buyer),
+    };
+    // Refused before anything is held; the count that decides is in the insert's transaction.
+    let mut conn = s.db.pool.acquire().await.context("counting seats")?;
+    limits.check(&mut conn, seats.len()).await?;
+    drop(conn);
     let amount = seat_prices(&s, req.schedule_id, &seats).await?;
     let id = new_id();
     let expires =
@@ -128,7 +222,7 @@ pub async fn create(
             HoldOutcome::Held { expires_at_ms } => expires_at_ms,
             HoldOutcome::Taken(taken) => return Err(seat_taken(&taken)),
         };
-    if let Err(e) = insert(&s, &id, user.id, req.schedule_id, &seats, amount, expires).await {
+    if let Err(e) = insert(&s, &id, &limits, &seats, amount, expires).await {
         // The row is the truth: without it, the hold must not stay.
         if let Err(re) = s.holds.release(req.schedule_id, &seats, &id).await {
             tracing::error!(error = %re, reservation = %id, "releasing a hold after a failed insert failed; it expires on its own");
@@ -147,14 +241,16 @@ pub async fn create(
 async fn insert(
     s: &AppState,
     id: &str,
-    user: i64,
-    schedule: i64,
+    limits: &Limits,
     seats: &[i64],
     amount: i64,
     expires: i64,
 ) -> Result<()> {
+    let (user, schedule) = (limits.user, limits.schedule);
     let now = now_ms();
     let mut tx = s.db.pool.begin().await.context("starting a reservation")?;
+    limits.lock(&mut tx).await?;
+    limits.check(&mut tx, seats.len()).await?;
     // Holds that expired on these seats give them up in the database too.
     let sql = format!(
         "UPDATE reservations SET status = 'expired', updated_at = $1 WHERE status = 'held' AND expires_at <= $1 \
@@ -177,8 +273,8 @@ async fn insert(
     }
     q.execute(&mut *tx).await.context("freeing seats of expired holds")?;
     sqlx::query(
-        "INSERT INTO reservations (id, user_id, schedule_id, amount, status, expires_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'held', $5, $6, $6)",
+        "INSERT INTO reservations (id, user_id, schedule_id, amount, status, expires_at, created_at, updated_at, admission_jti) \
+         VALUES ($1, $2, $3, $4, 'held', $5, $6, $6, $7)",
     )
     .bind(id)
     .bind(user)
@@ -186,6 +282,7 @@ async fn insert(
     .bind(amount)
     .bind(expires)
     .bind(now)
+    .bind(&limits.admission)
     .execute(&mut *tx)
     .await
     .context("inserting a reservation")?;

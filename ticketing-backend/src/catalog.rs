@@ -163,7 +163,14 @@ pub struct ConcertInput {
     host: String,
     #[serde(default)]
     room: Option<String>,
+    /// Seats one buyer may hold and buy per round (and one admission in all); absent: the
+    /// backend's `seats_per_buyer`.
+    #[serde(default)]
+    max_seats_per_buyer: Option<i64>,
 }
+
+/// The most a concert's `max_seats_per_buyer` may be.
+pub const MAX_SEATS_PER_BUYER: i64 = 10_000;
 
 struct Concert {
     title: String,
@@ -176,6 +183,7 @@ struct Concert {
     performer_ids: Vec<i64>,
     host: String,
     room: Option<String>,
+    max_seats_per_buyer: Option<i64>,
 }
 
 async fn validate(s: &AppState, c: ConcertInput) -> Result<Concert> {
@@ -189,6 +197,14 @@ async fn validate(s: &AppState, c: ConcertInput) -> Result<Concert> {
     }
     if let Some(r) = &c.room {
         queue_core::RoomId::parse(r).map_err(|e| ApiError::invalid("room", e.to_string()))?;
+    }
+    if let Some(n) = c.max_seats_per_buyer
+        && !(1..=MAX_SEATS_PER_BUYER).contains(&n)
+    {
+        return Err(ApiError::invalid(
+            "max_seats_per_buyer",
+            format!("must be within 1..={MAX_SEATS_PER_BUYER}"),
+        ));
     }
     if c.performer_ids.len() > 50 {
         return Err(ApiError::invalid("performer_ids", "at most 50"));
@@ -223,6 +239,7 @@ async fn validate(s: &AppState, c: ConcertInput) -> Result<Concert> {
         performer_ids: c.performer_ids,
         host: text("host", &c.host, 100, true)?,
         room: c.room,
+        max_seats_per_buyer: c.max_seats_per_buyer,
     })
 }
 
@@ -263,8 +280,8 @@ pub async fn add_concert(s: &AppState, input: ConcertInput) -> Result<i64> {
     let c = validate(s, input).await?;
     let now = now_ms();
     let row = sqlx::query(
-        "INSERT INTO concerts (title, artists, category, description, starts_on, ends_on, venue_id, host, room, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        "INSERT INTO concerts (title, artists, category, description, starts_on, ends_on, venue_id, host, room, created_at, updated_at, max_seats_per_buyer)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
     )
     .bind(&c.title)
     .bind(&c.artists)
@@ -277,6 +294,7 @@ pub async fn add_concert(s: &AppState, input: ConcertInput) -> Result<i64> {
     .bind(c.room.clone())
     .bind(now)
     .bind(now)
+    .bind(c.max_seats_per_buyer)
     .fetch_one(&s.db.pool)
     .await
     .context("inserting a concert")?;
@@ -309,7 +327,7 @@ pub async fn update_concert(
     let c = validate(&s, body(b)?).await?;
     let res = sqlx::query(
         "UPDATE concerts SET title = $1, artists = $2, category = $3, description = $4, starts_on = $5, ends_on = $6,
-         venue_id = $7, host = $8, room = $9, updated_at = $10 WHERE id = $11 AND deleted_at IS NULL",
+         venue_id = $7, host = $8, room = $9, updated_at = $10, max_seats_per_buyer = $12 WHERE id = $11 AND deleted_at IS NULL",
     )
     .bind(&c.title)
     .bind(&c.artists)
@@ -322,6 +340,7 @@ pub async fn update_concert(
     .bind(c.room.clone())
     .bind(now_ms())
     .bind(id)
+    .bind(c.max_seats_per_buyer)
     .execute(&s.db.pool)
     .await
     .context("updating a concert")?;
@@ -381,7 +400,7 @@ fn concert_row_json(r: &AnyRow) -> Value {
     })
 }
 
-const CONCERT_COLUMNS: &str = "c.id, c.title, c.artists, c.category, c.description, c.starts_on, c.ends_on, c.host, c.room, c.poster, \
+const CONCERT_COLUMNS: &str = "c.id, c.title, c.artists, c.category, c.description, c.starts_on, c.ends_on, c.host, c.room, c.poster, c.max_seats_per_buyer, \
      c.venue_id, v.name AS venue_name, v.address AS venue_address";
 
 /// A live concert's full JSON, or `None` (unknown or deleted).
@@ -399,6 +418,8 @@ pub async fn concert_json(s: &AppState, id: i64) -> Result<Option<Value>> {
     };
     let mut v = concert_row_json(&r);
     v["description"] = json!(r.get::<String, _>("description"));
+    v["max_seats_per_buyer"] =
+        json!(r.get::<Option<i64>, _>("max_seats_per_buyer").unwrap_or(s.seats_per_buyer));
     v["venue"]["address"] = json!(r.get::<String, _>("venue_address"));
     let performers = sqlx::query(
         "SELECT p.id, p.name FROM concert_performers cp JOIN performers p ON p.id = cp.performer_id WHERE cp.concert_id = $1 ORDER BY p.id",

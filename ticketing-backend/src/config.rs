@@ -96,6 +96,9 @@ pub struct BackendConfig {
     /// Reconciliation leaves orders younger than this to their saga, seconds
     /// (`TB_RECONCILE_GRACE_S`, 0..=86400; keep it above `payments_timeout_ms`).
     pub reconcile_grace_s: u64,
+    /// Seats one buyer may hold and buy per round, and one admission in all, unless the
+    /// concert sets its own `max_seats_per_buyer` (`TB_SEATS_PER_BUYER`, 1..=10000).
+    pub seats_per_buyer: i64,
 }
 
 impl Default for BackendConfig {
@@ -124,6 +127,7 @@ impl Default for BackendConfig {
             payments_timeout_ms: 10_000,
             reconcile_every_s: 300,
             reconcile_grace_s: 600,
+            seats_per_buyer: 4,
         }
     }
 }
@@ -158,6 +162,7 @@ impl std::fmt::Debug for BackendConfig {
             .field("payments_timeout_ms", &self.payments_timeout_ms)
             .field("reconcile_every_s", &self.reconcile_every_s)
             .field("reconcile_grace_s", &self.reconcile_grace_s)
+            .field("seats_per_buyer", &self.seats_per_buyer)
             .finish()
     }
 }
@@ -205,6 +210,10 @@ impl BackendConfig {
         if let Some(v) = get("TB_RECONCILE_EVERY_S") {
             cfg.reconcile_every_s =
                 v.parse().map_err(|_| bad("TB_RECONCILE_EVERY_S", format!("not a number: {v:?}")))?;
+        }
+        if let Some(v) = get("TB_SEATS_PER_BUYER") {
+            cfg.seats_per_buyer =
+                v.parse().map_err(|_| bad("TB_SEATS_PER_BUYER", format!("not a number: {v:?}")))?;
         }
         if let Some(v) = get("TB_RECONCILE_GRACE_S") {
             cfg.reconcile_grace_s =
@@ -299,6 +308,9 @@ impl BackendConfig {
         }
         if !(1..=86_400).contains(&self.reconcile_every_s) {
             return Err(bad("reconcile_every_s", "must be within 1..=86400"));
+        }
+        if !(1..=crate::catalog::MAX_SEATS_PER_BUYER).contains(&self.seats_per_buyer) {
+            return Err(bad("seats_per_buyer", "must be within 1..=10000"));
         }
         if self.reconcile_grace_s > 86_400 {
             return Err(bad("reconcile_grace_s", "must be within 0..=86400"));

@@ -3,6 +3,12 @@
 //! over `tb:coupon:{campaign}` with `TB_REDIS_URL`, a lock in process otherwise); the coupon
 //! row is then written, and an issuance whose row fails is undone. A unique index on
 //! (campaign, user) backs the one-per-user rule in the database.
+//!
+//! A campaign may be scoped to a concert or to one round of it: its coupons then discount
+//! only that (`409 coupon_not_applicable` at prepare), and if the concert is queued behind
+//! a room they are issued only with an admission to it, bound to the account like a hold
+//! (the gateway must protect the campaign's issue path, `protect_path`, for the token to
+//! reach the backend).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
@@ -143,6 +149,72 @@ pub struct NewCampaign {
     pub valid_from: String,
     /// RFC 3339 end of issuance and use.
     pub valid_until: String,
+    /// Only for this concert's rounds.
+    #[serde(default)]
+    pub concert_id: Option<i64>,
+    /// Only for this round (its concert is implied).
+    #[serde(default)]
+    pub schedule_id: Option<i64>,
+}
+
+/// Where a campaign applies: its concert (and round), and the concert's room.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    concert: Option<i64>,
+    schedule: Option<i64>,
+    room: Option<String>,
+}
+
+/// The concert a campaign is for, from either id; checks they exist and agree.
+async fn scope_of(s: &AppState, concert: Option<i64>, schedule: Option<i64>) -> Result<Scope> {
+    let concert = match schedule {
+        Some(id) => {
+            let row = sqlx::query("SELECT concert_id FROM schedules WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&s.db.pool)
+                .await
+                .context("loading a campaign's round")?
+                .ok_or_else(|| ApiError::invalid("schedule_id", "no such round"))?;
+            let of: i64 = row.get(0);
+            if concert.is_some_and(|c| c != of) {
+                return Err(ApiError::invalid("schedule_id", format!("round {id} belongs to concert {of}")));
+            }
+            Some(of)
+        }
+        None => concert,
+    };
+    let Some(c) = concert else { return Ok(Scope::default()) };
+    let row = sqlx::query("SELECT room FROM concerts WHERE id = $1 AND deleted_at IS NULL")
+        .bind(c)
+        .fetch_optional(&s.db.pool)
+        .await
+        .context("loading a campaign's concert")?
+        .ok_or_else(|| ApiError::invalid("concert_id", "no such concert"))?;
+    Ok(Scope { concert: Some(c), schedule, room: row.get(0) })
+}
+
+/// `409 coupon_not_applicable` unless a coupon of `campaign` discounts `schedule` (of
+/// `concert`).
+pub async fn applies(s: &AppState, campaign: i64, concert: i64, schedule: i64) -> Result<()> {
+    let row = sqlx::query("SELECT concert_id, schedule_id FROM coupon_campaigns WHERE id = $1")
+        .bind(campaign)
+        .fetch_one(&s.db.pool)
+        .await
+        .context("loading a coupon's campaign")?;
+    let (for_concert, for_schedule): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+    if for_concert.is_some_and(|c| c != concert) || for_schedule.is_some_and(|r| r != schedule) {
+        let what = match (for_schedule, for_concert) {
+            (Some(r), _) => format!("round {r}"),
+            (None, Some(c)) => format!("concert {c}"),
+            (None, None) => "another event".to_owned(),
+        };
+        return Err(ApiError::client(
+            StatusCode::CONFLICT,
+            "coupon_not_applicable",
+            format!("this coupon is only for {what}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `POST /admin/v1/coupon-campaigns`: `201` with the campaign.
@@ -173,9 +245,10 @@ pub async fn add_campaign(s: &AppState, c: NewCampaign) -> Result<Value> {
     if until <= from {
         return Err(ApiError::invalid("valid_until", "must be after valid_from"));
     }
+    let scope = scope_of(s, c.concert_id, c.schedule_id).await?;
     let row = sqlx::query(
-        "INSERT INTO coupon_campaigns (name, discount_kind, discount, stock, valid_from, valid_until, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        "INSERT INTO coupon_campaigns (name, discount_kind, discount, stock, valid_from, valid_until, created_at, concert_id, schedule_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
     .bind(&name)
     .bind(&c.discount_kind)
@@ -184,13 +257,21 @@ pub async fn add_campaign(s: &AppState, c: NewCampaign) -> Result<Value> {
     .bind(from)
     .bind(until)
     .bind(now_ms())
+    .bind(scope.concert)
+    .bind(scope.schedule)
     .fetch_one(&s.db.pool)
     .await
     .context("inserting a coupon campaign")?;
-    Ok(
-        json!({"id": row.get::<i64, _>(0), "name": name, "discount_kind": c.discount_kind, "discount": c.discount,
-        "stock": c.stock, "valid_from": rfc3339(from), "valid_until": rfc3339(until)}),
-    )
+    let id = row.get::<i64, _>(0);
+    let mut v = json!({"id": id, "name": name, "discount_kind": c.discount_kind, "discount": c.discount,
+        "stock": c.stock, "valid_from": rfc3339(from), "valid_until": rfc3339(until),
+        "concert_id": scope.concert, "schedule_id": scope.schedule});
+    if let Some(room) = &scope.room {
+        // What the operator adds to the room's `protect` list so that issuing waits in it.
+        v["room"] = json!(room);
+        v["protect_path"] = json!(format!("/api/v1/coupons/{id}/"));
+    }
+    Ok(v)
 }
 
 /// `GET /api/v1/coupons`: the campaigns open now (started, not ended), with what is left of
@@ -199,7 +280,7 @@ pub async fn open(State(s): State<AppState>) -> Result<Response> {
     let now = now_ms();
     let rows = sqlx::query(
         "SELECT k.id, k.name, k.discount_kind, k.discount, k.stock, k.valid_until, \
-         (SELECT COUNT(*) FROM coupons c WHERE c.campaign_id = k.id) \
+         (SELECT COUNT(*) FROM coupons c WHERE c.campaign_id = k.id), k.concert_id, k.schedule_id \
          FROM coupon_campaigns k WHERE k.valid_from <= $1 AND k.valid_until > $1 \
          ORDER BY k.valid_until, k.id LIMIT 50",
     )
@@ -212,22 +293,25 @@ pub async fn open(State(s): State<AppState>) -> Result<Response> {
         .map(|r| {
             let left = (r.get::<i64, _>(4) - r.get::<i64, _>(6)).max(0);
             json!({"campaign_id": r.get::<i64, _>(0), "name": r.get::<String, _>(1), "discount_kind": r.get::<String, _>(2),
-                "discount": r.get::<i64, _>(3), "remaining": left, "valid_until": rfc3339(r.get(5))})
+                "discount": r.get::<i64, _>(3), "remaining": left, "valid_until": rfc3339(r.get(5)),
+                "concert_id": r.get::<Option<i64>, _>(7), "schedule_id": r.get::<Option<i64>, _>(8)})
         })
         .collect();
     Ok(Json(json!({ "items": items })).into_response())
 }
 
 /// `POST /api/v1/coupons/{campaign_id}/issue`: `201 {coupon_id}`, `409 already_issued`,
-/// `410 sold_out`; outside the campaign's window `409 not_started` or `410 campaign_ended`.
+/// `410 sold_out`; outside the campaign's window `409 not_started` or `410 campaign_ended`;
+/// for a queued concert's campaign `403 not_admitted` without an admission to its room.
 pub async fn issue(
     State(s): State<AppState>,
     user: CurrentUser,
+    headers: axum::http::HeaderMap,
     p: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let campaign = path_id(p, "campaign_id")?;
     let row = sqlx::query(
-        "SELECT stock, valid_from, valid_until, discount_kind, discount FROM coupon_campaigns WHERE id = $1",
+        "SELECT stock, valid_from, valid_until, discount_kind, discount, concert_id FROM coupon_campaigns WHERE id = $1",
     )
     .bind(campaign)
     .fetch_optional(&s.db.pool)
@@ -241,6 +325,10 @@ pub async fn issue(
     }
     if now >= until {
         return Err(ApiError::client(StatusCode::GONE, "campaign_ended", "this campaign has ended"));
+    }
+    // A queued concert's coupons are issued to its admitted buyers only.
+    if let Some(room) = scope_of(&s, row.get(5), None).await?.room {
+        s.admission.require_for(&headers, &room, &user).await?;
     }
     match s.coupons.issue(campaign, stock, user.id).await.context("issuing a coupon")? {
         Issue::AlreadyIssued => return Err(already_issued()),

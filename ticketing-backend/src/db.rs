@@ -72,6 +72,7 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0008_integrity.sql"),
         postgres: include_str!("../migrations/postgres/0008_integrity.sql"),
     },
+    Migration::shared(9, "limits", include_str!("../migrations/shared/0009_limits.sql")),
 ];
 
 /// A connected, migrated database.

@@ -137,6 +137,12 @@ pub async fn expire_holds(s: &AppState, holder: &str) -> Result<Outcome> {
         for schedule in schedules {
             s.holds.sweep(schedule).await.context("sweeping holds")?;
         }
+        // The rows that serialised a buyer's holds are needed only while they are made.
+        sqlx::query("DELETE FROM limit_locks WHERE touched_at < $1")
+            .bind(now - DAY_MS)
+            .execute(&s.db.pool)
+            .await
+            .context("forgetting old limit locks")?;
         Ok(Outcome::Done { count: rows.len() as u64 })
     })
     .await

@@ -181,6 +181,7 @@ pub async fn build(cfg: &BackendConfig) -> Result<AppState, StartError> {
         coupons,
         hold_ttl_ms: i64::from(cfg.hold_ttl_s) * 1000,
         reconcile_grace: Duration::from_secs(cfg.reconcile_grace_s),
+        seats_per_buyer: cfg.seats_per_buyer,
         // The built-in simulator's ledger starts empty with each process.
         reconcile_since_ms: if cfg.payments_base_url.is_none() { db::now_ms() } else { 0 },
         trusted_proxies: cfg.trusted_proxies.clone(),

@@ -244,13 +244,16 @@ pub async fn prepare(
     if !valid_id(&p.reservation_id, 'r') {
         return Err(crate::catalog::not_found("reservation"));
     }
-    let r = sqlx::query("SELECT user_id, amount, status, expires_at FROM reservations WHERE id = $1")
-        .bind(&p.reservation_id)
-        .fetch_optional(&s.db.pool)
-        .await
-        .context("loading a reservation")?
-        .filter(|r| r.get::<i64, _>(0) == user.id)
-        .ok_or_else(|| crate::catalog::not_found("reservation"))?;
+    let r = sqlx::query(
+        "SELECT r.user_id, r.amount, r.status, r.expires_at, r.schedule_id, s.concert_id \
+         FROM reservations r JOIN schedules s ON s.id = r.schedule_id WHERE r.id = $1",
+    )
+    .bind(&p.reservation_id)
+    .fetch_optional(&s.db.pool)
+    .await
+    .context("loading a reservation")?
+    .filter(|r| r.get::<i64, _>(0) == user.id)
+    .ok_or_else(|| crate::catalog::not_found("reservation"))?;
     let (amount, status, expires): (i64, String, i64) = (r.get(1), r.get(2), r.get(3));
     if status != "held" || expires <= now_ms() {
         return Err(conflict("reservation_not_payable", "only a held, unexpired reservation can be paid"));
@@ -259,7 +262,7 @@ pub async fn prepare(
         return Err(live_conflict(&live));
     }
     let discount = match &p.coupon_id {
-        Some(c) => coupon_discount(&s, c, user.id, amount).await?,
+        Some(c) => coupon_discount(&s, c, user.id, amount, (r.get(5), r.get(4))).await?,
         None => 0,
     };
     let total = (amount - discount).max(0);
@@ -331,9 +334,10 @@ fn live_conflict(live: &Order) -> ApiError {
     }
 }
 
-async fn coupon_discount(s: &AppState, coupon: &str, user: i64, amount: i64) -> Result<i64> {
+/// What `coupon` takes off `amount` for a reservation of `(concert, round)`.
+async fn coupon_discount(s: &AppState, coupon: &str, user: i64, amount: i64, of: (i64, i64)) -> Result<i64> {
     let row = sqlx::query(
-        "SELECT c.user_id, c.status, k.discount_kind, k.discount, k.valid_until FROM coupons c \
+        "SELECT c.user_id, c.status, k.discount_kind, k.discount, k.valid_until, k.id FROM coupons c \
          JOIN coupon_campaigns k ON k.id = c.campaign_id WHERE c.id = $1",
     )
     .bind(coupon)
@@ -347,6 +351,7 @@ async fn coupon_discount(s: &AppState, coupon: &str, user: i64, amount: i64) -> 
     if status != "issued" || until <= now_ms() {
         return Err(conflict("coupon_unavailable", "this coupon is used or expired"));
     }
+    crate::coupons::applies(s, row.get(5), of.0, of.1).await?;
     Ok(if kind == "percent" { amount * discount / 100 } else { discount.min(amount) })
 }
 

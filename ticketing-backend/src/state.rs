@@ -48,6 +48,8 @@ pub struct App {
     /// Reconciliation looks no further back than this (Unix ms): the start of the process
     /// with the built-in simulator, whose ledger lives and dies with it.
     pub reconcile_since_ms: i64,
+    /// Seats per buyer per round (and per admission) where a concert sets none.
+    pub seats_per_buyer: i64,
     /// Proxies whose `X-Forwarded-For` names the client ([`crate::client::ClientIp`]).
     pub trusted_proxies: Vec<crate::client::Cidr>,
 }
