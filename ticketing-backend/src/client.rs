@@ -14,12 +14,13 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::state::AppState;
@@ -28,41 +29,22 @@ use crate::state::AppState;
 /// proxies is that long, and the walk stays bounded.
 pub const MAX_FORWARDED_BYTES: usize = 1024;
 
-/// An address or a network (`10.0.0.0/8`, `::1`, `fd00::/8`).
+/// An address or a network (`10.0.0.0/8`, `::1`, `fd00::/8`): an [`IpNet`] that also
+/// takes a bare address and refuses host bits.
 #[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     /// Whether `ip` (IPv4-mapped IPv6 counts as IPv4) is inside.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.net, ip.to_canonical()) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => mask4(a, self.prefix) == n,
-            (IpAddr::V6(n), IpAddr::V6(a)) => mask6(a, self.prefix) == n,
-            _ => false,
-        }
+        self.0.contains(&ip.to_canonical())
     }
 
     /// The default trusted proxies: loopback, where the all-in-one gateway and a local one live.
     pub fn loopback() -> Vec<Cidr> {
-        vec![
-            Cidr { net: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 },
-            Cidr { net: IpAddr::V6(Ipv6Addr::LOCALHOST), prefix: 128 },
-        ]
+        ["127.0.0.0/8", "::1/128"].iter().map(|n| Cidr(n.parse().expect("a valid network"))).collect()
     }
-}
-
-fn mask4(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
-    let bits = u32::from(a);
-    Ipv4Addr::from(if prefix == 0 { 0 } else { bits & (u32::MAX << (32 - u32::from(prefix))) })
-}
-
-fn mask6(a: Ipv6Addr, prefix: u8) -> Ipv6Addr {
-    let bits = u128::from(a);
-    Ipv6Addr::from(if prefix == 0 { 0 } else { bits & (u128::MAX << (128 - u32::from(prefix))) })
 }
 
 impl FromStr for Cidr {
@@ -70,30 +52,15 @@ impl FromStr for Cidr {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
+        let net = match s.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip.to_canonical()),
+            Err(_) => s.parse::<IpNet>().map_err(|_| format!("{s:?} is not an IP address or CIDR"))?,
         };
-        let ip =
-            addr.parse::<IpAddr>().map_err(|_| format!("{s:?} is not an IP address or CIDR"))?.to_canonical();
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix must be 0..={max}"))?,
-        };
-        let net = match ip {
-            IpAddr::V4(a) => IpAddr::V4(mask4(a, prefix)),
-            IpAddr::V6(a) => IpAddr::V6(mask6(a, prefix)),
-        };
-        if net != ip {
+        if net.trunc() != net {
             // 10.1.2.3/8 is more likely a typo than a wish for 10.0.0.0/8.
-            return Err(format!("{s:?} has host bits set (did you mean {net}/{prefix}?)"));
+            return Err(format!("{s:?} has host bits set (did you mean {}?)", net.trunc()));
         }
-        Ok(Cidr { net, prefix })
+        Ok(Cidr(net))
     }
 }
 
@@ -107,7 +74,7 @@ impl TryFrom<String> for Cidr {
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.net, self.prefix)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -171,7 +138,7 @@ impl ClientIp {
     pub fn bucket(self) -> IpAddr {
         match self.0 {
             IpAddr::V4(a) => IpAddr::V4(a),
-            IpAddr::V6(a) => IpAddr::V6(mask6(a, 64)),
+            IpAddr::V6(a) => IpAddr::V6(ipnet::Ipv6Net::new_assert(a, 64).network()),
         }
     }
 }
