@@ -70,8 +70,11 @@ struct Limits {
     cap: i64,
 }
 
-/// Seats that count against a limit: held and unexpired, or sold.
-const LIVE_SEAT: &str = "rs.active = 1 AND (r.status = 'paid' OR (r.status = 'held' AND r.expires_at > $1))";
+/// Seats that count against a limit: sold, held and unexpired, or held by a reservation whose
+/// payment is under way (its hold may run out while the provider answers, and the saga still
+/// books it).
+const LIVE_SEAT: &str = "rs.active = 1 AND (r.status = 'paid' OR (r.status = 'held' AND (r.expires_at > $1 \
+     OR EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = r.id AND (p.status = 'confirming' OR p.step = 'compensating')))))";
 
 impl Limits {
     /// `409 seat_limit` (or `admission_seat_limit`) when `adding` more seats would pass
@@ -262,9 +265,12 @@ async fn insert(
         q = q.bind(*seat);
     }
     q.execute(&mut *tx).await.context("retiring expired holds")?;
+    // Every seat of a dead reservation, not only the requested ones: a dead reservation
+    // holds no seat.
     let sql = format!(
-        "UPDATE reservation_seats SET active = 0 WHERE schedule_id = $1 AND active = 1 AND seat_id IN ({}) \
-         AND reservation_id IN (SELECT id FROM reservations WHERE schedule_id = $1 AND status IN ('expired', 'cancelled'))",
+        "UPDATE reservation_seats SET active = 0 WHERE active = 1 AND reservation_id IN (\
+         SELECT r.id FROM reservations r JOIN reservation_seats x ON x.reservation_id = r.id \
+         WHERE x.schedule_id = $1 AND x.active = 1 AND x.seat_id IN ({}) AND r.status IN ('expired', 'cancelled'))",
         placeholders(2, seats.len())
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(schedule);
@@ -365,8 +371,9 @@ pub async fn get(
     Ok(Json(reservation_json(&row, seats)).into_response())
 }
 
-/// `DELETE /api/v1/reservations/{id}`: cancels a hold and returns its seats. Cancelling a
-/// cancelled or expired reservation answers its state again.
+/// `DELETE /api/v1/reservations/{id}`: cancels a hold and returns its seats, or refunds a paid
+/// reservation; `409 payment_in_progress` while a payment of it runs. Cancelling a cancelled
+/// or expired reservation answers its state again.
 pub async fn cancel(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -374,49 +381,74 @@ pub async fn cancel(
 ) -> Result<Response> {
     let id = reservation_id(p)?;
     let (row, seats) = load(&s, &id, &user).await?;
-    let status: String = row.get("status");
-    if status == "paid"
+    if row.get::<String, _>("status") == "held" {
+        cancel_held(&s, &id, row.get("schedule_id"), &seats, row.get("user_id")).await?;
+    }
+    // Paid, perhaps meanwhile: cancelling it is its refund.
+    let (row, _) = load(&s, &id, &user).await?;
+    if row.get::<String, _>("status") == "paid"
         && let Some(order) = crate::payments::paid_order_of(&s, &id).await?
     {
         crate::payments::refund_order(&s, order).await?;
     }
-    if status == "held" {
-        let schedule: i64 = row.get("schedule_id");
-        let mut tx = s.db.pool.begin().await.context("starting a cancellation")?;
-        // Not while an order of it is being confirmed or undone: that saga decides its seats.
-        let cancelled = sqlx::query(
-            "UPDATE reservations SET status = 'cancelled', updated_at = $1 WHERE id = $2 AND status = 'held' \
-             AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = $2 \
-             AND (p.status = 'confirming' OR p.step = 'compensating'))",
-        )
-        .bind(now_ms())
-        .bind(&id)
+    let (row, seats) = load(&s, &id, &user).await?;
+    Ok(Json(reservation_json(&row, seats)).into_response())
+}
+
+/// Cancels a held reservation, its seats and its unconfirmed orders; `409
+/// payment_in_progress` while an order of it is being confirmed or undone (that saga decides
+/// its seats); `false` if it is no longer held. The reservation's row is taken first, as a
+/// confirmation's claim takes it, so the two never both go ahead.
+async fn cancel_held(s: &AppState, id: &str, schedule: i64, seats: &[i64], user: i64) -> Result<bool> {
+    let now = now_ms();
+    let mut tx = s.db.pool.begin().await.context("starting a cancellation")?;
+    let held = sqlx::query("UPDATE reservations SET updated_at = $1 WHERE id = $2 AND status = 'held'")
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .context("locking a reservation")?;
+    if held.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let busy = sqlx::query(
+        "SELECT 1 FROM payments WHERE reservation_id = $1 AND (status = 'confirming' OR step = 'compensating')",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+    .context("looking for a payment under way")?;
+    if busy.is_some() {
+        return Err(ApiError::client(
+            StatusCode::CONFLICT,
+            "payment_in_progress",
+            "a payment for this reservation is being confirmed; cancel after it ends",
+        ));
+    }
+    sqlx::query("UPDATE reservations SET status = 'cancelled', updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(id)
         .execute(&mut *tx)
         .await
         .context("cancelling a reservation")?;
-        if cancelled.rows_affected() == 0 {
-            drop(tx);
-            let (row, seats) = load(&s, &id, &user).await?;
-            if row.get::<String, _>("status") == "held" {
-                return Err(ApiError::client(
-                    StatusCode::CONFLICT,
-                    "payment_in_progress",
-                    "a payment for this reservation is being confirmed; cancel after it ends",
-                ));
-            }
-            return Ok(Json(reservation_json(&row, seats)).into_response());
-        }
-        sqlx::query("UPDATE reservation_seats SET active = 0 WHERE reservation_id = $1")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await
-            .context("freeing reserved seats")?;
-        tx.commit().await.context("committing a cancellation")?;
-        s.holds.release(schedule, &seats, &id).await.context("releasing seats")?;
-        s.notifier.publish(row.get("user_id"), "reservation.cancelled", json!({"reservation_id": id})).await;
-    }
-    let (row, seats) = load(&s, &id, &user).await?;
-    Ok(Json(reservation_json(&row, seats)).into_response())
+    sqlx::query("UPDATE reservation_seats SET active = 0 WHERE reservation_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .context("freeing reserved seats")?;
+    sqlx::query(
+        "UPDATE payments SET status = 'failed', step = 'compensated', last_error = 'reservation cancelled', \
+         updated_at = $1 WHERE reservation_id = $2 AND status = 'ready'",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .context("closing unconfirmed orders")?;
+    tx.commit().await.context("committing a cancellation")?;
+    s.holds.release(schedule, seats, id).await.context("releasing seats")?;
+    s.notifier.publish(user, "reservation.cancelled", json!({"reservation_id": id})).await;
+    Ok(true)
 }
 
 /// `GET /api/v1/me/reservations`: the caller's reservations, newest first.

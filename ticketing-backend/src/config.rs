@@ -94,7 +94,7 @@ pub struct BackendConfig {
     /// (`TB_RECONCILE_EVERY_S`, 1..=86400).
     pub reconcile_every_s: u64,
     /// Reconciliation leaves orders younger than this to their saga, seconds
-    /// (`TB_RECONCILE_GRACE_S`, 0..=86400; keep it above `payments_timeout_ms`).
+    /// (`TB_RECONCILE_GRACE_S`, up to 86400 and at least twice `payments_timeout_ms`).
     pub reconcile_grace_s: u64,
     /// Seats one buyer may hold and buy per round, and one admission in all, unless the
     /// concert sets its own `max_seats_per_buyer` (`TB_SEATS_PER_BUYER`, 1..=10000).
@@ -314,6 +314,11 @@ impl BackendConfig {
         }
         if self.reconcile_grace_s > 86_400 {
             return Err(bad("reconcile_grace_s", "must be within 0..=86400"));
+        }
+        // Younger orders may be between the provider's charge and their booking: refunding
+        // one then would leave it paid without its money.
+        if self.reconcile_grace_s * 1000 < 2 * self.payments_timeout_ms {
+            return Err(bad("reconcile_grace_s", "must be at least twice payments_timeout_ms"));
         }
         for (field, v) in [
             ("login_per_minute", self.login_per_minute),

@@ -100,11 +100,10 @@ impl Provider {
                 Charge::Done
             }
             Ok((200, v)) => Charge::Unknown(format!("the provider answered about another payment: {v}")),
-            Ok((s, v)) if (400..500).contains(&s) => Charge::Rejected(format!(
-                "{}: {}",
-                v["code"].as_str().unwrap_or("?"),
-                v["message"].as_str().unwrap_or("")
-            )),
+            // A refusal; 408, 409, 425 and 429 are "not now" and say nothing of a charge.
+            Ok((s, v)) if (400..500).contains(&s) && ![408, 409, 425, 429].contains(&s) => Charge::Rejected(
+                format!("{}: {}", v["code"].as_str().unwrap_or("?"), v["message"].as_str().unwrap_or("")),
+            ),
             Ok((s, _)) => Charge::Unknown(format!("the provider answered {s}")),
             Err(e) => Charge::Unknown(e),
         }
@@ -149,6 +148,7 @@ impl Provider {
         let date = |ms: i64| crate::catalog::rfc3339(ms).as_str().map(str::to_owned).unwrap_or_default();
         let (from, to) = (date(from_ms), date(to_ms));
         let mut out: Vec<ProviderPayment> = Vec::new();
+        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         let mut after = String::new();
         for _ in 0..1_000 {
             let mut path =
@@ -164,9 +164,12 @@ impl Provider {
             after = page.last().and_then(|t| t["transactionKey"].as_str()).unwrap_or_default().to_owned();
             for t in &page {
                 let p = ProviderPayment::of(t).ok_or_else(|| format!("unreadable transaction: {t}"))?;
-                match out.iter_mut().find(|q| q.payment_key == p.payment_key) {
-                    Some(q) => *q = p,
-                    None => out.push(p),
+                match at.get(&p.payment_key) {
+                    Some(&i) => out[i] = p,
+                    None => {
+                        at.insert(p.payment_key.clone(), out.len());
+                        out.push(p);
+                    }
                 }
             }
             if !full || after.is_empty() {
@@ -462,7 +465,22 @@ async fn confirm_inner(s: &AppState, user: &CurrentUser, raw: &[u8]) -> Result<(
         ));
     }
     // The claim: one order of a reservation at a time (`payments_one_live` refuses a second),
-    // numbered per reservation for the provider's idempotency key.
+    // numbered per reservation for the provider's idempotency key. The reservation's row is
+    // taken first, as a cancellation takes it, so a cancel and a confirm never both go ahead.
+    let mut tx = s.db.pool.begin().await.context("starting a confirmation")?;
+    let held = sqlx::query("UPDATE reservations SET updated_at = $1 WHERE id = $2 AND status = 'held'")
+        .bind(now_ms())
+        .bind(&order.reservation_id)
+        .execute(&mut *tx)
+        .await
+        .context("locking a reservation")?;
+    if held.rows_affected() == 0 {
+        drop(tx);
+        return Err(match live_order_of(s, &order.reservation_id).await? {
+            Some(live) => live_conflict(&live),
+            None => conflict("reservation_not_payable", "the reservation was cancelled or expired"),
+        });
+    }
     let claimed = sqlx::query(
         "UPDATE payments SET status = 'confirming', step = 'started', payment_key = $1, updated_at = $2, \
          attempt = (SELECT COALESCE(MAX(p.attempt), 0) + 1 FROM payments p WHERE p.reservation_id = $4) \
@@ -472,12 +490,13 @@ async fn confirm_inner(s: &AppState, user: &CurrentUser, raw: &[u8]) -> Result<(
     .bind(now_ms())
     .bind(&order.order_id)
     .bind(&order.reservation_id)
-    .execute(&s.db.pool)
+    .execute(&mut *tx)
     .await;
     match claimed {
-        Ok(r) if r.rows_affected() == 1 => {}
+        Ok(r) if r.rows_affected() == 1 => tx.commit().await.context("claiming an order")?,
         Ok(_) => return Err(conflict("payment_in_progress", "this order is being confirmed")),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            drop(tx);
             return Err(match live_order_of(s, &order.reservation_id).await? {
                 Some(live) => live_conflict(&live),
                 None => {
@@ -552,9 +571,11 @@ pub async fn paid_order_of(s: &AppState, reservation_id: &str) -> Result<Option<
     Ok(row.as_ref().map(order_of))
 }
 
-/// Runs `work` once per `Idempotency-Key` (per user and scope): a repeat with the same body
-/// gets the first answer; with another body `422 idempotency_key_reused`; while the first is
-/// running `409 request_in_progress`. Server errors are not kept, so they can be retried.
+/// Runs `work` once per `Idempotency-Key` (per user and scope) for a day: a repeat with the
+/// same body gets the first answer; with another body `422 idempotency_key_reused`; while the
+/// first is running `409 request_in_progress` (a key abandoned by a dead process is free again
+/// after [`ABANDONED_AFTER_MS`]). Server errors and "in progress" answers are not kept, so
+/// they can be retried.
 async fn idempotent(
     s: &AppState,
     user: &CurrentUser,
@@ -575,27 +596,38 @@ async fn idempotent(
         }
     };
     let hash = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, request).as_ref());
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency (user_id, scope, idem_key, request_hash, status_code, body, created_at) VALUES ($1, $2, $3, $4, 0, '', $5)",
-    )
-    .bind(user.id)
-    .bind(scope)
-    .bind(&key)
-    .bind(&hash)
-    .bind(now_ms())
-    .execute(&s.db.pool)
-    .await;
-    match inserted {
-        Ok(_) => {}
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            return replay(s, user.id, scope, &key, &hash).await;
-        }
-        Err(e) => {
-            return Err::<(), _>(e).context("recording an idempotency key").unwrap_err().into_response();
+    let mut reclaimed = false;
+    loop {
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency (user_id, scope, idem_key, request_hash, status_code, body, created_at) VALUES ($1, $2, $3, $4, 0, '', $5)",
+        )
+        .bind(user.id)
+        .bind(scope)
+        .bind(&key)
+        .bind(&hash)
+        .bind(now_ms())
+        .execute(&s.db.pool)
+        .await;
+        match inserted {
+            Ok(_) => break,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                // A first request that never finished (its process died) gives the key up.
+                if !reclaimed && abandoned(s, user.id, scope, &key).await {
+                    reclaimed = true;
+                    continue;
+                }
+                return replay(s, user.id, scope, &key, &hash).await;
+            }
+            Err(e) => {
+                return Err::<(), _>(e).context("recording an idempotency key").unwrap_err().into_response();
+            }
         }
     }
     let (status, v) = work.await.unwrap_or_else(ApiError::parts);
-    let store = if status.is_server_error() {
+    // Server errors and "not now" answers are not kept: a retry must run again.
+    let transient =
+        ["payment_in_progress", "request_in_progress"].contains(&v["error"]["code"].as_str().unwrap_or(""));
+    let store = if status.is_server_error() || transient {
         sqlx::query("DELETE FROM idempotency WHERE user_id = $1 AND scope = $2 AND idem_key = $3")
             .bind(user.id)
             .bind(scope)
@@ -616,6 +648,24 @@ async fn idempotent(
         tracing::error!(error = %e, "keeping an idempotent answer failed");
     }
     reply((status, v))
+}
+
+/// An idempotency key still marked running this long after it was taken was abandoned by a
+/// process that died: no request runs for minutes.
+pub const ABANDONED_AFTER_MS: i64 = 5 * 60_000;
+
+/// Frees `key` if its first request was abandoned; `true` if it did.
+async fn abandoned(s: &AppState, user: i64, scope: &str, key: &str) -> bool {
+    let freed = sqlx::query(
+        "DELETE FROM idempotency WHERE user_id = $1 AND scope = $2 AND idem_key = $3 AND status_code = 0 AND created_at < $4",
+    )
+    .bind(user)
+    .bind(scope)
+    .bind(key)
+    .bind(now_ms() - ABANDONED_AFTER_MS)
+    .execute(&s.db.pool)
+    .await;
+    matches!(freed, Ok(r) if r.rows_affected() == 1)
 }
 
 async fn replay(s: &AppState, user: i64, scope: &str, key: &str, hash: &str) -> Response {
@@ -1023,7 +1073,7 @@ pub mod saga {
         let cutoff = now_ms() - stale.as_millis() as i64;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ORDER_COLUMNS} FROM payments \
-             WHERE ((status = 'confirming' OR step = 'refunding') AND updated_at < $1) OR step = 'compensating' \
+             WHERE (status = 'confirming' OR step IN ('refunding', 'compensating')) AND updated_at < $1 \
              ORDER BY updated_at LIMIT 100"
         )))
         .bind(cutoff)

@@ -3,11 +3,12 @@
 //!
 //! A run reads the provider's transactions of the last [`WINDOW_MS`] (`GET /v1/transactions`)
 //! and the orders they name, plus the paid orders of the same window, and sorts what
-//! disagrees into [`Kind`]s. It repairs what is safe without a person: a charge without a
-//! paid order is refunded (`orphan_charge`), valid tickets of an order that is not paid are
-//! revoked (`tickets_not_revoked`). The rest is reported (log, ops webhook, metric
-//! `ticketing_reconcile_discrepancies{kind}`, alert `ReconcileDiscrepancies`): a paid order
-//! the provider never charged, one it refunded behind our back, or an amount that differs.
+//! disagrees into [`Kind`]s. It repairs what is safe without a person: a charge of one of our
+//! orders that is not paid is refunded (`orphan_charge`), valid tickets of an order that is
+//! not paid are revoked (`tickets_not_revoked`). The rest is reported (log, ops webhook,
+//! metric `ticketing_reconcile_discrepancies{kind}`, alert `ReconcileDiscrepancies`): a paid
+//! order the provider never charged, one it refunded behind our back, an amount that
+//! differs, or a charge of an order this database never had (which no machine refunds).
 //! Orders younger than the grace period are left to their saga and the recovery loop.
 //!
 //! It runs every `reconcile_every_s` under a lease (one instance does the work) and on
@@ -47,16 +48,21 @@ pub enum Kind {
     AmountMismatch,
     /// Valid tickets of an order that is not paid (repaired: revoked).
     TicketsNotRevoked,
+    /// The provider holds a charge for an order this database never had: another shop on
+    /// the same account, a charge made by hand, or orders lost with a database (reported,
+    /// never refunded by a machine).
+    UnknownOrder,
 }
 
 impl Kind {
     /// Every kind, for the metric's zeroes.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::OrphanCharge,
         Kind::PaidWithoutCharge,
         Kind::RefundedAtProvider,
         Kind::AmountMismatch,
         Kind::TicketsNotRevoked,
+        Kind::UnknownOrder,
     ];
 
     fn label(self) -> &'static str {
@@ -66,6 +72,7 @@ impl Kind {
             Kind::RefundedAtProvider => "refunded_at_provider",
             Kind::AmountMismatch => "amount_mismatch",
             Kind::TicketsNotRevoked => "tickets_not_revoked",
+            Kind::UnknownOrder => "unknown_order",
         }
     }
 }
@@ -168,8 +175,16 @@ async fn compare(
         {
             Ok(None)
         }
-        ("DONE", _) => {
-            let state = local.map_or("unknown here".to_owned(), |l| format!("{} ({})", l.status, l.step));
+        ("DONE", None) => Ok(Some(finding(
+            Kind::UnknownOrder,
+            format!(
+                "charged {} by payment {} for an order this database does not know",
+                p.amount, p.payment_key
+            ),
+            false,
+        ))),
+        ("DONE", Some(l)) => {
+            let state = format!("{} ({})", l.status, l.step);
             let refunded =
                 s.provider.refund(&p.order_id, "reconciliation: a charge without a paid order").await;
             if let Err(e) = &refunded {
@@ -284,6 +299,14 @@ pub async fn worker(
     grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The series start at zero, and "last success" at the start, so that a fresh instance
+    // neither lacks them nor looks stale.
+    for kind in Kind::ALL {
+        let label = KindLabel { kind: kind.label().into() };
+        s.metrics.reconcile_discrepancies.get_or_create(&label).set(0);
+        s.metrics.reconcile_repaired.get_or_create(&label).inc_by(0);
+    }
+    s.metrics.reconcile_last_success.set(now_ms() / 1000);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

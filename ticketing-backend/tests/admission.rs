@@ -1,5 +1,7 @@
 //! Admission checks: tokens from a real gateway key set, fetched as JWKS over HTTP.
 
+mod common;
+
 use axum::http::HeaderMap;
 use queue_core::gate::GateSecret;
 use queue_core::token::{AdmissionClaims, KeySet, SigningKey, cnf_of};
@@ -42,17 +44,8 @@ fn refused(r: Result<std::sync::Arc<AdmissionClaims>, ApiError>) -> String {
 
 #[tokio::test]
 async fn verifies_tokens_of_the_gateways_key_set() {
-    let keys = KeySet::new("gw", SigningKey::generate().unwrap());
-    let jwks = serde_json::to_value(keys.jwks()).unwrap();
-    let app = axum::Router::new()
-        .route("/.well-known/jwks.json", axum::routing::get(move || async move { axum::Json(jwks) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let admission = Admission::new(
-        Some(Verifier::from_url(&format!("http://{addr}/.well-known/jwks.json")).unwrap()),
-        None,
-    );
+    let (keys, jwks) = common::shop::gateway_keys().await;
+    let admission = Admission::new(Some(Verifier::from_url(&jwks).unwrap()), None);
 
     let good = keys.sign_claims(&claims("hot", now(), now() + 600)).unwrap();
     let c = admission.require(&with_token(&good), "hot").await.unwrap();

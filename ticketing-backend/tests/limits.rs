@@ -7,24 +7,13 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::shop::{Backend, code, http, simulator};
+use common::shop::{Backend, admin_token, code, gateway_keys, signup, simulator};
 use common::{PgDb, sqlite_url};
-use queue_core::token::{AdmissionClaims, KeySet, SigningKey, cnf_of};
+use queue_core::token::{AdmissionClaims, KeySet, cnf_of};
 use serde_json::{Value, json};
-
-/// A gateway's key set, its JWKS served over HTTP.
-async fn gateway_keys() -> (KeySet, String) {
-    let keys = KeySet::new("gw", SigningKey::generate().unwrap());
-    let jwks = serde_json::to_value(keys.jwks()).unwrap();
-    let app = axum::Router::new()
-        .route("/.well-known/jwks.json", axum::routing::get(move || async move { axum::Json(jwks) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (keys, format!("http://{addr}/.well-known/jwks.json"))
-}
 
 /// An admission to `room` for `sub` (`anon:…` or a user id), ticket `jti`.
 fn admission(keys: &KeySet, room: &str, sub: &str, jti: u128) -> String {
@@ -50,35 +39,18 @@ struct Shop {
 }
 
 async fn shop(db: String, seats_per_buyer: i64) -> Shop {
+    shop_with(db, |c| c.seats_per_buyer = seats_per_buyer).await
+}
+
+async fn shop_with(db: String, tweak: impl FnOnce(&mut ticketing_backend::config::BackendConfig)) -> Shop {
     let sim = simulator().await;
     let (keys, jwks) = gateway_keys().await;
     let b = Backend::start_with(db, sim, |c| {
         c.admission_jwks_url = Some(jwks);
-        c.seats_per_buyer = seats_per_buyer;
+        tweak(c);
     })
     .await;
-    let (s, v, _) = http(
-        "POST",
-        &format!("{}/api/v1/auth/login", b.base),
-        Some(json!({"email": "admin@example.com", "password": "admin-password-123"})),
-        &[],
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    Shop { b, admin: v["token"].as_str().unwrap().to_owned(), keys, _sim: sim }
-}
-
-/// A buyer: (id, token).
-async fn buyer(b: &Backend, email: &str) -> (i64, String) {
-    let (s, v, _) = http(
-        "POST",
-        &format!("{}/api/v1/auth/signup", b.base),
-        Some(json!({"email": email, "password": "buyer password", "name": "B"})),
-        &[],
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    (v["id"].as_i64().unwrap(), v["token"].as_str().unwrap().to_owned())
+    Shop { admin: admin_token(&b).await, b, keys, _sim: sim }
 }
 
 /// A concert (with `room` and its own cap, if given) and one round of 50 seats:
@@ -137,8 +109,8 @@ async fn pay(b: &Backend, token: &str, reservation: &Value, coupon: Option<&str>
 async fn seats_per_buyer(db: String) {
     let sh = shop(db, 3).await;
     let (capped, round, seats) = concert(&sh, None, Some(4)).await;
-    let (_, greedy) = buyer(&sh.b, "greedy@example.com").await;
-    let (_, honest) = buyer(&sh.b, "honest@example.com").await;
+    let (_, greedy) = signup(&sh.b, "greedy@example.com").await;
+    let (_, honest) = signup(&sh.b, "honest@example.com").await;
     let tasks: Vec<_> = (0..24)
         .map(|i| {
             let (b, token, pair) =
@@ -197,8 +169,8 @@ async fn postgres_seats_per_buyer_per_round() {
 async fn admissions_are_capped_and_bound_to_their_account() {
     let sh = shop(sqlite_url(), 4).await;
     let (_, round, seats) = concert(&sh, Some("hot"), Some(4)).await;
-    let (x_id, x) = buyer(&sh.b, "x@example.com").await;
-    let (_, y) = buyer(&sh.b, "y@example.com").await;
+    let (x_id, x) = signup(&sh.b, "x@example.com").await;
+    let (_, y) = signup(&sh.b, "y@example.com").await;
     let (s, v) = hold(&sh.b, &x, round, &seats[..1], None).await;
     assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "not_admitted"), "{v}");
     // An anonymous admission handed around: four seats for all its holders together.
@@ -237,7 +209,7 @@ async fn coupons_are_scoped_and_issued_behind_the_room() {
     let (_, for_c1, _) = campaign(json!({"concert_id": c1})).await;
     let (_, for_r1, _) = campaign(json!({"schedule_id": r1})).await;
     assert_eq!(for_r1["concert_id"], c1, "a round's campaign knows its concert");
-    let (_, buyer_token) = buyer(&sh.b, "coupon@example.com").await;
+    let (_, buyer_token) = signup(&sh.b, "coupon@example.com").await;
     let issue = |campaign: &Value, token: &str, admission: Option<&str>| {
         let path = format!("/api/v1/coupons/{}/issue", campaign["id"]);
         let extra: Vec<(String, String)> =
@@ -273,12 +245,12 @@ async fn coupons_are_scoped_and_issued_behind_the_room() {
     let (_, for_hot, _) = campaign(json!({"concert_id": hot})).await;
     assert_eq!(for_hot["protect_path"], format!("/api/v1/coupons/{}/", for_hot["id"]));
     for i in 0..15 {
-        let (_, t) = buyer(&sh.b, &format!("fresh{i}@example.com")).await;
+        let (_, t) = signup(&sh.b, &format!("fresh{i}@example.com")).await;
         let (s, v, _) = issue(&for_hot, &t, None).await;
         assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "not_admitted"), "{v}");
     }
-    let (fan_id, fan) = buyer(&sh.b, "fan@example.com").await;
-    let (_, other) = buyer(&sh.b, "other@example.com").await;
+    let (fan_id, fan) = signup(&sh.b, "fan@example.com").await;
+    let (_, other) = signup(&sh.b, "other@example.com").await;
     let theirs = admission(&sh.keys, "hot", &fan_id.to_string(), 7);
     let (s, v, _) = issue(&for_hot, &other, Some(&theirs)).await;
     assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "admission_not_yours"), "{v}");
@@ -288,4 +260,45 @@ async fn coupons_are_scoped_and_issued_behind_the_room() {
     let listed =
         open["items"].as_array().unwrap().iter().find(|c| c["campaign_id"] == for_hot["id"]).unwrap();
     assert_eq!((listed["remaining"].as_i64(), &listed["concert_id"]), (Some(99), &json!(hot)));
+}
+
+/// A hold whose payment is under way counts even once its time is up: confirming just before
+/// the hold runs out does not open room for more seats.
+async fn paying_holds_count(db: String) {
+    let sh = shop_with(db, |c| {
+        c.hold_ttl_s = 1;
+        c.payments_timeout_ms = 3_000;
+        c.reconcile_grace_s = 6;
+    })
+    .await;
+    let (_, round, seats) = concert(&sh, None, Some(4)).await;
+    let (_, buyer_token) = signup(&sh.b, "late@example.com").await;
+    let (s, r) = hold(&sh.b, &buyer_token, round, &seats[..4], None).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let body = json!({"reservation_id": r["reservation_id"]});
+    let (_, o, _) = sh.b.call("POST", "/api/v1/payments/prepare", Some(body), &buyer_token, &[]).await;
+    let paying = {
+        let (b, token) = (Backend { base: sh.b.base.clone() }, buyer_token.clone());
+        let body = json!({"payment_key": "slow_late", "order_id": o["order_id"], "amount": o["amount"]});
+        tokio::spawn(async move { b.call("POST", "/api/v1/payments/confirm", Some(body), &token, &[]).await })
+    };
+    // The provider takes 1.5 s: the hold's second runs out meanwhile.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (s, v) = hold(&sh.b, &buyer_token, round, &seats[4..8], None).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "seat_limit"), "{v}");
+    let (s, v, _) = paying.await.unwrap();
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("paid")), "{v}");
+    let (s, v) = hold(&sh.b, &buyer_token, round, &seats[4..5], None).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "seat_limit"), "four bought: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_paying_holds_count_after_their_time() {
+    paying_holds_count(sqlite_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_paying_holds_count_after_their_time() {
+    let (_g, url) = PgDb::create().await;
+    paying_holds_count(url).await;
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::shop::{Backend, SECRET, World, code, http, simulator, world};
+use common::shop::{Backend, SECRET, World, code, http, signup, simulator, world};
 use common::{PgDb, sqlite_url};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -27,18 +27,6 @@ use sqlx::{AnyPool, Row};
 async fn pool(url: &str) -> AnyPool {
     sqlx::any::install_default_drivers();
     sqlx::any::AnyPoolOptions::new().max_connections(2).connect(url).await.unwrap()
-}
-
-async fn signup(b: &Backend, email: &str) -> String {
-    let (s, v, _) = http(
-        "POST",
-        &format!("{}/api/v1/auth/signup", b.base),
-        Some(json!({"email": email, "password": "buyer password", "name": "B"})),
-        &[],
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    v["token"].as_str().unwrap().to_owned()
 }
 
 async fn hold(b: &Backend, w: &World, token: &str, seats: &[i64]) -> (StatusCode, Value) {
@@ -217,10 +205,12 @@ async fn violations(db: &AnyPool, b: &Backend, w: &World, sim: SocketAddr) -> Ve
     bad
 }
 
-/// A backend with a short provider timeout, holds of `hold_ttl_s`, and reconciliation every
-/// second for orders older than a second.
+/// A backend with a short provider timeout, holds of `hold_ttl_s`, reconciliation every
+/// second for orders older than a second, and room for many seats per buyer (the caps have
+/// their own tests).
 async fn start(db: &str, sim: SocketAddr, hold_ttl_s: u32) -> Backend {
     Backend::start_with(db.to_owned(), sim, |c| {
+        c.seats_per_buyer = 100;
         c.payments_timeout_ms = 300;
         c.hold_ttl_s = hold_ttl_s;
         c.reconcile_every_s = 1;
@@ -235,7 +225,7 @@ async fn reported(url: String) {
     let b = start(&url, sim, 60).await;
     let db = pool(&url).await;
     let w = world(&b, "one@example.com").await;
-    let other = signup(&b, "two@example.com").await;
+    let (_, other) = signup(&b, "two@example.com").await;
 
     // 1. A sibling order never undoes a paid reservation.
     let (_, r) = hold(&b, &w, &w.buyer, &w.seats[..1]).await;
@@ -405,7 +395,7 @@ async fn reconciliation(url: String) {
     let b = Backend::start_with(url.clone(), sim, |c| {
         c.payments_timeout_ms = 300;
         c.reconcile_every_s = 1;
-        c.reconcile_grace_s = 0;
+        c.reconcile_grace_s = 1;
     })
     .await;
     let w = world(&b, "rec@example.com").await;
@@ -432,19 +422,26 @@ async fn reconciliation(url: String) {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
+    // Another shop's charge on the same provider account: reported, never refunded.
+    let body = json!({"paymentKey": "pk_foreign", "orderId": "foreign-shop-order-1", "amount": 5000});
+    let (s, v, _) =
+        http("POST", &format!("http://{sim}/v1/payments/confirm"), Some(body), &[("authorization", &auth)])
+            .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let metrics = get_text(&format!("{}/metrics", b.base)).await;
         let orphan_refunded =
             ledger(sim).await.iter().any(|p| p["orderId"] == stale["order_id"] && p["status"] == "CANCELED");
         let reported = metrics.contains("ticketing_reconcile_discrepancies{kind=\"refunded_at_provider\"} 1");
+        let unknown = metrics.contains("ticketing_reconcile_discrepancies{kind=\"unknown_order\"} 1");
         let repaired = metrics.contains("ticketing_reconcile_repaired_total{kind=\"orphan_charge\"} 1");
-        if orphan_refunded && reported && repaired {
+        if orphan_refunded && reported && unknown && repaired {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "orphan refunded {orphan_refunded}, reported {reported}, repaired {repaired}:\n{metrics}"
+            "orphan refunded {orphan_refunded}, reported {reported} and {unknown}, repaired {repaired}:\n{metrics}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -456,7 +453,8 @@ async fn reconciliation(url: String) {
             .env("TB_DATABASE_URL", &url)
             .env("TB_PAYMENTS_BASE_URL", format!("http://{sim}"))
             .env("TB_PAYMENTS_SECRET_KEY", SECRET)
-            .env("TB_RECONCILE_GRACE_S", "0")
+            .env("TB_PAYMENTS_TIMEOUT_MS", "300")
+            .env("TB_RECONCILE_GRACE_S", "1")
             .env("RUST_LOG", "error")
             .output()
             .unwrap();
@@ -471,8 +469,110 @@ async fn reconciliation(url: String) {
     assert_eq!(report["outcome"], "reconciled", "{report}");
     let kinds: Vec<&str> =
         report["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["refunded_at_provider"], "{report}");
+    assert_eq!(kinds, ["refunded_at_provider", "unknown_order"], "{report}");
     assert_eq!(report["findings"][0]["order_id"], fresh["order_id"]);
+    let foreign = ledger(sim).await.into_iter().find(|p| p["orderId"] == "foreign-shop-order-1").unwrap();
+    assert_eq!(foreign["status"], "DONE", "a charge of an order this shop never had is left alone");
+}
+
+/// A cancel racing a confirm of the same reservation: one goes ahead, and the buyer is never
+/// charged for an order that then fails.
+async fn cancel_races_confirm(url: String) {
+    let sim = simulator().await;
+    let b = Arc::new(start(&url, sim, 60).await);
+    let db = pool(&url).await;
+    let w = Arc::new(world(&b, "race@example.com").await);
+    let mut outcomes = BTreeMap::<String, usize>::new();
+    for i in 0..8 {
+        let (_, r) = hold(&b, &w, &w.buyer, &w.seats[i..i + 1]).await;
+        let rid = r["reservation_id"].as_str().unwrap().to_owned();
+        let (_, o) = prepare(&b, &w.buyer, &rid).await;
+        let path = format!("/api/v1/reservations/{rid}");
+        let paying = {
+            let (b, w, o) = (b.clone(), w.clone(), o.clone());
+            tokio::spawn(async move { confirm(&b, &w.buyer, &o, &format!("pk_race_{i}"), None).await })
+        };
+        let cancels: Vec<_> = (0..2)
+            .map(|_| {
+                let (b, w, path) = (b.clone(), w.clone(), path.clone());
+                tokio::spawn(async move { b.call("DELETE", &path, None, &w.buyer, &[]).await.0 })
+            })
+            .collect();
+        let (s, v) = paying.await.unwrap();
+        *outcomes.entry(format!("confirm {} {}", s.as_u16(), code(&v))).or_default() += 1;
+        for c in cancels {
+            *outcomes.entry(format!("cancel {}", c.await.unwrap().as_u16())).or_default() += 1;
+        }
+        settle(&db, sim).await;
+        let order = o["order_id"].as_str().unwrap();
+        let status = strings(&db, &format!("SELECT status FROM payments WHERE order_id = '{order}'")).await;
+        let charged_at_all = ledger(sim).await.iter().any(|p| p["orderId"] == order);
+        assert!(
+            status[0] != "failed" || !charged_at_all,
+            "order {order} failed after the provider charged it ({outcomes:?})"
+        );
+    }
+    eprintln!("cancel races confirm: {outcomes:?}");
+    assert_eq!(violations(&db, &b, &w, sim).await, Vec::<String>::new(), "{outcomes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_cancel_races_confirm() {
+    cancel_races_confirm(sqlite_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_cancel_races_confirm() {
+    let (_g, url) = PgDb::create().await;
+    cancel_races_confirm(url).await;
+}
+
+/// An Idempotency-Key keeps final answers only: "in progress" is not one, and a key whose
+/// first request died with its process is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_keys_keep_only_final_answers() {
+    let url = sqlite_url();
+    let sim = simulator().await;
+    let b = Backend::start_with(url.clone(), sim, |c| c.payments_timeout_ms = 3_000).await;
+    let db = pool(&url).await;
+    let w = world(&b, "idem@example.com").await;
+    let (_, r) = hold(&b, &w, &w.buyer, &w.seats[..1]).await;
+    let (_, o) = prepare(&b, &w.buyer, r["reservation_id"].as_str().unwrap()).await;
+    let slow = {
+        let (b, token, o) = (Backend { base: b.base.clone() }, w.buyer.clone(), o.clone());
+        tokio::spawn(async move { confirm(&b, &token, &o, "slow_first", None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (s, v) = confirm(&b, &w.buyer, &o, "slow_first", Some("key-k")).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "payment_in_progress"), "{v}");
+    assert_eq!(slow.await.unwrap().0, StatusCode::OK);
+    let (s, v) = confirm(&b, &w.buyer, &o, "slow_first", Some("key-k")).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("paid")), "the retry ran again: {v}");
+    // A key left "running" by a process that died ten minutes ago.
+    let (_, r) = hold(&b, &w, &w.buyer, &w.seats[1..2]).await;
+    let (_, o) = prepare(&b, &w.buyer, r["reservation_id"].as_str().unwrap()).await;
+    let body = json!({"payment_key": "pk_after_crash", "order_id": o["order_id"], "amount": o["amount"]})
+        .to_string();
+    let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    let user: i64 = sqlx::query("SELECT user_id FROM reservations WHERE id = $1")
+        .bind(r["reservation_id"].as_str().unwrap())
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get(0);
+    sqlx::query("INSERT INTO idempotency (user_id, scope, idem_key, request_hash, status_code, body, created_at) VALUES ($1, 'confirm', 'key-dead', $2, 0, '', $3)")
+        .bind(user)
+        .bind(&hash)
+        .bind(ticketing_backend::db::now_ms() - 600_000)
+        .execute(&db)
+        .await
+        .unwrap();
+    let (s, v) = confirm(&b, &w.buyer, &o, "pk_after_crash", Some("key-dead")).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("paid")), "{v}");
 }
 
 async fn get_text(url: &str) -> String {
@@ -623,7 +723,7 @@ async fn model(url: String, rounds: usize) {
     let sim = simulator().await;
     let b = start(&url, sim, 2).await;
     let db = pool(&url).await;
-    let others = [signup(&b, "m-one@example.com").await, signup(&b, "m-two@example.com").await];
+    let others = [signup(&b, "m-one@example.com").await.1, signup(&b, "m-two@example.com").await.1];
     let tally: Tally = Arc::default();
     for round in 0..rounds {
         let w = world(&b, &format!("m{round}@example.com")).await;

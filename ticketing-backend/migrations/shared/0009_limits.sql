@@ -11,4 +11,6 @@ CREATE TABLE limit_locks (
     key TEXT PRIMARY KEY,
     touched_at BIGINT NOT NULL
 );
-CREATE INDEX limit_locks_touched ON limit_locks (touched_at)
+CREATE INDEX limit_locks_touched ON limit_locks (touched_at);
+-- Idempotency keys are kept a day; the hold-expiry job forgets older ones.
+CREATE INDEX idempotency_created ON idempotency (created_at)

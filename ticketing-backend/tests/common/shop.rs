@@ -96,7 +96,8 @@ pub struct World {
     pub campaign: i64,
 }
 
-pub async fn world(b: &Backend, email: &str) -> World {
+/// The configured admin's token.
+pub async fn admin_token(b: &Backend) -> String {
     let (s, v, _) = http(
         "POST",
         &format!("{}/api/v1/auth/login", b.base),
@@ -105,15 +106,38 @@ pub async fn world(b: &Backend, email: &str) -> World {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let admin = v["token"].as_str().unwrap().to_owned();
-    let (_, v, _) = http(
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// A new buyer: (id, token).
+pub async fn signup(b: &Backend, email: &str) -> (i64, String) {
+    let (s, v, _) = http(
         "POST",
         &format!("{}/api/v1/auth/signup", b.base),
         Some(json!({"email": email, "password": "buyer password", "name": "B"})),
         &[],
     )
     .await;
-    let buyer = v["token"].as_str().unwrap().to_owned();
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    (v["id"].as_i64().unwrap(), v["token"].as_str().unwrap().to_owned())
+}
+
+/// A gateway's admission key set, its JWKS served over HTTP: (keys, JWKS URL).
+pub async fn gateway_keys() -> (queue_core::token::KeySet, String) {
+    use queue_core::token::{KeySet, SigningKey};
+    let keys = KeySet::new("gw", SigningKey::generate().unwrap());
+    let jwks = serde_json::to_value(keys.jwks()).unwrap();
+    let app = axum::Router::new()
+        .route("/.well-known/jwks.json", axum::routing::get(move || async move { axum::Json(jwks) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (keys, format!("http://{addr}/.well-known/jwks.json"))
+}
+
+pub async fn world(b: &Backend, email: &str) -> World {
+    let admin = admin_token(b).await;
+    let (_, buyer) = signup(b, email).await;
     let (_, venue, _) = b
         .call("POST", "/admin/v1/venues", Some(json!({"name": "Hall", "address": "Seoul"})), &admin, &[])
         .await;
