@@ -3,8 +3,8 @@
 //! minor units in BIGINT. Migrations are embedded per dialect (only DDL differs) and applied
 //! in order at start, each in its own transaction.
 
+use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Row};
 
 /// Which SQL dialect a URL speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +75,9 @@ const MIGRATIONS: &[Migration] = &[
     Migration::shared(9, "limits", include_str!("../migrations/shared/0009_limits.sql")),
 ];
 
+/// The advisory lock PostgreSQL instances take turns migrating under.
+const MIGRATION_LOCK: i64 = 0x7462_6d69_6772;
+
 /// A connected, migrated database.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -102,31 +105,64 @@ impl Db {
         Ok(db)
     }
 
+    /// Applies pending migrations. Instances starting together on one database take turns
+    /// (a PostgreSQL advisory lock; SQLite's single writer, and a migration another process
+    /// applied meanwhile is skipped rather than failed).
     async fn migrate(&self) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
+        }
+        let result = self.migrate_on(&mut conn).await;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
+        }
+        result
+    }
+
+    async fn migrate_on(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
-        let rows = sqlx::query("SELECT version FROM schema_migrations").fetch_all(&self.pool).await?;
-        let applied: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>(0)).collect();
-        for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        for m in MIGRATIONS {
+            if Self::applied(conn, m.version).await? {
+                continue;
+            }
             let sql = match self.dialect {
                 Dialect::Sqlite => m.sqlite,
                 Dialect::Postgres => m.postgres,
             };
-            let mut tx = self.pool.begin().await?;
-            for stmt in statements(sql) {
-                sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&mut *tx).await?;
+            if let Err(e) = Self::apply(conn, m, sql).await {
+                if Self::applied(conn, m.version).await? {
+                    continue;
+                }
+                return Err(e);
             }
-            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-                .bind(m.version)
-                .bind(m.name)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
             tracing::info!(version = m.version, name = m.name, "migration applied");
         }
         Ok(())
+    }
+
+    async fn applied(conn: &mut sqlx::AnyConnection, version: i64) -> Result<bool, sqlx::Error> {
+        let row = sqlx::query("SELECT 1 FROM schema_migrations WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn apply(conn: &mut sqlx::AnyConnection, m: &Migration, sql: &str) -> Result<(), sqlx::Error> {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        for stmt in statements(sql) {
+            sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(m.version)
+            .bind(m.name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Fails when the database does not answer (readiness).

@@ -209,7 +209,13 @@ async fn violations(db: &AnyPool, b: &Backend, w: &World, sim: SocketAddr) -> Ve
 /// second for orders older than a second, and room for many seats per buyer (the caps have
 /// their own tests).
 async fn start(db: &str, sim: SocketAddr, hold_ttl_s: u32) -> Backend {
+    start_with_redis(db, sim, hold_ttl_s, None).await
+}
+
+/// [`start`], sharing `redis` if given.
+async fn start_with_redis(db: &str, sim: SocketAddr, hold_ttl_s: u32, redis: Option<String>) -> Backend {
     Backend::start_with(db.to_owned(), sim, |c| {
+        c.redis_url = redis;
         c.seats_per_buyer = 100;
         c.payments_timeout_ms = 300;
         c.hold_ttl_s = hold_ttl_s;
@@ -656,7 +662,8 @@ fn count(tally: &Tally, what: &str, s: StatusCode) {
 }
 
 struct Actors {
-    b: Backend,
+    /// The backend instances; each step goes to one of them.
+    bs: Vec<Backend>,
     w: World,
     tokens: Vec<String>,
     seen: Mutex<Seen>,
@@ -664,12 +671,15 @@ struct Actors {
 }
 
 async fn run_op(a: Arc<Actors>, op: Op, salt: u64) {
+    let b = &a.bs[salt as usize % a.bs.len()];
+    // A confirm may reach another instance than its prepare did.
+    let b2 = &a.bs[(salt / 7) as usize % a.bs.len()];
     let token = |buyer: usize| a.tokens[buyer].clone();
     let reservation = |buyer| pick(salt, &a.seen.lock().unwrap().reservations, buyer);
     let order = |buyer| pick(salt, &a.seen.lock().unwrap().orders, buyer);
     match op {
         Op::Hold { buyer, seats } => {
-            let (s, v) = hold(&a.b, &a.w, &token(buyer), &seats).await;
+            let (s, v) = hold(b, &a.w, &token(buyer), &seats).await;
             count(&a.tally, "hold", s);
             if s == StatusCode::CREATED {
                 a.seen
@@ -681,47 +691,53 @@ async fn run_op(a: Arc<Actors>, op: Op, salt: u64) {
         }
         Op::Prepare { buyer } | Op::PrepareConfirm { buyer, .. } => {
             let Some(r) = reservation(buyer) else { return };
-            let (s, o) = prepare(&a.b, &token(buyer), &r).await;
+            let (s, o) = prepare(b, &token(buyer), &r).await;
             count(&a.tally, "prepare", s);
             if s != StatusCode::OK {
                 return;
             }
             a.seen.lock().unwrap().orders.push((buyer, o.clone()));
             if let Op::PrepareConfirm { key, .. } = op {
-                let (s, _) = confirm(&a.b, &token(buyer), &o, &format!("{key}_{salt}"), None).await;
+                let (s, _) = confirm(b2, &token(buyer), &o, &format!("{key}_{salt}"), None).await;
                 count(&a.tally, &format!("confirm {key}"), s);
             }
         }
         Op::Confirm { buyer, key, idem } => {
             let Some(o) = order(buyer) else { return };
             let idem = idem.map(|i| format!("idem-{buyer}-{i}"));
-            let (s, _) = confirm(&a.b, &token(buyer), &o, &format!("{key}_{salt}"), idem.as_deref()).await;
+            let (s, _) = confirm(b, &token(buyer), &o, &format!("{key}_{salt}"), idem.as_deref()).await;
             count(&a.tally, &format!("confirm {key}"), s);
         }
         Op::CancelOrder { buyer } => {
             let Some(o) = order(buyer) else { return };
             let path = format!("/api/v1/payments/{}/cancel", o["order_id"].as_str().unwrap());
-            let (s, v, _) = a.b.call("POST", &path, None, &token(buyer), &[]).await;
+            let (s, v, _) = b.call("POST", &path, None, &token(buyer), &[]).await;
             count(&a.tally, &format!("cancel order ({})", v["status"].as_str().unwrap_or("-")), s);
         }
         Op::CancelReservation { buyer } => {
             let Some(r) = reservation(buyer) else { return };
             let (s, _, _) =
-                a.b.call("DELETE", &format!("/api/v1/reservations/{r}"), None, &token(buyer), &[]).await;
+                b.call("DELETE", &format!("/api/v1/reservations/{r}"), None, &token(buyer), &[]).await;
             count(&a.tally, "cancel reservation", s);
         }
     }
 }
 
 /// Rounds of a schedule each: a fresh round of seats, three buyers holding two seats each,
-/// then 24 random steps fired concurrently over a little more than the holds' life.
-async fn model(url: String, rounds: usize) {
+/// then 24 random steps fired concurrently over a little more than the holds' life. With
+/// `redis`, two backend instances share it (holds, tickets, notifications) and the database,
+/// and the steps are spread over both.
+async fn model(url: String, rounds: usize, redis: Option<String>) {
     let seed =
         std::env::var("TB_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
     eprintln!("model seed {seed} (TB_MODEL_SEED={seed} replays it)");
     let mut rng = StdRng::seed_from_u64(seed);
     let sim = simulator().await;
-    let b = start(&url, sim, 2).await;
+    let mut bs = Vec::new();
+    for _ in 0..if redis.is_some() { 2 } else { 1 } {
+        bs.push(start_with_redis(&url, sim, 2, redis.clone()).await);
+    }
+    let b = Backend { base: bs[0].base.clone() };
     let db = pool(&url).await;
     let others = [signup(&b, "m-one@example.com").await.1, signup(&b, "m-two@example.com").await.1];
     let tally: Tally = Arc::default();
@@ -730,8 +746,8 @@ async fn model(url: String, rounds: usize) {
         let tokens = vec![w.buyer.clone(), others[0].clone(), others[1].clone()];
         // Few seats, so that the buyers contend for them.
         let seats: Vec<i64> = w.seats[..6].to_vec();
-        let b = Backend { base: b.base.clone() };
-        let a = Arc::new(Actors { b, w, tokens, seen: Mutex::new(Seen::default()), tally: tally.clone() });
+        let bs = bs.iter().map(|b| Backend { base: b.base.clone() }).collect();
+        let a = Arc::new(Actors { bs, w, tokens, seen: Mutex::new(Seen::default()), tally: tally.clone() });
         for buyer in 0..3 {
             run_op(a.clone(), Op::Hold { buyer, seats: seats[2 * buyer..2 * buyer + 2].to_vec() }, 0).await;
         }
@@ -751,7 +767,7 @@ async fn model(url: String, rounds: usize) {
             t.await.unwrap();
         }
         settle(&db, sim).await;
-        let bad = violations(&db, &a.b, &a.w, sim).await;
+        let bad = violations(&db, &a.bs[0], &a.w, sim).await;
         assert!(bad.is_empty(), "seed {seed}, round {round}, schedule {ops:?}:\n{}", bad.join("\n"));
     }
     let tally = tally.lock().unwrap().clone();
@@ -764,11 +780,19 @@ async fn model(url: String, rounds: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_model_schedules_keep_the_money_whole() {
-    model(sqlite_url(), 6).await;
+    model(sqlite_url(), 6, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_model_schedules_keep_the_money_whole() {
     let (_g, url) = PgDb::create().await;
-    model(url, 6).await;
+    model(url, 6, None).await;
+}
+
+/// The production layout: two instances on PostgreSQL sharing a real `redis-server`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_postgres_and_redis_keep_the_money_whole() {
+    let (_g, url) = PgDb::create().await;
+    let redis = queue_core::testkit::RedisServer::start();
+    model(url, 4, Some(redis.url())).await;
 }
