@@ -44,7 +44,7 @@ PS_LISTEN=127.0.0.1:$SIM ./target/release/payments-sim > "$WORK/sim.log" 2>&1 & 
 backend_env=(TB_DATABASE_URL="$DB_URL" TB_REDIS_URL="redis://127.0.0.1:$REDIS" TB_JWT_SECRET="$JWT"
   TB_ADMISSION_JWKS_URL="http://127.0.0.1:${GW[0]}/.well-known/jwks.json"
   TB_PAYMENTS_BASE_URL="http://127.0.0.1:$SIM" TB_ADMIN_EMAIL=admin@example.com
-  TB_ADMIN_PASSWORD=spike-admin-password RUST_LOG=warn)
+  TB_ADMIN_PASSWORD=spike-admin-password TB_SIGNUP_PER_IP_PER_HOUR=1000000 RUST_LOG=warn)
 env "${backend_env[@]}" TB_DATA_DIR="$WORK/seed" ./target/release/ticketing-backend seed-demo
 
 # One load generator on one IP: the per-IP limits are for real crowds.
