@@ -59,6 +59,19 @@ struct Verified {
     cookie: Box<str>,
     ticket: TicketId,
     secret: Box<[u8]>,
+    bound: bool,
+}
+
+/// A valid ticket cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketCookie {
+    /// The ticket.
+    pub ticket: TicketId,
+    /// Its secret (the `cnf` of its admissions).
+    pub secret: Vec<u8>,
+    /// Whether the ticket was joined by a signed-in user: its cookie alone then admits
+    /// nobody, only that user's own requests do.
+    pub bound: bool,
 }
 
 impl CookieKey {
@@ -77,9 +90,15 @@ impl CookieKey {
         }
     }
 
-    /// The secret of `ticket` in `room`.
+    /// The secret of an anonymous `ticket` in `room`.
     pub fn secret(&self, room: &RoomId, ticket: TicketId) -> Vec<u8> {
-        hmac::sign(&self.key, signed_text(room, ticket).as_bytes()).as_ref().to_vec()
+        self.secret_for(room, ticket, false)
+    }
+
+    /// The secret of `ticket` in `room`, joined by a signed-in user when `bound`: the two
+    /// sign different texts, so a cookie says which it is and cannot be turned into the other.
+    pub fn secret_for(&self, room: &RoomId, ticket: TicketId, bound: bool) -> Vec<u8> {
+        hmac::sign(&self.key, signed_text(room, ticket, bound).as_bytes()).as_ref().to_vec()
     }
 
     /// Cookies remembered as verified.
@@ -87,45 +106,72 @@ impl CookieKey {
         self.verified.len()
     }
 
-    /// The cookie value for a ticket.
+    /// The cookie value for an anonymous ticket.
     pub fn cookie_value(&self, room: &RoomId, ticket: TicketId) -> String {
-        format!("{ticket}.{}", URL_SAFE_NO_PAD.encode(self.secret(room, ticket)))
+        self.cookie_value_for(room, ticket, false)
+    }
+
+    /// The cookie value for a ticket, bound to its signed-in user when `bound`.
+    pub fn cookie_value_for(&self, room: &RoomId, ticket: TicketId, bound: bool) -> String {
+        format!("{ticket}.{}", URL_SAFE_NO_PAD.encode(self.secret_for(room, ticket, bound)))
     }
 
     /// The ticket of a valid `wr_{room}` cookie and its secret.
     pub fn ticket_from(&self, headers: &HeaderMap, room: &RoomId) -> Option<(TicketId, Vec<u8>)> {
+        self.ticket_cookie(headers, room).map(|c| (c.ticket, c.secret))
+    }
+
+    /// A valid `wr_{room}` cookie, with whether its ticket is bound to a user.
+    pub fn ticket_cookie(&self, headers: &HeaderMap, room: &RoomId) -> Option<TicketCookie> {
         let value = room_cookie(headers, TICKET_PREFIX, room)?;
         self.ticket_from_value(value, room)
     }
 
-    fn ticket_from_value(&self, value: &str, room: &RoomId) -> Option<(TicketId, Vec<u8>)> {
+    fn ticket_from_value(&self, value: &str, room: &RoomId) -> Option<TicketCookie> {
         let key = self.hasher.hash_one((room.as_str(), tail(value.as_bytes(), COOKIE_TAIL)));
         if let Some(hit) = self.verified.get(&key)
             && hit.room == *room
             && &*hit.cookie == value
         {
-            return Some((hit.ticket, hit.secret.to_vec()));
+            return Some(TicketCookie { ticket: hit.ticket, secret: hit.secret.to_vec(), bound: hit.bound });
         }
         let (ticket, secret) = value.split_once('.')?;
         let ticket = TicketId::parse(ticket).ok()?;
         let given = URL_SAFE_NO_PAD.decode(secret).ok()?;
-        hmac::verify(&self.key, signed_text(room, ticket).as_bytes(), &given).ok()?;
+        let signs =
+            |bound| hmac::verify(&self.key, signed_text(room, ticket, bound).as_bytes(), &given).is_ok();
+        let bound = if signs(false) {
+            false
+        } else if signs(true) {
+            true
+        } else {
+            return None;
+        };
         if self.verified.len() >= self.cap {
             self.verified.clear();
         }
-        let entry =
-            Verified { room: room.clone(), cookie: value.into(), ticket, secret: given.as_slice().into() };
+        let entry = Verified {
+            room: room.clone(),
+            cookie: value.into(),
+            ticket,
+            secret: given.as_slice().into(),
+            bound,
+        };
         self.verified.insert(key, entry);
-        Some((ticket, given))
+        Some(TicketCookie { ticket, secret: given, bound })
     }
 }
 
-/// What a ticket's secret signs: `ticket|{room}|{ticket}` (sized up front: `format!` grows
-/// its string as it goes, and every poll makes one).
-fn signed_text(room: &RoomId, ticket: TicketId) -> String {
+/// What a ticket's secret signs: `ticket|{room}|{ticket}`, and `|user` after it for a ticket
+/// a signed-in user joined (sized up front: `format!` grows its string as it goes, and every
+/// poll makes one).
+fn signed_text(room: &RoomId, ticket: TicketId, bound: bool) -> String {
     use std::fmt::Write;
-    let mut text = String::with_capacity(8 + room.as_str().len() + 32);
+    let mut text = String::with_capacity(13 + room.as_str().len() + 32);
     let _ = write!(text, "ticket|{room}|{ticket}");
+    if bound {
+        text.push_str("|user");
+    }
     text
 }
 
@@ -370,7 +416,8 @@ pub fn check_admitted(
     let token = std::str::from_utf8(token).map_err(|_| "malformed")?;
     let claims = keys.verify(token, room.as_str()).map_err(refusal)?;
     let cookie = ticket_cookie.ok_or("no_ticket_cookie")?;
-    let (ticket, secret) = cookies.ticket_from_value(cookie, room).ok_or("no_ticket_cookie")?;
+    let TicketCookie { ticket, secret, .. } =
+        cookies.ticket_from_value(cookie, room).ok_or("no_ticket_cookie")?;
     if claims.jti != ticket.to_string() || claims.cnf != cnf_of(&secret) {
         return Err("not_bound");
     }
@@ -642,6 +689,22 @@ mod tests {
             "another cookie, same end"
         );
         assert!(cache.get(end.as_bytes(), &end).is_none(), "the ends alone");
+    }
+
+    /// A signed-in join's cookie says so, twice (verified, then remembered), and its secret is
+    /// not the anonymous one, so neither passes for the other.
+    #[test]
+    fn bound_cookies_are_told_from_anonymous_ones() {
+        let key = CookieKey::new(&[1u8; 32]);
+        let room = RoomId::parse("r").unwrap();
+        let t = TicketId::new(5, 77);
+        let bound = key.cookie_value_for(&room, t, true);
+        for _ in 0..2 {
+            let c = key.ticket_from_value(&bound, &room).unwrap();
+            assert!(c.bound && c.ticket == t && c.secret == key.secret_for(&room, t, true));
+        }
+        assert!(!key.ticket_from_value(&key.cookie_value(&room, t), &room).unwrap().bound);
+        assert_ne!(key.secret(&room, t), key.secret_for(&room, t, true));
     }
 
     /// A remembered cookie's secret under another ticket id shares the remembered key's end,

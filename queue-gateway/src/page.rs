@@ -169,7 +169,7 @@ async fn page_for(
         None => {
             room::limit(&app, Api::Join, peer, headers, user.as_deref())?;
             let out = room::join_new(&app, &room, user.as_deref()).await?;
-            let value = app.cookies.cookie_value(&room, out.status.ticket);
+            let value = app.cookies.cookie_value_for(&room, out.status.ticket, user.is_some());
             set_cookies.push(admission::set_cookie(
                 &admission::ticket_cookie_name(&room),
                 &value,
@@ -182,7 +182,7 @@ async fn page_for(
     let dest = destination(&q, Some(&cfg));
     if st.state == TicketState::Admitted {
         let holder = Holder {
-            secret: Some(app.cookies.secret(&room, st.ticket)),
+            secret: Some(app.cookies.secret_for(&room, st.ticket, user.is_some())),
             user: user.clone(),
             needs_cookie: false,
         };

@@ -77,7 +77,8 @@ impl std::fmt::Debug for Holder {
 }
 
 /// The caller's claim on `st`: its ticket cookie, or `user` (already verified) being the
-/// ticket's bound user.
+/// ticket's bound user. The cookie of a ticket a signed-in user joined is no claim without
+/// that user: its admission is that account's alone, never re-issued as an anonymous one.
 pub(crate) fn holder(
     app: &App,
     headers: &HeaderMap,
@@ -85,13 +86,18 @@ pub(crate) fn holder(
     user: Option<&str>,
 ) -> Option<Holder> {
     let bound_user = user.filter(|sub| admission::user_owner(sub).owner_hash() == st.owner);
-    let cookie = app.cookies.ticket_from(headers, &st.room).filter(|(t, _)| *t == st.ticket);
+    let cookie = app
+        .cookies
+        .ticket_cookie(headers, &st.room)
+        .filter(|c| c.ticket == st.ticket && (!c.bound || bound_user.is_some()));
     let user = bound_user.map(str::to_owned);
     match (cookie, bound_user) {
-        (Some((_, secret)), _) => Some(Holder { secret: Some(secret), user, needs_cookie: false }),
-        (None, Some(_)) => {
-            Some(Holder { secret: Some(app.cookies.secret(&st.room, st.ticket)), user, needs_cookie: true })
-        }
+        (Some(c), _) => Some(Holder { secret: Some(c.secret), user, needs_cookie: false }),
+        (None, Some(_)) => Some(Holder {
+            secret: Some(app.cookies.secret_for(&st.room, st.ticket, true)),
+            user,
+            needs_cookie: true,
+        }),
         (None, None) => None,
     }
 }
@@ -119,7 +125,7 @@ pub(crate) async fn existing_ticket(
     if user.is_some() {
         return None;
     }
-    let (ticket, _) = app.cookies.ticket_from(headers, room)?;
+    let ticket = app.cookies.ticket_cookie(headers, room).filter(|c| !c.bound)?.ticket;
     let st = app.polls.status(room, ticket).await.ok().filter(|s| s.state.is_live())?;
     if st.state == TicketState::Waiting {
         app.touches.mark(room, ticket);
@@ -276,21 +282,25 @@ fn json_opt_u64(out: &mut Vec<u8>, n: Option<u64>) {
 }
 
 /// Adds the cookies a holder should get: the ticket cookie and, when admitted, the token.
+/// Whether a ticket cookie to set is for a ticket a signed-in user joined.
+#[derive(Clone, Copy, Debug)]
+struct Bound(bool);
+
 fn with_cookies(
     mut resp: Response,
     app: &App,
     headers: &HeaderMap,
     st: &TicketStatus,
-    set_ticket: bool,
+    set_ticket: Option<Bound>,
     admission: Option<&(String, u64)>,
 ) -> Response {
     let secure = admission::is_https(headers);
     let room = &st.room;
-    if set_ticket {
+    if let Some(Bound(bound)) = set_ticket {
         let ttl = 24 * 3600;
         let v = admission::set_cookie(
             &admission::ticket_cookie_name(room),
-            &app.cookies.cookie_value(room, st.ticket),
+            &app.cookies.cookie_value_for(room, st.ticket, bound),
             ttl,
             secure,
         );
@@ -359,13 +369,14 @@ fn respond_ticket(
 ) -> Result<Response> {
     // The joiner holds the ticket: it may see the admission (free passes) right away.
     let holder = Holder {
-        secret: Some(app.cookies.secret(&st.room, st.ticket)),
+        secret: Some(app.cookies.secret_for(&st.room, st.ticket, user.is_some())),
         user: user.map(str::to_owned),
         needs_cookie: true,
     };
     let admission = admission_token(app, &st, &holder)?;
     let body = TicketBody::new(&st, cfg, admission.as_ref());
     let resp = ticket_json(code, &body);
+    let set_ticket = set_ticket.then_some(Bound(user.is_some()));
     Ok(with_cookies(resp, app, headers, &st, set_ticket, admission.as_ref()))
 }
 
@@ -444,7 +455,7 @@ async fn status_of(
     let rooms = app.rooms.snapshot();
     let body = TicketBody::new(&st, rooms.rooms.get(&room), admission.as_ref());
     let resp = ticket_json(StatusCode::OK, &body);
-    let set_ticket = holder.as_ref().is_some_and(|h| h.needs_cookie);
+    let set_ticket = holder.as_ref().filter(|h| h.needs_cookie).map(|h| Bound(h.user.is_some()));
     Ok(with_cookies(resp, app, headers, &st, set_ticket, admission.as_ref()))
 }
 

@@ -318,6 +318,17 @@ pub async fn user_bound_tickets(redis: Option<String>) {
         )
         .await;
     assert!(s.json().get("admission").is_none());
+    // The ticket cookie of a signed-in join admits nobody by itself: polled without alice's
+    // token, or with eve's, it shows the place but hands out no (anonymous) admission.
+    assert!(http.cookies.contains_key(&format!("wr_{room}")), "the joiner got the ticket cookie");
+    let path = format!("/api/v1/rooms/{room}/tickets/{ticket}");
+    let s = http.get(&path).await;
+    assert_eq!(s.json()["state"], "admitted", "{}", s.text);
+    assert!(s.json().get("admission").is_none(), "a cookie alone got an admission: {}", s.text);
+    let s = http.send(Method::GET, &path, &[("authorization", &eve)], None).await;
+    assert!(s.json().get("admission").is_none(), "eve with alice's cookie got an admission: {}", s.text);
+    let s = http.send(Method::GET, &path, &[("authorization", &bearer)], None).await;
+    assert_eq!(claims(s.json()["admission"]["token"].as_str().unwrap())["sub"], "alice", "{}", s.text);
     // A bad user token is a 401.
     let r = Http::new(gw.addr)
         .send(
