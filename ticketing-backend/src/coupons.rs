@@ -302,7 +302,8 @@ pub async fn open(State(s): State<AppState>) -> Result<Response> {
 
 /// `POST /api/v1/coupons/{campaign_id}/issue`: `201 {coupon_id}`, `409 already_issued`,
 /// `410 sold_out`; outside the campaign's window `409 not_started` or `410 campaign_ended`;
-/// for a queued concert's campaign `403 not_admitted` without an admission to its room.
+/// for a queued concert's campaign `403 not_admitted` without an admission to its room and
+/// `409 admission_already_used` for a second coupon on one admission.
 pub async fn issue(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -326,9 +327,26 @@ pub async fn issue(
     if now >= until {
         return Err(ApiError::client(StatusCode::GONE, "campaign_ended", "this campaign has ended"));
     }
-    // A queued concert's coupons are issued to its admitted buyers only.
-    if let Some(room) = scope_of(&s, row.get(5), None).await?.room {
-        s.admission.require_for(&headers, &room, &user).await?;
+    // A queued concert's coupons are issued to its admitted buyers only, one per admission
+    // however many accounts share it.
+    let admission = match scope_of(&s, row.get(5), None).await?.room {
+        Some(room) => Some(s.admission.require_for(&headers, &room, &user).await?.jti.clone()),
+        None => None,
+    };
+    if let Some(jti) = &admission {
+        let used = sqlx::query("SELECT 1 FROM coupons WHERE campaign_id = $1 AND admission_jti = $2")
+            .bind(campaign)
+            .bind(jti)
+            .fetch_optional(&s.db.pool)
+            .await
+            .context("checking an admission's coupon")?;
+        if used.is_some() {
+            return Err(ApiError::client(
+                StatusCode::CONFLICT,
+                "admission_already_used",
+                "this admission already claimed a coupon of this campaign",
+            ));
+        }
     }
     match s.coupons.issue(campaign, stock, user.id).await.context("issuing a coupon")? {
         Issue::AlreadyIssued => return Err(already_issued()),
@@ -337,12 +355,13 @@ pub async fn issue(
     }
     let id = format!("c{:024x}", rand::random::<u128>() >> 32);
     let inserted = sqlx::query(
-        "INSERT INTO coupons (id, campaign_id, user_id, status, issued_at) VALUES ($1, $2, $3, 'issued', $4)",
+        "INSERT INTO coupons (id, campaign_id, user_id, status, issued_at, admission_jti) VALUES ($1, $2, $3, 'issued', $4, $5)",
     )
     .bind(&id)
     .bind(campaign)
     .bind(user.id)
     .bind(now)
+    .bind(&admission)
     .execute(&s.db.pool)
     .await;
     if let Err(e) = inserted {

@@ -142,22 +142,22 @@ pub async fn expire_holds(s: &AppState, holder: &str) -> Result<Outcome> {
         for sql in ["DELETE FROM limit_locks WHERE touched_at < $1", "DELETE FROM idempotency WHERE created_at < $1"] {
             sqlx::query(sql).bind(now - DAY_MS).execute(&s.db.pool).await.context("forgetting old rows")?;
         }
-        free_unpaid_sales(s, now).await?;
+        free_cancelled_holds(s, now).await?;
         Ok(Outcome::Done { count: rows.len() as u64 })
     })
     .await
 }
 
-/// Frees the hold map's entries of reservations whose payment was undone or refunded in the
-/// last hour and that are cancelled or expired: the saga frees them right after its commit, and this
-/// catches a store error or a crash in between, which would otherwise leave a seat shown sold
-/// and never sold again. (Idempotent: only entries those reservations own are removed.)
-async fn free_unpaid_sales(s: &AppState, now: i64) -> Result<()> {
+/// Frees the hold map's entries of reservations cancelled in the last five minutes (by their
+/// buyer, a compensation or a refund): each frees them right after its commit, and this
+/// catches a store error or a crash in between, which would otherwise leave a seat shown held
+/// until its hold ends, or shown sold and never sold again. (Idempotent: only entries those
+/// reservations own are removed.)
+async fn free_cancelled_holds(s: &AppState, now: i64) -> Result<()> {
     let rows = sqlx::query(
-        "SELECT DISTINCT r.id, r.schedule_id FROM payments p JOIN reservations r ON r.id = p.reservation_id \
-         WHERE p.updated_at > $1 AND p.step IN ('compensated', 'refunded') AND r.status IN ('cancelled', 'expired') LIMIT 5000",
+        "SELECT id, schedule_id FROM reservations WHERE status = 'cancelled' AND updated_at > $1 LIMIT 20000",
     )
-    .bind(now - 3_600_000)
+    .bind(now - 5 * 60_000)
     .fetch_all(&s.db.pool)
     .await
     .context("finding undone sales")?;

@@ -228,6 +228,9 @@ fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::client(StatusCode::CONFLICT, code, message)
 }
 
+/// Most orders prepared for one reservation (`409 too_many_orders` after).
+pub const MAX_ORDERS_PER_RESERVATION: i64 = 20;
+
 /// `POST /api/v1/payments/prepare` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -284,6 +287,19 @@ pub async fn prepare(
     .context("locking a reservation")?;
     if held.rows_affected() == 0 {
         return Err(conflict("reservation_not_payable", "only a held, unexpired reservation can be paid"));
+    }
+    // Orders are rows kept for the books: a reservation gets a bounded number.
+    let orders: i64 = sqlx::query("SELECT COUNT(*) FROM payments WHERE reservation_id = $1")
+        .bind(&p.reservation_id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("counting a reservation's orders")?
+        .get(0);
+    if orders >= MAX_ORDERS_PER_RESERVATION {
+        return Err(conflict(
+            "too_many_orders",
+            format!("a reservation takes at most {MAX_ORDERS_PER_RESERVATION} orders; hold the seats again"),
+        ));
     }
     // One open order per reservation: a new one supersedes those not yet confirmed.
     sqlx::query(

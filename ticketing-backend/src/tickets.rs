@@ -59,19 +59,7 @@ impl Queue {
     /// A Redis Stream shared by every instance.
     pub async fn redis(url: &str) -> redis::RedisResult<Self> {
         let conn = redis::Client::open(url)?.get_connection_manager().await?;
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(STREAM)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn.clone())
-            .await;
-        if let Err(e) = created
-            && e.code() != Some("BUSYGROUP")
-        {
-            return Err(e);
-        }
+        create_group(&conn).await?;
         Ok(Queue { inner: Inner::Redis(conn), wake: Notify::new() })
     }
 
@@ -95,6 +83,23 @@ impl Queue {
             }
         }
         self.wake.notify_one();
+    }
+}
+
+/// Creates the stream and its consumer group unless they exist: at start, and again when a
+/// Redis that lost its data answers `NOGROUP` (the sweep issues what was queued then).
+async fn create_group(conn: &redis::aio::ConnectionManager) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn.clone())
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -220,7 +225,7 @@ async fn drain(s: &AppState, consumer: &str) -> Result<usize, ApiError> {
             Ok(n)
         }
         Inner::Redis(c) => {
-            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
                 .arg(consumer)
@@ -230,8 +235,15 @@ async fn drain(s: &AppState, consumer: &str) -> Result<usize, ApiError> {
                 .arg(STREAM)
                 .arg(">")
                 .query_async(&mut c.clone())
-                .await
-                .context("reading the ticket queue")?;
+                .await;
+            if let Err(e) = &read
+                && e.code() == Some("NOGROUP")
+            {
+                tracing::warn!("the ticket queue's group is gone (Redis lost its data): creating it again");
+                create_group(c).await.context("creating the ticket queue again")?;
+                return Ok(0);
+            }
+            let reply = read.context("reading the ticket queue")?;
             let entries: Vec<_> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
             for e in &entries {
                 handle_entry(s, c, &e.id, e.get::<String>("order")).await?;

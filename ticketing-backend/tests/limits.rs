@@ -47,6 +47,8 @@ async fn shop_with(db: String, tweak: impl FnOnce(&mut ticketing_backend::config
     let (keys, jwks) = gateway_keys().await;
     let b = Backend::start_with(db, sim, |c| {
         c.admission_jwks_url = Some(jwks);
+        // Every account here signs up from one address (the sign-up limit has its own test).
+        c.signup_per_ip_per_hour = 1_000;
         tweak(c);
     })
     .await;
@@ -256,10 +258,23 @@ async fn coupons_are_scoped_and_issued_behind_the_room() {
     assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "admission_not_yours"), "{v}");
     let (s, v, _) = issue(&for_hot, &fan, Some(&theirs)).await;
     assert_eq!(s, StatusCode::CREATED, "the admitted fan gets one: {v}");
+    // One anonymous admission shared by eight accounts claims one coupon.
+    let shared = admission(&sh.keys, "hot", "anon:shared", 8);
+    let mut got = Vec::new();
+    for i in 0..8 {
+        let (_, t) = signup(&sh.b, &format!("puppet{i}@example.com")).await;
+        let (s, v, _) = issue(&for_hot, &t, Some(&shared)).await;
+        got.push((s, code(&v).to_owned()));
+    }
+    assert_eq!(got[0].0, StatusCode::CREATED, "{got:?}");
+    assert!(
+        got[1..].iter().all(|(s, c)| *s == StatusCode::CONFLICT && c == "admission_already_used"),
+        "{got:?}"
+    );
     let (_, open, _) = sh.b.call("GET", "/api/v1/coupons", None, &fan, &[]).await;
     let listed =
         open["items"].as_array().unwrap().iter().find(|c| c["campaign_id"] == for_hot["id"]).unwrap();
-    assert_eq!((listed["remaining"].as_i64(), &listed["concert_id"]), (Some(99), &json!(hot)));
+    assert_eq!((listed["remaining"].as_i64(), &listed["concert_id"]), (Some(98), &json!(hot)));
 }
 
 /// A hold whose payment is under way counts even once its time is up: confirming just before
@@ -301,4 +316,29 @@ async fn sqlite_paying_holds_count_after_their_time() {
 async fn postgres_paying_holds_count_after_their_time() {
     let (_g, url) = PgDb::create().await;
     paying_holds_count(url).await;
+}
+
+/// Prepares are rows kept for the books: one reservation takes a bounded number of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_per_reservation_are_bounded() {
+    let sh = shop(sqlite_url(), 4).await;
+    let (_, round, seats) = concert(&sh, None, None).await;
+    let (_, spammer) = signup(&sh.b, "spam@example.com").await;
+    let (_, r) = hold(&sh.b, &spammer, round, &seats[..1], None).await;
+    let body = json!({"reservation_id": r["reservation_id"]});
+    let mut answers = Vec::new();
+    for _ in 0..25 {
+        let (s, v, _) =
+            sh.b.call("POST", "/api/v1/payments/prepare", Some(body.clone()), &spammer, &[]).await;
+        answers.push((s, code(&v).to_owned()));
+    }
+    assert!(answers[..20].iter().all(|(s, _)| *s == StatusCode::OK), "{answers:?}");
+    assert!(
+        answers[20..].iter().all(|(s, c)| *s == StatusCode::CONFLICT && c == "too_many_orders"),
+        "{answers:?}"
+    );
+    // An honest buyer's reservation is unaffected.
+    let (_, honest) = signup(&sh.b, "honest-payer@example.com").await;
+    let (_, r) = hold(&sh.b, &honest, round, &seats[1..2], None).await;
+    assert_eq!(pay(&sh.b, &honest, &r, None).await.0, StatusCode::OK);
 }

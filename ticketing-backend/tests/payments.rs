@@ -376,4 +376,22 @@ async fn instances_share_notifications_and_tickets_through_redis() {
         3,
         "holds are shared too"
     );
+    // Redis loses its data: the ticket queue's group comes back, and tickets still follow
+    // payments at once (not only from the 30-second sweep).
+    let mut conn =
+        redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let (_, _, order, amount) = w.order(&a, &w.seats[5..6]).await;
+    let body = json!({"payment_key": "pk_after_flush", "order_id": order, "amount": amount});
+    let (s, v, _) = a.call("POST", "/api/v1/payments/confirm", Some(body), &w.buyer, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let (_, t, _) = b.call("GET", "/api/v1/me/tickets", None, &w.buyer, &[]).await;
+        if t["items"].as_array().unwrap().iter().any(|x| x["order_id"] == order.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ticket 8 s after a payment that followed FLUSHALL: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -12,5 +12,10 @@ CREATE TABLE limit_locks (
     touched_at BIGINT NOT NULL
 );
 CREATE INDEX limit_locks_touched ON limit_locks (touched_at);
+-- A queued concert's coupon: one per admission too, whichever accounts share it.
+ALTER TABLE coupons ADD COLUMN admission_jti TEXT;
+CREATE UNIQUE INDEX coupons_one_per_admission ON coupons (campaign_id, admission_jti) WHERE admission_jti IS NOT NULL;
+-- The hold-expiry job finds recently cancelled reservations to tidy the hold map after.
+CREATE INDEX reservations_recent ON reservations (status, updated_at);
 -- Idempotency keys are kept a day; the hold-expiry job forgets older ones.
 CREATE INDEX idempotency_created ON idempotency (created_at)
