@@ -57,8 +57,13 @@ async fn a_buyer_queues_and_books_through_the_all_in_one_system() {
     let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
     let r = http.admin(Method::POST, "/admin/v1/rooms/demo/admit", Some(json!({"count": 1}))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let st = http.get(&format!("/api/v1/rooms/demo/tickets/{ticket}")).await.json();
+    // The ticket is the user's: its cookie alone gets no admission, the user's poll does.
+    let path = format!("/api/v1/rooms/demo/tickets/{ticket}");
+    let st = http.get(&path).await.json();
     assert_eq!(st["state"], "admitted", "{st}");
+    assert!(st.get("admission").is_none(), "{st}");
+    let st = http.send(Method::GET, &path, &[("authorization", bearer.as_str())], None).await.json();
+    assert!(st["admission"]["token"].is_string(), "{st}");
 
     // Admitted: the backend verifies the token itself and holds the seat.
     let r = http.send(Method::POST, "/api/v1/reservations", &hdrs, Some(reserve)).await;
