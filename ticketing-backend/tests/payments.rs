@@ -381,8 +381,14 @@ async fn instances_share_notifications_and_tickets_through_redis() {
     let mut conn =
         redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
-    let (_, _, order, amount) = w.order(&a, &w.seats[5..6]).await;
-    let body = json!({"payment_key": "pk_after_flush", "order_id": order, "amount": amount});
+    let hold = json!({"schedule_id": w.schedule, "seat_ids": [w.seats[5]]});
+    let (s, r, _) = a.call("POST", "/api/v1/reservations", Some(hold), &w.buyer, &[]).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let prepare = json!({"reservation_id": r["reservation_id"]});
+    let (s, o, _) = a.call("POST", "/api/v1/payments/prepare", Some(prepare), &w.buyer, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    let order = o["order_id"].as_str().unwrap().to_owned();
+    let body = json!({"payment_key": "pk_after_flush", "order_id": order, "amount": o["amount"]});
     let (s, v, _) = a.call("POST", "/api/v1/payments/confirm", Some(body), &w.buyer, &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let deadline = Instant::now() + Duration::from_secs(8);
