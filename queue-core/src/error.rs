@@ -48,6 +48,7 @@ pub enum Error {
         reason: String,
     },
     /// The backing store failed or was unreachable.
+    #[cfg(feature = "engine")]
     #[error("store error: {0}")]
     Store(#[from] redis::RedisError),
     /// The store answered something this version does not understand.

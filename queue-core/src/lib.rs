@@ -22,6 +22,10 @@
 //! - [`verify`]: the backend-side verifier with a JWKS cache and a verified-token cache.
 //! - [`error`]: the crate's error type.
 //! - `testkit` (feature `testkit`): real `redis-server`s and Clusters for tests.
+//!
+//! Feature `engine` (default) brings the stores and the gate logs; without it the crate is
+//! the small surface a backend needs to trust the room (ids, config files, `token`,
+//! `verify`, `gate::marker`, `lang`), with no Redis client.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -32,6 +36,7 @@ pub mod gate;
 pub mod id;
 pub mod lang;
 pub mod model;
+#[cfg(feature = "engine")]
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -42,4 +47,5 @@ pub use config::{QueueMethod, RoomConfig};
 pub use error::{Error, Result};
 pub use id::{OwnerHash, RoomId, TicketId, UserKey};
 pub use model::*;
+#[cfg(feature = "engine")]
 pub use store::{MemoryStore, RedisStore, Store};

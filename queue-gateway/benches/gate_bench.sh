@@ -3,7 +3,7 @@
 #
 #   queue-gateway/benches/gate_bench.sh [DURATION=30s] [CONCURRENT=10] [LATENCY_MS=100]
 #
-# A capacity backend (queue_gateway::capacity: CONCURRENT at once, LATENCY_MS each, so
+# A capacity backend (queue-gateway/tests/common/capacity.rs: CONCURRENT at once, LATENCY_MS each, so
 # CONCURRENT*1000/LATENCY_MS requests/s; past capacity requests slow down and fail after 1 s)
 # is offered 10x its capacity as bookings (POST + Idempotency-Key) by k6/overload.js:
 #   1. through a gateway without a gate (the backend takes everything),
@@ -53,9 +53,8 @@ PY
   curl -fs -H "authorization: Bearer $ADMIN" "http://127.0.0.1:$gw/admin/v1/gates" > "$WORK/gates-$1.json" || true
 }
 
-printf 'demo_room = false\n' > "$WORK/nogate.toml"
+: > "$WORK/nogate.toml"
 cat > "$WORK/gate.toml" <<CONF
-demo_room = false
 [gates.book]
 prefixes = ["/api/v1/reservations"]
 max_inflight = $CONC

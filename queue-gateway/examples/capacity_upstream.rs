@@ -1,12 +1,17 @@
 //! A backend of fixed capacity for overload drills and the gate benchmark
-//! (`queue_gateway::capacity`). `GET /_stats` reports what it served.
+//! (`tests/common/capacity.rs`, shared with the gate tests). `GET /_stats` reports what it served.
 //!
 //! `CAP_LISTEN` (default 127.0.0.1:9090), `CAP_CONCURRENT` (10), `CAP_LATENCY_MS` (100),
 //! `CAP_DEADLINE_MS` (1000).
 
 use std::time::Duration;
 
-use queue_gateway::capacity::{self, Capacity};
+// What the gate tests record too; this binary only serves.
+#[allow(dead_code)]
+#[path = "../tests/common/capacity.rs"]
+mod capacity;
+
+use capacity::Capacity;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

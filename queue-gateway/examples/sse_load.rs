@@ -152,12 +152,14 @@ async fn main() {
     let cfg = dir.join("gw.toml");
     std::fs::write(
         &cfg,
-        "demo_room = false\n[limits]\nmax_sse_streams = 1000000\n[rate_limits]\njoin_per_ip = { per_second = 10000000, burst = 10000000 }\nstatus_per_ip = { per_second = 10000000, burst = 10000000 }\n",
+        "[limits]\nmax_sse_streams = 1000000\n[rate_limits]\njoin_per_ip = { per_second = 10000000, burst = 10000000 }\nstatus_per_ip = { per_second = 10000000, burst = 10000000 }\n",
     )
     .unwrap();
     let mut gw = Command::new("target/release/queue-gateway")
         .env("WR_LISTEN", &addr)
         .env("WR_ADMIN_TOKEN", ADMIN)
+        // No request here goes past the gateway: nothing needs to listen there.
+        .env("WR_UPSTREAM", "http://127.0.0.1:9")
         .env("WR_CONFIG", &cfg)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

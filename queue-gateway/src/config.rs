@@ -17,7 +17,8 @@ use crate::error::ConfigError;
 pub struct GatewayConfig {
     /// Address to listen on (`WR_LISTEN`).
     pub listen: SocketAddr,
-    /// Backend base URL, `http://host:port` (`WR_UPSTREAM`); absent: the built-in demo upstream.
+    /// Backend base URL, `http://host:port[/prefix]` (`WR_UPSTREAM`): required. (The
+    /// all-in-one `waiting-room` binary sets it to its in-process backend.)
     pub upstream: Option<String>,
     /// Redis URL, or several comma-separated for a Cluster (`WR_REDIS_URL`); absent: memory.
     pub redis_url: Option<String>,
@@ -39,8 +40,6 @@ pub struct GatewayConfig {
     pub rate_limits: RateLimits,
     /// Rooms declared at start (also changeable through the admin API).
     pub rooms: BTreeMap<String, toml::Value>,
-    /// With the memory store and no rooms: create the demo room `demo` protecting `/book/`.
-    pub demo_room: bool,
     /// Overload gates declared at start (also changeable through the admin API).
     pub gates: BTreeMap<String, toml::Value>,
     /// HMAC key of gate offsets and replay markers (`WR_GATE_SECRET`, ≥ 32 bytes); absent:
@@ -49,9 +48,6 @@ pub struct GatewayConfig {
     pub gate_secret: Option<String>,
     /// How logged requests are replayed.
     pub replay: Replay,
-    /// All-in-one mode (no `upstream`): where the in-process backend listens
-    /// (`WR_BACKEND_LISTEN`).
-    pub backend_listen: SocketAddr,
 }
 
 /// Replay of gate logs.
@@ -180,11 +176,9 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
             rooms: BTreeMap::new(),
-            demo_room: true,
             gates: BTreeMap::new(),
             gate_secret: None,
             replay: Replay::default(),
-            backend_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
         }
     }
 }
@@ -205,11 +199,9 @@ impl std::fmt::Debug for GatewayConfig {
             .field("limits", &self.limits)
             .field("rate_limits", &self.rate_limits)
             .field("rooms", &self.rooms.keys().collect::<Vec<_>>())
-            .field("demo_room", &self.demo_room)
             .field("gates", &self.gates.keys().collect::<Vec<_>>())
             .field("gate_secret", &redact(&self.gate_secret))
             .field("replay", &self.replay)
-            .field("backend_listen", &self.backend_listen)
             .finish()
     }
 }
@@ -285,11 +277,6 @@ impl GatewayConfig {
         if let Some(v) = get("WR_USER_JWT_SECRET") {
             self.user_jwt_secret = Some(v);
         }
-        if let Some(v) = get("WR_BACKEND_LISTEN") {
-            self.backend_listen = v
-                .parse()
-                .map_err(|_| ConfigError::new("WR_BACKEND_LISTEN", format!("not an address: {v:?}")))?;
-        }
         if let Some(v) = get("WR_GATE_SECRET") {
             self.gate_secret = Some(v);
         }
@@ -305,13 +292,6 @@ impl GatewayConfig {
 
     /// Checks everything that can be checked without connecting anywhere.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(u) = &self.upstream {
-            let uri: hyper::Uri =
-                u.parse().map_err(|_| ConfigError::new("upstream", format!("not a URL: {u:?}")))?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                return Err(ConfigError::new("upstream", "must be http://host[:port]"));
-            }
-        }
         if let Some(t) = &self.admin_token
             && t.len() < 16
         {
@@ -341,6 +321,19 @@ impl GatewayConfig {
         self.validate_limits()?;
         self.rooms()?;
         self.gates()?;
+        // Last: the other fields' errors are worth seeing first when a file is checked.
+        let Some(u) = &self.upstream else {
+            return Err(ConfigError::new(
+                "upstream",
+                "required: the backend behind the gateway, http://host[:port] (WR_UPSTREAM); \
+                 `cargo run --release` runs the whole system with its own backend instead",
+            ));
+        };
+        let uri: hyper::Uri =
+            u.parse().map_err(|_| ConfigError::new("upstream", format!("not a URL: {u:?}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(ConfigError::new("upstream", "must be http://host[:port]"));
+        }
         Ok(())
     }
 
@@ -451,6 +444,7 @@ mod tests {
         let field = |pairs: &[(&str, &str)]| GatewayConfig::load_from(&vars(pairs)).unwrap_err().field;
         assert_eq!(field(&[("WR_LISTEN", "nope")]), "WR_LISTEN");
         assert_eq!(field(&[("WR_UPSTREAM", "ftp://x")]), "upstream");
+        assert_eq!(field(&[]), "upstream", "a gateway fronts a backend someone names");
         assert_eq!(field(&[("WR_ADMIN_TOKEN", "short")]), "admin_token");
         assert_eq!(field(&[("WR_SIGNING_KEY", "garbage!")]), "signing_key");
         let file = |text: &str| GatewayConfig::from_toml(text).unwrap_err().field;

@@ -30,10 +30,8 @@
 
 pub mod admin;
 pub mod admission;
-pub mod capacity;
 pub mod config;
 pub mod console;
-pub mod demo;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -67,7 +65,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use queue_core::gate::{GateLog, GateSecret, MemoryGateLog};
 use queue_core::token::{KeySet, SigningKey};
-use queue_core::{MemoryStore, RedisStore, RoomConfig, RoomId, Store};
+use queue_core::{MemoryStore, RedisStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::{Service, ServiceExt};
@@ -139,29 +137,11 @@ pub async fn build(
         store.put_room(&room, &rcfg).await?;
         tracing::info!(room = %room, "room from config file");
     }
-    if cfg.redis_url.is_none() && cfg.rooms.is_empty() && cfg.demo_room {
-        let demo = RoomConfig {
-            protect: vec!["/book/".into(), "/api/v1/reservations".into()],
-            target: "/book/".into(),
-            batch_size: 5,
-            tick_interval_ms: 5_000,
-            free_pass: 0,
-            ..RoomConfig::default()
-        };
-        store.put_room(&RoomId::parse("demo").expect("valid id"), &demo).await?;
-    }
     for (gate, gcfg) in cfg.gates()? {
         gate_log.put_gate(&gate, &gcfg).await?;
         tracing::info!(gate = %gate, "gate from config file");
     }
-    let upstream_url = match &cfg.upstream {
-        Some(u) => u.clone(),
-        None => {
-            let addr = demo::start(shutdown.clone()).await?;
-            tracing::info!(%addr, "no WR_UPSTREAM: serving the built-in demo upstream");
-            format!("http://{addr}")
-        }
-    };
+    let upstream_url = cfg.upstream.clone().ok_or_else(|| error::ConfigError::new("upstream", "required"))?;
     let workers = cfg.limits.worker_threads();
     let upstream = Upstream::new(
         &upstream_url,
@@ -410,12 +390,6 @@ pub async fn run(
         let _ = tx.send(true);
     });
     let limits = cfg.limits.clone();
-    #[cfg(feature = "all-in-one")]
-    let mut cfg = cfg;
-    #[cfg(feature = "all-in-one")]
-    if cfg.upstream.is_none() {
-        start_backend(&mut cfg, listener.local_addr()?, rx.clone()).await?;
-    }
     let (drained_tx, drained) = watch::channel(false);
     let app = build(cfg, rx.clone(), drained).await?;
     let background = [
@@ -431,45 +405,6 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     Ok(served?)
-}
-
-/// All-in-one: the real backend in this process on `backend_listen`, verifying admissions
-/// against this gateway's JWKS and sharing its user-token secret (so tickets bind to users),
-/// on embedded defaults (SQLite under `data/`, demo data, the payment simulator).
-#[cfg(feature = "all-in-one")]
-async fn start_backend(
-    cfg: &mut GatewayConfig,
-    gateway: SocketAddr,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), StartError> {
-    let secret = cfg.user_jwt_secret.get_or_insert_with(|| {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-    });
-    let jwks_host = if gateway.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], gateway.port()))
-    } else {
-        gateway
-    };
-    let mut bcfg = ticketing_backend::config::BackendConfig::load()
-        .map_err(|e| error::ConfigError::new(e.field.clone(), e.reason.clone()))?;
-    bcfg.listen = cfg.backend_listen;
-    bcfg.jwt_secret = Some(secret.clone());
-    bcfg.admission_jwks_url = Some(format!("http://{jwks_host}/.well-known/jwks.json"));
-    let listener = TcpListener::bind(bcfg.listen).await?;
-    let addr = listener.local_addr()?;
-    let mut stop = shutdown;
-    let stopped = async move {
-        let _ = stop.changed().await;
-    };
-    tokio::spawn(async move {
-        if let Err(e) = ticketing_backend::run(listener, bcfg, stopped).await {
-            tracing::error!(error = %e, "the in-process backend stopped");
-        }
-    });
-    tracing::info!(%addr, "all-in-one: the ticketing backend runs in process");
-    cfg.upstream = Some(format!("http://{addr}"));
-    Ok(())
 }
 
 /// A gateway running in this process (tests, embedding).

@@ -1,4 +1,5 @@
-//! The gateway binary: load config, set up tracing, bind, run until SIGTERM/SIGINT.
+//! The gateway binary: load config, set up tracing, bind, run until SIGTERM/SIGINT. It needs
+//! a backend (`WR_UPSTREAM`); the whole system in one process is the `waiting-room` binary.
 //! `queue-gateway check-config` validates the configuration and exits.
 
 use std::process::ExitCode;
@@ -45,20 +46,8 @@ fn main() -> ExitCode {
             }
         };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let embedded = cfg.redis_url.is_none() && cfg.rooms.is_empty() && cfg.demo_room;
-        tracing::info!(%addr, store = if cfg.redis_url.is_some() { "redis" } else { "memory" }, "listening");
-        if embedded && cfg.upstream.is_none() && cfg!(feature = "all-in-one") {
-            println!(
-                "\n  The whole system on embedded defaults:\n\
-                 \x20   gateway  http://{addr}  (room `demo` protects /book/ and /api/v1/reservations)\n\
-                 \x20   backend  http://{}  (SQLite under ./data, demo catalog, payment simulator)\n\
-                 \x20 Open http://{addr}/book/ to queue for the hot concert (waiting page: http://{addr}/rooms/demo);\n\
-                 \x20 the catalog is at http://{addr}/api/v1/concerts\n",
-                cfg.backend_listen
-            );
-        } else if embedded {
-            println!("\n  Waiting room running on embedded defaults.\n  Open http://{addr}/book/ (protected by room `demo`),\n  or the waiting page http://{addr}/rooms/demo\n");
-        }
+        let store = if cfg.redis_url.is_some() { "redis" } else { "memory" };
+        tracing::info!(%addr, store, upstream = cfg.upstream.as_deref().unwrap_or(""), "listening");
         match queue_gateway::run(listener, cfg, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

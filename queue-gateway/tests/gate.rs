@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
+use common::capacity::{self, Record};
 use common::*;
 use queue_core::testkit::RedisServer;
-use queue_gateway::capacity::{self, Record};
 use serde_json::{Value, json};
 
 async fn backend(capacity: u64, latency_ms: u64) -> (SocketAddr, Arc<Record>) {

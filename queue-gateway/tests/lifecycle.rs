@@ -116,11 +116,14 @@ fn check_config_names_the_bad_field() {
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.code(), text)
     };
-    let (code, out) =
-        run("good.toml", "admin_token = \"an-admin-token-of-32-bytes-or-more\"\n[limits]\nworkers = 2\n");
+    let (code, out) = run(
+        "good.toml",
+        "upstream = \"http://127.0.0.1:9\"\nadmin_token = \"an-admin-token-of-32-bytes-or-more\"\n[limits]\nworkers = 2\n",
+    );
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("workers: 2") && !out.contains("an-admin-token"), "{out}");
     for (text, field) in [
+        ("admin_token = \"an-admin-token-of-32-bytes-or-more\"\n", "`upstream`"),
         ("[limits]\nworkers = \"two\"\n", "`limits.workers`"),
         ("listen = \"nowhere\"\n", "`listen`"),
         ("[rooms.summer]\nbatch_size = 0\n", "`rooms.summer.batch_size`"),

@@ -14,8 +14,10 @@
 //! - [`marker`]: opaque offsets for clients and the HMAC'd replay marker the backend can check.
 
 use std::fmt;
+#[cfg(feature = "engine")]
 use std::time::Duration;
 
+#[cfg(feature = "engine")]
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -24,11 +26,15 @@ use crate::config::{check_path, range};
 use crate::error::{Error, Result};
 
 pub mod marker;
+#[cfg(feature = "engine")]
 pub mod memory;
+#[cfg(feature = "engine")]
 pub mod redis;
 
 pub use self::marker::GateSecret;
+#[cfg(feature = "engine")]
 pub use self::memory::MemoryGateLog;
+#[cfg(feature = "engine")]
 pub use self::redis::RedisGateLog;
 
 /// A gate id: `[a-z0-9-]{1,64}`, like a room id (it ends up in keys, URLs and labels).
@@ -319,6 +325,7 @@ pub struct DeadLetter {
 pub const MAX_DEAD_LETTERS: usize = 10_000;
 
 /// The gate log. `tests/gate_conformance.rs` runs the same suite against each implementation.
+#[cfg(feature = "engine")]
 #[async_trait]
 pub trait GateLog: Send + Sync + fmt::Debug + 'static {
     /// Creates or replaces a gate's config; true when the gate is new.

@@ -1,5 +1,5 @@
 //! The whole system in a real browser: `tests/browser/whole-system.mjs` (playwright-core
-//! driving Debian's `chromium`) against the all-in-one gateway process, as a buyer and an
+//! driving Debian's `chromium`) against the all-in-one `waiting-room` process, as a buyer and an
 //! operator meet it (the script's header lists every expectation). Screenshots are kept under
 //! `artifacts/browser/` at the workspace root.
 //!
@@ -65,7 +65,7 @@ async fn scenario(name: &str, script: &str, config: &str, env: Vec<(&'static str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_and_an_operator_in_chromium() {
-    let artifacts: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts/browser");
+    let artifacts: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../artifacts/browser");
     let _ = std::fs::remove_dir_all(&artifacts);
     // The demo room at 2 people a second, so a queue of 150 takes a while unless the operator
     // steps in; one machine joins the 150, so the per-IP join limit is lifted.

