@@ -13,9 +13,9 @@ use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use bytes::BytesMut;
 
-use crate::h1::Parsed;
-use crate::relay::Framing;
-use crate::screen::canonical_path;
+use crate::pipeline::relay::Framing;
+use crate::policy::screen::canonical_path;
+use crate::transport::lane::Parsed;
 
 /// Header slots for httparse's second reading: more than the lane's and the relay's 100, so
 /// a head they took is never too large for the check (the relay adds up to three lines).
@@ -29,7 +29,7 @@ pub fn request_head(data: &[u8]) {
     // 16..=8192: small limits reach the too-large hand-off, large ones whole requests.
     let max_head = 16 + usize::from(u16::from_le_bytes(*limit)) % (8192 - 16 + 1);
     let mut buf = BytesMut::from(head);
-    let parsed = crate::h1::parse(&mut buf, max_head);
+    let parsed = crate::transport::lane::parse(&mut buf, max_head);
     let used = head.len() - buf.len();
     assert_eq!(&buf[..], &head[used..], "what is left is the rest of the bytes, unchanged");
     match parsed {
@@ -77,7 +77,7 @@ fn asks_close(req: &Request<()>) -> bool {
 
 /// What the rest of the gateway may rely on after a request passed the screen.
 fn screened(req: &mut Request<()>) {
-    if crate::screen::screen(req).is_err() {
+    if crate::policy::screen::screen(req).is_err() {
         return;
     }
     let path = req.uri().path();
@@ -109,7 +109,7 @@ pub fn chunked(data: &[u8]) {
 
 /// Where the body ends in `data` fed `step` bytes at a time, as the relay feeds its reads.
 fn chunked_end(data: &[u8], step: usize) -> Result<Option<usize>, &'static str> {
-    let mut body = crate::relay::Chunked::default();
+    let mut body = crate::pipeline::relay::Chunked::default();
     let mut at = 0;
     for piece in data.chunks(step) {
         if let Some(n) = body.feed(piece)? {
@@ -166,7 +166,7 @@ fn crlf_line(data: &[u8], at: usize) -> Option<&[u8]> {
 /// The relay's response-head parser: the head the client gets is one whole head that frames
 /// the body as the relay follows it, with no hop-by-hop header of the backend's.
 pub fn response_head(data: &[u8]) {
-    let Ok(Some(head)) = crate::relay::parse_head(data) else { return };
+    let Ok(Some(head)) = crate::pipeline::relay::parse_head(data) else { return };
     assert!(head.len <= data.len());
     let named = connection_tokens(&data[..head.len]);
     for head_only in [false, true] {
@@ -245,14 +245,14 @@ pub fn cookies(data: &[u8]) {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (&b"wr_demo"[..], data),
     };
-    let kept = crate::admission::backend_cookies(value);
+    let kept = crate::policy::admission::backend_cookies(value);
     let theirs: Vec<&[u8]> = pairs(value).filter(|p| !p.is_empty() && !own_cookie(p)).collect();
     match &kept {
         None => assert!(theirs.is_empty(), "dropped cookies that are not ours"),
         Some(kept) => {
             let left: Vec<&[u8]> = pairs(kept).filter(|p| !p.is_empty()).collect();
             assert_eq!(left, theirs, "exactly the cookies that are not ours, in order");
-            let again = crate::admission::backend_cookies(kept);
+            let again = crate::policy::admission::backend_cookies(kept);
             assert_eq!(again.as_deref(), Some(&kept[..]), "a second pass changes nothing");
         }
     }
@@ -290,7 +290,7 @@ fn named_cookie(name: &[u8], value: &[u8]) {
         .filter_map(name_value)
         .filter(|(n, _)| *n == name.as_bytes())
         .find_map(|(_, v)| std::str::from_utf8(v).ok().map(|v| v.trim_matches('"')));
-    let got = crate::admission::cookie(&headers, name);
+    let got = crate::policy::admission::cookie(&headers, name);
     assert_eq!(got, want, "cookie {name:?}");
     if let Some(got) = got {
         assert!(memchr::memmem::find(value, got.as_bytes()).is_some());

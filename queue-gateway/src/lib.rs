@@ -28,30 +28,17 @@
 //!   the entry points of the fuzz targets in `queue-gateway/fuzz`).
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod admission;
+pub mod api;
+pub mod background;
 pub mod config;
-pub mod console;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod gate;
-pub mod h1;
-pub mod h1_stream;
 pub mod metrics;
-pub mod page;
-pub mod polls;
-pub mod proxy;
-pub mod rate_limit;
-pub mod relay;
-pub mod room;
-pub mod rooms;
-pub mod screen;
-pub mod server;
-pub mod sse;
+pub mod pipeline;
+pub mod policy;
 pub mod state;
-pub mod touch;
-pub mod upstream;
+pub mod transport;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -70,14 +57,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
-use crate::admission::{CookieKey, UserAuth};
+use crate::api::sse::Hub;
+use crate::api::{admin, console, page, polls, room, sse};
+use crate::background::rooms::RoomCache;
+use crate::background::{rooms, touch};
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
-use crate::proxy::Upstream;
-use crate::rate_limit::Limiters;
-use crate::rooms::RoomCache;
-use crate::sse::Hub;
+use crate::pipeline::forward as proxy;
+use crate::pipeline::forward::Upstream;
+use crate::policy::admission::{self, CookieKey, UserAuth};
+use crate::policy::rate_limit::Limiters;
+use crate::policy::{gate, rate_limit};
 use crate::state::App;
+use crate::transport as server;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

@@ -8,13 +8,13 @@ use queue_core::Store;
 use queue_core::token::KeySet;
 use tokio::sync::watch;
 
-use crate::admission::{CookieKey, UserAuth};
+use crate::api::sse::Hub;
+use crate::background::rooms::RoomCache;
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
-use crate::proxy::Upstream;
-use crate::rate_limit::Limiters;
-use crate::rooms::RoomCache;
-use crate::sse::Hub;
+use crate::pipeline::forward::Upstream;
+use crate::policy::admission::{CookieKey, UserAuth};
+use crate::policy::rate_limit::Limiters;
 
 /// The gateway's shared state.
 #[derive(Debug)]
@@ -26,9 +26,9 @@ pub struct App {
     /// Admission token keys.
     pub keys: KeySet,
     /// Admissions already checked in full.
-    pub admitted: crate::admission::AdmittedCache,
+    pub admitted: crate::policy::admission::AdmittedCache,
     /// Admissions ended by a leave while their tokens are live.
-    pub revoked: crate::admission::Revoked,
+    pub revoked: crate::policy::admission::Revoked,
     /// Ticket cookie secrets.
     pub cookies: CookieKey,
     /// User JWTs.
@@ -42,9 +42,9 @@ pub struct App {
     /// SSE fan-out.
     pub hub: Arc<Hub>,
     /// Status polls, coalesced into batched store reads.
-    pub polls: crate::polls::Polls,
+    pub polls: crate::api::polls::Polls,
     /// Batched "seen" marks.
-    pub touches: Arc<crate::touch::Touches>,
+    pub touches: Arc<crate::background::touch::Touches>,
     /// The backend.
     pub upstream: Upstream,
     /// The overload gates' log (memory or Redis Streams).
@@ -52,7 +52,7 @@ pub struct App {
     /// Offsets and replay markers.
     pub gate_secret: queue_core::gate::GateSecret,
     /// Live gates.
-    pub gates: crate::gate::Gates,
+    pub gates: crate::policy::gate::Gates,
     /// This gateway's consumer name in the gate logs' consumer group.
     pub instance: String,
     /// Turns true when the gateway shuts down.

@@ -1,5 +1,5 @@
 //! Everything not served by the gateway itself: the protection check on rooms' prefixes,
-//! then the reverse proxy to the backend over kept-alive connections ([`crate::upstream`]).
+//! then the reverse proxy to the backend over kept-alive connections ([`crate::pipeline::upstream`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
 use queue_core::RoomId;
 
-use crate::admission::{self, ADMISSION_HEADER};
 use crate::error::{GatewayError, UpstreamFailure, error_body};
+use crate::pipeline::upstream::{Connections, UpstreamError};
+use crate::policy::admission::{self, ADMISSION_HEADER};
 use crate::state::{App, PeerAddr};
-use crate::upstream::{Connections, UpstreamError};
 
 /// The backend: its base URL and the connections to it.
 #[derive(Debug, Clone)]
@@ -157,17 +157,17 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
 async fn handle_inner(app: &App, req: Request) -> Result<Response, GatewayError> {
     // Every way in screens first (`server::with_hyper`, `h1::serve`).
     debug_assert!(
-        matches!(crate::screen::canonical_path(req.uri().path()), Ok(std::borrow::Cow::Borrowed(_))),
+        matches!(crate::policy::screen::canonical_path(req.uri().path()), Ok(std::borrow::Cow::Borrowed(_))),
         "an unscreened request reached the proxy: {}",
         req.uri()
     );
-    let replayed = crate::gate::check_marker(app, &req)?;
+    let replayed = crate::policy::gate::check_marker(app, &req)?;
     let token = match admit(app, req.uri(), req.headers()) {
         Ok(token) => token,
         Err(refused) => return Ok(*refused),
     };
     if !replayed && let Some(gate) = app.gates.find(req.uri().path()) {
-        return crate::gate::handle(app, gate, req, token).await;
+        return crate::policy::gate::handle(app, gate, req, token).await;
     }
     forward(app, req, token).await
 }
@@ -188,7 +188,7 @@ pub(crate) fn admit(app: &App, uri: &Uri, headers: &HeaderMap) -> Result<Option<
     }
 }
 
-/// Whether [`crate::h1`] may relay `req` itself ([`crate::relay`]): a proxied path that no
+/// Whether [`crate::transport::lane`] may relay `req` itself ([`crate::pipeline::relay`]): a proxied path that no
 /// gate guards, without a replay marker (gated and replayed requests take the service).
 /// `index`: the request's route ([`crate::route`]).
 pub(crate) fn relayable<B>(app: &App, index: usize, req: &axum::http::Request<B>) -> bool {
@@ -270,7 +270,7 @@ pub(crate) async fn forward(
 
 /// Turns a client's request head into the backend's: size check, hop-by-hop headers out,
 /// `X-Forwarded-*` and the admission token in, the URI pointed at the upstream. (The relay
-/// writes the same head as bytes: [`crate::relay`]'s `request_head`, tested against this.)
+/// writes the same head as bytes: [`crate::pipeline::relay`]'s `request_head`, tested against this.)
 pub(crate) fn prepare(
     app: &App,
     parts: &mut Parts,
@@ -377,12 +377,12 @@ pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response
     // hyper's client read the body its own way; a head another reader could split
     // differently is not passed on, and its connection is not used again.
     let framing = parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    let checked = match crate::screen::status_framing(parts.status.as_u16(), framing) {
+    let checked = match crate::policy::screen::status_framing(parts.status.as_u16(), framing) {
         // Upgrades are never forwarded (`Upgrade` is hop-by-hop): a 101 is the backend's own.
         Ok(_) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
             Err("the backend switched protocols unasked")
         }
-        Ok(_) if head_size(&parts.headers) > crate::relay::MAX_HEAD => {
+        Ok(_) if head_size(&parts.headers) > crate::pipeline::relay::MAX_HEAD => {
             Err("the backend's response head is too large")
         }
         other => other,
@@ -392,7 +392,9 @@ pub(crate) async fn send(app: &App, parts: Parts, body: Body) -> Result<Response
             body.discard();
             return Err(GatewayError::Upstream(UpstreamFailure::Unreachable(why.to_owned())));
         }
-        Ok(end) if !crate::screen::reusable_after(head_request, parts.status.as_u16(), end) => body.discard(),
+        Ok(end) if !crate::policy::screen::reusable_after(head_request, parts.status.as_u16(), end) => {
+            body.discard()
+        }
         Ok(_) => {}
     }
     strip_hop_by_hop(&mut parts.headers);

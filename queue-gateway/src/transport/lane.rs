@@ -3,7 +3,7 @@
 //! A connection's requests are parsed with httparse (hyper's own parser) into the same
 //! `Request` the service takes. Requests of the common shape (HTTP/1.1, no body or a small
 //! one that came with its head, no `Expect` or `Upgrade`) are served here: admitted traffic
-//! to the backend by [`crate::relay`], everything else by the service, its response written
+//! to the backend by [`crate::pipeline::relay`], everything else by the service, its response written
 //! back here. At the first request of any other shape (chunked bodies, large bodies, HTTP/1.0,
 //! h2c's preface, an event stream on a kept-alive connection, a head hyper would refuse, a
 //! body that did not come with its head) the connection goes to hyper with the bytes read so far, for the rest of its life; so every
@@ -33,8 +33,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Limits;
-use crate::server::{Served, Slot, dispatch_in};
 use crate::state::{App, PeerAddr};
+use crate::transport::{Served, Slot, dispatch_in};
 
 /// Header lines a request may carry here (hyper's default limit; more go to hyper).
 const MAX_HEADERS: usize = 100;
@@ -114,7 +114,7 @@ pub(crate) async fn serve<S: Served>(
             // Nothing at all on a kept-alive connection is an idle client; a head begun and
             // not finished (or a first request that never came) is a slow one.
             None if !first && buf.is_empty() => return,
-            None => return crate::server::request_timeout_answer(stream).await,
+            None => return crate::transport::request_timeout_answer(stream).await,
             Some(Next::Gone) => return,
             Some(Next::Bad) => {
                 let bad = crate::error::error_body(
@@ -132,10 +132,10 @@ pub(crate) async fn serve<S: Served>(
                 // hyper's header timer runs whenever it waits for a request head, idle or
                 // not: here it is the keep-alive idle limit (the first request's was ours).
                 let heads = Duration::from_millis(limits.keep_alive_idle_ms);
-                return crate::server::with_hyper(io, peer, svc, limits, shutdown, heads).await;
+                return crate::transport::with_hyper(io, peer, svc, limits, shutdown, heads).await;
             }
             Some(Next::Request { mut req, body, close }) => {
-                if let Err(refused) = crate::screen::screen(&mut req) {
+                if let Err(refused) = crate::policy::screen::screen(&mut req) {
                     let _ = write_response(&mut stream, refused.into_response(), false, true).await;
                     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
                     return;
@@ -148,7 +148,7 @@ pub(crate) async fn serve<S: Served>(
         let (index, segs) = crate::route(req.uri().path());
         let poll = crate::plain_poll(req.method(), index, &segs);
         let kept = match &app {
-            Some(app) if crate::proxy::relayable(app, index, &req) => {
+            Some(app) if crate::pipeline::forward::relayable(app, index, &req) => {
                 relay(app, req, &body, &peer_ip, &mut stream, close, wait.as_mut()).await
             }
             Some(app) if let Some(ids) = poll => {
@@ -175,7 +175,7 @@ pub(crate) async fn serve<S: Served>(
     }
 }
 
-/// An admitted (or unprotected) request for the backend (screened: [`crate::screen`]):
+/// An admitted (or unprotected) request for the backend (screened: [`crate::policy::screen`]):
 /// checked and prepared as the proxy does, then relayed, bounded by the connection's
 /// `timer`. True when the connection can take the next request.
 async fn relay(
@@ -190,13 +190,14 @@ async fn relay(
     let started = std::time::Instant::now();
     let head_only = req.method() == Method::HEAD;
     let (parts, ()) = req.into_parts();
-    let resp = match crate::proxy::admit(app, &parts.uri, &parts.headers) {
+    let resp = match crate::pipeline::forward::admit(app, &parts.uri, &parts.headers) {
         Err(refused) => *refused,
         Ok(token) => {
-            let client = crate::relay::Client { stream, close, peer_ip };
-            let relayed = crate::relay::forward(app, &parts, body, token.as_ref(), client, timer, started);
+            let client = crate::pipeline::relay::Client { stream, close, peer_ip };
+            let relayed =
+                crate::pipeline::relay::forward(app, &parts, body, token.as_ref(), client, timer, started);
             match relayed.await {
-                Ok(relayed) => return relayed == crate::relay::Relayed::KeepAlive,
+                Ok(relayed) => return relayed == crate::pipeline::relay::Relayed::KeepAlive,
                 Err(e) => e.into_response(),
             }
         }
@@ -223,8 +224,8 @@ async fn status(
     let peer = Some(crate::state::PeerAddr(peer));
     let resp = tokio::select! {
         biased;
-        resp = crate::room::status_answer(app, peer, req.headers(), ids) => resp,
-        _ = timer => crate::server::timed_out(),
+        resp = crate::api::room::status_answer(app, peer, req.headers(), ids) => resp,
+        _ = timer => crate::transport::timed_out(),
     };
     let index = crate::STATUS_ROUTE;
     let code = resp.status().as_u16();
@@ -315,7 +316,7 @@ pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let (Some(method), Some(target)) = (parsed.method, parsed.path) else { return Parsed::HandOff };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::HandOff };
     if !target.starts_with('/')
-        || crate::h1_stream::is_events_path(target.split('?').next().unwrap_or("").as_bytes())
+        || crate::transport::stream::is_events_path(target.split('?').next().unwrap_or("").as_bytes())
     {
         return Parsed::HandOff;
     }

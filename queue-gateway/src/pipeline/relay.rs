@@ -1,6 +1,6 @@
 //! Admitted HTTP/1.1 requests forwarded byte for byte, past hyper's client.
 //!
-//! [`crate::h1`] hands over a request it has parsed and [`crate::proxy`] has checked and
+//! [`crate::transport::lane`] hands over a request it has parsed and [`crate::pipeline::forward`] has checked and
 //! prepared; its head is written to a plain kept-alive backend socket, the backend's response
 //! head is parsed with httparse and written to the client without its hop-by-hop headers, and
 //! the body is relayed as it arrives, its framing (length, chunked, or until the backend
@@ -19,12 +19,12 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::admission::ADMISSION_HEADER;
 use crate::error::{GatewayError, UpstreamFailure};
-use crate::proxy::{self, Upstream};
-use crate::screen::BodyEnd;
+use crate::pipeline::forward::{self as proxy, Upstream};
+use crate::pipeline::upstream::UpstreamError;
+use crate::policy::admission::ADMISSION_HEADER;
+use crate::policy::screen::BodyEnd;
 use crate::state::App;
-use crate::upstream::UpstreamError;
 
 /// Response header lines read from the backend at most.
 const MAX_HEADERS: usize = 100;
@@ -97,7 +97,7 @@ pub(crate) async fn forward(
     buf.advance(head.len);
     app.metrics.request_done(crate::PROXIED_ROUTE, "proxy", head.status, started.elapsed().as_secs_f64());
     let ended = relay_body(app, &mut backend, buf, framing, out, client).await;
-    let reusable = head.reusable && crate::screen::reusable_after(head_only, head.status, head.end);
+    let reusable = head.reusable && crate::policy::screen::reusable_after(head_only, head.status, head.end);
     match ended {
         Ok(true) if reusable => app.upstream.connections().sockets().put(backend),
         Ok(_) => {}
@@ -126,7 +126,7 @@ pub(crate) fn request_head(
     let uri = up.uri_for(&parts.uri)?;
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let headers = &parts.headers;
-    let https = trusted && crate::admission::is_https(headers);
+    let https = trusted && crate::policy::admission::is_https(headers);
     // Headers a `Connection` header names are hop-by-hop too.
     let named: Vec<&str> = headers
         .get_all(CONNECTION)
@@ -162,7 +162,7 @@ pub(crate) fn request_head(
         } else if *name == HOST {
             host = host.or(Some(value));
         } else if *name == COOKIE {
-            if let Some(kept) = crate::admission::backend_cookies(value.as_bytes()) {
+            if let Some(kept) = crate::policy::admission::backend_cookies(value.as_bytes()) {
                 line(&mut out, n, &kept);
             }
         } else if *name != proxy::X_FORWARDED_PROTO
@@ -190,7 +190,7 @@ pub(crate) fn request_head(
     if !body.is_empty() {
         // As hyper's client frames a body of known length (none for an empty one).
         out.extend_from_slice(b"content-length: ");
-        crate::h1::push_decimal(&mut out, body.len() as u64);
+        crate::transport::lane::push_decimal(&mut out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -269,7 +269,7 @@ async fn read_head(backend: &mut TcpStream) -> Result<(BytesMut, Head), HeadErro
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
-        let n = crate::h1::read_some(backend, &mut buf).await.map_err(HeadError::Io)?;
+        let n = crate::transport::lane::read_some(backend, &mut buf).await.map_err(HeadError::Io)?;
         if n == 0 {
             return Err(if buf.is_empty() {
                 HeadError::Closed
@@ -321,9 +321,11 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     head.client.push(b' ');
     head.client.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.client.extend_from_slice(b"\r\n");
-    head.end =
-        crate::screen::status_framing(head.status, resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)))
-            .map_err(HeadError::Invalid)?;
+    head.end = crate::policy::screen::status_framing(
+        head.status,
+        resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
+    )
+    .map_err(HeadError::Invalid)?;
     let mut named: Vec<&[u8]> = Vec::new();
     for h in resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
         named.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
@@ -363,13 +365,13 @@ impl Head {
     pub(crate) fn write_for_client(&self, framing: &Framing, close: bool, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.client);
         if !self.dated {
-            crate::h1::write_date(out);
+            crate::transport::lane::write_date(out);
         }
         match (framing, self.end) {
             (Framing::Chunked(_), _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             (Framing::Length(_) | Framing::None, BodyEnd::Length(n)) if self.status != 204 => {
                 out.extend_from_slice(b"content-length: ");
-                crate::h1::push_decimal(out, n);
+                crate::transport::lane::push_decimal(out, n);
                 out.extend_from_slice(b"\r\n");
             }
             _ => {}
@@ -420,7 +422,8 @@ async fn relay_body(
         if buf.capacity() < READ_CHUNK {
             buf.reserve(READ_CHUNK);
         }
-        let n = match tokio::time::timeout(stall, crate::h1::read_some(backend, &mut buf)).await {
+        let n = match tokio::time::timeout(stall, crate::transport::lane::read_some(backend, &mut buf)).await
+        {
             Ok(r) => r?,
             Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the backend stalled")),
         };

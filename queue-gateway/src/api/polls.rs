@@ -81,7 +81,7 @@ pub struct Polls {
     stop: watch::Receiver<bool>,
     /// For polls off the serving threads, and a serving thread's until its own is ready.
     shared: Coalescer,
-    /// One per serving thread, by [`crate::server::current_worker`].
+    /// One per serving thread, by [`crate::transport::current_worker`].
     local: Vec<Arc<Local>>,
 }
 
@@ -113,7 +113,7 @@ impl Polls {
     /// being opened (or after an attempt failed, for [`LOCAL_RETRY`]), this is `None` and the
     /// caller uses the shared handle.
     fn own(&self) -> Option<&Own> {
-        let local = crate::server::current_worker().and_then(|w| self.local.get(w))?;
+        let local = crate::transport::current_worker().and_then(|w| self.local.get(w))?;
         if let Some(own) = local.own.get() {
             return Some(own);
         }

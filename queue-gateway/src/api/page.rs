@@ -19,11 +19,11 @@ use serde::Deserialize;
 
 use queue_core::lang::Lang;
 
-use crate::admission;
+use crate::api::room::{self, Holder, path_err, room_id};
 use crate::error::GatewayError;
-use crate::proxy::encode_component;
-use crate::rate_limit::Api;
-use crate::room::{self, Holder, path_err, room_id};
+use crate::pipeline::forward::encode_component;
+use crate::policy::admission;
+use crate::policy::rate_limit::Api;
 use crate::state::{App, PeerAddr};
 
 /// Query of the waiting page.
@@ -114,7 +114,7 @@ fn destination(q: &PageQuery, cfg: Option<&RoomConfig>) -> String {
     match &q.ret {
         Some(r)
             if r.len() <= 2048
-                && crate::screen::canonical_path(r.split('?').next().unwrap_or(""))
+                && crate::policy::screen::canonical_path(r.split('?').next().unwrap_or(""))
                     .is_ok_and(|canon| canon == r.split('?').next().unwrap_or(""))
                 && !r.contains(['\r', '\n']) =>
         {
@@ -138,7 +138,7 @@ pub async fn page(
 ) -> Response {
     match page_for(app, peer, path, query, &headers).await {
         Ok(r) => r,
-        Err(e) if crate::proxy::prefers_html(&headers) => error_page(lang_of(&headers), e),
+        Err(e) if crate::pipeline::forward::prefers_html(&headers) => error_page(lang_of(&headers), e),
         Err(e) => e.into_response(),
     }
 }

@@ -14,8 +14,8 @@ use queue_core::gate::{GateConfig, GateId};
 use queue_core::{RoomConfig, RoomId};
 use serde_json::{Value, json};
 
+use crate::api::room::{path_err, room_id};
 use crate::error::GatewayError;
-use crate::room::{path_err, room_id};
 use crate::state::App;
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
@@ -23,7 +23,7 @@ type Result<T, E = GatewayError> = std::result::Result<T, E>;
 /// An unreadable body in the contract's error shape (axum's own rejection is plain text).
 fn body_err(e: BytesRejection) -> GatewayError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return crate::proxy::too_large();
+        return crate::pipeline::forward::too_large();
     }
     GatewayError::bad_request(format!("the request body could not be read: {}", e.body_text()))
 }
@@ -244,7 +244,7 @@ pub async fn admit(
 }
 
 async fn refresh(app: &App) {
-    if let Err(e) = crate::rooms::reload(app).await {
+    if let Err(e) = crate::background::rooms::reload(app).await {
         tracing::warn!(error = %e, "room cache refresh after an admin change failed");
     }
 }
@@ -258,7 +258,7 @@ fn gate_audit(action: &str, gate: &GateId, detail: Value) {
 }
 
 async fn refresh_gates(app: &Arc<App>) {
-    if let Err(e) = crate::gate::refresh(app).await {
+    if let Err(e) = crate::policy::gate::refresh(app).await {
         tracing::warn!(error = %e, "gate refresh after an admin change failed");
     }
 }
@@ -268,7 +268,7 @@ pub async fn list_gates(State(app): State<Arc<App>>, headers: HeaderMap) -> Resp
     guarded(app, headers, |app| async move {
         let mut gates = Vec::new();
         for (id, cfg) in app.gate_log.gates().await? {
-            gates.push(crate::gate::gate_json(&app, &id, &cfg).await?);
+            gates.push(crate::policy::gate::gate_json(&app, &id, &cfg).await?);
         }
         Ok(Json(json!({ "gates": gates })).into_response())
     })
@@ -292,7 +292,7 @@ pub async fn get_gate(
             .find(|(g, _)| g == &id)
             .map(|(_, c)| c)
             .ok_or_else(|| GatewayError::from(queue_core::Error::UnknownGate(id.to_string())))?;
-        Ok(Json(crate::gate::gate_json(&app, &id, &cfg).await?).into_response())
+        Ok(Json(crate::policy::gate::gate_json(&app, &id, &cfg).await?).into_response())
     })
     .await
 }
@@ -319,7 +319,7 @@ pub async fn put_gate(
         );
         refresh_gates(&app).await;
         let code = if created { StatusCode::CREATED } else { StatusCode::OK };
-        Ok((code, Json(crate::gate::gate_json(&app, &id, &cfg).await?)).into_response())
+        Ok((code, Json(crate::policy::gate::gate_json(&app, &id, &cfg).await?)).into_response())
     })
     .await
 }

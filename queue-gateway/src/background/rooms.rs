@@ -35,7 +35,7 @@ impl Index {
 
     /// The room protecting `path` (longest matching prefix), if any.
     pub fn protecting(&self, path: &str) -> Option<&RoomId> {
-        self.protect.iter().find(|(p, _)| crate::screen::under(path, p)).map(|(_, r)| r)
+        self.protect.iter().find(|(p, _)| crate::policy::screen::under(path, p)).map(|(_, r)| r)
     }
 }
 
@@ -170,7 +170,7 @@ async fn refresh(app: &Arc<App>) {
     if let Err(e) = reached {
         tracing::warn!(error = %e, "room config refresh failed; keeping the last known configs");
     }
-    if let Err(e) = crate::gate::refresh(app).await {
+    if let Err(e) = crate::policy::gate::refresh(app).await {
         tracing::warn!(error = %e, "gate config refresh failed; keeping the last known configs");
     }
 }

@@ -29,8 +29,8 @@ use tower::ServiceExt;
 
 use crate::config::Limits;
 use crate::error::error_body;
-use crate::server::Served;
 use crate::state::PeerAddr;
+use crate::transport::Served;
 
 /// Header lines a stream request may carry (hyper's default limit).
 const MAX_HEADERS: usize = 100;
@@ -97,7 +97,7 @@ pub(crate) async fn serve<S: Served>(
         // The same screen as every other way in: the path the router and the prefix check
         // read is the canonical one (a raw `/api/v1/rooms/../../book/1#/events` looks like a
         // stream here and is `/book/1`), whatever the first bytes looked like.
-        Ok(Ok(mut req)) => match crate::screen::screen(&mut req) {
+        Ok(Ok(mut req)) => match crate::policy::screen::screen(&mut req) {
             Err(refused) => axum::response::IntoResponse::into_response(refused),
             Ok(()) => {
                 req.extensions_mut().insert(PeerAddr(peer));
@@ -121,7 +121,7 @@ pub(crate) async fn serve<S: Served>(
 }
 
 /// Reads until the head is complete; the buffer is dropped once the request is built.
-/// Read as the lane reads ([`crate::h1::read_some`]), so the stream's first look for the
+/// Read as the lane reads ([`crate::transport::lane::read_some`]), so the stream's first look for the
 /// client's close waits for the kernel's word rather than asking it.
 async fn read_head(stream: &mut TcpStream, max: usize) -> Result<Request<Body>, HeadError> {
     let mut buf = BytesMut::with_capacity(1024.min(max));
@@ -134,7 +134,10 @@ async fn read_head(stream: &mut TcpStream, max: usize) -> Result<Request<Body>, 
         }
         // Never past `max`: what a client sends beyond it is not read.
         let room = max - buf.len();
-        if matches!(crate::h1::read_some(stream, &mut (&mut buf).limit(room)).await, Ok(0) | Err(_)) {
+        if matches!(
+            crate::transport::lane::read_some(stream, &mut (&mut buf).limit(room)).await,
+            Ok(0) | Err(_)
+        ) {
             return Err(HeadError::Gone);
         }
         if let Some(req) = parse_head(&buf)? {
@@ -181,7 +184,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request<Body>>, HeadError> {
 pub(crate) async fn write_response(stream: &mut TcpStream, response: Response) -> std::io::Result<()> {
     let (parts, mut body) = response.into_parts();
     let mut head = Vec::with_capacity(256);
-    let chunked = crate::h1::response_head(&parts, body.size_hint().exact(), false, true, &mut head);
+    let chunked =
+        crate::transport::lane::response_head(&parts, body.size_hint().exact(), false, true, &mut head);
     send(stream, &head).await?;
     drop(head);
     loop {

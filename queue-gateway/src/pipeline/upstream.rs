@@ -39,7 +39,7 @@ pub enum UpstreamError {
 }
 
 /// A kept-alive backend connection: hyper's handle on one, or a plain socket the relay
-/// writes requests to itself ([`crate::relay`]).
+/// writes requests to itself ([`crate::pipeline::relay`]).
 pub(crate) trait Pooled {
     /// False once the backend is known to have closed it.
     fn usable(&self) -> bool;
@@ -127,7 +127,7 @@ impl Connections {
     /// that opened it (and hyper's runs as a task there), so it must stay on that thread.
     fn slot(&self) -> usize {
         let rest = self.idle.len() - 1;
-        crate::server::current_worker().map_or(rest, |w| w % rest.max(1))
+        crate::transport::current_worker().map_or(rest, |w| w % rest.max(1))
     }
 
     fn idle(&self) -> &Arc<HyperIdle> {

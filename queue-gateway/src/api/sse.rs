@@ -26,8 +26,8 @@ use queue_core::{RoomEvent, RoomId, TicketId, TicketState, TicketStatus};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+use crate::api::room::{self, Holder};
 use crate::error::GatewayError;
-use crate::room::{self, Holder};
 use crate::state::{App, PeerAddr};
 
 /// What a stream is told.
@@ -133,7 +133,7 @@ pub async fn events(
     let Path((room, ticket)) = path.map_err(room::path_err)?;
     let (room, ticket) = (room::room_id(&room)?, TicketId::parse(&ticket)?);
     let user = room::known_user(&app, &headers)?;
-    room::limit(&app, crate::rate_limit::Api::Status, peer.map(|p| p.0), &headers, user.as_deref())?;
+    room::limit(&app, crate::policy::rate_limit::Api::Status, peer.map(|p| p.0), &headers, user.as_deref())?;
     let st = app.polls.status(&room, ticket).await?;
     let Some(Holder { secret: Some(secret), user: bound, .. }) =
         room::holder(&app, &headers, &st, user.as_deref())

@@ -13,12 +13,12 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::admission::{self, User};
 use crate::error::GatewayError;
-use crate::h1::push_decimal;
 use crate::metrics::{DropLabel, Metrics};
-use crate::rate_limit::Api;
+use crate::policy::admission::{self, User};
+use crate::policy::rate_limit::Api;
 use crate::state::{App, PeerAddr};
+use crate::transport::lane::push_decimal;
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
@@ -492,7 +492,7 @@ pub async fn leave(
     if before == TicketState::Admitted
         && let Some(until) = st.admitted_until_ms
     {
-        // Refused here at once; other gateways within a second ([`crate::rooms`]).
+        // Refused here at once; other gateways within a second ([`crate::background::rooms`]).
         app.revoked.add(&room, [(ticket, until)]);
     }
     if before.is_live() {

@@ -1,10 +1,13 @@
 //! The connection layer: one accept loop handing connections to worker threads (each a
-//! single-threaded runtime); HTTP/1.1 by [`h1`] (and [`h1_stream`]), with hyper for h2c
+//! single-threaded runtime); HTTP/1.1 by [`lane`] (and [`stream`]), with hyper for h2c
 //! (prior knowledge) and the HTTP/1.1 requests `h1` leaves to it; keep-alive, header size
 //! limits, a header read timeout for a new connection's first request that answers `408`, a
 //! longer idle timeout between requests on a kept-alive connection, a whole-request timeout,
 //! and graceful shutdown (stop accepting, let in-flight requests finish within the grace
 //! period, then close what is left).
+
+pub mod lane;
+pub mod stream;
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -32,7 +35,6 @@ use tower::{Service, ServiceExt};
 use crate::config::Limits;
 use crate::error::error_body;
 use crate::state::{App, PeerAddr};
-use crate::{h1, h1_stream};
 
 /// What the server runs for each request (the gateway's [`crate::service`]).
 pub trait Served:
@@ -180,8 +182,8 @@ async fn worker_loop<S: Served>(
     }
 }
 
-/// Serves one connection: an event stream on a new connection by [`h1_stream`], anything
-/// else by [`h1`], which hands to hyper what it does not serve itself. A connection task
+/// Serves one connection: an event stream on a new connection by [`stream`], anything
+/// else by [`lane`], which hands to hyper what it does not serve itself. A connection task
 /// lives as long as its connection and is sized by its largest state, so the others are
 /// boxed: an event stream's task stays small.
 async fn connection<S: Served>(
@@ -203,19 +205,19 @@ async fn connection<S: Served>(
     // serves the connection.
     let first_request = Instant::now() + Duration::from_millis(limits.header_read_timeout_ms);
     let peeked = tokio::select! {
-        p = tokio::time::timeout_at(first_request, h1_stream::is_event_stream(&stream)) => p,
+        p = tokio::time::timeout_at(first_request, stream::is_event_stream(&stream)) => p,
         _ = shutdown.changed() => return,
     };
     match peeked {
         Err(_) => request_timeout_answer(stream).await,
         Ok(Err(_)) => {}
-        Ok(Ok(true)) => h1_stream::serve(stream, peer, svc, &limits, first_request).await,
-        Ok(Ok(false)) => Box::pin(h1::serve(stream, peer, svc, app, limits, shutdown, first_request)).await,
+        Ok(Ok(true)) => stream::serve(stream, peer, svc, &limits, first_request).await,
+        Ok(Ok(false)) => Box::pin(lane::serve(stream, peer, svc, app, limits, shutdown, first_request)).await,
     }
 }
 
 /// Serves the rest of a connection with hyper (HTTP/1.1 or h2c): `io` starts with the bytes
-/// [`h1`] read before it gave the connection up (or is a new connection, with the fast lane
+/// [`lane`] read before it gave the connection up (or is a new connection, with the fast lane
 /// off). `heads`: how long hyper waits for a request head, idle or not.
 pub(crate) async fn with_hyper<S: Served, I>(
     io: I,
@@ -231,7 +233,7 @@ pub(crate) async fn with_hyper<S: Served, I>(
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let svc = svc.clone();
         req.extensions_mut().insert(PeerAddr(peer));
-        let screened = crate::screen::screen(&mut req);
+        let screened = crate::policy::screen::screen(&mut req);
         async move {
             Ok::<_, Infallible>(match screened {
                 Ok(()) => dispatch(svc, req.map(Body::new), request_timeout).await,
@@ -269,7 +271,7 @@ pub(crate) async fn with_hyper<S: Served, I>(
 /// Answers `408` on a connection whose request head did not arrive in time, and closes it.
 pub(crate) async fn request_timeout_answer(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        h1_stream::write_response(&mut stream, h1_stream::head_timeout()).await?;
+        stream::write_response(&mut stream, stream::head_timeout()).await?;
         stream.shutdown().await
     })
     .await;
@@ -298,7 +300,7 @@ pub(crate) async fn dispatch_in<S: Served>(
     req: Request<Body>,
     timeout: Duration,
 ) -> Response {
-    let streaming = h1_stream::is_events_path(req.uri().path().as_bytes());
+    let streaming = stream::is_events_path(req.uri().path().as_bytes());
     let fut = svc.oneshot(req);
     let fut = match slot {
         Some(boxed) => {

@@ -29,8 +29,8 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use crate::error::GatewayError;
 use crate::metrics::GateLabel;
-use crate::proxy;
-use crate::rate_limit::Api;
+use crate::pipeline::forward as proxy;
+use crate::policy::rate_limit::Api;
 use crate::state::{App, PeerAddr};
 
 /// Which queue a waiter joins.
@@ -219,7 +219,7 @@ type PrefixIndex = Vec<(String, Arc<Gate>)>;
 pub struct Gates {
     by_id: RwLock<HashMap<GateId, Arc<Gate>>>,
     /// A refresh that read the log before another must not undo it.
-    order: crate::rooms::RefreshOrder,
+    order: crate::background::rooms::RefreshOrder,
     /// `(prefix, gate)`, longest prefix first.
     prefixes: RwLock<Arc<PrefixIndex>>,
     /// Held while lost gates are put back: two refreshes at once put each back once.
@@ -232,7 +232,7 @@ impl Gates {
         // Searched under the read lock, not on a copy of the list: every request asks, and
         // most find nothing.
         let list = self.prefixes.read().unwrap_or_else(|e| e.into_inner());
-        list.iter().find(|(p, _)| crate::screen::under(path, p)).map(|(_, g)| g.clone())
+        list.iter().find(|(p, _)| crate::policy::screen::under(path, p)).map(|(_, g)| g.clone())
     }
 
     /// A gate by id.
@@ -244,7 +244,7 @@ impl Gates {
 /// Brings the gates in line with the log's configs: new gates get permits and a consumer,
 /// changed ones their new limit, deleted ones stop. Gates the log lost (neither there nor
 /// remembered as deleted) are first put back from the configs this gateway knows, as rooms
-/// are ([`crate::rooms::RoomCache::refresh`]).
+/// are ([`crate::background::rooms::RoomCache::refresh`]).
 pub async fn refresh(app: &Arc<App>) -> queue_core::Result<()> {
     let number = app.gates.order.begin();
     let known: Vec<(GateId, GateConfig)> = {
@@ -511,7 +511,7 @@ async fn poll_inner(
     req: Request,
 ) -> Result<Response, GatewayError> {
     let peer = req.extensions().get::<PeerAddr>().copied();
-    crate::room::limit(app, Api::Status, peer, req.headers(), None)?;
+    crate::api::room::limit(app, Api::Status, peer, req.headers(), None)?;
     let unknown = || GatewayError::not_found("unknown_offset", "no such offset, or its response has expired");
     let offset = path.map_err(|_| unknown())?.0;
     let (gate, id) = app.gate_secret.parse_offset(&offset).ok_or_else(unknown)?;

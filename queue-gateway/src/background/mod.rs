@@ -1,0 +1,4 @@
+//! Background work.
+
+pub mod rooms;
+pub mod touch;

@@ -1,0 +1,6 @@
+//! Policy.
+
+pub mod admission;
+pub mod gate;
+pub mod rate_limit;
+pub mod screen;
