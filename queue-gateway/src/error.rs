@@ -1,8 +1,11 @@
-//! Errors: who caused them (client, upstream, us) and the one place they become a status.
+//! Errors: who caused them (client, upstream, us), whether sending the same request again is
+//! safe, and the one place they become a status (and are logged, once).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use crate::upstream::UpstreamError;
 
 /// A configuration value was refused; `field` names it.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +54,7 @@ pub enum GatewayError {
     },
     /// The upstream failed (`502`) or timed out (`504`).
     #[error("upstream: {0}")]
-    Upstream(UpstreamFailure),
+    Upstream(#[from] UpstreamError),
     /// The store is unreachable or misbehaved.
     #[error("store: {0}")]
     Store(queue_core::Error),
@@ -60,18 +63,49 @@ pub enum GatewayError {
     Internal(String),
 }
 
-/// How the upstream failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamFailure {
-    /// No connection or a broken answer.
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    /// No answer within `upstream_timeout_ms`.
-    #[error("timed out")]
-    Timeout,
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The request (bad input, not admitted, too many): a 4xx.
+    Client,
+    /// The backend: no connection, no answer, a broken answer.
+    Upstream,
+    /// The gateway or its store.
+    Internal,
 }
 
 impl GatewayError {
+    /// Who caused it.
+    pub fn cause(&self) -> Cause {
+        match self {
+            GatewayError::Client { .. } | GatewayError::RateLimited { .. } => Cause::Client,
+            GatewayError::Upstream(_) => Cause::Upstream,
+            GatewayError::Unavailable { .. } | GatewayError::Store(_) | GatewayError::Internal(_) => {
+                Cause::Internal
+            }
+        }
+    }
+
+    /// Whether the client may send the same request again without risk of it taking effect
+    /// twice: after a rate limit or an overload (nothing was done), a store outage (nothing was
+    /// written), or a backend that was never reached. Not after a backend that may have
+    /// processed the request (a timeout, a broken answer), nor after a refusal (the same
+    /// request fails the same way). Such answers carry `Retry-After`.
+    pub fn retry_safe(&self) -> bool {
+        match self {
+            GatewayError::RateLimited { .. } | GatewayError::Unavailable { .. } | GatewayError::Store(_) => {
+                true
+            }
+            GatewayError::Upstream(e) => e.unsent(),
+            GatewayError::Client { .. } | GatewayError::Internal(_) => false,
+        }
+    }
+
+    /// `413 payload_too_large`.
+    pub fn too_large() -> Self {
+        Self::client(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+    }
+
     /// A client error with a status and code.
     pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         GatewayError::Client { status, code, message: message.into() }
@@ -146,7 +180,7 @@ impl IntoResponse for GatewayError {
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
                 r
             }
-            GatewayError::Upstream(UpstreamFailure::Timeout) => {
+            GatewayError::Upstream(UpstreamError::Timeout) => {
                 tracing::warn!("upstream timed out");
                 error_body(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -154,9 +188,15 @@ impl IntoResponse for GatewayError {
                     "the backend did not answer in time",
                 )
             }
-            GatewayError::Upstream(UpstreamFailure::Unreachable(cause)) => {
-                tracing::warn!(%cause, "upstream failed");
-                error_body(StatusCode::BAD_GATEWAY, "bad_gateway", "the backend could not be reached")
+            GatewayError::Upstream(cause) => {
+                let retry = cause.unsent();
+                tracing::warn!(%cause, retry_safe = retry, "upstream failed");
+                let mut r =
+                    error_body(StatusCode::BAD_GATEWAY, "bad_gateway", "the backend could not be reached");
+                if retry {
+                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                r
             }
             GatewayError::Store(e) => {
                 tracing::error!(error = %e, "store failure");

@@ -13,9 +13,9 @@ use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use bytes::BytesMut;
 
-use crate::pipeline::relay::Framing;
+use crate::http1::client::Framing;
+use crate::http1::server::Parsed;
 use crate::policy::screen::canonical_path;
-use crate::transport::lane::Parsed;
 
 /// Header slots for httparse's second reading: more than the lane's and the relay's 100, so
 /// a head they took is never too large for the check (the relay adds up to three lines).
@@ -29,7 +29,7 @@ pub fn request_head(data: &[u8]) {
     // 16..=8192: small limits reach the too-large hand-off, large ones whole requests.
     let max_head = 16 + usize::from(u16::from_le_bytes(*limit)) % (8192 - 16 + 1);
     let mut buf = BytesMut::from(head);
-    let parsed = crate::transport::lane::parse(&mut buf, max_head);
+    let parsed = crate::http1::server::parse(&mut buf, max_head, crate::api::is_events_path);
     let used = head.len() - buf.len();
     assert_eq!(&buf[..], &head[used..], "what is left is the rest of the bytes, unchanged");
     match parsed {
@@ -39,7 +39,7 @@ pub fn request_head(data: &[u8]) {
             screened(&mut req);
         }
         // Hyper reads a handed-off connection from its first byte: nothing may be taken.
-        Parsed::HandOff => assert_eq!(used, 0, "a handed-off request stays in the buffer"),
+        Parsed::HandOff(_) => assert_eq!(used, 0, "a handed-off request stays in the buffer"),
         Parsed::Partial => assert!(used == 0 && head.len() < max_head, "waits only below the limit"),
         // A bad head closes the connection: what was taken does not matter.
         Parsed::Bad => {}
@@ -109,7 +109,7 @@ pub fn chunked(data: &[u8]) {
 
 /// Where the body ends in `data` fed `step` bytes at a time, as the relay feeds its reads.
 fn chunked_end(data: &[u8], step: usize) -> Result<Option<usize>, &'static str> {
-    let mut body = crate::pipeline::relay::Chunked::default();
+    let mut body = crate::http1::client::Chunked::default();
     let mut at = 0;
     for piece in data.chunks(step) {
         if let Some(n) = body.feed(piece)? {
@@ -166,9 +166,9 @@ fn crlf_line(data: &[u8], at: usize) -> Option<&[u8]> {
 /// The relay's response-head parser: the head the client gets is one whole head that frames
 /// the body as the relay follows it, with no hop-by-hop header of the backend's.
 pub fn response_head(data: &[u8]) {
-    let Ok(Some(head)) = crate::pipeline::relay::parse_head(data) else { return };
-    assert!(head.len <= data.len());
-    let named = connection_tokens(&data[..head.len]);
+    let Ok(Some((start, head))) = crate::pipeline::relay::parse_head(data) else { return };
+    assert!(start + head.len <= data.len());
+    let named = connection_tokens(&data[start..start + head.len]);
     for head_only in [false, true] {
         for close in [false, true] {
             let framing = head.framing(head_only);

@@ -1,6 +1,6 @@
-//! What every handler shares.
+//! What the handlers, the pipeline and the background loops share: [`App`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
@@ -9,12 +9,12 @@ use queue_core::token::KeySet;
 use tokio::sync::watch;
 
 use crate::api::sse::Hub;
-use crate::background::rooms::RoomCache;
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::forward::Upstream;
 use crate::policy::admission::{CookieKey, UserAuth};
 use crate::policy::rate_limit::Limiters;
+use crate::policy::rooms::RoomCache;
+use crate::upstream::Upstream;
 
 /// The gateway's shared state.
 #[derive(Debug)]
@@ -59,13 +59,9 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// The peer address of a connection, put into each request's extensions by the server.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);
-
 impl App {
     /// The client's IP: the peer, or the first `X-Forwarded-For` hop when trusted.
-    pub fn client_ip(&self, peer: Option<PeerAddr>, headers: &HeaderMap) -> IpAddr {
+    pub fn client_ip(&self, peer: Option<crate::transport::PeerAddr>, headers: &HeaderMap) -> IpAddr {
         if self.cfg.trust_forwarded
             && let Some(ip) = headers
                 .get("x-forwarded-for")

@@ -97,7 +97,7 @@ async fn dashboards_and_rules_find_data_in_a_real_prometheus() {
             .expect("prometheus on the PATH (Debian package prometheus)"),
     );
     let query = |expr: String| async move {
-        let url = format!("/api/v1/query?query={}", queue_gateway::proxy::encode_component(&expr));
+        let url = format!("/api/v1/query?query={}", queue_gateway::api::page::encode_component(&expr));
         Http::new(format!("127.0.0.1:{prom}").parse().unwrap()).get(&url).await
     };
     // Wait for Prometheus, then for a few scrapes of both targets.

@@ -23,7 +23,7 @@ type Result<T, E = GatewayError> = std::result::Result<T, E>;
 /// An unreadable body in the contract's error shape (axum's own rejection is plain text).
 fn body_err(e: BytesRejection) -> GatewayError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return crate::pipeline::forward::too_large();
+        return GatewayError::too_large();
     }
     GatewayError::bad_request(format!("the request body could not be read: {}", e.body_text()))
 }
@@ -198,8 +198,28 @@ async fn set_paused(
     Ok(Json(json!({ "room": room.as_str(), "state": st.phase.as_str() })).into_response())
 }
 
+/// `POST /admin/v1/rooms/{room}/{action}`: `pause`, `resume` or `admit`.
+pub async fn action(
+    State(app): State<Arc<App>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (room, action) = match path {
+        Ok(Path((room, action))) => (Ok(Path(room)), action),
+        Err(e) => return path_err(e).into_response(),
+    };
+    match action.as_str() {
+        "pause" => pause(State(app), room, headers).await,
+        "resume" => resume(State(app), room, headers).await,
+        "admit" => admit(State(app), room, headers, body).await,
+        _ => GatewayError::not_found("unknown_action", "the room actions are pause, resume and admit")
+            .into_response(),
+    }
+}
+
 /// `POST /admin/v1/rooms/{room}/pause`
-pub async fn pause(
+async fn pause(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -208,7 +228,7 @@ pub async fn pause(
 }
 
 /// `POST /admin/v1/rooms/{room}/resume`
-pub async fn resume(
+async fn resume(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -217,7 +237,7 @@ pub async fn resume(
 }
 
 /// `POST /admin/v1/rooms/{room}/admit` with `{"count": N}`
-pub async fn admit(
+async fn admit(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -258,7 +278,7 @@ fn gate_audit(action: &str, gate: &GateId, detail: Value) {
 }
 
 async fn refresh_gates(app: &Arc<App>) {
-    if let Err(e) = crate::policy::gate::refresh(app).await {
+    if let Err(e) = crate::background::gates::refresh(app).await {
         tracing::warn!(error = %e, "gate refresh after an admin change failed");
     }
 }
@@ -268,7 +288,7 @@ pub async fn list_gates(State(app): State<Arc<App>>, headers: HeaderMap) -> Resp
     guarded(app, headers, |app| async move {
         let mut gates = Vec::new();
         for (id, cfg) in app.gate_log.gates().await? {
-            gates.push(crate::policy::gate::gate_json(&app, &id, &cfg).await?);
+            gates.push(crate::api::gates::gate_json(&app, &id, &cfg).await?);
         }
         Ok(Json(json!({ "gates": gates })).into_response())
     })
@@ -292,7 +312,7 @@ pub async fn get_gate(
             .find(|(g, _)| g == &id)
             .map(|(_, c)| c)
             .ok_or_else(|| GatewayError::from(queue_core::Error::UnknownGate(id.to_string())))?;
-        Ok(Json(crate::policy::gate::gate_json(&app, &id, &cfg).await?).into_response())
+        Ok(Json(crate::api::gates::gate_json(&app, &id, &cfg).await?).into_response())
     })
     .await
 }
@@ -319,7 +339,7 @@ pub async fn put_gate(
         );
         refresh_gates(&app).await;
         let code = if created { StatusCode::CREATED } else { StatusCode::OK };
-        Ok((code, Json(crate::policy::gate::gate_json(&app, &id, &cfg).await?)).into_response())
+        Ok((code, Json(crate::api::gates::gate_json(&app, &id, &cfg).await?)).into_response())
     })
     .await
 }

@@ -21,10 +21,10 @@ use queue_core::lang::Lang;
 
 use crate::api::room::{self, Holder, path_err, room_id};
 use crate::error::GatewayError;
-use crate::pipeline::forward::encode_component;
 use crate::policy::admission;
 use crate::policy::rate_limit::Api;
-use crate::state::{App, PeerAddr};
+use crate::state::App;
+use crate::transport::PeerAddr;
 
 /// Query of the waiting page.
 #[derive(Debug, Deserialize, Default)]
@@ -138,7 +138,7 @@ pub async fn page(
 ) -> Response {
     match page_for(app, peer, path, query, &headers).await {
         Ok(r) => r,
-        Err(e) if crate::pipeline::forward::prefers_html(&headers) => error_page(lang_of(&headers), e),
+        Err(e) if prefers_html(&headers) => error_page(lang_of(&headers), e),
         Err(e) => e.into_response(),
     }
 }
@@ -421,3 +421,77 @@ const JS: &str = r#"
   } else { poll(); }
 })();
 "#;
+
+/// True when `Accept` prefers HTML over JSON (browsers navigating).
+pub fn prefers_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return false };
+    let q = |wanted: &str| -> Option<(f32, usize)> {
+        accept.split(',').enumerate().find_map(|(i, part)| {
+            let mut it = part.split(';');
+            let media = it.next()?.trim();
+            if media != wanted {
+                return None;
+            }
+            let q = it.find_map(|p| p.trim().strip_prefix("q=")).and_then(|v| v.parse().ok()).unwrap_or(1.0);
+            Some((q, i))
+        })
+    };
+    match (q("text/html"), q("application/json")) {
+        (Some((h, _)), None) => h > 0.0,
+        (Some((h, hi)), Some((j, ji))) => h > j || (h == j && hi < ji),
+        _ => false,
+    }
+}
+
+/// The answer to a request under a room's prefixes without an admission: browsers are sent to
+/// the waiting page (with the way back), API clients get `403 not_admitted`.
+pub(crate) fn not_admitted(room: &RoomId, uri: &axum::http::Uri, headers: &HeaderMap) -> Response {
+    if prefers_html(headers) {
+        let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let location = format!("/rooms/{room}?return={}", encode_component(target));
+        let mut r = StatusCode::SEE_OTHER.into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return r;
+    }
+    crate::error::error_body(
+        StatusCode::FORBIDDEN,
+        "not_admitted",
+        &format!("this path needs an admission to room `{room}`"),
+    )
+}
+
+/// Percent-encodes a URL component (RFC 3986 unreserved characters stay).
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT, v.parse().unwrap());
+            m
+        };
+        assert!(prefers_html(&h("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")));
+        assert!(!prefers_html(&h("application/json")));
+        assert!(!prefers_html(&h("*/*")));
+        assert!(!prefers_html(&h("application/json, text/html;q=0.5")));
+        assert!(prefers_html(&h("text/html, application/json")));
+        assert!(!prefers_html(&HeaderMap::new()));
+    }
+}

@@ -1,7 +1,6 @@
 //! The waiting-room API (DESIGN §4): join, status, leave, public room state.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -14,11 +13,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::GatewayError;
+use crate::http1::push_decimal;
 use crate::metrics::{DropLabel, Metrics};
 use crate::policy::admission::{self, User};
 use crate::policy::rate_limit::Api;
-use crate::state::{App, PeerAddr};
-use crate::transport::lane::push_decimal;
+use crate::state::App;
+use crate::transport::PeerAddr;
 
 type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
@@ -30,9 +30,7 @@ pub(crate) fn path_err(e: PathRejection) -> GatewayError {
     GatewayError::bad_request(format!("invalid path: {}", e.body_text()))
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub(crate) use crate::policy::now_ms;
 
 pub(crate) fn rfc3339_ms(ms: u64) -> Value {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)

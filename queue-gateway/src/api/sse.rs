@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::room::{self, Holder};
 use crate::error::GatewayError;
-use crate::state::{App, PeerAddr};
+use crate::state::App;
+use crate::transport::PeerAddr;
 
 /// What a stream is told.
 #[derive(Debug)]

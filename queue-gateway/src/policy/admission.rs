@@ -449,14 +449,14 @@ impl Revoked {
             return false;
         }
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-        rooms.get(room).and_then(|r| r.get(&ticket)).is_some_and(|until| *until > crate::api::room::now_ms())
+        rooms.get(room).and_then(|r| r.get(&ticket)).is_some_and(|until| *until > crate::policy::now_ms())
     }
 
     /// Adds revoked admissions of `room` (ticket, admission end in Unix ms); the ones already
     /// known stay until their ends (a list read just before one of this gateway's own leaves
     /// lacks it).
     pub fn add(&self, room: &RoomId, ended: impl IntoIterator<Item = (TicketId, u64)>) {
-        let now = crate::api::room::now_ms();
+        let now = crate::policy::now_ms();
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         let entries = rooms.entry(room.clone()).or_default();
         entries.extend(ended.into_iter().filter(|(_, until)| *until > now));
@@ -466,7 +466,7 @@ impl Revoked {
 
     /// Forgets rooms not in `live` (deleted) and ended admissions.
     pub fn retain_rooms(&self, live: &HashMap<RoomId, queue_core::RoomConfig>) {
-        let now = crate::api::room::now_ms();
+        let now = crate::policy::now_ms();
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         rooms.retain(|room, entries| {
             entries.retain(|_, until| *until > now);
@@ -556,7 +556,7 @@ impl AdmittedCache {
 
     fn insert(&self, token: &str, cookie: &str, admitted: Admitted) {
         if self.map.len() >= self.cap {
-            let now = crate::api::room::now_ms() / 1000;
+            let now = crate::policy::now_ms() / 1000;
             self.map.retain(|_, e| e.2.claims.exp > now);
             if self.map.len() >= self.cap {
                 self.map.clear();

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use axum::http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use axum::http::header::{CONNECTION, HOST};
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -413,76 +413,6 @@ fn find_ignore_case(hay: &str, needle: &str) -> Option<usize> {
     hay.as_bytes().windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
-/// How a backend response's body ends, from its framing headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyEnd {
-    /// `Content-Length`.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-    /// Neither: the body runs until the backend closes.
-    Close,
-}
-
-/// A response's framing from its `Content-Length` and `Transfer-Encoding` values: one
-/// length of digits only, or one `chunked`, never both; anything else (a sign, a space,
-/// duplicates, `identity`, `gzip` alone) is a response two readers could split differently,
-/// answered `502` (as nginx does) with the backend connection closed.
-pub fn response_framing<'a>(
-    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-) -> Result<BodyEnd, &'static str> {
-    let (mut length, mut chunked) = (None, None);
-    for (name, value) in headers {
-        if name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str().as_bytes()) {
-            if length.is_some() {
-                return Err("the backend sent more than one Content-Length");
-            }
-            length = Some(decimal(value.trim_ascii()).ok_or("the backend sent an invalid Content-Length")?);
-        } else if name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str().as_bytes()) {
-            if chunked.is_some() || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err("the backend sent a Transfer-Encoding other than chunked");
-            }
-            chunked = Some(());
-        }
-    }
-    match (length, chunked) {
-        (Some(_), Some(())) => Err("the backend sent both Content-Length and Transfer-Encoding"),
-        (Some(n), None) => Ok(BodyEnd::Length(n)),
-        (None, Some(())) => Ok(BodyEnd::Chunked),
-        (None, None) => Ok(BodyEnd::Close),
-    }
-}
-
-/// [`response_framing`] for a response of `status`: a `204` (or `1xx`) may announce no body
-/// at all (RFC 9110 §8.6), so one that does is refused like any other ambiguous framing.
-pub fn status_framing<'a>(
-    status: u16,
-    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-) -> Result<BodyEnd, &'static str> {
-    let end = response_framing(headers)?;
-    if (status == 204 || status < 200) && end != BodyEnd::Close {
-        return Err("the backend announced a body on a response that has none");
-    }
-    Ok(end)
-}
-
-/// Whether a backend connection may carry another request after this response ended where
-/// its framing said. Not after a bodiless answer (to HEAD, or a `304`) whose head announced a
-/// body: a backend that sends that body anyway (a framework answering HEAD as GET) would have
-/// its bytes read as the next client's response.
-pub fn reusable_after(head_request: bool, status: u16, end: BodyEnd) -> bool {
-    let bodiless = head_request || status == 304;
-    !(bodiless && end != BodyEnd::Close && end != BodyEnd::Length(0))
-}
-
-/// A decimal of 1 to 19 digits (no sign, no space: what `Content-Length` allows).
-pub fn decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,42 +576,5 @@ mod tests {
         assert_eq!(r.headers().keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
         let mut ok = req("GET", "/x", &[("connection", "keep-alive, x-private, upgrade"), ("host", "a")]);
         assert!(screen(&mut ok).is_ok());
-    }
-
-    #[test]
-    fn bodiless_answers_announcing_a_body_are_refused_or_not_reused() {
-        let f = |status, h: &[(&str, &str)]| {
-            status_framing(status, h.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
-        };
-        assert!(f(204, &[("content-length", "60")]).is_err());
-        assert!(f(204, &[("transfer-encoding", "chunked")]).is_err());
-        assert_eq!(f(204, &[]), Ok(BodyEnd::Close));
-        assert_eq!(f(304, &[("content-length", "60")]), Ok(BodyEnd::Length(60)));
-        assert!(!reusable_after(false, 304, BodyEnd::Length(60)));
-        assert!(!reusable_after(true, 200, BodyEnd::Chunked));
-        assert!(reusable_after(true, 200, BodyEnd::Length(0)));
-        assert!(reusable_after(false, 200, BodyEnd::Length(60)));
-    }
-
-    #[test]
-    fn response_framing_is_one_number_or_chunked() {
-        let f = |h: &[(&str, &str)]| response_framing(h.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
-        assert_eq!(f(&[("Content-Length", "5")]), Ok(BodyEnd::Length(5)));
-        assert_eq!(f(&[("transfer-encoding", "Chunked")]), Ok(BodyEnd::Chunked));
-        assert_eq!(f(&[("x", "y")]), Ok(BodyEnd::Close));
-        for bad in [
-            &[("content-length", "+5")][..],
-            &[("content-length", "5, 5")],
-            &[("content-length", "5"), ("content-length", "5")],
-            &[("content-length", "-1")],
-            &[("content-length", "")],
-            &[("content-length", "99999999999999999999")],
-            &[("transfer-encoding", "identity")],
-            &[("transfer-encoding", "gzip, chunked")],
-            &[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
-            &[("transfer-encoding", "chunked"), ("content-length", "5")],
-        ] {
-            assert!(f(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -1,10 +1,15 @@
 //! The connection layer: one accept loop handing connections to worker threads (each a
 //! single-threaded runtime); HTTP/1.1 by [`lane`] (and [`stream`]), with hyper for h2c
-//! (prior knowledge) and the HTTP/1.1 requests `h1` leaves to it; keep-alive, header size
+//! (prior knowledge) and the HTTP/1.1 requests the lane leaves to it; keep-alive, header size
 //! limits, a header read timeout for a new connection's first request that answers `408`, a
 //! longer idle timeout between requests on a kept-alive connection, a whole-request timeout,
 //! and graceful shutdown (stop accepting, let in-flight requests finish within the grace
 //! period, then close what is left).
+//!
+//! It knows connections, the codec ([`crate::http1`]) and timeouts, and nothing of what a
+//! request means: whatever serves requests implements [`Handler`] (the gateway's is
+//! [`crate::pipeline::Gateway`]), as hyper's server takes a `Service`. This module imports no
+//! policy, pipeline or API module.
 
 pub mod lane;
 pub mod stream;
@@ -16,15 +21,17 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
+use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -34,7 +41,6 @@ use tower::{Service, ServiceExt};
 
 use crate::config::Limits;
 use crate::error::error_body;
-use crate::state::{App, PeerAddr};
 
 /// What the server runs for each request (the gateway's [`crate::service`]).
 pub trait Served:
@@ -51,6 +57,92 @@ impl<S> Served for S where
         + Send
         + 'static
 {
+}
+
+/// The peer address of a connection, put into each request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// What the transport hands requests to. The transport reads and writes HTTP; the handler
+/// says what a request means.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The service hyper runs (h2c, and HTTP/1.1 requests not of the lane's shape), and event
+    /// streams on their own connections: it screens every request itself.
+    type Service: Served;
+
+    /// The service.
+    fn service(&self) -> Self::Service;
+
+    /// Whether a request to `path` (raw, as received) is a long-lived stream: served on its
+    /// own connection ([`stream`]) and never under the request timeout.
+    fn is_stream(&self, path: &[u8]) -> bool;
+
+    /// A request of the lane's shape with its whole body, answered on `conn`. True when the
+    /// connection can take the next request.
+    fn lane<'a>(
+        &'a self,
+        req: Request<()>,
+        body: bytes::Bytes,
+        conn: Conn<'a, Self::Service>,
+    ) -> impl std::future::Future<Output = bool> + Send + 'a;
+}
+
+/// The lane's connection, lent to [`Handler::lane`] for one request.
+#[derive(Debug)]
+pub struct Conn<'a, S: Served> {
+    /// The client's socket.
+    pub stream: &'a mut TcpStream,
+    /// The client's address, and as text (formatted once per connection).
+    pub peer: SocketAddr,
+    pub peer_ip: &'a str,
+    /// The client asked for the connection to close after this request (or the gateway is
+    /// shutting down).
+    pub close: bool,
+    /// The connection's one timer, to bound this request (moved on, never re-filed).
+    pub timer: Pin<&'a mut tokio::time::Sleep>,
+    /// How long a request may take.
+    pub request_timeout: Duration,
+    slot: &'a mut Slot<S>,
+}
+
+impl<S: Served> Conn<'_, S> {
+    /// Runs `req` through `svc` bounded by the request timeout (streams excepted), reusing
+    /// the connection's box for the service's future ([`dispatch_in`]).
+    pub async fn dispatch(&mut self, svc: S, req: Request<Body>, streaming: bool) -> Response {
+        dispatch_in(self.slot, svc, req, self.request_timeout, streaming).await
+    }
+
+    /// Writes `resp` (a `HEAD` answer when `head_only`); true when the connection can take
+    /// the next request.
+    pub async fn answer(&mut self, resp: Response, head_only: bool) -> bool {
+        crate::http1::server::write_response(self.stream, resp, head_only, self.close, false)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// A plain service as a [`Handler`]: every request through it (tests, the transport alone).
+#[derive(Clone, Debug)]
+pub struct Plain<S>(pub S);
+
+impl<S: Served + Sync> Handler for Plain<S> {
+    type Service = S;
+
+    fn service(&self) -> S {
+        self.0.clone()
+    }
+
+    fn is_stream(&self, _: &[u8]) -> bool {
+        false
+    }
+
+    async fn lane<'a>(&'a self, req: Request<()>, body: bytes::Bytes, mut conn: Conn<'a, S>) -> bool {
+        let head_only = req.method() == axum::http::Method::HEAD;
+        let mut req = req.map(|()| if body.is_empty() { Body::empty() } else { Body::from(body) });
+        req.extensions_mut().insert(PeerAddr(conn.peer));
+        let resp = conn.dispatch(self.0.clone(), req, false).await;
+        conn.answer(resp, head_only).await
+    }
 }
 
 thread_local! {
@@ -71,10 +163,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn start<S: Served>(
+    fn start<H: Handler>(
         index: usize,
-        svc: S,
-        app: Option<Arc<App>>,
+        handler: H,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> io::Result<Self> {
@@ -85,28 +176,27 @@ impl Worker {
         let counted = open.clone();
         std::thread::Builder::new().name(format!("wr-worker-{index}")).spawn(move || {
             WORKER.with(|w| w.set(Some(index)));
-            runtime.block_on(worker_loop(rx, svc, app, limits, shutdown, counted));
+            runtime.block_on(worker_loop(rx, handler, limits, shutdown, counted));
             let _ = done_tx.send(());
         })?;
         Ok(Worker { tx, open, done })
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true, then drains.
+/// Serves `handler` on `listener` until `shutdown` turns true, then drains.
 ///
 /// The accept loop hands each connection to the worker thread with the fewest open
 /// connections; a worker's runtime is single-threaded, so the connection's requests, their
 /// upstream calls and the pooled upstream connections they use never hop between threads
 /// (on a busy gateway most of the cost of a multi-threaded runtime is those hops).
-pub async fn serve<S: Served>(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
-    svc: S,
-    app: Option<Arc<App>>,
+    handler: H,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let workers = (0..limits.worker_threads())
-        .map(|i| Worker::start(i, svc.clone(), app.clone(), limits.clone(), shutdown.clone()))
+        .map(|i| Worker::start(i, handler.clone(), limits.clone(), shutdown.clone()))
         .collect::<io::Result<Vec<_>>>()?;
     let mut next = 0;
     loop {
@@ -146,10 +236,9 @@ fn least_loaded(workers: &[Worker], start: usize) -> usize {
         .unwrap_or(0)
 }
 
-async fn worker_loop<S: Served>(
+async fn worker_loop<H: Handler>(
     mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
-    svc: S,
-    app: Option<Arc<App>>,
+    handler: H,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
@@ -159,8 +248,7 @@ async fn worker_loop<S: Served>(
         tokio::select! {
             handed = incoming.recv() => match handed {
                 Some((stream, peer)) => {
-                    let (svc, app) = (svc.clone(), app.clone());
-                    conns.spawn(connection(stream, peer, svc, app, limits.clone(), shutdown.clone()));
+                    conns.spawn(connection(stream, peer, handler.clone(), limits.clone(), shutdown.clone()));
                 }
                 None => break,
             },
@@ -183,14 +271,13 @@ async fn worker_loop<S: Served>(
 }
 
 /// Serves one connection: an event stream on a new connection by [`stream`], anything
-/// else by [`lane`], which hands to hyper what it does not serve itself. A connection task
+/// else by [`lane`]; each hands to hyper what it does not serve itself. A connection task
 /// lives as long as its connection and is sized by its largest state, so the others are
 /// boxed: an event stream's task stays small.
-async fn connection<S: Served>(
+async fn connection<H: Handler>(
     std: std::net::TcpStream,
     peer: SocketAddr,
-    svc: S,
-    app: Option<Arc<App>>,
+    handler: H,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -199,30 +286,30 @@ async fn connection<S: Served>(
     if !limits.fast_lane {
         // hyper's one header timer covers the first request and the idle waits after it.
         let heads = Duration::from_millis(limits.header_read_timeout_ms);
-        return Box::pin(with_hyper(stream, peer, svc, limits, shutdown, heads)).await;
+        return Box::pin(with_hyper(stream, peer, handler, limits, shutdown, heads)).await;
     }
     // Nothing is consumed before the first request's deadline: the first bytes decide who
     // serves the connection.
     let first_request = Instant::now() + Duration::from_millis(limits.header_read_timeout_ms);
     let peeked = tokio::select! {
-        p = tokio::time::timeout_at(first_request, stream::is_event_stream(&stream)) => p,
+        p = tokio::time::timeout_at(first_request, stream::is_event_stream(&stream, &handler)) => p,
         _ = shutdown.changed() => return,
     };
     match peeked {
         Err(_) => request_timeout_answer(stream).await,
         Ok(Err(_)) => {}
-        Ok(Ok(true)) => stream::serve(stream, peer, svc, &limits, first_request).await,
-        Ok(Ok(false)) => Box::pin(lane::serve(stream, peer, svc, app, limits, shutdown, first_request)).await,
+        Ok(Ok(true)) => Box::pin(stream::serve(stream, peer, handler, limits, first_request)).await,
+        Ok(Ok(false)) => Box::pin(lane::serve(stream, peer, handler, limits, shutdown, first_request)).await,
     }
 }
 
 /// Serves the rest of a connection with hyper (HTTP/1.1 or h2c): `io` starts with the bytes
 /// [`lane`] read before it gave the connection up (or is a new connection, with the fast lane
 /// off). `heads`: how long hyper waits for a request head, idle or not.
-pub(crate) async fn with_hyper<S: Served, I>(
+pub(crate) async fn with_hyper<H: Handler, I>(
     io: I,
     peer: SocketAddr,
-    svc: S,
+    handler: H,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
     heads: Duration,
@@ -231,14 +318,15 @@ pub(crate) async fn with_hyper<S: Served, I>(
 {
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let svc = svc.clone();
+        let svc = handler.service();
+        let streaming = handler.is_stream(req.uri().path().as_bytes());
         req.extensions_mut().insert(PeerAddr(peer));
-        let screened = crate::policy::screen::screen(&mut req);
+        // Boxed: on h2 each request is a task of its own sized by its largest state, and the
+        // service's future is large; a long stream would carry it for nothing.
         async move {
-            Ok::<_, Infallible>(match screened {
-                Ok(()) => dispatch(svc, req.map(Body::new), request_timeout).await,
-                Err(refused) => axum::response::IntoResponse::into_response(refused),
-            })
+            Ok::<_, Infallible>(
+                Box::pin(dispatch_in(&mut None, svc, req.map(Body::new), request_timeout, streaming)).await,
+            )
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -271,24 +359,20 @@ pub(crate) async fn with_hyper<S: Served, I>(
 /// Answers `408` on a connection whose request head did not arrive in time, and closes it.
 pub(crate) async fn request_timeout_answer(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream::write_response(&mut stream, stream::head_timeout()).await?;
+        crate::http1::server::write_response(&mut stream, stream::head_timeout(), false, true, false)
+            .await
+            .map_err(std::io::Error::other)?;
         stream.shutdown().await
     })
     .await;
 }
 
-/// Runs one request through the router, bounded by the request timeout (streams excepted).
-/// Boxed: on h2 each request is a task of its own sized by its largest state, and the
-/// router's future is large; a long stream would carry it for nothing.
-pub(crate) async fn dispatch<S: Served>(svc: S, req: Request<Body>, timeout: Duration) -> Response {
-    dispatch_in(&mut None, svc, req, timeout).await
-}
-
 /// Where a connection that serves one request at a time keeps its requests' service
 /// futures (see [`dispatch_in`]).
-pub(crate) type Slot<S> = Option<Pin<Box<Oneshot<S, Request<Body>>>>>;
+pub type Slot<S> = Option<Pin<Box<Oneshot<S, Request<Body>>>>>;
 
-/// [`dispatch`] for a connection that serves its requests one at a time: each request's
+/// Runs one request through the service, bounded by the request timeout unless `streaming`,
+/// for a connection that serves its requests one at a time: each request's
 /// future goes into the box the one before used. The service's future is ~1.5 KiB, more
 /// than malloc keeps per thread, and a fresh box per request cost ~700 instructions of
 /// malloc and free (callgrind, a status poll). The box holds nothing between requests (a
@@ -299,8 +383,8 @@ pub(crate) async fn dispatch_in<S: Served>(
     svc: S,
     req: Request<Body>,
     timeout: Duration,
+    streaming: bool,
 ) -> Response {
-    let streaming = stream::is_events_path(req.uri().path().as_bytes());
     let fut = svc.oneshot(req);
     let fut = match slot {
         Some(boxed) => {
@@ -324,6 +408,58 @@ pub(crate) async fn dispatch_in<S: Served>(
 pub(crate) fn timed_out() -> Response {
     error_body(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long")
 }
+/// A connection handed to hyper: the bytes read first, then the socket.
+pub(crate) struct Rewind {
+    pub(crate) pending: Bytes,
+    pub(crate) stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(out.remaining());
+            out.put_slice(&self.pending[..n]);
+            self.pending.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,7 +474,7 @@ mod tests {
         let svc =
             tower::service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
         let (_tx, shutdown) = watch::channel(false);
-        let task = connection(std, peer, svc, None, Limits::default(), shutdown);
+        let task = connection(std, peer, Plain(svc), Limits::default(), shutdown);
         let size = std::mem::size_of_val(&task);
         assert!(size < 2048, "a connection's task takes {size} bytes");
     }

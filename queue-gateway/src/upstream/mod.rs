@@ -1,5 +1,8 @@
-//! Connections to the backend: HTTP/1.1 over TCP, kept alive in one idle list per serving
-//! thread.
+//! The backend's side: its address ([`Upstream`]), kept-alive connections to it, the one rule
+//! for sending a request again ([`may_resend`]), the one error ([`UpstreamError`]), and
+//! sending a request through hyper's client with the answer's head checked ([`send`]).
+//! Connections are HTTP/1.1 over TCP, kept alive in one idle list per serving thread: hyper's
+//! handles for [`send`], plain sockets for the relay ([`crate::pipeline::relay`]).
 //!
 //! hyper-util's pooled client cost each forwarded request a spawned task (to put the
 //! connection back once its response body was read), a lock of a pool shared by key, and a
@@ -14,11 +17,98 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::response::Response;
+use hyper::Request;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use axum::http::request::Parts;
+use axum::http::uri::{Authority, PathAndQuery};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use http_body_util::Limited;
+
+use crate::error::GatewayError;
+use crate::http1::client::{reusable_after, status_framing};
+use crate::http1::{CodecError, MAX_RESPONSE_HEAD};
+use crate::metrics::Metrics;
+
+/// The backend: its base URL and the connections to it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    connections: Arc<Connections>,
+    authority: Authority,
+    /// `Host` for the backend.
+    host: HeaderValue,
+    base_path: String,
+    timeout: Duration,
+    max_body: usize,
+}
+
+impl Upstream {
+    /// The backend at `base` (`http://host:port[/prefix]`), with idle connections kept for
+    /// each of `workers` serving threads.
+    pub fn new(base: &str, timeout: Duration, max_body: usize, workers: usize) -> Result<Self, GatewayError> {
+        let uri: Uri = base.parse().map_err(|_| GatewayError::Internal(format!("bad upstream {base:?}")))?;
+        let authority =
+            uri.authority().cloned().ok_or_else(|| GatewayError::Internal("upstream has no host".into()))?;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| GatewayError::Internal(format!("bad upstream host in {base:?}")))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(GatewayError::Internal(format!("upstream {base:?} is not http://")));
+        }
+        let addr = match authority.port_u16() {
+            Some(_) => authority.as_str().to_owned(),
+            None => format!("{}:80", authority.as_str()),
+        };
+        Ok(Upstream {
+            connections: Arc::new(Connections::new(addr, workers)),
+            authority,
+            host,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            timeout,
+            max_body,
+        })
+    }
+
+    /// `host:port` of the backend.
+    pub fn authority(&self) -> &str {
+        self.authority.as_str()
+    }
+
+    /// How long the backend gets to answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// `Host` for the backend.
+    pub(crate) fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Largest request body passed on.
+    pub(crate) fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// The backend's request target (origin-form, `/prefix/path?query`) for a client's URI.
+    pub(crate) fn uri_for(&self, original: &Uri) -> Result<Uri, GatewayError> {
+        let refused = || GatewayError::bad_request("the request path cannot be forwarded");
+        let path_and_query = match (self.base_path.as_str(), original.path_and_query()) {
+            ("", Some(pq)) => pq.clone(),
+            (base, pq) => {
+                let pq = pq.map_or("/", |pq| pq.as_str());
+                PathAndQuery::try_from(format!("{base}{pq}")).map_err(|_| refused())?
+            }
+        };
+        Ok(Uri::from(path_and_query))
+    }
+}
 
 /// A connection idle longer than this is closed rather than reused (the backend may have
 /// dropped it already; nginx's default keep-alive timeout is 75 s).
@@ -27,15 +117,62 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_IDLE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why the backend gave no response.
+/// Why the backend gave no (usable) answer.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// No connection: nothing was sent.
     #[error("connect to {addr}: {source}")]
     Connect { addr: String, source: std::io::Error },
+    /// No connection in time: nothing was sent.
     #[error("connect to {0}: timed out")]
     ConnectTimeout(String),
-    #[error(transparent)]
+    /// hyper's client failed (the request may have reached the backend).
+    #[error("{}", chain(.0))]
     Http(#[from] hyper::Error),
+    /// The relay's exchange failed, or the backend's answer broke the protocol (the request
+    /// may have reached the backend).
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    /// No answer within `upstream_timeout_ms` (the request may have been processed).
+    #[error("no answer in time")]
+    Timeout,
+}
+
+impl UpstreamError {
+    /// Whether the request certainly never reached the backend (a retry cannot repeat it).
+    pub fn unsent(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_))
+    }
+
+    /// Whether hyper's client stopped on the request body's size limit.
+    pub(crate) fn is_length_limit(&self) -> bool {
+        let UpstreamError::Http(e) = self else { return false };
+        std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| e.source())
+            .any(|s| s.is::<http_body_util::LengthLimitError>())
+    }
+}
+
+/// An error with its causes, for the log ("connection error: broken pipe").
+fn chain(e: &hyper::Error) -> String {
+    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// The one rule for sending a request again on a new connection after it failed on its
+/// first before any byte of an answer: only when that connection was an idle one reused
+/// (the backend may have closed it meanwhile; a new connection's failure is the backend's
+/// answer), and only when the request never left (`sent == false`) or may be seen twice (an
+/// idempotent method). Both ways to the backend ask it (hyper's client, which can resend only
+/// what it never wrote, and the relay).
+pub(crate) fn may_resend(reused: bool, sent: bool, method: &hyper::Method) -> bool {
+    use hyper::Method;
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    );
+    reused && (!sent || idempotent)
 }
 
 /// A kept-alive backend connection: hyper's handle on one, or a plain socket the relay
@@ -161,7 +298,7 @@ impl Connections {
             // Usually ready at once; a connection whose last response body just ended may
             // need its task to run first.
             if let Err(e) = conn.ready().await {
-                if reused {
+                if may_resend(reused, false, req.method()) {
                     continue;
                 }
                 return Err(e.into());
@@ -173,7 +310,7 @@ impl Connections {
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
+                    Some(unsent) if may_resend(reused, false, unsent.method()) => req = unsent,
                     _ => return Err(e.into_error().into()),
                 },
             }
@@ -202,6 +339,63 @@ impl Connections {
         });
         Ok(conn)
     }
+}
+
+/// Sends a prepared request to the backend and returns its answer, checked (phase 7).
+/// Sends a prepared request (origin-form target, `Host` set) to the backend and returns its
+/// answer, its head checked: a head another reader could split differently, an unasked `101`
+/// or a head over [`MAX_RESPONSE_HEAD`] is no answer (`502`), and a connection whose answer
+/// may leave bytes behind is not used again. Hop-by-hop headers are left out
+/// ([`crate::http1::response_keeps`]).
+pub(crate) async fn send(
+    up: &Upstream,
+    metrics: &Metrics,
+    parts: Parts,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    // Most forwarded requests have no body: nothing to limit, nothing to box.
+    let body = if body.is_end_stream() { body } else { Body::new(Limited::new(body, up.max_body())) };
+    let started = Instant::now();
+    let head_request = parts.method == hyper::Method::HEAD;
+    let result =
+        tokio::time::timeout(up.timeout(), up.connections().send(hyper::Request::from_parts(parts, body)))
+            .await;
+    metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+    let resp = match result {
+        Err(_) => return Err(UpstreamError::Timeout.into()),
+        Ok(Err(e)) if e.is_length_limit() => return Err(GatewayError::too_large()),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(r)) => r,
+    };
+    let (mut parts, mut body) = resp.into_parts();
+    // hyper's client read the body its own way; a head another reader could split
+    // differently is not passed on, and its connection is not used again.
+    let framing = parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let checked = match status_framing(parts.status.as_u16(), framing) {
+        // Upgrades are never forwarded (`Upgrade` is hop-by-hop): a 101 is the backend's own.
+        Ok(_) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+            Err("the backend switched protocols unasked")
+        }
+        Ok(_) if head_size(&parts.headers) > MAX_RESPONSE_HEAD => {
+            Err("the backend's response head is too large")
+        }
+        other => other,
+    };
+    match checked {
+        Err(why) => {
+            body.discard();
+            return Err(UpstreamError::Codec(CodecError::Invalid(why)).into());
+        }
+        Ok(end) if !reusable_after(head_request, parts.status.as_u16(), end) => body.discard(),
+        Ok(_) => {}
+    }
+    crate::http1::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// About the bytes of a head with these headers (the relay's limit applies to both paths).
+fn head_size(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
 }
 
 /// A backend response body that hands its connection back to the idle list once it has been
