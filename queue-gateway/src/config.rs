@@ -98,7 +98,7 @@ pub struct Limits {
     /// HTTP/1.1 requests of the common shape are read, checked and relayed by the gateway's
     /// own loop (`WR_FAST_LANE`, default true). Off: every connection is served by hyper, the
     /// most conservative front door, at the cost measured in BENCHMARKS.md ("Fast lane").
-    /// Both run the same checks ([`crate::policy::screen`], [`crate::pipeline::forward::admit`]).
+    /// Both run the same pipeline (`crate::pipeline`): only the codec differs.
     pub fast_lane: bool,
 }
 

@@ -1,11 +1,11 @@
 //! Errors: who caused them (client, upstream, us), whether sending the same request again is
-//! safe, and the one place they become a status (and are logged, once).
+//! safe, and the one place they become a status (and are logged, once). [`CodecError`] is the
+//! HTTP/1.1 codec's ([`crate::http1`]), [`UpstreamError`] the backend side's
+//! ([`crate::upstream`]); both end up in [`GatewayError`].
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-
-use crate::upstream::UpstreamError;
 
 /// A configuration value was refused; `field` names it.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,66 @@ pub enum Cause {
     Upstream,
     /// The gateway or its store.
     Internal,
+}
+
+/// Why a message could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The peer closed the connection before the first byte of a message.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The peer's bytes are not a message two readers would split the same way.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The peer took in nothing for [`crate::http1::WRITE_STALL`].
+    #[error("the peer stopped reading")]
+    Stalled,
+}
+
+/// Why the backend gave no (usable) answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection: nothing was sent.
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    /// No connection in time: nothing was sent.
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(String),
+    /// hyper's client failed (the request may have reached the backend).
+    #[error("{}", chain(.0))]
+    Http(#[from] hyper::Error),
+    /// The relay's exchange failed, or the backend's answer broke the protocol (the request
+    /// may have reached the backend).
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    /// No answer within `upstream_timeout_ms` (the request may have been processed).
+    #[error("no answer in time")]
+    Timeout,
+}
+
+impl UpstreamError {
+    /// Whether the request certainly never reached the backend (a retry cannot repeat it).
+    pub fn unsent(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_))
+    }
+
+    /// Whether hyper's client stopped on the request body's size limit.
+    pub(crate) fn is_length_limit(&self) -> bool {
+        let UpstreamError::Http(e) = self else { return false };
+        std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| e.source())
+            .any(|s| s.is::<http_body_util::LengthLimitError>())
+    }
+}
+
+/// An error with its causes, for the log ("connection error: broken pipe").
+fn chain(e: &hyper::Error) -> String {
+    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 impl GatewayError {

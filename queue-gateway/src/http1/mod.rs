@@ -27,22 +27,7 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// A peer that takes in nothing of what is written to it for this long is dropped.
 pub const WRITE_STALL: Duration = Duration::from_secs(30);
 
-/// Why a message could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    /// The peer closed the connection before the first byte of a message.
-    #[error("the peer closed the connection")]
-    Closed,
-    /// The socket failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// The peer's bytes are not a message two readers would split the same way.
-    #[error("{0}")]
-    Invalid(&'static str),
-    /// The peer took in nothing for [`WRITE_STALL`].
-    #[error("the peer stopped reading")]
-    Stalled,
-}
+pub use crate::error::CodecError;
 
 /// One read of at least a byte (`Ok(0)`: the peer closed): `readable`, then
 /// [`read_drained`]. Not `read_buf`: its polling machinery cost ~1,000 instructions per read.

@@ -29,9 +29,11 @@ use axum::http::uri::{Authority, PathAndQuery};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use http_body_util::Limited;
 
+use crate::error::CodecError;
 use crate::error::GatewayError;
+pub use crate::error::UpstreamError;
+use crate::http1::MAX_RESPONSE_HEAD;
 use crate::http1::client::{reusable_after, status_framing};
-use crate::http1::{CodecError, MAX_RESPONSE_HEAD};
 use crate::metrics::Metrics;
 
 /// The backend: its base URL and the connections to it.
@@ -116,49 +118,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most idle connections kept per serving thread; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why the backend gave no (usable) answer.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// No connection: nothing was sent.
-    #[error("connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
-    /// No connection in time: nothing was sent.
-    #[error("connect to {0}: timed out")]
-    ConnectTimeout(String),
-    /// hyper's client failed (the request may have reached the backend).
-    #[error("{}", chain(.0))]
-    Http(#[from] hyper::Error),
-    /// The relay's exchange failed, or the backend's answer broke the protocol (the request
-    /// may have reached the backend).
-    #[error("{0}")]
-    Codec(#[from] CodecError),
-    /// No answer within `upstream_timeout_ms` (the request may have been processed).
-    #[error("no answer in time")]
-    Timeout,
-}
-
-impl UpstreamError {
-    /// Whether the request certainly never reached the backend (a retry cannot repeat it).
-    pub fn unsent(&self) -> bool {
-        matches!(self, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_))
-    }
-
-    /// Whether hyper's client stopped on the request body's size limit.
-    pub(crate) fn is_length_limit(&self) -> bool {
-        let UpstreamError::Http(e) = self else { return false };
-        std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| e.source())
-            .any(|s| s.is::<http_body_util::LengthLimitError>())
-    }
-}
-
-/// An error with its causes, for the log ("connection error: broken pipe").
-fn chain(e: &hyper::Error) -> String {
-    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
-}
 
 /// The one rule for sending a request again on a new connection after it failed on its
 /// first before any byte of an answer: only when that connection was an idle one reused
