@@ -14,15 +14,18 @@
 #   size through the same wrk script.
 # join:    new tickets (POST, a new anonymous owner each) in one room, each gateway on its own
 #   Redis; no nginx line (nothing to compare a join with).
+# A_TOML_EXTRA: top-level config lines for A only (e.g. `demo_room = false` for a build from
+#   before the demo room left the gateway for the all-in-one binary).
 # Needs nginx, wrk, curl, python3, and for status and join redis-server.
 set -euo pipefail
-[ $# -ge 3 ] && [[ $1 =~ ^(forward|status|join)$ ]] || { sed -n 2,18p "$0"; exit 2; }
+[ $# -ge 3 ] && [[ $1 =~ ^(forward|status|join)$ ]] || { sed -n 2,20p "$0"; exit 2; }
 MODE=$1; A=$2; B=$3; ROUNDS=${4:-4}; DUR=${5:-8s}
 cd "$(dirname "$0")/../.."
 WORK=$(mktemp -d); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 source queue-gateway/benches/common.sh
+{ printf '%b\n' "${A_TOML_EXTRA:-}"; cat "$WORK/gw.toml"; } > "$WORK/gw-a.toml"
 UP=$(free_port); PA=$(free_port); PB=$(free_port); PROXY=$(free_port); RA=$(free_port); RB=$(free_port)
 start_nginx $UP $PROXY
 REDIS_A=(); REDIS_B=(); WAIT=($UP $PA $PB $PROXY)
@@ -32,7 +35,7 @@ if [ "$MODE" != forward ]; then
   REDIS_A=(WR_REDIS_URL=redis://127.0.0.1:$RA); REDIS_B=(WR_REDIS_URL=redis://127.0.0.1:$RB); WAIT+=($RA $RB)
   wait_ports $RA $RB
 fi
-env "${REDIS_A[@]}" WR_LISTEN=127.0.0.1:$PA WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn "$A" > "$WORK/a.log" 2>&1 & PIDS+=($!); GA=$!
+env "${REDIS_A[@]}" WR_LISTEN=127.0.0.1:$PA WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw-a.toml RUST_LOG=warn "$A" > "$WORK/a.log" 2>&1 & PIDS+=($!); GA=$!
 env "${REDIS_B[@]}" WR_LISTEN=127.0.0.1:$PB WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn "$B" > "$WORK/b.log" 2>&1 & PIDS+=($!); GB=$!
 wait_ports "${WAIT[@]}"
 TCK=$(getconf CLK_TCK)

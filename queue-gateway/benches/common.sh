@@ -43,10 +43,8 @@ start_nginx() {
   nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!); NGINX_PID=$!
 }
 
-# The gateways' config: rate limits out of the way. (`GW_TOML_EXTRA` adds lines, e.g.
-# `demo_room = false` for a build from before the demo room moved to the all-in-one binary.)
+# The gateways' config: rate limits out of the way.
 cat > "$WORK/gw.toml" <<CONF
-${GW_TOML_EXTRA:-}
 [rate_limits]
 join_per_ip = { per_second = 10000000, burst = 10000000 }
 status_per_ip = { per_second = 10000000, burst = 10000000 }

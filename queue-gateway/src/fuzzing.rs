@@ -89,11 +89,11 @@ fn screened(req: &mut Request<()>) {
 /// The relay's chunked-body follower: where the body ends must not depend on how reads split
 /// it, and where a strict reading of RFC 9112 §7.1 finds an end, the follower finds the same.
 pub fn chunked(data: &[u8]) {
-    let whole = chunked_end(data, data.len().max(1));
+    let whole = crate::http1::client::chunked_end(data, data.len().max(1));
     let first = usize::from(data.first().copied().unwrap_or(0));
     let last = usize::from(data.last().copied().unwrap_or(0));
     for step in [1, 2, 3, first % 16 + 1, last % 97 + 1] {
-        assert_eq!(chunked_end(data, step), whole, "fed {step} bytes at a time");
+        assert_eq!(crate::http1::client::chunked_end(data, step), whole, "fed {step} bytes at a time");
     }
     if let Ok(Some(n)) = whole {
         // "0\r\n\r\n" is the shortest body (its lines end in CRLF only; chunk data may hold
@@ -105,19 +105,6 @@ pub fn chunked(data: &[u8]) {
     if let Some(n) = strict_chunked_end(data) {
         assert_eq!(whole, Ok(Some(n)), "a strictly read body ends elsewhere");
     }
-}
-
-/// Where the body ends in `data` fed `step` bytes at a time, as the relay feeds its reads.
-fn chunked_end(data: &[u8], step: usize) -> Result<Option<usize>, &'static str> {
-    let mut body = crate::http1::client::Chunked::default();
-    let mut at = 0;
-    for piece in data.chunks(step) {
-        if let Some(n) = body.feed(piece)? {
-            return Ok(Some(at + n));
-        }
-        at += piece.len();
-    }
-    Ok(None)
 }
 
 /// RFC 9112 §7.1 read strictly: lines end in CRLF, a size is hex digits, an extension starts

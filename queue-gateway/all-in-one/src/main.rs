@@ -7,7 +7,8 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use waiting_room::Config;
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
@@ -22,33 +23,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("waiting-room: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        let (gateway, backend) = match (
-            TcpListener::bind(cfg.gateway.listen).await,
-            TcpListener::bind(cfg.backend.listen).await,
-        ) {
+    let (gateway, backend) =
+        match (TcpListener::bind(cfg.gateway.listen).await, TcpListener::bind(cfg.backend.listen).await) {
             (Ok(g), Ok(b)) => (g, b),
             (Err(e), _) => return cannot_listen(cfg.gateway.listen, e),
             (_, Err(e)) => return cannot_listen(cfg.backend.listen, e),
         };
-        if let (Ok(g), Ok(b)) = (gateway.local_addr(), backend.local_addr()) {
-            println!("{}", waiting_room::banner(g, b, cfg.has_demo_room()));
+    if let (Ok(g), Ok(b)) = (gateway.local_addr(), backend.local_addr()) {
+        println!("{}", waiting_room::banner(g, b, cfg.has_demo_room()));
+    }
+    match waiting_room::run(gateway, backend, cfg, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waiting-room: {e}");
+            ExitCode::FAILURE
         }
-        match waiting_room::run(gateway, backend, cfg, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("waiting-room: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    }
 }
 
 fn cannot_listen(addr: std::net::SocketAddr, e: std::io::Error) -> ExitCode {

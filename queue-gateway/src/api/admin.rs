@@ -198,7 +198,7 @@ async fn set_paused(
     Ok(Json(json!({ "room": room.as_str(), "state": st.phase.as_str() })).into_response())
 }
 
-/// `POST /admin/v1/rooms/{room}/{action}`: `pause`, `resume` or `admit`.
+/// `POST /admin/v1/rooms/{room}/{action}`: `pause`, `resume`, or `admit` with `{"count": N}`.
 pub async fn action(
     State(app): State<Arc<App>>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -210,33 +210,13 @@ pub async fn action(
         Err(e) => return path_err(e).into_response(),
     };
     match action.as_str() {
-        "pause" => pause(State(app), room, headers).await,
-        "resume" => resume(State(app), room, headers).await,
+        "pause" | "resume" => guarded(app, headers, |app| set_paused(app, room, action == "pause")).await,
         "admit" => admit(State(app), room, headers, body).await,
         _ => GatewayError::not_found("unknown_action", "the room actions are pause, resume and admit")
             .into_response(),
     }
 }
 
-/// `POST /admin/v1/rooms/{room}/pause`
-async fn pause(
-    State(app): State<Arc<App>>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Response {
-    guarded(app, headers, |app| set_paused(app, path, true)).await
-}
-
-/// `POST /admin/v1/rooms/{room}/resume`
-async fn resume(
-    State(app): State<Arc<App>>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Response {
-    guarded(app, headers, |app| set_paused(app, path, false)).await
-}
-
-/// `POST /admin/v1/rooms/{room}/admit` with `{"count": N}`
 async fn admit(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,

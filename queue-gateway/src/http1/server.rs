@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tokio::net::TcpStream;
 
-use super::{CodecError, MAX_HEADERS, MAX_LANE_BODY, content_length, peer_gone, write_all};
+use super::{CodecError, MAX_HEADERS, MAX_LANE_BODY, content_length, peer_gone, read_some, write_all};
 
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Parsed {
@@ -30,6 +30,31 @@ pub(crate) enum Parsed {
     /// A head httparse took that the `http` types refuse (they check the same bytes, so
     /// this is not expected): answered `400`.
     Bad,
+}
+
+/// Reads from `stream` until `buf` holds a request head [`parse`] can judge (taken out of
+/// `buf` when it is `Ready`); `None`: the peer went away. (Read as [`read_some`] reads, so a
+/// connection's next look at its socket waits for the kernel's word rather than asking it.)
+pub(crate) async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_head: usize,
+    hand_off: impl Fn(&[u8]) -> bool,
+) -> Option<Parsed> {
+    loop {
+        if !buf.is_empty() {
+            match parse(buf, max_head, &hand_off) {
+                Parsed::Partial => {}
+                done => return Some(done),
+            }
+        }
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(4096);
+        }
+        if matches!(read_some(stream, buf).await, Ok(0) | Err(_)) {
+            return None;
+        }
+    }
 }
 
 /// Why a head is not of the lane's shape.

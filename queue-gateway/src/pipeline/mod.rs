@@ -99,9 +99,11 @@ impl<S: Served + Sync> Handler for Gateway<S> {
             return conn.answer(answer, false).await;
         }
         let head_only = req.method() == Method::HEAD;
+        // The screened path: an escaped stream path is a stream too, held to no timeout.
+        let streaming = self.is_stream(req.uri().path().as_bytes());
         let mut req = req.map(|()| if body.is_empty() { Body::empty() } else { Body::from(body) });
         req.extensions_mut().insert(PeerAddr(conn.peer));
-        let resp = conn.dispatch(self.svc.clone(), req, false).await;
+        let resp = conn.dispatch(self.svc.clone(), req, streaming).await;
         conn.answer(resp, head_only).await
     }
 }

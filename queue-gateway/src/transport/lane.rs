@@ -15,35 +15,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::http::{Request, StatusCode};
-use bytes::{Bytes, BytesMut};
+use axum::http::StatusCode;
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Limits;
-use crate::http1::read_some;
-use crate::http1::server::{Parsed, parse, write_response};
+use crate::http1::server::{Parsed, read_request, write_response};
 use crate::transport::{Conn, Handler, Rewind, Slot};
 
-/// Read buffer of a connection, grown for a larger head or body.
+/// Read buffer of a connection (grown for a larger head or body, and shrunk back).
 const BUF: usize = 4096;
-
-/// What came next on a connection. (Returned once per request and matched at once: boxing
-/// the request would only add an allocation per request.)
-#[allow(clippy::large_enum_variant)]
-enum Next {
-    /// A request of the lane's shape and its whole body; `close` when the client asked for
-    /// the connection to close after it.
-    Request { req: Request<()>, body: Bytes, close: bool },
-    /// Anything else: hyper takes the connection with the bytes read so far.
-    HandOff,
-    /// The client went away.
-    Gone,
-    /// A head the lane cannot represent: answered `400` and closed.
-    Bad,
-}
 
 /// Serves `stream` until it closes, times out, is handed to hyper, or the gateway stops.
 /// `first_request` is when the first request's head must have arrived; later requests get
@@ -81,7 +65,7 @@ pub(crate) async fn serve<H: Handler>(
         let span = deadline.min(Instant::now() + request_timeout);
         wait.as_mut().reset(span);
         let next = tokio::select! {
-            next = read_request(&mut stream, &mut buf, limits.max_header_bytes, &handler) => Some(next),
+            next = read_request(&mut stream, &mut buf, limits.max_header_bytes, |p| handler.is_stream(p)) => Some(next),
             _ = &mut wait => {
                 if span < deadline {
                     // Idle for a while: the service future's box goes until the next request.
@@ -100,8 +84,8 @@ pub(crate) async fn serve<H: Handler>(
             // not finished (or a first request that never came) is a slow one.
             None if !first && buf.is_empty() => return,
             None => return crate::transport::request_timeout_answer(stream).await,
-            Some(Next::Gone) => return,
-            Some(Next::Bad) => {
+            Some(None) => return,
+            Some(Some(Parsed::Bad | Parsed::Partial)) => {
                 let bad = crate::error::error_body(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
@@ -110,7 +94,7 @@ pub(crate) async fn serve<H: Handler>(
                 let _ = write_response(&mut stream, bad, false, true, false).await;
                 return;
             }
-            Some(Next::HandOff) => {
+            Some(Some(Parsed::HandOff(_))) => {
                 // Not kept for the rest of the connection (an event stream, say).
                 drop(slot);
                 let io = Rewind { pending: buf.freeze(), stream };
@@ -119,7 +103,7 @@ pub(crate) async fn serve<H: Handler>(
                 let heads = Duration::from_millis(limits.keep_alive_idle_ms);
                 return crate::transport::with_hyper(io, peer, handler, limits, shutdown, heads).await;
             }
-            Some(Next::Request { req, body, close }) => (req, body, close),
+            Some(Some(Parsed::Ready { req, body, close })) => (req, body, close),
         };
         first = false;
         let close = close || *shutdown.borrow();
@@ -141,32 +125,6 @@ pub(crate) async fn serve<H: Handler>(
         if buf.capacity() > 4 * BUF && buf.is_empty() {
             // A large head or body does not keep its buffer for the connection's life.
             buf = BytesMut::with_capacity(BUF);
-        }
-    }
-}
-
-/// Reads until `buf` holds a whole request of the lane's shape (taken out of `buf`), or
-/// shows the connection is hyper's.
-async fn read_request(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    max_head: usize,
-    handler: &impl Handler,
-) -> Next {
-    loop {
-        if !buf.is_empty() {
-            match parse(buf, max_head, |path| handler.is_stream(path)) {
-                Parsed::Partial => {}
-                Parsed::HandOff(_) => return Next::HandOff,
-                Parsed::Bad => return Next::Bad,
-                Parsed::Ready { req, body, close } => return Next::Request { req, body, close },
-            }
-        }
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(BUF);
-        }
-        if matches!(read_some(stream, buf).await, Ok(0) | Err(_)) {
-            return Next::Gone;
         }
     }
 }

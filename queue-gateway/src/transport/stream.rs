@@ -26,8 +26,7 @@ use tower::ServiceExt;
 
 use crate::config::Limits;
 use crate::error::error_body;
-use crate::http1::server::{Parsed, Unfit, parse, write_response};
-use crate::http1::{CodecError, read_some};
+use crate::http1::server::{Parsed, Unfit, read_request, write_response};
 use crate::transport::{Handler, PeerAddr};
 
 /// Whether a new connection's first request is an event stream this module serves, judged
@@ -63,27 +62,27 @@ pub(crate) async fn serve<H: Handler>(
     deadline: Instant,
 ) {
     let mut buf = BytesMut::with_capacity(1024.min(limits.max_header_bytes));
-    let read = read_head(&mut stream, &mut buf, limits.max_header_bytes, &handler);
+    let read = read_request(&mut stream, &mut buf, limits.max_header_bytes, |p| !handler.is_stream(p));
     let response = match tokio::time::timeout_at(deadline, read).await {
         Err(_) => head_timeout(),
-        Ok(Err(_)) => return,
-        Ok(Ok(Parsed::HandOff(Unfit::TooLarge))) => error_body(
+        Ok(None) => return,
+        Ok(Some(Parsed::HandOff(Unfit::TooLarge))) => error_body(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             "the request headers are too large",
         ),
         // The request line was a stream's (it chose this connection): what else does not fit
         // is a body, or headers asking for one.
-        Ok(Ok(Parsed::HandOff(Unfit::Shape))) => {
+        Ok(Some(Parsed::HandOff(Unfit::Shape))) => {
             error_body(StatusCode::BAD_REQUEST, "bad_request", "an event stream request has no body")
         }
-        Ok(Ok(Parsed::HandOff(Unfit::Malformed) | Parsed::Bad | Parsed::Partial)) => {
+        Ok(Some(Parsed::HandOff(Unfit::Malformed) | Parsed::Bad | Parsed::Partial)) => {
             error_body(StatusCode::BAD_REQUEST, "bad_request", "malformed request head")
         }
-        Ok(Ok(Parsed::Ready { body, .. })) if !body.is_empty() => {
+        Ok(Some(Parsed::Ready { body, .. })) if !body.is_empty() => {
             error_body(StatusCode::BAD_REQUEST, "bad_request", "an event stream request has no body")
         }
-        Ok(Ok(Parsed::Ready { req, .. })) => {
+        Ok(Some(Parsed::Ready { req, .. })) => {
             drop(buf);
             let mut req = req.map(|()| Body::empty());
             req.extensions_mut().insert(PeerAddr(peer));
@@ -100,29 +99,6 @@ pub(crate) async fn serve<H: Handler>(
         tracing::debug!(%peer, error = %e, "event stream ended early");
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-}
-
-/// Reads until the codec takes the head whole or refuses it. Read as the lane reads
-/// ([`read_some`]), so the stream's first look for the client's close waits for the kernel's
-/// word rather than asking it.
-async fn read_head(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    max: usize,
-    handler: &impl Handler,
-) -> Result<Parsed, CodecError> {
-    loop {
-        match parse(buf, max, |path| !handler.is_stream(path)) {
-            Parsed::Partial => {}
-            done => return Ok(done),
-        }
-        if buf.capacity() == buf.len() {
-            buf.reserve(4096);
-        }
-        if read_some(stream, buf).await? == 0 {
-            return Err(CodecError::Closed);
-        }
-    }
 }
 
 #[cfg(test)]
