@@ -14,7 +14,8 @@
 #   join-r    new tickets (POST joins, a new anonymous owner each), Redis store
 # MODES="status-r join-r" picks some of them.
 # Needs valgrind, nginx, wrk, redis-server, curl, python3. KEEP=DIR keeps the callgrind
-# dumps there (for callgrind_annotate).
+# dumps there (for callgrind_annotate). A file BIN.toml beside a build gives that build
+# top-level config lines of its own (an older build's `demo_room = false`, say).
 # SYSCALLS=1: the same runs without valgrind, counting the gateway's system calls per request
 # with `perf stat` on the syscall tracepoints instead (needs perf), reads that found nothing
 # (EAGAIN) among them. Not strace: it slows the gateway so much that the next request is
@@ -58,7 +59,9 @@ measure() {
   local name=$1 bin=$2 mode=$3 port out n ir vp dump
   dump="$WORK/cg.$(echo "$name" | tr -c 'A-Za-z0-9.\n-' _).$mode"
   port=$(free_port)
-  local env=(WR_LISTEN=127.0.0.1:$port WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$WORK/gw.toml RUST_LOG=warn)
+  local cfg=$WORK/gw.toml
+  if [ -f "$bin.toml" ]; then cfg=$WORK/gw.$(basename "$bin").toml; cat "$bin.toml" "$WORK/gw.toml" > "$cfg"; fi
+  local env=(WR_LISTEN=127.0.0.1:$port WR_UPSTREAM=http://127.0.0.1:$UP WR_ADMIN_TOKEN=$ADMIN WR_CONFIG=$cfg RUST_LOG=warn)
   [[ $mode == *-r ]] && env+=(WR_REDIS_URL=redis://127.0.0.1:$REDIS)
   if [ -n "${SYSCALLS:-}" ]; then
     env "${env[@]}" "$bin" > "$WORK/gw.log" 2>&1 &

@@ -58,22 +58,21 @@ pub(crate) const PROXIED_ROUTE: usize = 0;
 /// Status polls (GET) and leaves (DELETE).
 pub(crate) const STATUS_ROUTE: usize = 2;
 
-/// Each route's path as segments, `None` where a `{parameter}` takes any segment (routes 1..).
-static PATTERNS: LazyLock<Vec<Vec<Option<&'static str>>>> = LazyLock::new(|| {
-    ROUTES[1..]
-        .iter()
-        .map(|(path, _)| {
-            path.trim_start_matches('/')
-                .split('/')
-                .map(|seg| if seg.starts_with('{') { None } else { Some(seg) })
-                .collect()
-        })
-        .collect()
+/// The routes by their number of segments: each route's index and its path as segments,
+/// `None` where a `{parameter}` takes any segment (routes 1..).
+#[allow(clippy::type_complexity)]
+static PATTERNS: LazyLock<[Vec<(usize, Vec<Option<&'static str>>)>; 9]> = LazyLock::new(|| {
+    let mut by_len: [Vec<(usize, Vec<Option<&'static str>>)>; 9] = Default::default();
+    for (index, (path, _)) in ROUTES.iter().enumerate().skip(1) {
+        let segs: Vec<_> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { None } else { Some(seg) })
+            .collect();
+        by_len[segs.len()].push((index, segs));
+    }
+    by_len
 });
-
-fn matches(pattern: &[Option<&str>], segs: &[&str]) -> bool {
-    pattern.len() == segs.len() && pattern.iter().zip(segs).all(|(p, s)| p.is_none_or(|p| p == *s))
-}
 
 /// The router of the gateway's own routes ([`ROUTES`]); anything else goes to `fallback`.
 pub fn router<H, T>(app: Arc<App>, fallback: H) -> Router
@@ -131,7 +130,9 @@ pub(crate) fn route(path: &str) -> (usize, [&str; 8]) {
     }
     segs[n] = &rest[start..];
     n += 1;
-    let index = PATTERNS.iter().position(|p| matches(p, &segs[..n])).map_or(PROXIED_ROUTE, |i| i + 1);
+    let segs_n = &segs[..n];
+    let matches = |p: &[Option<&str>]| p.iter().zip(segs_n).all(|(p, s)| p.is_none_or(|p| p == *s));
+    let index = PATTERNS[n].iter().find(|(_, p)| matches(p)).map_or(PROXIED_ROUTE, |(i, _)| *i);
     (index, segs)
 }
 

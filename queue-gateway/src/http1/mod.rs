@@ -60,7 +60,17 @@ pub fn read_drained(stream: &TcpStream, buf: &mut impl BufMut) -> std::io::Resul
 
 /// Writes all of `bytes`, or fails once the peer has taken in nothing for [`WRITE_STALL`].
 pub(crate) async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), CodecError> {
-    match tokio::time::timeout(WRITE_STALL, stream.write_all(bytes)).await {
+    // Most writes fit the socket's buffer at once: no timer for those (filing one cost a
+    // request a few hundred instructions).
+    let sent = match stream.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e.into()),
+    };
+    if sent == bytes.len() {
+        return Ok(());
+    }
+    match tokio::time::timeout(WRITE_STALL, stream.write_all(&bytes[sent..])).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(CodecError::Stalled),
     }
@@ -82,6 +92,7 @@ pub(crate) async fn peer_gone(stream: &TcpStream) -> bool {
 }
 
 /// Appends a header line.
+#[inline]
 pub(crate) fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -90,6 +101,7 @@ pub(crate) fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 /// Appends `n` in decimal, without a formatter (heads and ticket answers).
+#[inline]
 pub(crate) fn push_decimal(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();

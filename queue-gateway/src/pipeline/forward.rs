@@ -82,7 +82,7 @@ impl<'a> ForwardPlan<'a> {
             headers,
             target: up.uri_for(&head.uri)?,
             host: up.host(),
-            previous_for: headers.get(X_FORWARDED_FOR).filter(|_| trusted).map(HeaderValue::as_bytes),
+            previous_for: if trusted { headers.get(X_FORWARDED_FOR).map(HeaderValue::as_bytes) } else { None },
             peer_ip,
             https: trusted && admission::is_https(headers),
             token,
@@ -109,7 +109,12 @@ impl<'a> ForwardPlan<'a> {
     /// Every header of the backend's request, in order: the client's kept ones (its cookies
     /// without the gateway's own), then the plan's.
     pub(crate) fn each_header(&self, mut f: impl FnMut(&HeaderName, Value<'_>)) {
+        let mut original_host = None;
         for (name, value) in self.headers {
+            if *name == header::HOST {
+                original_host = original_host.or(Some(value));
+                continue;
+            }
             if self.drops(name) {
                 continue;
             }
@@ -130,12 +135,20 @@ impl<'a> ForwardPlan<'a> {
         };
         f(&X_FORWARDED_FOR, forwarded_for);
         f(&X_FORWARDED_PROTO, Value::Static(if self.https { "https" } else { "http" }));
-        if let Some(host) = self.headers.get(header::HOST) {
+        if let Some(host) = original_host {
             f(&X_FORWARDED_HOST, Value::Same(host));
         }
         if let Some(token) = self.token {
             f(&ADMISSION_HEADER, Value::Same(token));
         }
+    }
+
+    /// At least the bytes of the head [`ForwardPlan::each_header`] gives, as lines.
+    pub(crate) fn head_size(&self) -> usize {
+        let client: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let prev = self.previous_for.map_or(0, <[u8]>::len);
+        let ours = self.host.len() + self.peer_ip.len() + prev + self.token.map_or(0, HeaderValue::len);
+        self.target.path_and_query().map_or(1, |pq| pq.as_str().len()) + client + ours + 160
     }
 
     /// The plan as hyper's client takes it: the target and a header map.

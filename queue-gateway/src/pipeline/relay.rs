@@ -87,7 +87,7 @@ pub(crate) async fn forward<S: Served>(
 /// client frames a body of known length: none for an empty one), then the body.
 pub(crate) fn request_bytes(plan: &ForwardPlan<'_>, method: &Method, body: &[u8]) -> Vec<u8> {
     let target = plan.target.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut out = Vec::with_capacity(512 + target.len() + body.len());
+    let mut out = Vec::with_capacity(32 + plan.head_size() + body.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
