@@ -23,7 +23,10 @@
 //!    connections, hyper for h2c and the rest), knowing nothing of what a request means;
 //!    [`http1`]: the HTTP/1.1 codec (server and client roles, one set of limits).
 //! 6. [`config`], [`error`] (who caused it, retry safety, the one mapping to a status),
-//!    [`metrics`]; `fuzzing` (hidden: the fuzz targets' entry points, `queue-gateway/fuzz`).
+//!    [`metrics`].
+//!
+//! `fuzzing` (hidden, with this file at the top): the fuzz targets' entry points
+//! (`queue-gateway/fuzz`).
 //!
 //! `tests/layers.rs` checks the layering from the sources.
 #![forbid(unsafe_code)]

@@ -212,8 +212,12 @@ pub async fn action(
     match action.as_str() {
         "pause" | "resume" => guarded(app, headers, |app| set_paused(app, room, action == "pause")).await,
         "admit" => admit(State(app), room, headers, body).await,
-        _ => GatewayError::not_found("unknown_action", "the room actions are pause, resume and admit")
-            .into_response(),
+        _ => {
+            let unknown = || async {
+                Err(GatewayError::not_found("unknown_action", "the room actions are pause, resume and admit"))
+            };
+            guarded(app, headers, |_| unknown()).await
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use crate::upstream::UpstreamError;
 /// Brings the gates in line with the log's configs: new gates get permits and a consumer,
 /// changed ones their new limit, deleted ones stop. Gates the log lost (neither there nor
 /// remembered as deleted) are first put back from the configs this gateway knows, as rooms
-/// are ([`crate::background::rooms::RoomCache::refresh`]).
+/// are ([`crate::policy::rooms::RoomCache::refresh`]).
 pub async fn refresh(app: &Arc<App>) -> queue_core::Result<()> {
     let number = app.gates.order.begin();
     let known: Vec<(GateId, GateConfig)> = {

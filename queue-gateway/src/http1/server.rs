@@ -184,9 +184,10 @@ pub(crate) async fn write_response(
     if !head_only && has_body(parts.status) {
         loop {
             let frame = if watch_peer && !out.is_empty() {
-                // Nothing waits on the client here: the head (or a frame) goes out first.
+                // Nothing waits on the client here: the head (or a frame) goes out first, and
+                // its buffer goes too (a stream waits long between frames).
                 write_all(stream, &out).await?;
-                out.clear();
+                out = Vec::new();
                 continue;
             } else if watch_peer {
                 tokio::select! {

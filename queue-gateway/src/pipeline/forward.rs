@@ -26,6 +26,19 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Headers some backends read as the client's address, scheme or prefix (besides the
+/// `X-Forwarded-For`/`-Proto`/`-Host` the plan sets itself): by length first.
+fn is_forwarding(name: &[u8]) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    match name.len() {
+        9 => is("forwarded") || is("x-real-ip"),
+        15 => is("x-forwarded-ssl"),
+        16 => is("x-forwarded-port"),
+        18 => is("x-forwarded-prefix") || is("x-forwarded-scheme"),
+        _ => false,
+    }
+}
+
 /// A header value as a plan gives it: the client's own, a constant, or made for this request.
 #[derive(Debug)]
 pub(crate) enum Value<'v> {
@@ -63,6 +76,7 @@ pub(crate) struct ForwardPlan<'a> {
     previous_for: Option<&'a [u8]>,
     peer_ip: &'a str,
     https: bool,
+    trusted: bool,
     token: Option<&'a HeaderValue>,
     named: Vec<&'a [u8]>,
 }
@@ -82,9 +96,14 @@ impl<'a> ForwardPlan<'a> {
             headers,
             target: up.uri_for(&head.uri)?,
             host: up.host(),
-            previous_for: if trusted { headers.get(X_FORWARDED_FOR).map(HeaderValue::as_bytes) } else { None },
+            previous_for: if trusted {
+                headers.get(X_FORWARDED_FOR).map(HeaderValue::as_bytes)
+            } else {
+                None
+            },
             peer_ip,
             https: trusted && admission::is_https(headers),
+            trusted,
             token,
             named: crate::http1::connection_named(
                 headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes),
@@ -93,10 +112,12 @@ impl<'a> ForwardPlan<'a> {
     }
 
     /// Whether the client's header `name` is dropped: hop-by-hop, named by its
-    /// `Connection`, its framing, or one the plan sets itself.
+    /// `Connection`, its framing, one the plan sets itself, or (from a peer not trusted) one a
+    /// backend may read as the client's address or scheme.
     fn drops(&self, name: &HeaderName) -> bool {
         let n = name.as_str().as_bytes();
         crate::http1::is_hop_by_hop(n)
+            || (!self.trusted && is_forwarding(n))
             || *name == header::CONTENT_LENGTH
             || *name == header::HOST
             || *name == X_FORWARDED_FOR

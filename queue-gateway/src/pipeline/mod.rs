@@ -1,12 +1,14 @@
 //! A request's path through the gateway, written once, in order. Both ways in feed it: the
 //! lane (requests of the common HTTP/1.1 shape, [`Gateway::lane`]) and hyper (everything else:
 //! h2c, chunked or large bodies, [`Gateway::service`]). The trust decision ([`decide`]) exists
-//! here only; the lane and hyper differ in codec alone (the relay's bytes or hyper's client).
+//! here only; the lane and hyper differ in codec, not in rules (the relay's bytes or hyper's
+//! client, and the lane bounds a relayed request by the upstream timeout on its own timer).
 //!
 //! # Phases, in the order a request meets them
 //! 1. **Screen** ([`screen::screen`]), every request: refused methods, `Connection` naming
 //!    end-to-end headers, underscored names, the canonical path written into the URI so that
-//!    every later phase and the backend read one path. Refused: `400`/`405`, connection closed.
+//!    every later phase and the backend read one path. Refused: `400`/`405`, the connection
+//!    closed (on h2c, the stream).
 //! 2. **Route** ([`crate::api::route`]): the gateway's own routes ([`crate::api::ROUTES`]) go to
 //!    their handlers (status polls past the router); anything else is proxied, phases 3–8.
 //! 3. **Replay marker** ([`gate::check_marker`]): a request that carries one must carry a
@@ -79,8 +81,15 @@ impl<S: Served + Sync> Handler for Gateway<S> {
         self.svc.clone()
     }
 
+    /// An event stream's path, as received and once canonical: a path only shaped like one
+    /// (`/api/v1/rooms/../../book/x/events`) is a request like any other, under the request
+    /// timeout.
     fn is_stream(&self, path: &[u8]) -> bool {
         api::is_events_path(path)
+            && std::str::from_utf8(path)
+                .ok()
+                .and_then(|p| screen::canonical_path(p).ok())
+                .is_some_and(|p| api::is_events_path(p.as_bytes()))
     }
 
     async fn lane<'a>(&'a self, mut req: Request<()>, body: Bytes, mut conn: Conn<'a, S>) -> bool {

@@ -333,7 +333,7 @@ mod tests {
             for trusted in [false, true] {
                 for extra in [
                     "",
-                    "X-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoofed\r\n",
+                    "X-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoofed\r\nForwarded: for=1.1.1.1\r\nX-Real-IP: 1.1.1.1\r\nX-Forwarded-Port: 443\r\n",
                 ] {
                     for token in [None, Some(&token)] {
                         let client = head(extra);
@@ -370,6 +370,13 @@ mod tests {
                             (&xff.parse().unwrap(), &proto.parse().unwrap()),
                             "{case}"
                         );
+                        for spoofable in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+                            assert_eq!(
+                                map.contains_key(spoofable),
+                                trusted && spoofed,
+                                "{case}: {spoofable}"
+                            );
+                        }
                     }
                 }
             }

@@ -5,8 +5,7 @@
 //! check, gates, the forwarded request) sees and sends exactly one path, so "the path the
 //! prefix check read" and "the path the backend gets" cannot differ.
 //!
-//! Also the rules for a backend response's framing, used by both the relay and hyper's
-//! client path: a response whose length is not one unambiguous number is a `502`.
+//! (The rules for a backend response's framing are the codec's: [`crate::http1::client`].)
 
 use std::borrow::Cow;
 

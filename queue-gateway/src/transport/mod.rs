@@ -42,7 +42,7 @@ use tower::{Service, ServiceExt};
 use crate::config::Limits;
 use crate::error::error_body;
 
-/// What the server runs for each request (the gateway's [`crate::service`]).
+/// A service the transport runs requests through ([`Handler::Service`]).
 pub trait Served:
     Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
     + Clone
@@ -73,8 +73,10 @@ pub trait Handler: Clone + Send + Sync + 'static {
     /// The service.
     fn service(&self) -> Self::Service;
 
-    /// Whether a request to `path` (raw, as received) is a long-lived stream: served on its
-    /// own connection ([`stream`]) and never under the request timeout.
+    /// Whether a request to `path` (as received) is a long-lived stream: served on its own
+    /// connection ([`stream`]) and never under the request timeout. (Judged before the
+    /// handler has seen the request: it must not call a path a stream that the handler will
+    /// read as something else.)
     fn is_stream(&self, path: &[u8]) -> bool;
 
     /// A request of the lane's shape with its whole body, answered on `conn`. True when the
@@ -298,7 +300,9 @@ async fn connection<H: Handler>(
     match peeked {
         Err(_) => request_timeout_answer(stream).await,
         Ok(Err(_)) => {}
-        Ok(Ok(true)) => Box::pin(stream::serve(stream, peer, handler, limits, first_request)).await,
+        // Inline, not boxed: a stream holds its connection for as long as its ticket waits,
+        // and a box of its own cost each ~1 KiB more (BENCHMARKS.md, SSE).
+        Ok(Ok(true)) => stream::serve(stream, peer, &handler, &limits, first_request).await,
         Ok(Ok(false)) => Box::pin(lane::serve(stream, peer, handler, limits, shutdown, first_request)).await,
     }
 }

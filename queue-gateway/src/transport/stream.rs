@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -52,13 +52,23 @@ pub(crate) fn head_timeout() -> axum::response::Response {
     error_body(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request headers did not arrive in time")
 }
 
+/// `req` with its target and header values copied out of the read buffer.
+fn detached(req: axum::http::Request<()>) -> axum::http::Request<Body> {
+    let (mut parts, ()) = req.into_parts();
+    parts.uri = parts.uri.to_string().parse().unwrap_or_default();
+    for value in parts.headers.values_mut() {
+        *value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    }
+    axum::http::Request::from_parts(parts, Body::empty())
+}
+
 /// Reads the request head (which must have arrived by `deadline`), runs it through the
 /// handler's service and writes the response, then closes the connection.
 pub(crate) async fn serve<H: Handler>(
     mut stream: TcpStream,
     peer: SocketAddr,
-    handler: H,
-    limits: Limits,
+    handler: &H,
+    limits: &Limits,
     deadline: Instant,
 ) {
     let mut buf = BytesMut::with_capacity(1024.min(limits.max_header_bytes));
@@ -83,8 +93,10 @@ pub(crate) async fn serve<H: Handler>(
             error_body(StatusCode::BAD_REQUEST, "bad_request", "an event stream request has no body")
         }
         Ok(Some(Parsed::Ready { req, .. })) => {
+            // Owned copies: the head's bytes are slices of the read buffer, which a stream
+            // that kept any of them (its cookie, say) would hold for its whole life.
+            let mut req = detached(req);
             drop(buf);
-            let mut req = req.map(|()| Body::empty());
             req.extensions_mut().insert(PeerAddr(peer));
             let timeout = Duration::from_millis(limits.request_timeout_ms);
             // Boxed: the router's future is large and done with once the head is out.
