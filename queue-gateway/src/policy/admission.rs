@@ -365,12 +365,6 @@ pub fn anonymous_owner() -> UserKey {
     UserKey::parse(&format!("anon:{:032x}", rand::random::<u128>())).expect("valid key")
 }
 
-/// The admission token offered on a protected path: the room's cookie, else the header.
-pub fn presented_token<'a>(headers: &'a HeaderMap, room: &RoomId) -> Option<&'a str> {
-    let cookie = room_cookie(headers, ADMISSION_PREFIX, room).map(str::as_bytes);
-    or_header(headers, cookie).and_then(|t| std::str::from_utf8(t).ok())
-}
-
 /// The admission cookie's token, else the header's (as bytes: see [`room_cookies`]).
 fn or_header<'a>(headers: &'a HeaderMap, cookie: Option<&'a [u8]>) -> Option<&'a [u8]> {
     cookie.or_else(|| headers.get(ADMISSION_HEADER).map(HeaderValue::as_bytes)).filter(|t| !t.is_empty())

@@ -123,30 +123,6 @@ impl<S: Served> Conn<'_, S> {
     }
 }
 
-/// A plain service as a [`Handler`]: every request through it (tests, the transport alone).
-#[derive(Clone, Debug)]
-pub struct Plain<S>(pub S);
-
-impl<S: Served + Sync> Handler for Plain<S> {
-    type Service = S;
-
-    fn service(&self) -> S {
-        self.0.clone()
-    }
-
-    fn is_stream(&self, _: &[u8]) -> bool {
-        false
-    }
-
-    async fn lane<'a>(&'a self, req: Request<()>, body: bytes::Bytes, mut conn: Conn<'a, S>) -> bool {
-        let head_only = req.method() == axum::http::Method::HEAD;
-        let mut req = req.map(|()| if body.is_empty() { Body::empty() } else { Body::from(body) });
-        req.extensions_mut().insert(PeerAddr(conn.peer));
-        let resp = conn.dispatch(self.0.clone(), req, false).await;
-        conn.answer(resp, head_only).await
-    }
-}
-
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
 }
@@ -467,6 +443,30 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plain service as a [`Handler`]: every request through it (the transport alone).
+    #[derive(Clone, Debug)]
+    pub struct Plain<S>(pub S);
+
+    impl<S: Served + Sync> Handler for Plain<S> {
+        type Service = S;
+
+        fn service(&self) -> S {
+            self.0.clone()
+        }
+
+        fn is_stream(&self, _: &[u8]) -> bool {
+            false
+        }
+
+        async fn lane<'a>(&'a self, req: Request<()>, body: bytes::Bytes, mut conn: Conn<'a, S>) -> bool {
+            let head_only = req.method() == axum::http::Method::HEAD;
+            let mut req = req.map(|()| if body.is_empty() { Body::empty() } else { Body::from(body) });
+            req.extensions_mut().insert(PeerAddr(conn.peer));
+            let resp = conn.dispatch(self.0.clone(), req, false).await;
+            conn.answer(resp, head_only).await
+        }
+    }
 
     /// A connection's task is sized by the largest state of `connection`: hyper's (5,904 bytes
     /// when it was inline) must stay boxed, so that a task holding an event stream is small.
