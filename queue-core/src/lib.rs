@@ -18,6 +18,7 @@
 //! - [`gate`]: the overload gate's durable log (memory, Redis Streams) and replay markers.
 //! - [`draw`]: the auditable `random_at_open` shuffle.
 //! - [`lang`]: Korean or English from `Accept-Language`, for the pages people read.
+//! - [`process`]: the binaries' shutdown signal (SIGINT, SIGTERM).
 //! - [`token`]: admission tokens (EdDSA JWT), key sets with rotation, JWKS.
 //! - [`verify`]: the backend-side verifier with a JWKS cache and a verified-token cache.
 //! - [`error`]: the crate's error type.
@@ -36,6 +37,7 @@ pub mod gate;
 pub mod id;
 pub mod lang;
 pub mod model;
+pub mod process;
 #[cfg(feature = "engine")]
 pub mod store;
 #[cfg(feature = "testkit")]

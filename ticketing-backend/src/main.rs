@@ -60,7 +60,7 @@ async fn serve(cfg: BackendConfig) -> ExitCode {
         }
     };
     tracing::info!(addr = %cfg.listen, "listening");
-    match ticketing_backend::run(listener, cfg, shutdown_signal()).await {
+    match ticketing_backend::run(listener, cfg, queue_core::process::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ticketing-backend: {e}");
@@ -155,20 +155,4 @@ async fn seed_demo(cfg: BackendConfig) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -32,7 +32,7 @@ async fn main() -> ExitCode {
     if let (Ok(g), Ok(b)) = (gateway.local_addr(), backend.local_addr()) {
         println!("{}", waiting_room::banner(g, b, cfg.has_demo_room()));
     }
-    match waiting_room::run(gateway, backend, cfg, shutdown_signal()).await {
+    match waiting_room::run(gateway, backend, cfg, queue_core::process::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("waiting-room: {e}");
@@ -44,17 +44,4 @@ async fn main() -> ExitCode {
 fn cannot_listen(addr: std::net::SocketAddr, e: std::io::Error) -> ExitCode {
     eprintln!("waiting-room: cannot listen on {addr}: {e}");
     ExitCode::FAILURE
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        let _ = ctrl_c.await;
-        return;
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
 }
