@@ -171,6 +171,10 @@ async fn run(
                 store.touch(&room, &mine).await.unwrap();
             }
             Op::Tick => {
+                // The phase the tick saw: on Redis time is real, and a scheduled room may open
+                // between a tick that found it scheduled (and admitted nobody) and a stats read
+                // after it. Open before the tick is open at it (only an op pauses a room).
+                let open_before = store.stats(&room).await.unwrap().phase == RoomPhase::Open;
                 let out = store.tick(&room).await.unwrap();
                 let stats = store.stats(&room).await.unwrap();
                 let again = store.tick(&room).await.unwrap();
@@ -179,7 +183,7 @@ async fn run(
                 }
                 let admitted: Vec<TicketId> = out.admitted.iter().map(|a| a.ticket).collect();
                 prop_assert!(admitted.len() as u64 <= cfg.batch_size as u64);
-                if out.applied && stats.phase == RoomPhase::Open && !m.cfg.paused {
+                if out.applied && open_before && stats.phase == RoomPhase::Open && !m.cfg.paused {
                     let cap = match m.cfg.max_active {
                         0 => u64::MAX,
                         c => (c as u64).saturating_sub(out.active_before),
