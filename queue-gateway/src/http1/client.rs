@@ -20,6 +20,8 @@ pub(crate) struct ResponseView<'b> {
     pub headers: &'b [httparse::Header<'b>],
     /// Where the body ends, by the framing headers.
     pub end: BodyEnd,
+    /// The tokens of its `Connection` headers (the headers they name are hop-by-hop).
+    pub named: Vec<&'b [u8]>,
     /// HTTP/1.1 without `Connection: close`: the connection may carry another request.
     pub keep_alive: bool,
 }
@@ -49,12 +51,10 @@ fn parse_response<T>(
     }
     let end = status_framing(status.as_u16(), resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)))
         .map_err(CodecError::Invalid)?;
-    let close = resp
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| h.value.split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+    let named = super::connection_named(
+        resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value),
+    );
+    let close = named.iter().any(|t| t.eq_ignore_ascii_case(b"close"));
     let view = ResponseView {
         len,
         status,
@@ -62,6 +62,7 @@ fn parse_response<T>(
         headers: resp.headers,
         end,
         keep_alive: resp.version == Some(1) && !close,
+        named,
     };
     Ok(Some(Parsed::Final(take(&view))))
 }

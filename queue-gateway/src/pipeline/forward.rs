@@ -119,7 +119,6 @@ impl<'a> ForwardPlan<'a> {
         crate::http1::is_hop_by_hop(n)
             || (!self.trusted && is_forwarding(n))
             || *name == header::CONTENT_LENGTH
-            || *name == header::HOST
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_PROTO
             || *name == X_FORWARDED_HOST

@@ -112,6 +112,7 @@ impl<S: Served + Sync> Handler for Gateway<S> {
         let streaming = self.is_stream(req.uri().path().as_bytes());
         let mut req = req.map(|()| if body.is_empty() { Body::empty() } else { Body::from(body) });
         req.extensions_mut().insert(PeerAddr(conn.peer));
+        req.extensions_mut().insert(Routed(index));
         let resp = conn.dispatch(self.svc.clone(), req, streaming).await;
         conn.answer(resp, head_only).await
     }
@@ -126,11 +127,18 @@ pub fn service(app: Arc<App>) -> impl Served + Sync {
         let (app, router) = (app.clone(), router.clone());
         async move {
             let started = Instant::now();
-            if let Err(refused) = screen::screen(&mut req) {
-                return Ok::<_, Infallible>(refused.into_response());
-            }
-            let (index, segs) = api::route(req.uri().path());
-            let poll = api::plain_poll(req.method(), index, &segs);
+            let (index, poll) = match req.extensions_mut().remove::<Routed>() {
+                // The lane screened and routed it, and answered it itself had it been a plain
+                // poll: not again.
+                Some(Routed(index)) => (index, None),
+                None => {
+                    if let Err(refused) = screen::screen(&mut req) {
+                        return Ok::<_, Infallible>(refused.into_response());
+                    }
+                    let (index, segs) = api::route(req.uri().path());
+                    (index, api::plain_poll(req.method(), index, &segs))
+                }
+            };
             // The proxy's and the router's futures are boxed: inline, they made every
             // request's future 3.5 KiB, an allocation too large for malloc's per-thread
             // cache (and one that consolidates its free lists) even for a status poll.
@@ -147,6 +155,11 @@ pub fn service(app: Arc<App>) -> impl Served + Sync {
         }
     })
 }
+
+/// Phases 1 and 2 done on the lane for a request it hands the service: the route's index.
+/// (An extension, set by the gateway only: no client can send one.)
+#[derive(Clone, Copy, Debug)]
+struct Routed(usize);
 
 /// The router's fallback: a request the route table took for one of ours that no handler
 /// serves is proxied as any other.
@@ -237,12 +250,7 @@ async fn proxied_lane<S: Served>(app: &App, req: Request<()>, body: Bytes, mut c
         decided => {
             let mut req = Request::from_parts(parts, Body::from(body));
             req.extensions_mut().insert(PeerAddr(conn.peer));
-            conn.timer.as_mut().reset(tokio::time::Instant::now() + conn.request_timeout);
-            tokio::select! {
-                biased;
-                resp = finish(app, decided, req) => resp,
-                _ = conn.timer.as_mut() => crate::transport::timed_out(),
-            }
+            conn.within_timeout(finish(app, decided, req)).await
         }
     };
     let code = resp.status().as_u16();
@@ -261,13 +269,8 @@ async fn poll_lane<S: Served>(
     conn: &mut Conn<'_, S>,
 ) -> Response {
     let started = Instant::now();
-    conn.timer.as_mut().reset(tokio::time::Instant::now() + conn.request_timeout);
     let peer = Some(PeerAddr(conn.peer));
-    let resp = tokio::select! {
-        biased;
-        resp = api::room::status_answer(app, peer, req.headers(), ids) => resp,
-        _ = conn.timer.as_mut() => crate::transport::timed_out(),
-    };
+    let resp = conn.within_timeout(api::room::status_answer(app, peer, req.headers(), ids)).await;
     let code = resp.status().as_u16();
     app.metrics.request_done(STATUS_ROUTE, ROUTES[STATUS_ROUTE].0, code, started.elapsed().as_secs_f64());
     resp

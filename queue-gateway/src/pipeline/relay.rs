@@ -177,14 +177,8 @@ impl Head {
         head.client.push(b' ');
         head.client.extend_from_slice(view.reason.as_bytes());
         head.client.extend_from_slice(b"\r\n");
-        let named: Vec<&[u8]> = view
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii))
-            .collect();
         for h in view.headers {
-            if !crate::http1::response_keeps(h.name.as_bytes(), &named)
+            if !crate::http1::response_keeps(h.name.as_bytes(), &view.named)
                 || h.name.eq_ignore_ascii_case("content-length")
             {
                 continue;

@@ -114,6 +114,17 @@ impl<S: Served> Conn<'_, S> {
         dispatch_in(self.slot, svc, req, self.request_timeout, streaming).await
     }
 
+    /// `answer`, bounded by the request timeout on the connection's timer (moved on, not a
+    /// timer filed per request).
+    pub async fn within_timeout(&mut self, answer: impl std::future::Future<Output = Response>) -> Response {
+        self.timer.as_mut().reset(Instant::now() + self.request_timeout);
+        tokio::select! {
+            biased;
+            resp = answer => resp,
+            _ = self.timer.as_mut() => timed_out(),
+        }
+    }
+
     /// Writes `resp` (a `HEAD` answer when `head_only`); true when the connection can take
     /// the next request.
     pub async fn answer(&mut self, resp: Response, head_only: bool) -> bool {
